@@ -1,0 +1,42 @@
+# What the seqpar target needs, shared by the build tree and the installed seqparConfig.cmake so
+# both find the same packages and give seqpar::seqpar the same usage requirements.
+include_guard(GLOBAL)
+
+# Finds the CUDA toolkit (headers and cudart; nvcc is not needed), CCCL, and, when asked for and
+# present, NCCL and MPI. Sets SEQPAR_HAS_NCCL and SEQPAR_HAS_MPI in the caller's scope.
+macro(seqpar_find_dependencies)
+  find_package(CUDAToolkit REQUIRED)
+  find_package(CCCL CONFIG REQUIRED COMPONENTS libcudacxx CUB
+               HINTS "${CUDAToolkit_LIBRARY_DIR}/cmake" "${CUDAToolkit_LIBRARY_ROOT}/lib64/cmake")
+  set(SEQPAR_HAS_NCCL OFF)
+  if(NOT DEFINED SEQPAR_ENABLE_NCCL OR SEQPAR_ENABLE_NCCL)
+    find_package(NCCL)
+    if(NCCL_FOUND)
+      set(SEQPAR_HAS_NCCL ON)
+    endif()
+  endif()
+  set(SEQPAR_HAS_MPI OFF)
+  if(SEQPAR_ENABLE_MPI)
+    find_package(MPI REQUIRED COMPONENTS CXX)
+    set(SEQPAR_HAS_MPI ON)
+  endif()
+endmacro()
+
+# Gives `target` (seqpar's INTERFACE library) its usage requirements: C++20 for both g++ and nvcc,
+# the CUDA headers and runtime, CCCL, and the optional backends with their SEQPAR_HAS_* macros.
+function(seqpar_link_dependencies target)
+  target_compile_features(${target} INTERFACE cxx_std_20)
+  # CMake 3.25 does not know cuda_std_20 for nvcc 13, so ask nvcc directly; a target that chose
+  # its own CUDA_STANDARD keeps it (and config.hpp then says that C++20 is required).
+  target_compile_options(${target} INTERFACE
+    "$<$<AND:$<COMPILE_LANGUAGE:CUDA>,$<STREQUAL:$<TARGET_PROPERTY:CUDA_STANDARD>,>>:-std=c++20>")
+  target_link_libraries(${target} INTERFACE CUDA::cudart CCCL::CCCL)
+  if(SEQPAR_HAS_NCCL)
+    target_link_libraries(${target} INTERFACE NCCL::NCCL)
+    target_compile_definitions(${target} INTERFACE SEQPAR_HAS_NCCL=1)
+  endif()
+  if(SEQPAR_HAS_MPI)
+    target_link_libraries(${target} INTERFACE MPI::MPI_CXX)
+    target_compile_definitions(${target} INTERFACE SEQPAR_HAS_MPI=1)
+  endif()
+endfunction()

@@ -1,0 +1,22 @@
+# Installs the headers, the exported target and a relocatable package configuration.
+include_guard(GLOBAL)
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+set(SEQPAR_INSTALL_CMAKEDIR "${CMAKE_INSTALL_LIBDIR}/cmake/seqpar")
+
+install(TARGETS seqpar EXPORT seqparTargets)
+install(DIRECTORY include/seqpar TYPE INCLUDE)
+install(EXPORT seqparTargets NAMESPACE seqpar:: DESTINATION "${SEQPAR_INSTALL_CMAKEDIR}")
+
+configure_package_config_file(cmake/seqparConfig.cmake.in
+  "${CMAKE_CURRENT_BINARY_DIR}/seqparConfig.cmake"
+  INSTALL_DESTINATION "${SEQPAR_INSTALL_CMAKEDIR}")
+write_basic_package_version_file("${CMAKE_CURRENT_BINARY_DIR}/seqparConfigVersion.cmake"
+  COMPATIBILITY SameMinorVersion ARCH_INDEPENDENT)
+install(FILES
+  "${CMAKE_CURRENT_BINARY_DIR}/seqparConfig.cmake"
+  "${CMAKE_CURRENT_BINARY_DIR}/seqparConfigVersion.cmake"
+  cmake/seqparDependencies.cmake
+  cmake/FindNCCL.cmake
+  DESTINATION "${SEQPAR_INSTALL_CMAKEDIR}")

@@ -1,0 +1,17 @@
+//! @file seqpar.hpp
+//! Umbrella header: everything host code can use. NCCL and MPI backends have their own headers.
+#pragma once
+
+#include <seqpar/config.hpp>
+#include <seqpar/error.hpp>
+#include <seqpar/tensor.hpp>
+#include <seqpar/types.hpp>
+#include <seqpar/comm/communicator.hpp>
+#include <seqpar/comm/counting.hpp>
+#include <seqpar/comm/in_process.hpp>
+#if SEQPAR_HAS_NCCL
+#include <seqpar/comm/nccl.hpp>
+#endif
+#if SEQPAR_HAS_MPI
+#include <seqpar/comm/mpi.hpp>
+#endif

@@ -1,0 +1,18 @@
+// Host code built by g++ alone against the installed package: two ranks gather their ranks.
+#include <seqpar/seqpar.hpp>
+
+#include <cstdio>
+#include <vector>
+
+int main() {
+  std::vector<std::vector<float>> got(2);
+  seqpar::run_in_process(2, seqpar::memory_space::host, [&](seqpar::in_process_communicator& comm) {
+    std::vector<float> mine{float(comm.rank())}, all(2, -1.0f);
+    comm.all_gather<float>(mine, all);
+    got[comm.rank()] = all;
+  });
+  const bool ok = got[0] == std::vector<float>{0, 1} && got[1] == std::vector<float>{0, 1};
+  std::printf("seqpar %d.%d.%d consumer (g++): %s\n", SEQPAR_VERSION_MAJOR, SEQPAR_VERSION_MINOR,
+              SEQPAR_VERSION_PATCH, ok ? "ok" : "WRONG");
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,134 @@
+// The MPI backend with one rank per process (run with 2 and 4 processes). Only CHECK is used, never
+// REQUIRE: a case that stopped on one rank would leave the others waiting in a collective.
+#include <seqpar/comm/counting.hpp>
+#include <seqpar/comm/mpi.hpp>
+#include <seqpar_test/values.hpp>
+
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+using seqpar_test::key_of;
+using seqpar_test::poison;
+using seqpar_test::tagged;
+
+namespace {
+seqpar::mpi_communicator world() { return seqpar::mpi_communicator(MPI_COMM_WORLD); }
+std::size_t uneven_count(int src, int dst) { return static_cast<std::size_t>((3 * src + 5 * dst) % 4 + (src == dst)); }
+}  // namespace
+
+TEST_CASE_TEMPLATE("mpi: all_to_all, all_to_all_v, neighbor ring and all_gather move exact bits", T, float, __half,
+                   __nv_bfloat16, std::int64_t) {
+  auto comm = world();
+  const int P = comm.size(), r = comm.rank();
+  const std::size_t count = 3;
+  std::vector<T> send(P * count), recv(P * count, poison<T>()), want(P * count);
+  for (int j = 0; j < P; ++j)
+    for (std::size_t i = 0; i < count; ++i) {
+      send[j * count + i] = tagged<T>(key_of(r, j, i));
+      want[j * count + i] = tagged<T>(key_of(j, r, i));
+    }
+  comm.all_to_all<T>(send, recv, count);
+  CHECK(seqpar_test::first_mismatch(recv, want) == -1);
+
+  // all_to_all_v: uneven counts, receive blocks in reverse rank order.
+  std::vector<std::size_t> sc(P), sd(P), rc(P), rd(P);
+  std::vector<T> vsend;
+  for (int j = 0; j < P; ++j) {
+    sc[j] = uneven_count(r, j), sd[j] = vsend.size();
+    for (std::size_t i = 0; i < sc[j]; ++i) vsend.push_back(tagged<T>(key_of(r, j, i)));
+  }
+  std::size_t at = 0;
+  for (int j = P - 1; j >= 0; --j) rc[j] = uneven_count(j, r), rd[j] = at, at += rc[j];
+  std::vector<T> vrecv(at, poison<T>()), vwant(at);
+  for (int j = 0; j < P; ++j)
+    for (std::size_t i = 0; i < rc[j]; ++i) vwant[rd[j] + i] = tagged<T>(key_of(j, r, i));
+  comm.all_to_all_v<T>(vsend, sc, sd, vrecv, rc, rd);
+  CHECK(seqpar_test::first_mismatch(vrecv, vwant) == -1);
+
+  std::vector<T> ring_send{tagged<T>(key_of(r, 7)), tagged<T>(key_of(r, 8))}, ring_recv(2, poison<T>());
+  comm.neighbor_exchange<T>(ring_send, (r + 1) % P, ring_recv, (r + P - 1) % P);
+  const int left = (r + P - 1) % P;
+  CHECK(seqpar_test::first_mismatch(ring_recv, {tagged<T>(key_of(left, 7)), tagged<T>(key_of(left, 8))}) == -1);
+
+  std::vector<T> mine{tagged<T>(key_of(r, 9))}, all(P, poison<T>()), all_want(P);
+  for (int j = 0; j < P; ++j) all_want[j] = tagged<T>(key_of(j, 9));
+  comm.all_gather<T>(mine, all);
+  CHECK(seqpar_test::first_mismatch(all, all_want) == -1);
+}
+
+TEST_CASE_TEMPLATE("mpi: reduce_scatter and all_reduce sum exactly (16-bit types in fp32)", T, float, __half,
+                   __nv_bfloat16, double, std::int32_t) {
+  auto comm = world();
+  const int P = comm.size(), r = comm.rank();
+  const std::size_t n = 5;
+  auto value = [](int rank, std::size_t i) { return static_cast<int>((rank * 7 + i * 3) % 11) - 5; };
+  std::vector<T> send(n * P), part(n, poison<T>());
+  for (std::size_t i = 0; i < n * P; ++i) send[i] = seqpar_test::exact<T>(value(r, i));
+  comm.reduce_scatter<T>(send, part);
+  for (std::size_t i = 0; i < n; ++i) {
+    double want = 0;
+    for (int j = 0; j < P; ++j) want += value(j, r * n + i);
+    CHECK(seqpar_test::as_double(part[i]) == want);
+  }
+  comm.all_reduce<T>(send, send);  // in place
+  for (std::size_t i = 0; i < n * P; ++i) {
+    double want = 0;
+    for (int j = 0; j < P; ++j) want += value(j, i);
+    CHECK(seqpar_test::as_double(send[i]) == want);
+  }
+}
+
+TEST_CASE("mpi: split by parity with reversed keys, then an all_gather inside each part") {
+  auto comm = world();
+  const int P = comm.size(), r = comm.rank();
+  auto part = comm.split(r % 2, -r);
+  std::vector<int> members;
+  for (int j = P - 1; j >= 0; --j)
+    if (j % 2 == r % 2) members.push_back(j);
+  CHECK(part.size() == static_cast<int>(members.size()));
+  std::vector<std::int32_t> mine{r}, all(part.size(), -1);
+  part.all_gather<std::int32_t>(mine, all);
+  CHECK(std::vector<int>(all.begin(), all.end()) == members);
+  comm.barrier();
+}
+
+TEST_CASE("mpi: counting decorator over MPI records the all_to_all volume") {
+  seqpar::counting_communicator<seqpar::mpi_communicator> comm(world());
+  const int P = comm.size();
+  std::vector<float> send(P * 6), recv(P * 6);
+  comm.all_to_all<float>(send, recv, 6);
+  CHECK(comm.bytes_sent() == static_cast<std::size_t>((P - 1) * 6 * 4));
+  CHECK(comm.bytes_sent_to(comm.rank()) == 0);
+}
+
+TEST_CASE("mpi: bad input on one rank is reported on every rank before anything moves") {
+  auto comm = world();
+  const int P = comm.size(), r = comm.rank();
+  const int culprit = P - 1;
+  std::vector<float> send(r == culprit ? 2 * P - 1 : 2 * P, 1.0f), recv(2 * P, poison<float>());
+  try {
+    comm.all_to_all<float>(send, recv, 2);
+    CHECK(false);
+  } catch (const seqpar::error& e) {
+    const std::string what = e.what();
+    if (r == culprit) {
+      CHECK(e.code() == seqpar::errc::invalid_argument);
+      CHECK(what.find("send: expected group size * count = " + std::to_string(2 * P)) != std::string::npos);
+    } else {
+      CHECK(e.code() == seqpar::errc::peer_failed);
+    }
+  }
+  for (float x : recv) CHECK(seqpar_test::same_bits(x, poison<float>()));
+
+  // A receive count that disagrees with what the peer sends: found by the receiver, felt by all.
+  std::vector<std::size_t> counts(P, 1), displs(P), wrong(P, 1);
+  for (int j = 0; j < P; ++j) displs[j] = j;
+  wrong[0] = 0;
+  std::vector<float> vsend(P, 1.0f), vrecv(P, poison<float>());
+  CHECK_THROWS_AS(comm.all_to_all_v<float>(vsend, counts, displs, vrecv, r == culprit ? wrong : counts, displs),
+                  seqpar::error);
+  for (float x : vrecv) CHECK(seqpar_test::same_bits(x, poison<float>()));
+
+}
