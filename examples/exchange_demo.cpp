@@ -16,6 +16,7 @@ float value(int src, int dst, std::size_t i) { return static_cast<float>(src * 1
 
 int main() {
   std::vector<seqpar::traffic_record> totals(P);
+  std::vector<std::vector<seqpar::traffic_record>> by_operation(P);
   std::vector<int> errors(P, 0);
   seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& inner) {
     seqpar::counting_communicator comm(inner);
@@ -41,6 +42,7 @@ int main() {
     comm.all_reduce<float>(sum, sum);
     errors[r] += sum[1023] != static_cast<float>(P * (P + 1) / 2);
 
+    by_operation[r] = comm.records();
     totals[r] = {"all", std::vector<std::size_t>(P, 0)};
     for (int j = 0; j < P; ++j) totals[r].bytes_to_peer[j] = comm.bytes_sent_to(j);
   });
@@ -54,6 +56,14 @@ int main() {
     std::printf("%6d", r);
     for (int j = 0; j < P; ++j) std::printf("  %11zu", totals[r].bytes_to_peer[j]);
     std::printf("  %12zu  %s\n", totals[r].total(), errors[r] ? "WRONG" : "ok");
+  }
+  std::printf("\nbytes each rank sent, by operation\n%6s", "rank");
+  for (const auto& rec : by_operation[0]) std::printf("  %18s", rec.operation.c_str());
+  std::printf("\n");
+  for (int r = 0; r < P; ++r) {
+    std::printf("%6d", r);
+    for (const auto& rec : by_operation[r]) std::printf("  %18zu", rec.total());
+    std::printf("\n");
   }
   const int wrong = std::accumulate(errors.begin(), errors.end(), 0);
   std::printf("\n%s\n", wrong ? "some received values were wrong" : "every received value matched its sender");
