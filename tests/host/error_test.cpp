@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <sstream>
 #include <string>
 #include <type_traits>
 
@@ -61,9 +62,9 @@ TEST_CASE("SEQPAR_CUDA_TRY names the CUDA error and the call") {
 }
 
 TEST_CASE("every entity lives in the inline namespace named after the version") {
-  const std::string expected = "v" + std::to_string(SEQPAR_VERSION_MAJOR) + "_" + std::to_string(SEQPAR_VERSION_MINOR) +
-                               "_" + std::to_string(SEQPAR_VERSION_PATCH);
-  CHECK(std::string(SEQPAR_DETAIL_STR(SEQPAR_ABI_NAMESPACE)) == expected);
+  std::ostringstream expected;
+  expected << 'v' << SEQPAR_VERSION_MAJOR << '_' << SEQPAR_VERSION_MINOR << '_' << SEQPAR_VERSION_PATCH;
+  CHECK(std::string(SEQPAR_DETAIL_STR(SEQPAR_ABI_NAMESPACE)) == expected.str());
   static_assert(std::is_same_v<seqpar::error, seqpar::SEQPAR_ABI_NAMESPACE::error>);
   CHECK(std::string(SEQPAR_DETAIL_STR(SEQPAR_KERNEL_NAMESPACE)) == "kernels_host");
   CHECK(std::string(SEQPAR_DETAIL_STR(SEQPAR_DETAIL_ARCH_TAG(800, 900))) == "_sm800_sm900");
