@@ -58,6 +58,17 @@
 #define SEQPAR_KERNEL_NAMESPACE kernels_host
 #endif
 
+//! Opens the versioned namespace plus an inline namespace named after the target architectures, for
+//! functions whose body differs between nvcc and host compilers (kernels and what launches them),
+//! so a .cpp and a .cu of one program never share such a symbol.
+#define SEQPAR_KERNEL_NAMESPACE_BEGIN                                                             \
+  SEQPAR_NAMESPACE_BEGIN                                                                          \
+  inline namespace SEQPAR_KERNEL_NAMESPACE {
+//! Closes what SEQPAR_KERNEL_NAMESPACE_BEGIN opened.
+#define SEQPAR_KERNEL_NAMESPACE_END                                                               \
+  }                                                                                               \
+  SEQPAR_NAMESPACE_END
+
 //! Marks a function callable from host and device code (plain inline when nvcc is not compiling).
 #if defined(__CUDACC__)
 #define SEQPAR_HOST_DEVICE __host__ __device__ inline

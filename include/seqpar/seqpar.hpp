@@ -9,6 +9,10 @@
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/comm/counting.hpp>
 #include <seqpar/comm/in_process.hpp>
+#include <seqpar/shard.hpp>
+#include <seqpar/ulysses/all_to_all_heads.hpp>
+#include <seqpar/ulysses/all_to_all_heads_plan.hpp>
+#include <seqpar/ulysses/head_partition.hpp>
 #if SEQPAR_HAS_NCCL
 #include <seqpar/comm/nccl.hpp>
 #endif

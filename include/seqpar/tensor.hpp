@@ -104,6 +104,7 @@ namespace detail {
 //! True when no two distinct indices of a strided layout map to the same offset (sufficient test:
 //! sorted by stride, each axis steps past everything the smaller axes span).
 inline bool strides_are_unique(const shape4& extents, const shape4& strides) {
+  if (std::find(extents.begin(), extents.end(), 0) != extents.end()) return true;  // no elements
   std::array<int, 4> ax{0, 1, 2, 3};
   std::sort(ax.begin(), ax.end(), [&](int a, int b) { return strides[a] < strides[b]; });
   std::int64_t span = 1;

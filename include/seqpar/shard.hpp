@@ -1,0 +1,107 @@
+//! @file shard.hpp
+//! seq_shard / seq_unshard: which global tokens each rank owns, and copies between a global tensor
+//! and a rank's shard, for the contiguous and zigzag strategies.
+#pragma once
+
+#include <seqpar/config.hpp>
+#include <seqpar/error.hpp>
+#include <seqpar/tensor.hpp>
+#include <seqpar/comm/communicator.hpp>
+
+#include <cstdint>
+
+SEQPAR_NAMESPACE_BEGIN
+
+//! How global tokens are dealt to ranks.
+enum class shard_strategy {
+  contiguous,  //!< rank r owns one block; the first S % P ranks hold one token more
+  zigzag,      //!< 2P equal blocks; rank r owns blocks r and 2P-1-r (balances causal work); S % 2P == 0
+};
+
+//! Name of a strategy ("contiguous", "zigzag").
+inline constexpr const char* to_string(shard_strategy s) noexcept {
+  return s == shard_strategy::contiguous ? "contiguous" : "zigzag";
+}
+
+//! The token partition of a sequence of `tokens` over `ranks` ranks: sizes, offsets and the map from
+//! a rank's local token index to the global one. Trivially copyable; usable in kernels.
+struct seq_partition {
+  std::int64_t tokens = 0;  //!< S, the global sequence length
+  int ranks = 1;            //!< P
+  shard_strategy strategy = shard_strategy::contiguous;
+
+  //! S_r: tokens held by rank r.
+  SEQPAR_HOST_DEVICE std::int64_t size(int r) const {
+    if (strategy == shard_strategy::zigzag) return tokens / ranks;
+    return tokens / ranks + (r < tokens % ranks ? 1 : 0);
+  }
+  //! o_r = S_0 + ... + S_{r-1}: where rank r's tokens start in the rank-major concatenation of shards
+  //! (for contiguous shards this is also the global index of its first token).
+  SEQPAR_HOST_DEVICE std::int64_t offset(int r) const {
+    const std::int64_t base = tokens / ranks, extra = strategy == shard_strategy::zigzag ? 0 : tokens % ranks;
+    return r * base + (r < extra ? r : extra);
+  }
+  //! Global index of rank r's local token s.
+  SEQPAR_HOST_DEVICE std::int64_t global(int r, std::int64_t s) const {
+    if (strategy == shard_strategy::contiguous) return offset(r) + s;
+    const std::int64_t chunk = tokens / (2 * ranks);
+    return s < chunk ? r * chunk + s : (2 * ranks - 1 - r) * chunk + (s - chunk);
+  }
+  //! The largest S_r.
+  SEQPAR_HOST_DEVICE std::int64_t max_size() const { return size(0); }
+};
+
+//! A checked partition of `tokens` over `ranks` ranks; zigzag needs tokens % (2 * ranks) == 0.
+inline seq_partition make_seq_partition(std::int64_t tokens, int ranks,
+                                        shard_strategy strategy = shard_strategy::contiguous) {
+  SEQPAR_EXPECTS(ranks >= 1, "ranks: expected a group of at least 1 rank, got " << ranks);
+  SEQPAR_EXPECTS(tokens >= 0, "tokens: expected a sequence length >= 0, got " << tokens);
+  SEQPAR_EXPECTS(strategy != shard_strategy::zigzag || tokens % (2 * ranks) == 0,
+                 "tokens: zigzag sharding needs a sequence length divisible by 2 * ranks = "
+                     << 2 * ranks << ", got " << tokens);
+  return {tokens, ranks, strategy};
+}
+
+namespace detail {
+//! Throws unless `global` and `shard` describe the same batch, heads and head_dim and the shard
+//! holds exactly rank r's tokens of the partition.
+template <class A, class B>
+void check_shard_views(const seq_partition& part, int rank, const tensor_view<A>& global, const tensor_view<B>& shard) {
+  SEQPAR_EXPECTS(rank >= 0 && rank < part.ranks,
+                 "rank: expected a rank in [0, " << part.ranks << "), got " << rank);
+  SEQPAR_EXPECTS(global.seq() == part.tokens,
+                 "global: expected seq extent = the partition's " << part.tokens << " tokens, got " << global.seq());
+  SEQPAR_EXPECTS(shard.seq() == part.size(rank), "shard: expected seq extent = S_" << rank << " = " << part.size(rank)
+                                                                                   << " tokens, got " << shard.seq());
+  for (axis a : {axis::batch, axis::heads, axis::head_dim})
+    SEQPAR_EXPECTS(global.extent(a) == shard.extent(a), "shard: expected " << to_string(a) << " extent = global's "
+                                                                          << global.extent(a) << ", got "
+                                                                          << shard.extent(a));
+}
+}  // namespace detail
+
+//! Copies rank `rank`'s tokens of `global` into `shard` (host memory).
+template <class T>
+void seq_shard(const seq_partition& part, int rank, tensor_view<const T> global, tensor_view<T> shard) {
+  detail::check_shard_views(part, rank, global, shard);
+  for (std::int64_t b = 0; b < shard.batch(); ++b)
+    for (std::int64_t s = 0; s < shard.seq(); ++s)
+      for (std::int64_t h = 0; h < shard.heads(); ++h)
+        for (std::int64_t d = 0; d < shard.head_dim(); ++d) shard(b, s, h, d) = global(b, part.global(rank, s), h, d);
+}
+
+//! Copies rank `rank`'s `shard` back to its tokens of `global` (host memory).
+template <class T>
+void seq_unshard(const seq_partition& part, int rank, tensor_view<const T> shard, tensor_view<T> global) {
+  detail::check_shard_views(part, rank, global, shard);
+  for (std::int64_t b = 0; b < shard.batch(); ++b)
+    for (std::int64_t s = 0; s < shard.seq(); ++s)
+      for (std::int64_t h = 0; h < shard.heads(); ++h)
+        for (std::int64_t d = 0; d < shard.head_dim(); ++d) global(b, part.global(rank, s), h, d) = shard(b, s, h, d);
+}
+
+SEQPAR_NAMESPACE_END
+
+#if SEQPAR_CUDA_COMPILER
+#include <seqpar/detail/shard_cuda.cuh>
+#endif

@@ -1,0 +1,235 @@
+//! @file all_to_all_heads.hpp
+//! The Ulysses exchange: sequence shards <-> head shards, for Q/K/V together or one tensor, forward
+//! and inverse, over any communicator, on host memory or (compiled by nvcc) device memory.
+#pragma once
+
+#include <seqpar/comm/communicator.hpp>
+#include <seqpar/error.hpp>
+#include <seqpar/tensor.hpp>
+#include <seqpar/ulysses/all_to_all_heads_plan.hpp>
+#include <seqpar/ulysses/detail/heads_pack_host.hpp>
+#if SEQPAR_CUDA_COMPILER
+#include <seqpar/ulysses/detail/heads_pack_cuda.cuh>
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+
+SEQPAR_NAMESPACE_BEGIN
+
+//! Q, K and V views of one side of an exchange.
+template <class Q, class K = Q, class V = Q>
+struct qkv_views {
+  tensor_view<Q> q;  //!< query-headed
+  tensor_view<K> k;  //!< kv-headed
+  tensor_view<V> v;  //!< kv-headed
+};
+
+template <class Q, class K, class V>
+qkv_views(tensor_view<Q>, tensor_view<K>, tensor_view<V>) -> qkv_views<Q, K, V>;
+
+namespace detail {
+
+enum class heads_direction { forward, inverse };
+
+//! Throws unless `view` has extents {B, S, H, D} = `want`; names the view.
+template <class T>
+void check_extents(const char* name, const tensor_view<T>& view, const shape4& want) {
+  const shape4 got{view.batch(), view.seq(), view.heads(), view.head_dim()};
+  SEQPAR_EXPECTS(got == want, name << ": expected extents {batch, seq, heads, head_dim} = {" << want[0] << ", " << want[1]
+                                   << ", " << want[2] << ", " << want[3] << "}, got {" << got[0] << ", " << got[1]
+                                   << ", " << got[2] << ", " << got[3] << "}");
+}
+
+//! Throws unless element type U is T (the first view's), naming the view.
+template <class T, class U>
+void check_same_type(const char* name) {
+  using value = std::remove_const_t<U>;
+  if constexpr (!std::is_same_v<value, T>)
+    SEQPAR_FAIL(errc::invalid_argument, name << ": expected element type " << to_string(dtype_of<T>)
+                                             << " (that of the first view), got " << to_string(dtype_of<value>));
+}
+
+//! Extents of a sequence-sharded (seq side) or head-sharded (heads side) tensor of segment t.
+inline shape4 seq_side_extents(const all_to_all_heads_plan& plan, int t) {
+  const auto& h = plan.heads();
+  return {plan.batch(), plan.seq().size(plan.rank()), t ? h.kv_heads : h.heads, plan.head_dim()};
+}
+inline shape4 heads_side_extents(const all_to_all_heads_plan& plan, int t) {
+  const auto& h = plan.heads();
+  return {plan.batch(), plan.seq().tokens, t ? h.kv_count(plan.rank()) : h.count(plan.rank()), plan.head_dim()};
+}
+
+//! True when a head-sharded view is laid out exactly as the heads-side exchange buffer (tokens,
+//! then batch, heads, dim, all packed), so the exchange can read or write it in place.
+template <class T>
+bool matches_heads_side_buffer(const all_to_all_heads_plan& plan, const tensor_view<T>& v) {
+  const std::int64_t D = v.head_dim(), H = v.heads(), B = v.batch();
+  return plan.seq().strategy == shard_strategy::contiguous && v.stride(axis::head_dim) == 1 &&
+         (H <= 1 || v.stride(axis::heads) == D) && (B <= 1 || v.stride(axis::batch) == H * D) &&
+         v.stride(axis::seq) == B * H * D;
+}
+
+}  // namespace detail
+SEQPAR_NAMESPACE_END
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
+namespace heads_exchange {
+
+//! The checks every exchange makes first: the communicator and element type the plan was made for,
+//! and a large enough, aligned workspace.
+template <class T, class Comm>
+void check_call(const all_to_all_heads_plan& plan, const Comm& comm, heads_payload what,
+                std::span<std::byte> workspace) {
+  SEQPAR_EXPECTS(comm.size() == plan.ranks(), "comm: a group of " << comm.size() << " ranks; expected the plan's "
+                                                                  << plan.ranks());
+  SEQPAR_EXPECTS(comm.rank() == plan.rank(), "comm: rank " << comm.rank() << "; expected the plan's rank "
+                                                           << plan.rank());
+  SEQPAR_EXPECTS(plan.type() == dtype_of<T>, "views: element type " << to_string(dtype_of<T>)
+                                                                    << "; expected the plan's " << to_string(plan.type()));
+  SEQPAR_EXPECTS(workspace.size() >= plan.workspace_bytes(what),
+                 "workspace: expected at least plan.workspace_bytes() = " << plan.workspace_bytes(what)
+                                                                          << " bytes, got " << workspace.size());
+  SEQPAR_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 == 0,
+                 "workspace: expected 16-byte alignment");
+}
+
+//! Runs one exchange whose views are already checked: pack, one all_to_all_v, unpack.
+template <class Comm, class T>
+void run(const all_to_all_heads_plan& plan, Comm& comm, heads_payload what, detail::heads_direction direction,
+         const detail::segment_views<T>& views, std::span<std::byte> workspace, stream_t stream) {
+  using detail::heads_direction;
+  const bool on_device = comm.memory() == memory_space::device;
+#if !SEQPAR_CUDA_COMPILER
+  if (on_device)
+    SEQPAR_FAIL(errc::unsupported, "comm: device memory needs the calling file compiled by nvcc (the pack kernels are CUDA)");
+#endif
+  const auto& g = plan.geometry(what);
+  const std::size_t seq_n = plan.seq_side_elements(what), heads_n = plan.heads_side_elements(what);
+  T* seq_buf = reinterpret_cast<T*>(workspace.data());
+  T* heads_buf = reinterpret_cast<T*>(workspace.data() + plan.heads_side_offset(what));
+
+  if (direction == heads_direction::forward) {
+    const bool in_place = what == heads_payload::q && detail::matches_heads_side_buffer(plan, views.out[0]);
+    T* recv = in_place ? views.out[0].data() : heads_buf;
+#if SEQPAR_CUDA_COMPILER
+    if (on_device) device::pack_seq_side(g, views, seq_buf, stream);
+#endif
+    if (!on_device) detail::pack_seq_side(g, views, seq_buf);
+    comm.all_to_all_v(std::span<const T>(seq_buf, seq_n), plan.seq_side_counts(what), plan.seq_side_displs(what),
+                      std::span<T>(recv, heads_n), plan.heads_side_counts(what), plan.heads_side_displs(what), stream);
+    if (in_place) return;
+#if SEQPAR_CUDA_COMPILER
+    if (on_device) device::unpack_heads_side(g, heads_buf, views, stream);
+#endif
+    if (!on_device) detail::unpack_heads_side(g, heads_buf, views);
+    return;
+  }
+
+  const bool in_place = what == heads_payload::q && detail::matches_heads_side_buffer(plan, views.in[0]);
+  const T* send = in_place ? views.in[0].data() : heads_buf;
+  if (!in_place) {
+#if SEQPAR_CUDA_COMPILER
+    if (on_device) device::pack_heads_side(g, views, heads_buf, stream);
+#endif
+    if (!on_device) detail::pack_heads_side(g, views, heads_buf);
+  }
+  comm.all_to_all_v(std::span<const T>(send, heads_n), plan.heads_side_counts(what), plan.heads_side_displs(what),
+                    std::span<T>(seq_buf, seq_n), plan.seq_side_counts(what), plan.seq_side_displs(what), stream);
+#if SEQPAR_CUDA_COMPILER
+  if (on_device) device::unpack_seq_side_sum(g, seq_buf, views, stream);
+#endif
+  if (!on_device) detail::unpack_seq_side_sum(g, seq_buf, views);
+}
+
+//! Checks and runs a Q/K/V exchange; `in_extents` and `out_extents` give each side's shapes.
+template <class Comm, class Q, class K, class V, class QO, class KO, class VO, class InExtents, class OutExtents>
+void run_qkv(const all_to_all_heads_plan& plan, Comm& comm, detail::heads_direction direction,
+             const qkv_views<Q, K, V>& in, const qkv_views<QO, KO, VO>& out, InExtents in_extents,
+             OutExtents out_extents, std::span<std::byte> workspace, stream_t stream) {
+  using T = std::remove_const_t<Q>;
+  static_assert(!std::is_const_v<QO> && !std::is_const_v<KO> && !std::is_const_v<VO>,
+                "all_to_all_heads: the output views must be writable (tensor_view<T>, not tensor_view<const T>)");
+  detail::check_same_type<T, K>("k");
+  detail::check_same_type<T, V>("v");
+  detail::check_same_type<T, QO>("q out");
+  detail::check_same_type<T, KO>("k out");
+  detail::check_same_type<T, VO>("v out");
+  if constexpr (std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> &&
+                std::is_same_v<QO, T> && std::is_same_v<KO, T> && std::is_same_v<VO, T>) {
+    check_call<T>(plan, comm, heads_payload::qkv, workspace);
+    detail::check_extents("q", in.q, in_extents(0));
+    detail::check_extents("k", in.k, in_extents(1));
+    detail::check_extents("v", in.v, in_extents(2));
+    detail::check_extents("q out", out.q, out_extents(0));
+    detail::check_extents("k out", out.k, out_extents(1));
+    detail::check_extents("v out", out.v, out_extents(2));
+    detail::segment_views<T> views{{in.q, in.k, in.v}, {out.q, out.k, out.v}};
+    run(plan, comm, heads_payload::qkv, direction, views, workspace, stream);
+  }
+}
+
+//! Checks and runs a one-tensor exchange.
+template <class Comm, class In, class Out>
+void run_one(const all_to_all_heads_plan& plan, Comm& comm, detail::heads_direction direction, tensor_view<In> in,
+             tensor_view<Out> out, const shape4& in_extents, const shape4& out_extents,
+             std::span<std::byte> workspace, stream_t stream) {
+  using T = std::remove_const_t<In>;
+  static_assert(!std::is_const_v<Out>, "all_to_all_heads: the output view must be writable");
+  detail::check_same_type<T, Out>("out");
+  if constexpr (std::is_same_v<Out, T>) {
+    check_call<T>(plan, comm, heads_payload::q, workspace);
+    detail::check_extents("in", in, in_extents);
+    detail::check_extents("out", out, out_extents);
+    detail::segment_views<T> views{{in}, {out}};
+    run(plan, comm, heads_payload::q, direction, views, workspace, stream);
+  }
+}
+
+}  // namespace heads_exchange
+
+//! Forward Ulysses exchange of Q, K and V in one all_to_all_v: sequence shards [B, S_r, H | H_kv, D]
+//! become head shards [B, S, h_r | k_r, D], where rank r's kv heads are exactly those its query
+//! heads read. Uses plan.workspace_bytes() bytes of `workspace`; nothing else is allocated.
+template <communicator Comm, class Q, class K, class V, class QO, class KO, class VO>
+void all_to_all_heads(const all_to_all_heads_plan& plan, Comm& comm, const qkv_views<Q, K, V>& seq_shards,
+                      const qkv_views<QO, KO, VO>& head_shards, std::span<std::byte> workspace,
+                      stream_t stream = nullptr) {
+  heads_exchange::run_qkv(
+      plan, comm, detail::heads_direction::forward, seq_shards, head_shards,
+      [&](int t) { return detail::seq_side_extents(plan, t); }, [&](int t) { return detail::heads_side_extents(plan, t); },
+      workspace, stream);
+}
+
+//! Forward Ulysses exchange of one query-headed tensor (dO in the backward pass).
+template <communicator Comm, class In, class Out>
+void all_to_all_heads(const all_to_all_heads_plan& plan, Comm& comm, tensor_view<In> seq_shard,
+                      tensor_view<Out> head_shard, std::span<std::byte> workspace, stream_t stream = nullptr) {
+  heads_exchange::run_one(plan, comm, detail::heads_direction::forward, seq_shard, head_shard,
+                          detail::seq_side_extents(plan, 0), detail::heads_side_extents(plan, 0), workspace, stream);
+}
+
+//! Inverse Ulysses exchange of one query-headed tensor (O after attention, dQ in the backward
+//! pass): head shards [B, S, h_r, D] become sequence shards [B, S_r, H, D].
+template <communicator Comm, class In, class Out>
+void all_to_all_heads_inverse(const all_to_all_heads_plan& plan, Comm& comm, tensor_view<In> head_shard,
+                              tensor_view<Out> seq_shard, std::span<std::byte> workspace, stream_t stream = nullptr) {
+  heads_exchange::run_one(plan, comm, detail::heads_direction::inverse, head_shard, seq_shard,
+                          detail::heads_side_extents(plan, 0), detail::seq_side_extents(plan, 0), workspace, stream);
+}
+
+//! Inverse Ulysses exchange of dQ, dK and dV in one all_to_all_v: the adjoint of the forward
+//! Q/K/V exchange. A kv head that went to several ranks gets the sum of their gradients (fp32).
+template <communicator Comm, class Q, class K, class V, class QO, class KO, class VO>
+void all_to_all_heads_inverse(const all_to_all_heads_plan& plan, Comm& comm, const qkv_views<Q, K, V>& head_shards,
+                              const qkv_views<QO, KO, VO>& seq_shards, std::span<std::byte> workspace,
+                              stream_t stream = nullptr) {
+  heads_exchange::run_qkv(
+      plan, comm, detail::heads_direction::inverse, head_shards, seq_shards,
+      [&](int t) { return detail::heads_side_extents(plan, t); }, [&](int t) { return detail::seq_side_extents(plan, t); },
+      workspace, stream);
+}
+
+SEQPAR_KERNEL_NAMESPACE_END

@@ -1,0 +1,120 @@
+//! @file all_to_all_heads_plan.hpp
+//! The plan of a Ulysses exchange: head split, shard sizes, per-peer counts and workspace, computed once.
+#pragma once
+
+#include <seqpar/error.hpp>
+#include <seqpar/shard.hpp>
+#include <seqpar/tensor.hpp>
+#include <seqpar/types.hpp>
+#include <seqpar/ulysses/detail/heads_geometry.hpp>
+#include <seqpar/ulysses/head_partition.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+SEQPAR_NAMESPACE_BEGIN
+
+//! What an exchange carries: one query-headed tensor (O, dO, dQ) or Q with K and V.
+enum class heads_payload { q, qkv };
+
+//! Everything one rank needs to run all_to_all_heads and its inverse for fixed shapes: the head
+//! split, the shard sizes, the counts and displacements of the single all_to_all_v of each
+//! exchange, and the workspace size. Make it once per shape; calls reuse it.
+class all_to_all_heads_plan {
+ public:
+  //! Alignment, in bytes, of each half of the workspace.
+  static constexpr std::size_t workspace_alignment = 256;
+
+  //! The plan of rank `rank` for activations [batch, S_r, heads, head_dim] of element type `type`,
+  //! with the sequence split by `seq` and the heads by `heads` (both over the same group size).
+  all_to_all_heads_plan(int rank, const seq_partition& seq, const head_partition& heads, std::int64_t batch,
+                        std::int64_t head_dim, dtype type)
+      : type_(type) {
+    SEQPAR_EXPECTS(seq.ranks == heads.ranks, "heads: partition over " << heads.ranks
+                                                                      << " ranks; expected the sequence's group size "
+                                                                      << seq.ranks);
+    SEQPAR_EXPECTS(seq.ranks <= detail::max_heads_exchange_ranks,
+                   "seq: Ulysses exchanges support groups of up to " << detail::max_heads_exchange_ranks
+                                                                     << " ranks, got " << seq.ranks);
+    SEQPAR_EXPECTS(rank >= 0 && rank < seq.ranks, "rank: expected a rank in [0, " << seq.ranks << "), got " << rank);
+    SEQPAR_EXPECTS(batch >= 1, "batch: expected at least 1, got " << batch);
+    SEQPAR_EXPECTS(head_dim >= 1, "head_dim: expected at least 1, got " << head_dim);
+    for (int s = 0; s < 2; ++s) {
+      auto& g = geometry_[s];
+      g.rank = rank, g.segments = s == 0 ? 1 : 3, g.seq = seq, g.heads = heads, g.batch = batch, g.head_dim = head_dim;
+      detail::compute_displacements(g);
+      const int P = seq.ranks;
+      for (int p = 0; p < P; ++p) {
+        counts_[s].seq_counts.push_back(static_cast<std::size_t>(g.seq_displ[p + 1] - g.seq_displ[p]));
+        counts_[s].seq_displs.push_back(static_cast<std::size_t>(g.seq_displ[p]));
+        counts_[s].heads_counts.push_back(static_cast<std::size_t>(g.heads_displ[p + 1] - g.heads_displ[p]));
+        counts_[s].heads_displs.push_back(static_cast<std::size_t>(g.heads_displ[p]));
+      }
+    }
+  }
+
+  //! This rank.
+  int rank() const { return geometry_[0].rank; }
+  //! P, the group size.
+  int ranks() const { return geometry_[0].seq.ranks; }
+  //! The sequence partition.
+  const seq_partition& seq() const { return geometry_[0].seq; }
+  //! The head partition.
+  const head_partition& heads() const { return geometry_[0].heads; }
+  //! B.
+  std::int64_t batch() const { return geometry_[0].batch; }
+  //! D.
+  std::int64_t head_dim() const { return geometry_[0].head_dim; }
+  //! Element type of the activations.
+  dtype type() const { return type_; }
+
+  //! Elements of the sequence-side exchange buffer (what the forward sends, the inverse receives).
+  std::size_t seq_side_elements(heads_payload what) const { return total(geometry(what).seq_displ); }
+  //! Elements of the heads-side exchange buffer (what the forward receives, the inverse sends).
+  std::size_t heads_side_elements(heads_payload what) const { return total(geometry(what).heads_displ); }
+  //! Byte offset of the heads-side buffer within the workspace.
+  std::size_t heads_side_offset(heads_payload what) const {
+    const std::size_t bytes = seq_side_elements(what) * size_of(type_);
+    return (bytes + workspace_alignment - 1) / workspace_alignment * workspace_alignment;
+  }
+  //! Workspace bytes an exchange of `what` needs (both directions need the same).
+  std::size_t workspace_bytes(heads_payload what) const {
+    return heads_side_offset(what) + heads_side_elements(what) * size_of(type_);
+  }
+  //! Workspace bytes enough for every exchange of this plan.
+  std::size_t workspace_bytes() const { return workspace_bytes(heads_payload::qkv); }
+
+  //! Per-peer element counts of the sequence side (forward send counts, inverse receive counts).
+  std::span<const std::size_t> seq_side_counts(heads_payload what) const { return counts(what).seq_counts; }
+  //! Per-peer displacements of the sequence side.
+  std::span<const std::size_t> seq_side_displs(heads_payload what) const { return counts(what).seq_displs; }
+  //! Per-peer element counts of the heads side (forward receive counts, inverse send counts).
+  std::span<const std::size_t> heads_side_counts(heads_payload what) const { return counts(what).heads_counts; }
+  //! Per-peer displacements of the heads side.
+  std::span<const std::size_t> heads_side_displs(heads_payload what) const { return counts(what).heads_displs; }
+
+  //! The index maps of one exchange (what the pack and unpack loops and kernels use).
+  const detail::heads_geometry& geometry(heads_payload what) const { return geometry_[what == heads_payload::qkv]; }
+
+ private:
+  struct peer_counts {
+    std::vector<std::size_t> seq_counts, seq_displs, heads_counts, heads_displs;
+  };
+  const peer_counts& counts(heads_payload what) const { return counts_[what == heads_payload::qkv]; }
+  std::size_t total(const std::int64_t* displ) const { return static_cast<std::size_t>(displ[ranks()]); }
+
+  detail::heads_geometry geometry_[2];
+  peer_counts counts_[2];
+  dtype type_;
+};
+
+//! A plan for activations with `heads` query heads and `kv_heads` key/value heads, sharded over
+//! `ranks` ranks as `seq`; checks the GQA rule (kv_heads divides heads).
+inline all_to_all_heads_plan make_all_to_all_heads_plan(int rank, const seq_partition& seq, int heads, int kv_heads,
+                                                        std::int64_t batch, std::int64_t head_dim, dtype type) {
+  return all_to_all_heads_plan(rank, seq, make_head_partition(heads, kv_heads, seq.ranks), batch, head_dim, type);
+}
+
+SEQPAR_NAMESPACE_END

@@ -1,0 +1,85 @@
+//! @file heads_pack_host.hpp
+//! Host pack and unpack of the Ulysses exchange buffers, one head_dim row at a time.
+#pragma once
+
+#include <seqpar/tensor.hpp>
+#include <seqpar/types.hpp>
+#include <seqpar/ulysses/detail/heads_geometry.hpp>
+
+#include <cstdint>
+
+SEQPAR_NAMESPACE_BEGIN
+namespace detail {
+
+//! The tensors of one exchange, one per segment.
+template <class T>
+struct segment_views {
+  tensor_view<const T> in[3];
+  tensor_view<T> out[3];
+};
+
+//! Visits every head_dim row of every segment of the blocks of one side: fn(p, t, e) with e the
+//! row's first element within the segment.
+template <class SegmentElems, class Fn>
+void for_each_row(const heads_geometry& g, SegmentElems&& segment_elems, Fn&& fn) {
+  for (int p = 0; p < g.seq.ranks; ++p)
+    for (int t = 0; t < g.segments; ++t)
+      for (std::int64_t e = 0, n = segment_elems(p, t); e < n; e += g.head_dim) fn(p, t, e);
+}
+
+//! Forward pack: seq-side blocks from the sequence-sharded inputs.
+template <class T>
+void pack_seq_side(const heads_geometry& g, const segment_views<T>& v, T* buffer) {
+  for_each_row(g, [&](int p, int t) { return g.seq_side_segment(p, t); }, [&](int p, int t, std::int64_t e) {
+    const coord4 c = g.seq_side_coord(p, t, e);
+    T* dst = buffer + g.seq_displ[p] + g.seq_side_segment_offset(p, t) + e;
+    for (std::int64_t d = 0; d < g.head_dim; ++d) dst[d] = v.in[t](c.b, c.s, c.h, d);
+  });
+}
+
+//! Forward unpack: heads-side blocks into the head-sharded outputs.
+template <class T>
+void unpack_heads_side(const heads_geometry& g, const T* buffer, const segment_views<T>& v) {
+  for_each_row(g, [&](int p, int t) { return g.heads_side_segment(p, t); }, [&](int p, int t, std::int64_t e) {
+    const coord4 c = g.heads_side_coord(p, t, e);
+    const T* src = buffer + g.heads_displ[p] + g.heads_side_segment_offset(p, t) + e;
+    for (std::int64_t d = 0; d < g.head_dim; ++d) v.out[t](c.b, c.s, c.h, d) = src[d];
+  });
+}
+
+//! Inverse pack: heads-side blocks from the head-sharded inputs.
+template <class T>
+void pack_heads_side(const heads_geometry& g, const segment_views<T>& v, T* buffer) {
+  for_each_row(g, [&](int p, int t) { return g.heads_side_segment(p, t); }, [&](int p, int t, std::int64_t e) {
+    const coord4 c = g.heads_side_coord(p, t, e);
+    T* dst = buffer + g.heads_displ[p] + g.heads_side_segment_offset(p, t) + e;
+    for (std::int64_t d = 0; d < g.head_dim; ++d) dst[d] = v.in[t](c.b, c.s, c.h, d);
+  });
+}
+
+//! Inverse unpack: every element of the sequence-sharded outputs gathers the copies that its
+//! owners sent back and sums them in fp32 (a kv head used by several ranks gets the sum of their
+//! gradients; an element with one owner, as every query head has, is copied bit for bit).
+template <class T>
+void unpack_seq_side_sum(const heads_geometry& g, const T* buffer, const segment_views<T>& v) {
+  const std::int64_t tokens = g.seq.size(g.rank);
+  for (int t = 0; t < g.segments; ++t)
+    for (std::int64_t b = 0; b < g.batch; ++b)
+      for (std::int64_t s = 0; s < tokens; ++s)
+        for (std::int64_t head = 0; head < g.seg_total_heads(t); ++head) {
+          int first = 0, last = 0;
+          g.owners(t, head, first, last);
+          for (std::int64_t d = 0; d < g.head_dim; ++d) {
+            if (first == last) {  // one owner: pass the bits through untouched
+              v.out[t](b, s, head, d) = buffer[g.seq_side_index(first, t, b, s, head, d)];
+              continue;
+            }
+            float sum = 0;
+            for (int p = first; p <= last; ++p) sum += to_float(buffer[g.seq_side_index(p, t, b, s, head, d)]);
+            v.out[t](b, s, head, d) = from_float<T>(sum);
+          }
+        }
+}
+
+}  // namespace detail
+SEQPAR_NAMESPACE_END
