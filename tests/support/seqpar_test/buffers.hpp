@@ -22,6 +22,9 @@ class buffer {
     }
     SEQPAR_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&device_), size_ * sizeof(T) + 1));
     SEQPAR_CUDA_TRY(cudaMemcpy(device_, init.data(), size_ * sizeof(T), cudaMemcpyHostToDevice));
+    // A pageable upload may still be in flight when cudaMemcpy returns, and the ranks' streams are
+    // non-blocking: wait for it before any stream reads the buffer.
+    SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
   }
   buffer(const buffer&) = delete;
   buffer& operator=(const buffer&) = delete;
