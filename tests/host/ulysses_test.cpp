@@ -4,6 +4,8 @@
 
 #include <doctest/doctest.h>
 
+#include <mutex>
+
 using seqpar::memory_space;
 using seqpar::order;
 using seqpar::shard_strategy;
@@ -157,4 +159,69 @@ TEST_CASE("all_to_all_heads: bad input names the argument before anything moves"
     seqpar::all_to_all_heads(plan3, comm, cviews(q, S / P, H), views(q2, S, 2), ws);
   });
   for (int r = 0; r < P; ++r) CHECK(messages[r].find("comm: a group of 2 ranks; expected the plan's 3") != std::string::npos);
+}
+
+TEST_CASE("all_to_all_heads: any strides (fused QKV input, head_dim-major output) give the maps' values") {
+  const int P = 3, H = 7, H_kv = 1;
+  const std::int64_t B = 2, S = 11, D = 5, F = H + 2 * H_kv;  // fused heads per token
+  const seqpar_test::token_owners tok(S, P, shard_strategy::contiguous);
+  const seqpar_test::head_owners heads(H, H_kv, P);
+  long wrong = 0;
+  seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& comm) {
+    const int r = comm.rank();
+    const std::int64_t S_r = tok.sizes[r];
+    const auto plan = seqpar::make_all_to_all_heads_plan(r, seqpar::make_seq_partition(S, P), H, H_kv, B, D,
+                                                         seqpar::dtype::float32);
+    // Input: one fused [B, S_r, H + 2 H_kv, D] buffer; q, k, v are head slices of it.
+    std::vector<float> fused(B * S_r * F * D);
+    const seqpar::shape4 fused_strides{S_r * F * D, F * D, D, 1};
+    auto slice = [&](std::int64_t first_head, std::int64_t n) {
+      return seqpar::make_strided<const float>(fused.data() + first_head * D, {B, S_r, n, D}, fused_strides);
+    };
+    const auto q = slice(0, H), k = slice(H, H_kv), v = slice(H + H_kv, H_kv);
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t s = 0; s < S_r; ++s)
+        for (std::int64_t d = 0; d < D; ++d) {
+          for (int h = 0; h < H; ++h) const_cast<float&>(q(b, s, h, d)) = seqpar_test::encoded<float>(r, 0, b, s, h, d);
+          for (int h = 0; h < H_kv; ++h) {
+            const_cast<float&>(k(b, s, h, d)) = seqpar_test::encoded<float>(r, 1, b, s, h, d);
+            const_cast<float&>(v(b, s, h, d)) = seqpar_test::encoded<float>(r, 2, b, s, h, d);
+          }
+        }
+    // Outputs: [B, S, D, h] memory order, so head_dim has stride h (not 1).
+    std::vector<std::vector<float>> out(3);
+    auto transposed = [&](int w) {
+      const std::int64_t h = w ? heads.kv_count[r] : heads.count[r];
+      out[w].assign(B * S * D * h, seqpar_test::poison<float>());
+      return seqpar::make_strided(out[w].data(), {B, S, h, D}, {S * D * h, D * h, 1, h});
+    };
+    const auto q2 = transposed(0), k2 = transposed(1), v2 = transposed(2);
+    std::vector<std::byte> ws(plan.workspace_bytes());
+    seqpar::all_to_all_heads(plan, comm, seqpar::qkv_views{q, k, v}, seqpar::qkv_views{q2, k2, v2}, ws);
+    long bad = 0;
+    for (int j = 0; j < P; ++j)
+      for (std::int64_t s = 0; s < tok.sizes[j]; ++s)
+        for (std::int64_t b = 0; b < B; ++b)
+          for (std::int64_t d = 0; d < D; ++d) {
+            const std::int64_t g = tok.global_of[j][s];
+            for (int h = 0; h < heads.count[r]; ++h)
+              bad += !seqpar_test::same_bits(q2(b, g, h, d), seqpar_test::encoded<float>(j, 0, b, s, heads.first[r] + h, d));
+            for (int h = 0; h < heads.kv_count[r]; ++h) {
+              bad += !seqpar_test::same_bits(k2(b, g, h, d), seqpar_test::encoded<float>(j, 1, b, s, heads.kv_first[r] + h, d));
+              bad += !seqpar_test::same_bits(v2(b, g, h, d), seqpar_test::encoded<float>(j, 2, b, s, heads.kv_first[r] + h, d));
+            }
+          }
+    // And back: the inverse from the transposed q2 into a fresh fused-layout slice.
+    std::vector<float> back(fused.size(), seqpar_test::poison<float>());
+    const auto q_back = seqpar::make_strided(back.data(), {B, S_r, H, D}, fused_strides);
+    seqpar::all_to_all_heads_inverse(plan, comm, seqpar::tensor_view<const float>(q2), q_back, ws);
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t s = 0; s < S_r; ++s)
+        for (int h = 0; h < H; ++h)
+          for (std::int64_t d = 0; d < D; ++d) bad += !seqpar_test::same_bits(q_back(b, s, h, d), q(b, s, h, d));
+    static std::mutex m;
+    std::lock_guard lock(m);
+    wrong += bad;
+  });
+  CHECK(wrong == 0);
 }

@@ -7,9 +7,20 @@
 #include <seqpar/ulysses/detail/heads_geometry.hpp>
 
 #include <cstdint>
+#include <cstring>
 
 SEQPAR_NAMESPACE_BEGIN
 namespace detail {
+
+//! Copies one head_dim row between a view and a packed buffer (memcpy when the row is contiguous).
+template <class T>
+void copy_row(T* dst, std::int64_t dst_stride, const T* src, std::int64_t src_stride, std::int64_t n) {
+  if (dst_stride == 1 && src_stride == 1) {
+    std::memcpy(static_cast<void*>(dst), static_cast<const void*>(src), static_cast<std::size_t>(n) * sizeof(T));
+    return;
+  }
+  for (std::int64_t d = 0; d < n; ++d) dst[d * dst_stride] = src[d * src_stride];
+}
 
 //! The tensors of one exchange, one per segment.
 template <class T>
@@ -33,7 +44,7 @@ void pack_seq_side(const heads_geometry& g, const segment_views<T>& v, T* buffer
   for_each_row(g, [&](int p, int t) { return g.seq_side_segment(p, t); }, [&](int p, int t, std::int64_t e) {
     const coord4 c = g.seq_side_coord(p, t, e);
     T* dst = buffer + g.seq_displ[p] + g.seq_side_segment_offset(p, t) + e;
-    for (std::int64_t d = 0; d < g.head_dim; ++d) dst[d] = v.in[t](c.b, c.s, c.h, d);
+    copy_row<T>(dst, 1, &v.in[t](c.b, c.s, c.h, 0), v.in[t].stride(axis::head_dim), g.head_dim);
   });
 }
 
@@ -43,7 +54,7 @@ void unpack_heads_side(const heads_geometry& g, const T* buffer, const segment_v
   for_each_row(g, [&](int p, int t) { return g.heads_side_segment(p, t); }, [&](int p, int t, std::int64_t e) {
     const coord4 c = g.heads_side_coord(p, t, e);
     const T* src = buffer + g.heads_displ[p] + g.heads_side_segment_offset(p, t) + e;
-    for (std::int64_t d = 0; d < g.head_dim; ++d) v.out[t](c.b, c.s, c.h, d) = src[d];
+    copy_row<T>(&v.out[t](c.b, c.s, c.h, 0), v.out[t].stride(axis::head_dim), src, 1, g.head_dim);
   });
 }
 
@@ -53,7 +64,7 @@ void pack_heads_side(const heads_geometry& g, const segment_views<T>& v, T* buff
   for_each_row(g, [&](int p, int t) { return g.heads_side_segment(p, t); }, [&](int p, int t, std::int64_t e) {
     const coord4 c = g.heads_side_coord(p, t, e);
     T* dst = buffer + g.heads_displ[p] + g.heads_side_segment_offset(p, t) + e;
-    for (std::int64_t d = 0; d < g.head_dim; ++d) dst[d] = v.in[t](c.b, c.s, c.h, d);
+    copy_row<T>(dst, 1, &v.in[t](c.b, c.s, c.h, 0), v.in[t].stride(axis::head_dim), g.head_dim);
   });
 }
 
@@ -69,14 +80,16 @@ void unpack_seq_side_sum(const heads_geometry& g, const T* buffer, const segment
         for (std::int64_t head = 0; head < g.seg_total_heads(t); ++head) {
           int first = 0, last = 0;
           g.owners(t, head, first, last);
+          T* out = &v.out[t](b, s, head, 0);
+          const std::int64_t stride = v.out[t].stride(axis::head_dim);
+          if (first == last) {  // one owner: pass the bits through untouched
+            copy_row<T>(out, stride, buffer + g.seq_side_index(first, t, b, s, head, 0), 1, g.head_dim);
+            continue;
+          }
           for (std::int64_t d = 0; d < g.head_dim; ++d) {
-            if (first == last) {  // one owner: pass the bits through untouched
-              v.out[t](b, s, head, d) = buffer[g.seq_side_index(first, t, b, s, head, d)];
-              continue;
-            }
             float sum = 0;
             for (int p = first; p <= last; ++p) sum += to_float(buffer[g.seq_side_index(p, t, b, s, head, d)]);
-            v.out[t](b, s, head, d) = from_float<T>(sum);
+            out[d * stride] = from_float<T>(sum);
           }
         }
 }
