@@ -9,6 +9,12 @@
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/comm/counting.hpp>
 #include <seqpar/comm/in_process.hpp>
+#include <seqpar/lasp/lasp_attention.hpp>
+#include <seqpar/lasp/linear_attention_policy.hpp>
+#include <seqpar/lasp/linear_attention_ring.hpp>
+#include <seqpar/lasp/state.hpp>
+#include <seqpar/memory_resource.hpp>
+#include <seqpar/policy/linear_reference.hpp>
 #include <seqpar/shard.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
 #include <seqpar/ulysses/all_to_all_heads_plan.hpp>

@@ -1,0 +1,220 @@
+//! @file linear_attention_ring.hpp
+//! linear_attention_ring: LASP forward and backward. Ranks pass a small fp32 state along the
+//! sequence (chain), or all-gather every rank's contribution (LASP-2); the chunk-local work is
+//! the policy's. Traffic per rank does not depend on the sequence length.
+#pragma once
+
+#include <seqpar/comm/communicator.hpp>
+#include <seqpar/detail/stream_fork.hpp>
+#include <seqpar/error.hpp>
+#include <seqpar/lasp/linear_attention_policy.hpp>
+#include <seqpar/lasp/state.hpp>
+#include <seqpar/shard.hpp>
+#include <seqpar/tensor.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <type_traits>
+
+SEQPAR_NAMESPACE_BEGIN
+
+//! How the states travel.
+enum class lasp_strategy {
+  chain,       //!< LASP: rank r receives KV_r from r-1 and sends KV_{r+1} to r+1 (P-1 hops)
+  all_gather,  //!< LASP-2: all ranks all-gather their contributions, then each sums a decayed prefix
+};
+
+//! Name of a strategy ("chain", "all_gather").
+inline constexpr const char* to_string(lasp_strategy s) noexcept { return s == lasp_strategy::chain ? "chain" : "all_gather"; }
+
+//! The LASP primitive for one rank and fixed shapes: q, k [B, C, H, D] and v, o [B, C, H, E] with
+//! C = S_r tokens of this rank's chunk, states fp32 [B, H, D, E]. Forward writes this rank's output
+//! and keeps the incoming state KV_r (needed by backward) in a state the caller owns; backward uses
+//! it without communicating it again. Workspace: workspace_bytes(); nothing else is allocated
+//! (on a GPU, one side stream and two events are made on first use and kept).
+class linear_attention_ring {
+ public:
+  //! The primitive of rank `rank` over `seq` (contiguous shards) with the given shapes and strategy.
+  linear_attention_ring(int rank, const seq_partition& seq, std::int64_t batch, std::int64_t heads, std::int64_t dk,
+                        std::int64_t dv, lasp_strategy strategy = lasp_strategy::chain)
+      : rank_(rank), seq_(seq), batch_(batch), heads_(heads), dk_(dk), dv_(dv), strategy_(strategy),
+        fork_(std::make_unique<detail::stream_fork>()) {
+    SEQPAR_EXPECTS(rank >= 0 && rank < seq.ranks, "rank: expected a rank in [0, " << seq.ranks << "), got " << rank);
+    SEQPAR_EXPECTS(seq.strategy == shard_strategy::contiguous,
+                   "seq: LASP passes states along the sequence and needs contiguous shards, got "
+                       << to_string(seq.strategy));
+    SEQPAR_EXPECTS(strategy == lasp_strategy::chain || strategy == lasp_strategy::all_gather,
+                   "strategy: expected lasp_strategy::chain or lasp_strategy::all_gather, got " << static_cast<int>(strategy));
+    SEQPAR_EXPECTS(batch >= 1 && heads >= 1 && dk >= 1 && dv >= 1,
+                   "shape: expected batch, heads, dk and dv >= 1, got " << batch << ", " << heads << ", " << dk << ", " << dv);
+  }
+
+  //! Elements of one state, B * H * D * E.
+  std::size_t state_elements() const { return static_cast<std::size_t>(batch_ * heads_ * dk_ * dv_); }
+  //! Workspace bytes forward and backward need.
+  std::size_t workspace_bytes() const {
+    const std::size_t states = strategy_ == lasp_strategy::chain ? 3 : static_cast<std::size_t>(seq_.ranks) + 2;
+    return states * state_elements() * sizeof(float);
+  }
+  //! This rank's chunk length C = S_r.
+  std::int64_t chunk() const { return seq_.size(rank_); }
+  //! The strategy.
+  lasp_strategy strategy() const { return strategy_; }
+
+  //! LASP forward: o = this rank's outputs; `saved` receives KV_r, the state of all earlier tokens.
+  template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class O>
+  void forward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
+               std::span<const float> decay, tensor_view<O> o, state_view saved, std::span<std::byte> workspace,
+               stream_t stream = nullptr) {
+    using T = std::remove_const_t<Q>;
+    static_assert(std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> &&
+                      std::is_same_v<O, T>,
+                  "linear_attention_ring::forward: q, k, v and o must share one element type, and o must be writable");
+    const memory_space where = comm.memory();
+    check_call<T>(policy, comm, decay, workspace);
+    check_views(q, k, v, o);
+    check_state("saved", saved);
+    const tensor_view<const T> cq = q, ck = k, cv = v;
+
+    float* ws = reinterpret_cast<float*>(workspace.data());
+    const std::size_t n = state_elements();
+    const state_view m = state(ws), next = state(ws + n), gathered = state(ws + n);
+    policy.forward_intra(cq, ck, cv, decay, o, stream);  // needs no message: enqueued first
+    const stream_t side = fork_->fork(where, stream);
+    policy.state_contribution(ck, cv, decay, m, side);
+    if (strategy_ == lasp_strategy::chain) {
+      if (rank_ == 0) detail::zero_state(saved, where, side);
+      for (int s = 0; s + 1 < seq_.ranks; ++s) {  // hop s: rank s sends KV_{s+1} to rank s+1
+        if (rank_ == s) policy.state_update(decay, chunk(), rank_ ? const_state_view(saved) : const_state_view(), m, next, side);
+        comm.template neighbor_exchange<float>(span_if(rank_ == s, next), rank_ == s ? s + 1 : no_rank, span_if(rank_ == s + 1, saved),
+                               rank_ == s + 1 ? s : no_rank, side);
+      }
+    } else {
+      comm.all_gather(span_of(m), std::span<float>(gathered.data_handle(), n * seq_.ranks), side);
+      prefix_of_gathered(policy, decay, ws + n, saved, where, side, /*forward=*/true);
+    }
+    fork_->join(where, stream);
+    if (rank_ > 0) policy.forward_inter(cq, decay, saved, o, stream);
+  }
+
+  //! LASP backward: dq, dk, dv of this rank's chunk from dout and the `saved` KV_r of forward.
+  template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class DO, class G>
+  void backward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
+                tensor_view<DO> dout, std::span<const float> decay, const_state_view saved, tensor_view<G> dq,
+                tensor_view<G> dk, tensor_view<G> dv, std::span<std::byte> workspace, stream_t stream = nullptr) {
+    using T = std::remove_const_t<Q>;
+    static_assert(std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> &&
+                      std::is_same_v<std::remove_const_t<DO>, T> && std::is_same_v<G, T>,
+                  "linear_attention_ring::backward: all views must share one element type, and the gradients must be writable");
+    const memory_space where = comm.memory();
+    check_call<T>(policy, comm, decay, workspace);
+    check_views(q, k, v, dout);
+    check_views(dq, dk, dv, dout);
+    check_state("saved", saved);
+    const tensor_view<const T> cq = q, ck = k, cv = v, cdo = dout;
+
+    float* ws = reinterpret_cast<float*>(workspace.data());
+    const std::size_t n = state_elements();
+    const state_view gq = state(ws), g_in = state(ws + n), g_out = state(ws + 2 * n), gathered = state(ws + n);
+    policy.backward_intra(cq, ck, cv, cdo, decay, dq, dk, dv, stream);
+    const stream_t side = fork_->fork(where, stream);
+    policy.backward_state_contribution(cq, cdo, decay, gq, side);
+    state_view g = g_in;  // G_r: gradient of the state this rank sent forward
+    if (strategy_ == lasp_strategy::chain) {
+      const int last = seq_.ranks - 1;
+      if (rank_ == last) detail::zero_state(g_in, where, side);
+      for (int s = last; s > 0; --s) {  // hop s: rank s sends G_{s-1} to rank s-1
+        if (rank_ == s) policy.state_update(decay, chunk(), g_in, gq, g_out, side);
+        comm.template neighbor_exchange<float>(span_if(rank_ == s, g_out), rank_ == s ? s - 1 : no_rank, span_if(rank_ == s - 1, g_in),
+                               rank_ == s - 1 ? s : no_rank, side);
+      }
+    } else {
+      comm.all_gather(span_of(gq), std::span<float>(gathered.data_handle(), n * seq_.ranks), side);
+      g = state(ws + n * (seq_.ranks + 1));
+      prefix_of_gathered(policy, decay, ws + n, g, where, side, /*forward=*/false);
+    }
+    fork_->join(where, stream);
+    policy.backward_inter(cq, ck, cv, cdo, decay, saved, g, dq, dk, dv, stream);
+  }
+
+ private:
+  state_view state(float* p) const { return make_state(p, batch_, heads_, dk_, dv_); }
+  std::span<const float> span_of(const state_view& s) const { return {s.data_handle(), state_elements()}; }
+  std::span<float> span_if(bool active, const state_view& s) const {
+    return active ? std::span<float>(s.data_handle(), state_elements()) : std::span<float>();
+  }
+
+  // LASP-2: the decayed sum of the gathered contributions of earlier ranks (forward: KV_r =
+  // sum_{j<r} lambda^(C_{j+1} + ... + C_{r-1}) m_j) or of later ranks (backward: G_r =
+  // sum_{j>r} lambda^(C_{r+1} + ... + C_{j-1}) g_j), folded one contribution at a time.
+  template <class Policy>
+  void prefix_of_gathered(const Policy& policy, std::span<const float> decay, float* gathered, state_view out,
+                          memory_space where, stream_t side, bool forward) const {
+    const std::size_t n = state_elements();
+    auto part = [&](int j) { return const_state_view(state(gathered + n * j)); };
+    const int P = seq_.ranks;
+    if (forward ? rank_ == 0 : rank_ == P - 1) {
+      detail::zero_state(out, where, side);
+      return;
+    }
+    const int first = forward ? 0 : P - 1, end = forward ? rank_ : rank_;
+    policy.state_update(decay, 0, const_state_view(), part(first), out, side);
+    if (forward)
+      for (int j = first + 1; j < end; ++j) policy.state_update(decay, seq_.size(j), out, part(j), out, side);
+    else
+      for (int j = first - 1; j > end; --j) policy.state_update(decay, seq_.size(j), out, part(j), out, side);
+  }
+
+  template <class T, class Policy, class Comm>
+  void check_call(const Policy& policy, const Comm& comm, std::span<const float> decay,
+                  std::span<std::byte> workspace) const {
+    SEQPAR_EXPECTS(comm.size() == seq_.ranks, "comm: a group of " << comm.size() << " ranks; expected the partition's "
+                                                                  << seq_.ranks);
+    SEQPAR_EXPECTS(comm.rank() == rank_, "comm: rank " << comm.rank() << "; expected " << rank_);
+    SEQPAR_EXPECTS(policy.memory() == comm.memory(), "policy: works on " << to_string(policy.memory())
+                                                                         << " memory; expected the communicator's "
+                                                                         << to_string(comm.memory()));
+    SEQPAR_EXPECTS(policy.supports(dtype_of<T>, dk_, dv_), "policy: does not support element type "
+                                                               << to_string(dtype_of<T>) << " with D = " << dk_
+                                                               << ", E = " << dv_);
+    check_decay(decay, heads_);
+    SEQPAR_EXPECTS(workspace.size() >= workspace_bytes(), "workspace: expected at least workspace_bytes() = "
+                                                              << workspace_bytes() << " bytes, got " << workspace.size());
+    SEQPAR_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 == 0, "workspace: expected 16-byte alignment");
+  }
+
+  template <class A, class B, class C, class D>
+  void check_views(const tensor_view<A>& q, const tensor_view<B>& k, const tensor_view<C>& v,
+                   const tensor_view<D>& o) const {
+    const std::int64_t C_r = chunk();
+    check_view("q", q, dk_, C_r);
+    check_view("k", k, dk_, C_r);
+    check_view("v", v, dv_, C_r);
+    check_view("o", o, dv_, C_r);
+  }
+  template <class A>
+  void check_view(const char* name, const tensor_view<A>& t, std::int64_t dim, std::int64_t tokens) const {
+    SEQPAR_EXPECTS(t.batch() == batch_ && t.seq() == tokens && t.heads() == heads_ && t.head_dim() == dim,
+                   name << ": expected extents {batch, seq, heads, head_dim} = {" << batch_ << ", " << tokens << ", "
+                        << heads_ << ", " << dim << "}, got {" << t.batch() << ", " << t.seq() << ", " << t.heads()
+                        << ", " << t.head_dim() << "}");
+  }
+  template <class S>
+  void check_state(const char* name, const S& s) const {
+    SEQPAR_EXPECTS(s.extent(0) == batch_ && s.extent(1) == heads_ && s.extent(2) == dk_ && s.extent(3) == dv_,
+                   name << ": expected state extents {batch, heads, D, E} = {" << batch_ << ", " << heads_ << ", " << dk_
+                        << ", " << dv_ << "}, got {" << s.extent(0) << ", " << s.extent(1) << ", " << s.extent(2) << ", "
+                        << s.extent(3) << "}");
+    SEQPAR_EXPECTS(s.data_handle() != nullptr, name << ": null state; expected " << state_elements() << " floats");
+  }
+
+  int rank_;
+  seq_partition seq_;
+  std::int64_t batch_, heads_, dk_, dv_;
+  lasp_strategy strategy_;
+  std::unique_ptr<detail::stream_fork> fork_;
+};
+
+SEQPAR_NAMESPACE_END

@@ -1,0 +1,131 @@
+//! @file lasp_cases.hpp
+//! LASP on P in-process ranks against the single-device reference, shared by the host and the
+//! device tests: every rank's outputs and gradients, poisoned before the run.
+#pragma once
+
+#include <seqpar/comm/in_process.hpp>
+#include <seqpar/lasp/lasp_attention.hpp>
+#include <seqpar/policy/linear_reference.hpp>
+#include <seqpar_test/buffers.hpp>
+#include <seqpar_test/lasp_reference.hpp>
+#include <seqpar_test/values.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+namespace seqpar_test {
+
+//! One LASP configuration.
+struct lasp_case {
+  int P = 1;
+  std::int64_t B = 2, S = 7, H = 2, D = 3, E = 5;
+  float lambda = 1.0f;
+  seqpar::lasp_strategy strategy = seqpar::lasp_strategy::chain;
+  bool normalised = false;  //!< append a ones column to V: the last output column is the denominator
+
+  std::string name() const {
+    return "P=" + std::to_string(P) + " S=" + std::to_string(S) + " lambda=" + std::to_string(lambda) + " " +
+           seqpar::to_string(strategy) + (normalised ? " normalised" : "");
+  }
+  //! Per-head decays: lambda for head 0, a slightly stronger decay for the others.
+  std::vector<float> decay() const {
+    std::vector<float> d(H, lambda);
+    for (std::int64_t h = 1; h < H; ++h) d[h] = lambda * 0.97f;
+    return d;
+  }
+};
+
+//! Largest error allowed, relative to the largest reference magnitude, for each element type.
+template <class T>
+double lasp_tolerance() {
+  if constexpr (std::is_same_v<T, float>) return 2e-5;
+  else if constexpr (std::is_same_v<T, __half>) return 4e-3;
+  else return 3e-2;
+}
+
+//! Random inputs rounded to T, so the reference sees exactly what the ranks see.
+template <class T>
+dense4 random_input(std::int64_t B, std::int64_t S, std::int64_t H, std::int64_t X) {
+  dense4 a(B, S, H, X);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto& x : a.v) x = as_double(seqpar::from_float<T>(u(rng())));
+  return a;
+}
+
+//! The rows [offset, offset + n) of a dense array, as T in BSHD order.
+template <class T>
+std::vector<T> rows_of(const dense4& a, std::int64_t offset, std::int64_t n) {
+  std::vector<T> out;
+  for (std::int64_t b = 0; b < a.B; ++b)
+    for (std::int64_t s = offset; s < offset + n; ++s)
+      for (std::int64_t h = 0; h < a.H; ++h)
+        for (std::int64_t x = 0; x < a.X; ++x) out.push_back(seqpar::from_float<T>(static_cast<float>(a(b, s, h, x))));
+  return out;
+}
+
+//! max |got - want| / max |want| over a rank's rows; NaN (an unwritten, poisoned element) gives infinity.
+template <class T>
+double relative_error(const std::vector<T>& got, const dense4& want, std::int64_t offset, std::int64_t n) {
+  double err = 0, scale = 1e-30;
+  std::size_t i = 0;
+  for (std::int64_t b = 0; b < want.B; ++b)
+    for (std::int64_t s = offset; s < offset + n; ++s)
+      for (std::int64_t h = 0; h < want.H; ++h)
+        for (std::int64_t x = 0; x < want.X; ++x, ++i) {
+          const double g = as_double(got[i]), w = want(b, s, h, x);
+          if (!std::isfinite(g)) return INFINITY;
+          err = std::max(err, std::abs(g - w));
+          scale = std::max(scale, std::abs(w));
+        }
+  return err / scale;
+}
+
+//! Runs lasp_attention forward and backward on P ranks and checks o, dq, dk, dv of every rank.
+template <class T, class Policy = seqpar::linear_reference>
+void check_lasp(const lasp_case& c, seqpar::memory_space where, Policy policy = {}) {
+  INFO(c.name());
+  const std::int64_t E = c.E + (c.normalised ? 1 : 0);
+  const auto q = random_input<T>(c.B, c.S, c.H, c.D), k = random_input<T>(c.B, c.S, c.H, c.D);
+  auto v = random_input<T>(c.B, c.S, c.H, E);
+  if (c.normalised)
+    for (std::int64_t b = 0; b < c.B; ++b)
+      for (std::int64_t s = 0; s < c.S; ++s)
+        for (std::int64_t h = 0; h < c.H; ++h) v(b, s, h, E - 1) = 1.0;
+  const auto dout = random_input<T>(c.B, c.S, c.H, E);
+  const auto ref = linear_attention_reference(q, k, v, dout, c.decay());
+  const auto part = seqpar::make_seq_partition(c.S, c.P);
+  std::vector<std::vector<std::vector<T>>> got(c.P);  // per rank: o, dq, dk, dv
+  seqpar::run_in_process(c.P, where, [&](seqpar::in_process_communicator& comm) {
+    const int r = comm.rank();
+    const std::int64_t n = part.size(r), at = part.offset(r);
+    buffer<T> bq(where, rows_of<T>(q, at, n)), bk(where, rows_of<T>(k, at, n)), bv(where, rows_of<T>(v, at, n)),
+        bdo(where, rows_of<T>(dout, at, n));
+    buffer<T> bo(where, std::vector<T>(c.B * n * c.H * E, poison<T>())),
+        bdq(where, std::vector<T>(c.B * n * c.H * c.D, poison<T>())),
+        bdk(where, std::vector<T>(c.B * n * c.H * c.D, poison<T>())),
+        bdv(where, std::vector<T>(c.B * n * c.H * E, poison<T>()));
+    auto view = [&](buffer<T>& b, std::int64_t x) { return seqpar::make_bshd(b.data(), c.B, n, c.H, x); };
+    auto cview = [&](buffer<T>& b, std::int64_t x) { return seqpar::tensor_view<const T>(view(b, x)); };
+    rank_stream stream(where);
+    seqpar::lasp_attention layer(policy, comm, part, c.B, c.H, c.D, E, c.decay(), c.strategy);
+    layer.forward(cview(bq, c.D), cview(bk, c.D), cview(bv, E), view(bo, E), stream);
+    layer.backward(cview(bq, c.D), cview(bk, c.D), cview(bv, E), cview(bdo, E), view(bdq, c.D), view(bdk, c.D),
+                   view(bdv, E), stream);
+    stream.sync();
+    got[r] = {bo.values(), bdq.values(), bdk.values(), bdv.values()};
+  });
+  const double tol = lasp_tolerance<T>();
+  for (int r = 0; r < c.P; ++r) {
+    CAPTURE(r);
+    const std::int64_t n = part.size(r), at = part.offset(r);
+    CHECK(relative_error(got[r][0], ref.o, at, n) <= tol);
+    CHECK(relative_error(got[r][1], ref.dq, at, n) <= tol);
+    CHECK(relative_error(got[r][2], ref.dk, at, n) <= tol);
+    CHECK(relative_error(got[r][3], ref.dv, at, n) <= tol);
+  }
+}
+
+}  // namespace seqpar_test
