@@ -110,3 +110,8 @@ TEST_CASE("linear_attention_ring: bad input names the argument before anything m
     CHECK(untouched[r]);
   }
 }
+
+TEST_CASE("lasp_attention (host): longer chunks, head dims 16 and 8") {
+  seqpar_test::check_lasp<float>({3, 1, 3 * 40 + 2, 2, 16, 8, 0.99f, lasp_strategy::chain}, memory_space::host);
+  seqpar_test::check_lasp<__nv_bfloat16>({2, 2, 61, 1, 8, 16, 0.9f, lasp_strategy::all_gather}, memory_space::host);
+}

@@ -1,0 +1,27 @@
+// LASP on the GPU: the CUDA linear-attention policy through lasp_attention over the in-process
+// backend on device memory, against the single-device reference; chunks long enough to span
+// several sub-blocks, with a partial last one.
+#include <seqpar_test/lasp_cases.hpp>
+
+#include <seqpar/policy/linear_cuda.cuh>
+
+using seqpar::lasp_strategy;
+using seqpar::memory_space;
+
+TEST_CASE_TEMPLATE("lasp_attention with linear_cuda: o, dq, dk, dv equal the single-device reference", T, float,
+                   __half, __nv_bfloat16) {
+  for (int P : {1, 2, 3, 4, 8})
+    for (float lambda : {1.0f, 0.99f, 0.9f})
+      for (auto strategy : {lasp_strategy::chain, lasp_strategy::all_gather})
+        seqpar_test::check_lasp<T>({P, 2, 37 * P + 5, 2, 3, 5, lambda, strategy}, memory_space::device,
+                                   seqpar::linear_cuda{});
+}
+
+TEST_CASE("lasp_attention with linear_cuda: head dims 64 and 128, a normalised variant") {
+  seqpar_test::check_lasp<__nv_bfloat16>({4, 1, 300, 2, 64, 64, 0.99f, lasp_strategy::chain}, memory_space::device,
+                                         seqpar::linear_cuda{});
+  seqpar_test::check_lasp<__half>({2, 1, 130, 1, 128, 96, 1.0f, lasp_strategy::all_gather}, memory_space::device,
+                                  seqpar::linear_cuda{});
+  seqpar_test::check_lasp<float>({4, 1, 77, 2, 16, 8, 0.95f, lasp_strategy::chain, true}, memory_space::device,
+                                 seqpar::linear_cuda{});
+}
