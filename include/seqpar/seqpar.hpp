@@ -14,11 +14,15 @@
 #include <seqpar/lasp/linear_attention_ring.hpp>
 #include <seqpar/lasp/state.hpp>
 #include <seqpar/memory_resource.hpp>
+#include <seqpar/policy/attention_policy.hpp>
+#include <seqpar/policy/block_sparse_attention.hpp>
 #include <seqpar/policy/linear_reference.hpp>
+#include <seqpar/policy/reference_attention.hpp>
 #include <seqpar/shard.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
 #include <seqpar/ulysses/all_to_all_heads_plan.hpp>
 #include <seqpar/ulysses/head_partition.hpp>
+#include <seqpar/ulysses/ulysses_attention.hpp>
 #if SEQPAR_HAS_NCCL
 #include <seqpar/comm/nccl.hpp>
 #endif

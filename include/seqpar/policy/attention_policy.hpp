@@ -1,0 +1,70 @@
+//! @file attention_policy.hpp
+//! The softmax-attention policy concept: what Ulysses runs on one rank's heads over the whole sequence.
+#pragma once
+
+#include <seqpar/comm/communicator.hpp>
+#include <seqpar/tensor.hpp>
+#include <seqpar/types.hpp>
+
+#include <cuda/std/mdspan>
+
+#include <concepts>
+#include <cstdint>
+
+SEQPAR_NAMESPACE_BEGIN
+
+//! Per-row log-sum-exp of the scaled scores, fp32 [batch, heads, seq] row-major.
+using lse_view = cuda::std::mdspan<float, cuda::std::dextents<std::int64_t, 3>>;
+//! Read-only log-sum-exp.
+using const_lse_view = cuda::std::mdspan<const float, cuda::std::dextents<std::int64_t, 3>>;
+
+//! What every attention call is told besides the tensors.
+struct attention_options {
+  float scale = 1.0f;   //!< softmax scale, usually 1 / sqrt(D)
+  bool causal = false;  //!< token i attends tokens j <= i (positions are the view's seq indices)
+};
+
+//! Which local kv head a local query head reads: (first_query + h) / group - first_kv. With all
+//! heads on one device: first_query = first_kv = 0. Usable in kernels.
+struct gqa_map {
+  int first_query = 0;  //!< global index of local query head 0
+  int group = 1;        //!< query heads per kv head, H / H_kv
+  int first_kv = 0;     //!< global index of local kv head 0
+  //! The local kv head of local query head h.
+  SEQPAR_HOST_DEVICE int kv_head(int h) const { return (first_query + h) / group - first_kv; }
+};
+
+//! Tag an attention policy names as `using policy_concept = seqpar::attention_policy_tag;`.
+struct attention_policy_tag {};
+
+namespace detail {
+template <class P>
+concept opts_into_attention_policy = std::same_as<typename P::policy_concept, attention_policy_tag>;
+
+template <class P>
+concept states_attention_support = requires(const P& p, dtype t, std::int64_t d) {
+  { p.memory() } -> std::same_as<memory_space>;
+  { p.supports(t, d) } -> std::same_as<bool>;
+  { p.supports_causal() } -> std::same_as<bool>;
+};
+
+template <class P>
+concept computes_attention = requires(const P& p, tensor_view<const float> in, tensor_view<float> out, lse_view lse,
+                                      const_lse_view clse, gqa_map map, attention_options opt, stream_t s) {
+  p.forward(in, in, in, map, opt, out, lse, s);
+  p.backward(in, in, in, in, clse, in, map, opt, out, out, out, s);
+};
+}  // namespace detail
+
+//! A type that computes softmax attention on local heads over the whole sequence:
+//! - forward(q, k, v, map, options, o, lse): o = softmax(scale q k^T [+ causal mask]) v per query
+//!   head, reading kv head map.kv_head(h); lse = log-sum-exp of each row's scaled scores;
+//! - backward(q, k, v, o, lse, dO, map, options, dq, dk, dv): the gradients; dk and dv sum over
+//!   the query heads that read each kv head;
+//! - memory(), supports(dtype, head_dim), supports_causal().
+//! q, o, dO, dq: [B, S, h, D]; k, v, dk, dv: [B, S, k, D]; every call takes a stream last.
+template <class P>
+concept attention_policy = detail::opts_into_attention_policy<P> && detail::states_attention_support<P> &&
+                           detail::computes_attention<P>;
+
+SEQPAR_NAMESPACE_END

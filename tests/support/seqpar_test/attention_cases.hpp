@@ -1,0 +1,152 @@
+//! @file attention_cases.hpp
+//! ulysses_attention on P in-process ranks against the same policy on one device, plus an
+//! independent dense softmax attention in double for the forward pass.
+#pragma once
+
+#include <seqpar/comm/in_process.hpp>
+#include <seqpar/ulysses/ulysses_attention.hpp>
+#include <seqpar_test/buffers.hpp>
+#include <seqpar_test/lasp_cases.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <string>
+
+namespace seqpar_test {
+
+//! One attention configuration.
+struct attention_case {
+  int P = 1, H = 4, H_kv = 4;
+  std::int64_t B = 2, S = 9, D = 4;
+  bool causal = false;
+  seqpar::shard_strategy strategy = seqpar::shard_strategy::contiguous;
+  std::string name() const {
+    return "P=" + std::to_string(P) + " H=" + std::to_string(H) + " H_kv=" + std::to_string(H_kv) + " B=" +
+           std::to_string(B) + " S=" + std::to_string(S) + (causal ? " causal" : "") + " " + seqpar::to_string(strategy);
+  }
+};
+
+//! Dense softmax attention in double, written out directly: o[b, i, h] = sum_j softmax_j(scale
+//! q_i . k_j) v_j over allowed(i, j) (and j <= i when causal); kv head h / (H / H_kv).
+template <class Allowed>
+dense4 dense_attention(const dense4& q, const dense4& k, const dense4& v, double scale, bool causal, Allowed allowed) {
+  dense4 o(q.B, q.S, q.H, q.X);
+  const std::int64_t group = q.H / k.H;
+  for (std::int64_t b = 0; b < q.B; ++b)
+    for (std::int64_t h = 0; h < q.H; ++h)
+      for (std::int64_t i = 0; i < q.S; ++i) {
+        std::vector<double> w(q.S, 0.0);
+        double m = -std::numeric_limits<double>::infinity(), sum = 0;
+        for (std::int64_t j = 0; j < q.S; ++j) {
+          if ((causal && j > i) || !allowed(i, j)) continue;
+          double s = 0;
+          for (std::int64_t d = 0; d < q.X; ++d) s += q(b, i, h, d) * k(b, j, h / group, d);
+          w[j] = scale * s;
+          m = std::max(m, w[j]);
+        }
+        for (std::int64_t j = 0; j < q.S; ++j)
+          if (!((causal && j > i) || !allowed(i, j))) sum += w[j] = std::exp(w[j] - m);
+          else w[j] = 0;
+        for (std::int64_t d = 0; d < q.X; ++d)
+          for (std::int64_t j = 0; j < q.S; ++j) o(b, i, h, d) += sum > 0 ? w[j] / sum * v(b, j, h / group, d) : 0.0;
+      }
+  return o;
+}
+
+//! Runs `policy` on all heads of the full tensors on one "device" (the host); returns o, dq, dk, dv.
+template <class T, class Policy>
+std::vector<std::vector<T>> single_device(const Policy& policy, const dense4& q, const dense4& k, const dense4& v,
+                                          const dense4& dout, seqpar::attention_options opt) {
+  auto all = [](const dense4& a) { return rows_of<T>(a, 0, a.S); };
+  std::vector<T> hq = all(q), hk = all(k), hv = all(v), hdo = all(dout), o(hq.size()), dq(hq.size()), dk(hk.size()),
+                 dv(hk.size());
+  std::vector<float> lse(q.B * q.H * q.S);
+  auto cv = [&](std::vector<T>& x, std::int64_t h) { return seqpar::make_bshd<const T>(x.data(), q.B, q.S, h, q.X); };
+  auto mv = [&](std::vector<T>& x, std::int64_t h) { return seqpar::make_bshd(x.data(), q.B, q.S, h, q.X); };
+  const seqpar::gqa_map map{0, static_cast<int>(q.H / k.H), 0};
+  seqpar::lse_view l(lse.data(), q.B, q.H, q.S);
+  policy.forward(cv(hq, q.H), cv(hk, k.H), cv(hv, k.H), map, opt, mv(o, q.H), l);
+  policy.backward(cv(hq, q.H), cv(hk, k.H), cv(hv, k.H), cv(o, q.H), seqpar::const_lse_view(l), cv(hdo, q.H), map, opt,
+                  mv(dq, q.H), mv(dk, k.H), mv(dv, k.H));
+  return {o, dq, dk, dv};
+}
+
+//! max |got - want| / max |want| between two T arrays of the same global layout.
+template <class T>
+double relative_gap(const std::vector<T>& got, const std::vector<T>& want) {
+  double err = 0, scale = 1e-30;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double g = as_double(got[i]), w = as_double(want[i]);
+    if (!std::isfinite(g)) return INFINITY;
+    err = std::max(err, std::abs(g - w));
+    scale = std::max(scale, std::abs(w));
+  }
+  return err / scale;
+}
+
+//! Runs ulysses_attention forward and backward on P ranks and compares the gathered o, dq, dk,
+//! dv with the single-device run of the same policy (and o with the dense definition).
+template <class T, class Policy, class Allowed>
+void check_ulysses_attention(const attention_case& c, seqpar::memory_space where, const Policy& policy,
+                             const Policy& host_policy, Allowed allowed) {
+  INFO(c.name());
+  const auto q = random_input<T>(c.B, c.S, c.H, c.D), dout = random_input<T>(c.B, c.S, c.H, c.D);
+  const auto k = random_input<T>(c.B, c.S, c.H_kv, c.D), v = random_input<T>(c.B, c.S, c.H_kv, c.D);
+  const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(c.D))), c.causal};
+  const auto want = single_device<T>(host_policy, q, k, v, dout, opt);
+  const auto part = seqpar::make_seq_partition(c.S, c.P, c.strategy);
+  // Global results, assembled from each rank's shard (every element written exactly once).
+  std::vector<std::vector<T>> got{std::vector<T>(want[0].size(), poison<T>()), std::vector<T>(want[1].size(), poison<T>()),
+                                  std::vector<T>(want[2].size(), poison<T>()), std::vector<T>(want[3].size(), poison<T>())};
+  std::mutex m;
+  seqpar::run_in_process(c.P, where, [&](seqpar::in_process_communicator& comm) {
+    const int r = comm.rank();
+    const std::int64_t n = part.size(r);
+    auto shard = [&](const dense4& a) {
+      std::vector<T> out;
+      for (std::int64_t b = 0; b < a.B; ++b)
+        for (std::int64_t s = 0; s < n; ++s)
+          for (std::int64_t h = 0; h < a.H; ++h)
+            for (std::int64_t x = 0; x < a.X; ++x)
+              out.push_back(seqpar::from_float<T>(static_cast<float>(a(b, part.global(r, s), h, x))));
+      return out;
+    };
+    buffer<T> bq(where, shard(q)), bk(where, shard(k)), bv(where, shard(v)), bdo(where, shard(dout));
+    buffer<T> bo(where, std::vector<T>(c.B * n * c.H * c.D, poison<T>())),
+        bdq(where, std::vector<T>(c.B * n * c.H * c.D, poison<T>())),
+        bdk(where, std::vector<T>(c.B * n * c.H_kv * c.D, poison<T>())),
+        bdv(where, std::vector<T>(c.B * n * c.H_kv * c.D, poison<T>()));
+    auto mv = [&](buffer<T>& x, std::int64_t h) { return seqpar::make_bshd(x.data(), c.B, n, h, c.D); };
+    auto cv = [&](buffer<T>& x, std::int64_t h) { return seqpar::tensor_view<const T>(mv(x, h)); };
+    rank_stream stream(where);
+    seqpar::ulysses_attention layer(policy, comm, part, c.H, c.H_kv, c.B, c.D, seqpar::dtype_of<T>, opt);
+    layer.forward(cv(bq, c.H), cv(bk, c.H_kv), cv(bv, c.H_kv), mv(bo, c.H), stream);
+    layer.backward(cv(bdo, c.H), mv(bdq, c.H), mv(bdk, c.H_kv), mv(bdv, c.H_kv), stream);
+    stream.sync();
+    const std::vector<std::vector<T>> local{bo.values(), bdq.values(), bdk.values(), bdv.values()};
+    std::lock_guard lock(m);
+    for (int w = 0; w < 4; ++w) {
+      const std::int64_t heads = (w == 2 || w == 3) ? c.H_kv : c.H;
+      std::size_t i = 0;
+      for (std::int64_t b = 0; b < c.B; ++b)
+        for (std::int64_t s = 0; s < n; ++s)
+          for (std::int64_t h = 0; h < heads; ++h)
+            for (std::int64_t x = 0; x < c.D; ++x, ++i)
+              got[w][((b * c.S + part.global(r, s)) * heads + h) * c.D + x] = local[w][i];
+    }
+  });
+  const double tol = lasp_tolerance<T>();
+  const char* names[] = {"o", "dq", "dk", "dv"};
+  for (int w = 0; w < 4; ++w) {
+    INFO(names[w]);
+    CHECK(relative_gap(got[w], want[w]) <= tol);
+  }
+  const auto dense = rows_of<T>(dense_attention(q, k, v, opt.scale, c.causal, allowed), 0, c.S);
+  INFO("o against the dense definition");
+  CHECK(relative_gap(got[0], dense) <= tol);
+}
+
+}  // namespace seqpar_test
