@@ -87,11 +87,11 @@ double relative_gap(const std::vector<T>& got, const std::vector<T>& want) {
   return err / scale;
 }
 
-//! Runs ulysses_attention forward and backward on P ranks and compares the gathered o, dq, dk,
-//! dv with the single-device run of the same policy (and o with the dense definition).
-template <class T, class Policy, class Allowed>
+//! Runs ulysses_attention forward and backward on P ranks with `policy` and compares the gathered
+//! o, dq, dk, dv with `host_policy` on one device (and o with the dense definition).
+template <class T, class Policy, class HostPolicy, class Allowed>
 void check_ulysses_attention(const attention_case& c, seqpar::memory_space where, const Policy& policy,
-                             const Policy& host_policy, Allowed allowed) {
+                             const HostPolicy& host_policy, Allowed allowed) {
   INFO(c.name());
   const auto q = random_input<T>(c.B, c.S, c.H, c.D), dout = random_input<T>(c.B, c.S, c.H, c.D);
   const auto k = random_input<T>(c.B, c.S, c.H_kv, c.D), v = random_input<T>(c.B, c.S, c.H_kv, c.D);

@@ -1,0 +1,214 @@
+//! @file attention_cuda.cuh
+//! Simple CUDA attention policies (nvcc only): reference_attention_cuda and
+//! block_sparse_attention_cuda. One thread per output row, fp32 accumulation, scores recomputed in
+//! backward from the saved log-sum-exp; O(S^2) work without materialising S x S. They are the
+//! device-side oracles and the block-sparse device path, not the fast path.
+#pragma once
+
+#include <seqpar/cuda_check.hpp>
+#include <seqpar/policy/attention_policy.hpp>
+#include <seqpar/policy/block_sparse_attention.hpp>
+
+#include <cmath>
+#include <cstdint>
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
+namespace attention_kernels {
+
+//! The largest head dim the row-per-thread kernels take (their accumulators live per thread).
+inline constexpr int max_head_dim = 256;
+
+//! Every pair allowed.
+struct no_mask {
+  SEQPAR_HOST_DEVICE bool allowed(std::int64_t, std::int64_t) const { return true; }
+};
+
+template <class T, class Mask>
+__device__ inline bool visible(const Mask& mask, bool causal, std::int64_t i, std::int64_t j) {
+  return !(causal && j > i) && mask.allowed(i, j);
+}
+
+template <class T>
+__device__ inline float score(const tensor_view<const T>& q, const tensor_view<const T>& k, std::int64_t b,
+                              std::int64_t h, int kh, std::int64_t i, std::int64_t j, float scale) {
+  float s = 0.0f;
+  for (std::int64_t d = 0; d < q.head_dim(); ++d) s += to_float(q(b, i, h, d)) * to_float(k(b, j, kh, d));
+  return scale * s;
+}
+
+//! One thread per (query row, head, batch): online softmax over the visible keys.
+template <class T, class Mask>
+__global__ void forward_rows(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
+                             attention_options opt, Mask mask, tensor_view<T> o, lse_view lse) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  const std::int64_t h = blockIdx.y, b = blockIdx.z, S = q.seq(), D = q.head_dim();
+  if (i >= S) return;
+  const int kh = map.kv_head(static_cast<int>(h));
+  float acc[max_head_dim];
+  for (std::int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  for (std::int64_t j = 0; j < S; ++j) {
+    if (!visible<T>(mask, opt.causal, i, j)) continue;
+    const float s = score(q, k, b, h, kh, i, j, opt.scale);
+    const float m_new = fmaxf(m, s), correction = expf(m - m_new), p = expf(s - m_new);
+    l = l * correction + p;
+    for (std::int64_t d = 0; d < D; ++d) acc[d] = acc[d] * correction + p * to_float(v(b, j, kh, d));
+    m = m_new;
+  }
+  for (std::int64_t d = 0; d < D; ++d) o(b, i, h, d) = from_float<T>(l > 0.0f ? acc[d] / l : 0.0f);
+  lse(b, h, i) = l > 0.0f ? m + logf(l) : -INFINITY;
+}
+
+template <class T>
+__device__ inline float row_delta(const tensor_view<const T>& dout, const tensor_view<const T>& o, std::int64_t b,
+                                  std::int64_t h, std::int64_t i) {
+  float delta = 0.0f;
+  for (std::int64_t d = 0; d < o.head_dim(); ++d) delta += to_float(dout(b, i, h, d)) * to_float(o(b, i, h, d));
+  return delta;
+}
+
+//! One thread per (query row, head, batch): dq_i = scale sum_j p_ij (dO_i . v_j - delta_i) k_j.
+template <class T, class Mask>
+__global__ void backward_dq(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                            tensor_view<const T> o, const_lse_view lse, tensor_view<const T> dout, gqa_map map,
+                            attention_options opt, Mask mask, tensor_view<T> dq) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  const std::int64_t h = blockIdx.y, b = blockIdx.z, S = q.seq(), D = q.head_dim();
+  if (i >= S) return;
+  const int kh = map.kv_head(static_cast<int>(h));
+  const float l = lse(b, h, i), delta = row_delta(dout, o, b, h, i);
+  float acc[max_head_dim];
+  for (std::int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
+  for (std::int64_t j = 0; j < S && isfinite(l); ++j) {
+    if (!visible<T>(mask, opt.causal, i, j)) continue;
+    const float p = expf(score(q, k, b, h, kh, i, j, opt.scale) - l);
+    float dp = 0.0f;
+    for (std::int64_t d = 0; d < D; ++d) dp += to_float(dout(b, i, h, d)) * to_float(v(b, j, kh, d));
+    const float ds = p * (dp - delta);
+    for (std::int64_t d = 0; d < D; ++d) acc[d] += ds * to_float(k(b, j, kh, d));
+  }
+  for (std::int64_t d = 0; d < D; ++d) dq(b, i, h, d) = from_float<T>(opt.scale * acc[d]);
+}
+
+//! One thread per (key row, kv head, batch): sums over every query head that reads this kv head.
+template <class T, class Mask>
+__global__ void backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                              tensor_view<const T> o, const_lse_view lse, tensor_view<const T> dout, gqa_map map,
+                              attention_options opt, Mask mask, tensor_view<T> dk, tensor_view<T> dv) {
+  const std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  const int kh = static_cast<int>(blockIdx.y);
+  const std::int64_t b = blockIdx.z, S = q.seq(), D = q.head_dim();
+  if (j >= S) return;
+  float gk[max_head_dim], gv[max_head_dim];
+  for (std::int64_t d = 0; d < D; ++d) gk[d] = gv[d] = 0.0f;
+  for (std::int64_t h = 0; h < q.heads(); ++h) {
+    if (map.kv_head(static_cast<int>(h)) != kh) continue;
+    for (std::int64_t i = 0; i < S; ++i) {
+      const float l = lse(b, h, i);
+      if (!visible<T>(mask, opt.causal, i, j) || !isfinite(l)) continue;
+      const float p = expf(score(q, k, b, h, kh, i, j, opt.scale) - l);
+      float dp = 0.0f;
+      for (std::int64_t d = 0; d < D; ++d) dp += to_float(dout(b, i, h, d)) * to_float(v(b, j, kh, d));
+      const float ds = p * (dp - row_delta(dout, o, b, h, i));
+      for (std::int64_t d = 0; d < D; ++d) {
+        gk[d] += ds * to_float(q(b, i, h, d));
+        gv[d] += p * to_float(dout(b, i, h, d));
+      }
+    }
+  }
+  for (std::int64_t d = 0; d < D; ++d) {
+    dk(b, j, kh, d) = from_float<T>(opt.scale * gk[d]);
+    dv(b, j, kh, d) = from_float<T>(gv[d]);
+  }
+}
+
+//! The policy body shared by the dense and block-sparse device policies.
+template <class Mask>
+struct rows_policy {
+  Mask mask;
+
+  template <class T>
+  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
+               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream) const {
+    if (q.size() == 0) return;
+    forward_rows<T, Mask><<<grid(q.seq(), q.heads(), q.batch()), 128, 0, stream>>>(q, k, v, map, opt, mask, o, lse);
+    SEQPAR_CUDA_TRY(cudaGetLastError());
+  }
+  template <class T>
+  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
+                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
+                tensor_view<T> dk, tensor_view<T> dv, stream_t stream) const {
+    if (q.size() != 0) {
+      backward_dq<T, Mask><<<grid(q.seq(), q.heads(), q.batch()), 128, 0, stream>>>(q, k, v, o, lse, dout, map, opt,
+                                                                                     mask, dq);
+      SEQPAR_CUDA_TRY(cudaGetLastError());
+    }
+    if (k.size() != 0) {
+      backward_dkdv<T, Mask><<<grid(k.seq(), k.heads(), k.batch()), 128, 0, stream>>>(q, k, v, o, lse, dout, map, opt,
+                                                                                       mask, dk, dv);
+      SEQPAR_CUDA_TRY(cudaGetLastError());
+    }
+  }
+  static dim3 grid(std::int64_t rows, std::int64_t heads, std::int64_t batch) {
+    return dim3(static_cast<unsigned>((rows + 127) / 128), static_cast<unsigned>(heads), static_cast<unsigned>(batch));
+  }
+};
+
+}  // namespace attention_kernels
+
+//! Softmax attention on the device, row by row: any element type, head dims up to 256, causal, GQA.
+struct reference_attention_cuda {
+  //! Opts into seqpar::attention_policy.
+  using policy_concept = attention_policy_tag;
+  //! Device memory.
+  memory_space memory() const { return memory_space::device; }
+  //! Head dims up to 256.
+  bool supports(dtype, std::int64_t d) const { return d >= 1 && d <= attention_kernels::max_head_dim; }
+  //! Causal masking is supported.
+  bool supports_causal() const { return true; }
+  //! o and lse from q, k, v.
+  template <class T>
+  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
+               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
+    attention_kernels::rows_policy<attention_kernels::no_mask>{}.forward(q, k, v, map, opt, o, lse, stream);
+  }
+  //! dq, dk, dv from dO.
+  template <class T>
+  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
+                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
+                tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
+    attention_kernels::rows_policy<attention_kernels::no_mask>{}.backward(q, k, v, o, lse, dout, map, opt, dq, dk, dv,
+                                                                        stream);
+  }
+};
+static_assert(attention_policy<reference_attention_cuda>);
+
+//! Block-sparse softmax attention on the device (the block_mask of block_sparse_attention).
+struct block_sparse_attention_cuda {
+  //! Opts into seqpar::attention_policy.
+  using policy_concept = attention_policy_tag;
+  //! The mask.
+  block_mask mask;
+  //! Device memory.
+  memory_space memory() const { return memory_space::device; }
+  //! Head dims up to 256.
+  bool supports(dtype, std::int64_t d) const { return d >= 1 && d <= attention_kernels::max_head_dim; }
+  //! Causal masking is supported.
+  bool supports_causal() const { return true; }
+  //! o and lse from q, k, v.
+  template <class T>
+  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
+               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
+    attention_kernels::rows_policy<block_mask>{mask}.forward(q, k, v, map, opt, o, lse, stream);
+  }
+  //! dq, dk, dv from dO.
+  template <class T>
+  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
+                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
+                tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
+    attention_kernels::rows_policy<block_mask>{mask}.backward(q, k, v, o, lse, dout, map, opt, dq, dk, dv, stream);
+  }
+};
+static_assert(attention_policy<block_sparse_attention_cuda>);
+
+SEQPAR_KERNEL_NAMESPACE_END
