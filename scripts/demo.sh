@@ -4,5 +4,5 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SEQPAR_BUILD_DIR:-$root/build}
 "$root/scripts/setup.sh"
-cmake --build "$build" --target exchange_demo
-"$build/examples/exchange_demo"
+cmake --build "$build" --target seqpar_demo
+"$build/examples/seqpar_demo"
