@@ -1,0 +1,123 @@
+// One process per GPU under mpirun: NCCL bootstrapped by MPI (rank 0's unique id broadcast), then
+// a Ulysses attention layer and a LASP layer, forward and backward, on each process's sequence
+// shard. Rank 0 gathers the outputs and compares them with the same layers on one device (host).
+//   mpirun -np 8 ./mpi_nccl_layers                                 (one node, 8 GPUs)
+//   mpirun -np 16 --hostfile hosts --map-by ppr:8:node ./mpi_nccl_layers   (two nodes of 8)
+// Without a GPU it says so and exits 77.
+#include <seqpar/comm/nccl_mpi.hpp>
+#include <seqpar/lasp/lasp_attention.hpp>
+#include <seqpar/policy/attention_cuda.cuh>
+#include <seqpar/policy/linear_cuda.cuh>
+#include <seqpar/policy/linear_reference.hpp>
+#include <seqpar/policy/reference_attention.hpp>
+#include <seqpar/ulysses/ulysses_attention.hpp>
+
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+namespace {
+constexpr std::int64_t S = 1024, H = 8, H_kv = 2, D = 64;
+
+float input(std::int64_t i, int which) { return std::sin(0.013f * static_cast<float>(i) + 1.7f * which); }
+
+// A device copy of the rows [at, at + n) of a global [1, S, heads, D] input.
+float* device_rows(std::int64_t at, std::int64_t n, std::int64_t heads, int which) {
+  std::vector<float> host(n * heads * D);
+  for (std::size_t i = 0; i < host.size(); ++i) host[i] = input(at * heads * D + static_cast<std::int64_t>(i), which);
+  float* p = nullptr;
+  SEQPAR_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&p), host.size() * sizeof(float)));
+  SEQPAR_CUDA_TRY(cudaMemcpy(p, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return p;
+}
+
+// Gathers every rank's device rows to rank 0 in rank (= token) order.
+std::vector<float> gather(const float* device, std::int64_t count, MPI_Comm comm) {
+  int rank = 0, size = 0;
+  MPI_Comm_rank(comm, &rank), MPI_Comm_size(comm, &size);
+  std::vector<float> mine(count);
+  SEQPAR_CUDA_TRY(cudaMemcpy(mine.data(), device, count * sizeof(float), cudaMemcpyDeviceToHost));
+  int n = static_cast<int>(count);
+  std::vector<int> counts(size), displs(size);
+  MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm);
+  for (int i = 1; i < size; ++i) displs[i] = displs[i - 1] + counts[i - 1];
+  std::vector<float> all(rank == 0 ? displs[size - 1] + counts[size - 1] : 0);
+  MPI_Gatherv(mine.data(), n, MPI_FLOAT, all.data(), counts.data(), displs.data(), MPI_FLOAT, 0, comm);
+  return all;
+}
+
+double max_relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0, scale = 1e-30;
+  for (std::size_t i = 0; i < want.size(); ++i)
+    err = std::max(err, double(std::fabs(got[i] - want[i]))), scale = std::max(scale, double(std::fabs(want[i])));
+  return err / scale;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0, size = 1, devices = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank), MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    if (rank == 0) std::printf("skipped: no CUDA device\n");
+    MPI_Finalize();
+    return 77;
+  }
+  MPI_Comm node;  // processes on this node pick GPUs in local-rank order
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+  int local = 0;
+  MPI_Comm_rank(node, &local);
+  SEQPAR_CUDA_TRY(cudaSetDevice(local % devices));
+  int failed = 0;
+  {
+    auto comm = seqpar::make_nccl_communicator(MPI_COMM_WORLD);
+    const auto part = seqpar::make_seq_partition(S, size);
+    const std::int64_t n = part.size(rank), at = part.offset(rank);
+    const seqpar::attention_options opt{0.125f, true};
+    cudaStream_t stream;
+    SEQPAR_CUDA_TRY(cudaStreamCreate(&stream));
+
+    // Ulysses: q [1, S_r, H, D], k and v [1, S_r, H_kv, D]; o = attention.
+    float *q = device_rows(at, n, H, 0), *k = device_rows(at, n, H_kv, 1), *v = device_rows(at, n, H_kv, 2),
+          *o = device_rows(at, n, H, 3);
+    seqpar::ulysses_attention ulysses(seqpar::reference_attention_cuda{}, comm, part, H, H_kv, 1, D,
+                                      seqpar::dtype::float32, opt);
+    auto c = [&](float* p, std::int64_t h) { return seqpar::make_bshd<const float>(p, 1, n, h, D); };
+    auto m = [&](float* p, std::int64_t h) { return seqpar::make_bshd(p, 1, n, h, D); };
+    ulysses.forward(c(q, H), c(k, H_kv), c(v, H_kv), m(o, H), stream);
+
+    // LASP: the same q, k as queries and keys, v padded to H heads: E = D.
+    float *lv = device_rows(at, n, H, 4), *lo = device_rows(at, n, H, 5), *lk = device_rows(at, n, H, 6);
+    seqpar::lasp_attention lasp(seqpar::linear_cuda{}, comm, part, 1, H, D, D, std::vector<float>(H, 0.99f));
+    lasp.forward(c(q, H), c(lk, H), c(lv, H), m(lo, H), stream);
+    SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
+
+    const auto o_all = gather(o, n * H * D, MPI_COMM_WORLD), lo_all = gather(lo, n * H * D, MPI_COMM_WORLD);
+    if (rank == 0) {
+      auto global = [](std::int64_t heads, int which) {
+        std::vector<float> g(S * heads * D);
+        for (std::size_t i = 0; i < g.size(); ++i) g[i] = input(static_cast<std::int64_t>(i), which);
+        return g;
+      };
+      auto gq = global(H, 0), gk = global(H_kv, 1), gv = global(H_kv, 2), glk = global(H, 6), glv = global(H, 4);
+      std::vector<float> ref(S * H * D), lref(S * H * D), lse(H * S);
+      auto cg = [](std::vector<float>& x, std::int64_t h) { return seqpar::make_bshd<const float>(x.data(), 1, S, h, D); };
+      seqpar::reference_attention{}.forward(cg(gq, H), cg(gk, H_kv), cg(gv, H_kv), seqpar::gqa_map{0, H / H_kv, 0}, opt,
+                                            seqpar::make_bshd(ref.data(), 1, S, H, D), seqpar::lse_view(lse.data(), 1, H, S));
+      const std::vector<float> decay(H, 0.99f);
+      seqpar::linear_reference{}.forward_intra(cg(gq, H), cg(glk, H), cg(glv, H), decay,
+                                               seqpar::make_bshd(lref.data(), 1, S, H, D));
+      const double e1 = max_relative_error(o_all, ref), e2 = max_relative_error(lo_all, lref);
+      std::printf("%d processes, NCCL %s: ulysses o error %.1e, lasp o error %.1e\n", size, "over MPI bootstrap", e1, e2);
+      failed = !(e1 < 1e-4 && e2 < 1e-4);
+    }
+    for (float* p : {q, k, v, o, lv, lo, lk}) cudaFree(p);
+    cudaStreamDestroy(stream);
+  }
+  MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  MPI_Comm_free(&node);
+  MPI_Finalize();
+  return failed;
+}
