@@ -18,11 +18,6 @@ namespace attention_kernels {
 //! The largest head dim the row-per-thread kernels take (their accumulators live per thread).
 inline constexpr int max_head_dim = 256;
 
-//! Every pair allowed.
-struct no_mask {
-  SEQPAR_HOST_DEVICE bool allowed(std::int64_t, std::int64_t) const { return true; }
-};
-
 template <class T, class Mask>
 __device__ inline bool visible(const Mask& mask, bool causal, std::int64_t i, std::int64_t j) {
   return !(causal && j > i) && mask.allowed(i, j);
@@ -122,93 +117,63 @@ __global__ void backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, te
   }
 }
 
-//! The policy body shared by the dense and block-sparse device policies.
-template <class Mask>
-struct rows_policy {
-  Mask mask;
+}  // namespace attention_kernels
 
+//! Softmax attention on the device under `mask` (and the causal mask when asked), one thread per
+//! output row: any element type, head dims up to 256, GQA. reference_attention_cuda and
+//! block_sparse_attention_cuda are this with their masks.
+template <class Mask>
+struct device_masked_attention {
+  //! Opts into seqpar::attention_policy.
+  using policy_concept = attention_policy_tag;
+  //! Which key tokens each query token may attend.
+  Mask mask{};
+
+  //! Device memory.
+  memory_space memory() const { return memory_space::device; }
+  //! Head dims up to 256.
+  bool supports(dtype, std::int64_t d) const { return d >= 1 && d <= attention_kernels::max_head_dim; }
+  //! Causal masking is supported.
+  bool supports_causal() const { return true; }
+
+  //! o and lse from q, k, v.
   template <class T>
   void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream) const {
+               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
     if (q.size() == 0) return;
-    forward_rows<T, Mask><<<grid(q.seq(), q.heads(), q.batch()), 128, 0, stream>>>(q, k, v, map, opt, mask, o, lse);
+    attention_kernels::forward_rows<T, Mask><<<grid(q), 128, 0, stream>>>(q, k, v, map, opt, mask, o, lse);
     SEQPAR_CUDA_TRY(cudaGetLastError());
   }
+  //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
   template <class T>
   void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv, stream_t stream) const {
+                tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
     if (q.size() != 0) {
-      backward_dq<T, Mask><<<grid(q.seq(), q.heads(), q.batch()), 128, 0, stream>>>(q, k, v, o, lse, dout, map, opt,
-                                                                                     mask, dq);
+      attention_kernels::backward_dq<T, Mask><<<grid(q), 128, 0, stream>>>(q, k, v, o, lse, dout, map, opt, mask, dq);
       SEQPAR_CUDA_TRY(cudaGetLastError());
     }
     if (k.size() != 0) {
-      backward_dkdv<T, Mask><<<grid(k.seq(), k.heads(), k.batch()), 128, 0, stream>>>(q, k, v, o, lse, dout, map, opt,
-                                                                                       mask, dk, dv);
+      attention_kernels::backward_dkdv<T, Mask><<<grid(k), 128, 0, stream>>>(q, k, v, o, lse, dout, map, opt, mask, dk,
+                                                                             dv);
       SEQPAR_CUDA_TRY(cudaGetLastError());
     }
   }
-  static dim3 grid(std::int64_t rows, std::int64_t heads, std::int64_t batch) {
-    return dim3(static_cast<unsigned>((rows + 127) / 128), static_cast<unsigned>(heads), static_cast<unsigned>(batch));
+
+ private:
+  template <class T>
+  static dim3 grid(const tensor_view<T>& t) {  // rows of 128 threads, one block row per head and batch
+    return dim3(static_cast<unsigned>((t.seq() + 127) / 128), static_cast<unsigned>(t.heads()),
+                static_cast<unsigned>(t.batch()));
   }
 };
 
-}  // namespace attention_kernels
-
-//! Softmax attention on the device, row by row: any element type, head dims up to 256, causal, GQA.
-struct reference_attention_cuda {
-  //! Opts into seqpar::attention_policy.
-  using policy_concept = attention_policy_tag;
-  //! Device memory.
-  memory_space memory() const { return memory_space::device; }
-  //! Head dims up to 256.
-  bool supports(dtype, std::int64_t d) const { return d >= 1 && d <= attention_kernels::max_head_dim; }
-  //! Causal masking is supported.
-  bool supports_causal() const { return true; }
-  //! o and lse from q, k, v.
-  template <class T>
-  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
-    attention_kernels::rows_policy<attention_kernels::no_mask>{}.forward(q, k, v, map, opt, o, lse, stream);
-  }
-  //! dq, dk, dv from dO.
-  template <class T>
-  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
-    attention_kernels::rows_policy<attention_kernels::no_mask>{}.backward(q, k, v, o, lse, dout, map, opt, dq, dk, dv,
-                                                                        stream);
-  }
-};
+//! Dense softmax attention on the device, row by row (the device oracle).
+using reference_attention_cuda = device_masked_attention<no_mask>;
 static_assert(attention_policy<reference_attention_cuda>);
 
 //! Block-sparse softmax attention on the device (the block_mask of block_sparse_attention).
-struct block_sparse_attention_cuda {
-  //! Opts into seqpar::attention_policy.
-  using policy_concept = attention_policy_tag;
-  //! The mask.
-  block_mask mask;
-  //! Device memory.
-  memory_space memory() const { return memory_space::device; }
-  //! Head dims up to 256.
-  bool supports(dtype, std::int64_t d) const { return d >= 1 && d <= attention_kernels::max_head_dim; }
-  //! Causal masking is supported.
-  bool supports_causal() const { return true; }
-  //! o and lse from q, k, v.
-  template <class T>
-  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
-    attention_kernels::rows_policy<block_mask>{mask}.forward(q, k, v, map, opt, o, lse, stream);
-  }
-  //! dq, dk, dv from dO.
-  template <class T>
-  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
-    attention_kernels::rows_policy<block_mask>{mask}.backward(q, k, v, o, lse, dout, map, opt, dq, dk, dv, stream);
-  }
-};
+using block_sparse_attention_cuda = device_masked_attention<block_mask>;
 static_assert(attention_policy<block_sparse_attention_cuda>);
 
 SEQPAR_KERNEL_NAMESPACE_END

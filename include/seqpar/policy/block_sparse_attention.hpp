@@ -24,40 +24,7 @@ struct block_mask {
 };
 
 //! Softmax attention under a block_mask, on the host (causal or not, GQA, any head dim).
-struct block_sparse_attention {
-  //! Opts into seqpar::attention_policy.
-  using policy_concept = attention_policy_tag;
-  //! The mask.
-  block_mask mask;
-
-  //! Host memory.
-  memory_space memory() const { return memory_space::host; }
-  //! Any element type and head dim.
-  bool supports(dtype, std::int64_t head_dim) const { return head_dim >= 1; }
-  //! Causal masking is supported (it combines with the block mask).
-  bool supports_causal() const { return true; }
-
-  //! o and lse from q, k, v.
-  template <class T>
-  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse, stream_t = nullptr) const {
-    engine().forward(q, k, v, map, opt, o, lse);
-  }
-  //! dq, dk, dv from dO.
-  template <class T>
-  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv, stream_t = nullptr) const {
-    engine().backward(q, k, v, o, lse, dout, map, opt, dq, dk, dv);
-  }
-
- private:
-  struct masked {
-    block_mask mask;
-    bool operator()(std::int64_t i, std::int64_t j) const { return mask.allowed(i, j); }
-  };
-  detail::host_attention<masked> engine() const { return {masked{mask}}; }
-};
+using block_sparse_attention = masked_attention<block_mask>;
 
 static_assert(attention_policy<block_sparse_attention>);
 

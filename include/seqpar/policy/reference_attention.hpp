@@ -12,16 +12,33 @@
 
 SEQPAR_NAMESPACE_BEGIN
 
-namespace detail {
-//! Dense host attention with an arbitrary mask allowed(i, j); shared by the reference and the
-//! block-sparse policies. A row with nothing allowed outputs zeros and lse = -infinity.
-template <class Allowed>
-struct host_attention {
-  Allowed allowed;
+//! Every pair of tokens may attend each other.
+struct no_mask {
+  //! Always true.
+  SEQPAR_HOST_DEVICE bool allowed(std::int64_t, std::int64_t) const { return true; }
+};
 
+//! Dense softmax attention on the host, in double, under `mask.allowed(i, j)` (and the causal mask
+//! when asked): every element type and head dim, GQA. A row with nothing allowed outputs zeros and
+//! lse = -infinity. reference_attention and block_sparse_attention are this with their masks.
+template <class Mask>
+struct masked_attention {
+  //! Opts into seqpar::attention_policy.
+  using policy_concept = attention_policy_tag;
+  //! Which key tokens each query token may attend.
+  Mask mask{};
+
+  //! Host memory.
+  memory_space memory() const { return memory_space::host; }
+  //! Any element type and head dim.
+  bool supports(dtype, std::int64_t head_dim) const { return head_dim >= 1; }
+  //! Causal masking is supported (it combines with the mask).
+  bool supports_causal() const { return true; }
+
+  //! o and lse from q, k, v.
   template <class T>
   void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse) const {
+               attention_options opt, tensor_view<T> o, lse_view lse, stream_t = nullptr) const {
     const std::int64_t S = q.seq(), D = q.head_dim();
     std::vector<double> p(S);
     for (std::int64_t b = 0; b < q.batch(); ++b)
@@ -41,10 +58,11 @@ struct host_attention {
       }
   }
 
+  //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
   template <class T>
   void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv) const {
+                tensor_view<T> dk, tensor_view<T> dv, stream_t = nullptr) const {
     const std::int64_t S = q.seq(), D = q.head_dim(), B = q.batch();
     std::vector<double> gk(B * S * k.heads() * D, 0.0), gv(gk.size(), 0.0), p(S), ds(S);
     auto kv_at = [&](std::int64_t b, std::int64_t j, std::int64_t kh, std::int64_t d) {
@@ -91,7 +109,7 @@ struct host_attention {
                 std::int64_t i, attention_options opt, std::vector<double>& p) const {
     double m = -std::numeric_limits<double>::infinity();
     for (std::int64_t j = 0; j < q.seq(); ++j) {
-      if ((opt.causal && j > i) || !allowed(i, j)) {
+      if ((opt.causal && j > i) || !mask.allowed(i, j)) {
         p[j] = -std::numeric_limits<double>::infinity();
         continue;
       }
@@ -104,37 +122,8 @@ struct host_attention {
   }
 };
 
-struct allow_all {
-  bool operator()(std::int64_t, std::int64_t) const { return true; }
-};
-}  // namespace detail
-
-//! Plain softmax attention on the host: every element type and head dim, causal or not, GQA.
-struct reference_attention {
-  //! Opts into seqpar::attention_policy.
-  using policy_concept = attention_policy_tag;
-
-  //! Host memory.
-  memory_space memory() const { return memory_space::host; }
-  //! Any element type and head dim.
-  bool supports(dtype, std::int64_t head_dim) const { return head_dim >= 1; }
-  //! Causal masking is supported.
-  bool supports_causal() const { return true; }
-
-  //! o and lse from q, k, v.
-  template <class T>
-  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse, stream_t = nullptr) const {
-    detail::host_attention<detail::allow_all>{}.forward(q, k, v, map, opt, o, lse);
-  }
-  //! dq, dk, dv from dO.
-  template <class T>
-  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv, stream_t = nullptr) const {
-    detail::host_attention<detail::allow_all>{}.backward(q, k, v, o, lse, dout, map, opt, dq, dk, dv);
-  }
-};
+//! Plain softmax attention on the host: the oracle every other policy is checked against.
+using reference_attention = masked_attention<no_mask>;
 
 static_assert(attention_policy<reference_attention>);
 
