@@ -2,28 +2,25 @@
 // forward + backward (P = 1, so only the chunk work is timed), for S = 8K to 512K tokens, and the
 // fraction of the memory-bound floor (minimal bytes moved / measured copy bandwidth) achieved.
 // Without a GPU it says so and exits 77.
+#include "gpu_support.cuh"
+
 #include <seqpar/comm/in_process.hpp>
 #include <seqpar/lasp/lasp_attention.hpp>
 #include <seqpar/policy/linear_cuda.cuh>
 
 #include <benchmark/benchmark.h>
 
-#include <cstdio>
 
 namespace {
 using bf16 = __nv_bfloat16;
 constexpr std::int64_t B = 1, H = 16, D = 64, E = 64;
 
-struct device_array {
-  explicit device_array(std::size_t bytes) { SEQPAR_CUDA_TRY(cudaMalloc(&p, bytes)); }
-  ~device_array() { cudaFree(p); }
-  void* p = nullptr;
-};
+using seqpar_bench::device_array;
 
 double copy_bandwidth() {  // bytes read + written per second of a 1 GiB device copy
   static const double bw = [] {
     const std::size_t bytes = std::size_t{1} << 30;
-    device_array a(bytes), b(bytes);
+    device_array<char> a(bytes), b(bytes);
     cudaEvent_t start, stop;
     cudaEventCreate(&start);
     cudaEventCreate(&stop);
@@ -42,26 +39,18 @@ double copy_bandwidth() {  // bytes read + written per second of a 1 GiB device 
 void BM_lasp_linear_cuda(benchmark::State& state, bool backward) {
   const std::int64_t S = state.range(0) << 10;
   const std::size_t qk = B * S * H * D * sizeof(bf16), vo = B * S * H * E * sizeof(bf16);
-  device_array q(qk), k(qk), v(vo), o(vo), dq(qk), dk(qk), dv(vo), dout(vo);
+  const std::size_t nqk = qk / sizeof(bf16), nvo = vo / sizeof(bf16);
+  device_array<bf16> q(nqk), k(nqk), v(nvo), o(nvo), dq(nqk), dk(nqk), dv(nvo), dout(nvo);
   cudaMemset(q.p, 0, qk), cudaMemset(k.p, 0, qk), cudaMemset(v.p, 0, vo), cudaMemset(dout.p, 0, vo);
   auto comms = seqpar::in_process_communicator::create_group(1, seqpar::memory_space::device);
   seqpar::lasp_attention layer(seqpar::linear_cuda{}, comms[0], seqpar::make_seq_partition(S, 1), B, H, D, E,
                                std::vector<float>(H, 0.99f));
-  auto in = [&](device_array& a, std::int64_t x) { return seqpar::make_bshd<const bf16>(static_cast<bf16*>(a.p), B, S, H, x); };
-  auto out = [&](device_array& a, std::int64_t x) { return seqpar::make_bshd(static_cast<bf16*>(a.p), B, S, H, x); };
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  for (auto _ : state) {
-    cudaEventRecord(start);
+  auto in = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd<const bf16>(a.p, B, S, H, x); };
+  auto out = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd(a.p, B, S, H, x); };
+  seqpar_bench::timed_on_gpu(state, [&] {
     layer.forward(in(q, D), in(k, D), in(v, E), out(o, E));
     if (backward) layer.backward(in(q, D), in(k, D), in(v, E), in(dout, E), out(dq, D), out(dk, D), out(dv, E));
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    state.SetIterationTime(ms / 1e3);
-  }
+  });
   // Minimal bytes: forward reads q, k, v and writes o; backward also reads dO and writes dq, dk, dv.
   const double bytes = backward ? 2.0 * qk + 2.0 * vo + 2.0 * qk + 3.0 * vo + qk : 2.0 * qk + 2.0 * vo;
   state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(S), benchmark::Counter::kIsIterationInvariantRate);
@@ -79,14 +68,4 @@ void sweep(benchmark::internal::Benchmark* b) {
 BENCHMARK_CAPTURE(BM_lasp_linear_cuda, forward, false)->Apply(sweep);
 BENCHMARK_CAPTURE(BM_lasp_linear_cuda, forward_backward, true)->Apply(sweep);
 
-int main(int argc, char** argv) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("skipped: no CUDA device\n");
-    return 77;
-  }
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return seqpar_bench::run_if_gpu(argc, argv); }

@@ -1,40 +1,16 @@
 // GPU pack and unpack kernels of the Ulysses exchange against cudaMemcpyAsync of the same bytes,
 // timed with CUDA events in the same run. Throughput = (bytes read + bytes written) / time.
 // Goal on an H100: at least 90% of the copy from 64 MiB up. Without a GPU it says so and exits 77.
+#include "gpu_support.cuh"
 #include "pack_bench_shapes.hpp"
 
 #include <seqpar/ulysses/detail/heads_pack_cuda.cuh>
 
-#include <cstdio>
 
 namespace {
 using bf16 = __nv_bfloat16;
 
-template <class T>
-struct device_array {
-  explicit device_array(std::size_t n) { SEQPAR_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&p), n * sizeof(T))); }
-  ~device_array() { cudaFree(p); }
-  T* p = nullptr;
-};
-
-template <class Step>
-void timed(benchmark::State& state, Step&& step) {
-  cudaEvent_t start, stop;
-  SEQPAR_CUDA_TRY(cudaEventCreate(&start));
-  SEQPAR_CUDA_TRY(cudaEventCreate(&stop));
-  step();  // warm-up
-  for (auto _ : state) {
-    SEQPAR_CUDA_TRY(cudaEventRecord(start));
-    step();
-    SEQPAR_CUDA_TRY(cudaEventRecord(stop));
-    SEQPAR_CUDA_TRY(cudaEventSynchronize(stop));
-    float ms = 0;
-    SEQPAR_CUDA_TRY(cudaEventElapsedTime(&ms, start, stop));
-    state.SetIterationTime(ms / 1e3);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-}
+using seqpar_bench::device_array;
 
 void BM_gpu_pack(benchmark::State& state, int op) {
   const std::int64_t bytes = state.range(0) << 20, D = state.range(1);
@@ -48,7 +24,7 @@ void BM_gpu_pack(benchmark::State& state, int op) {
                     : seqpar::make_bshd<const bf16>(heads_side.p, 1, S, h, D);
   v.out[0] = op == 1 ? seqpar::make_bshd(heads_side.p, 1, S, h, D)
                      : seqpar::make_bshd(seq_side.p, 1, S_r, seqpar_bench::heads, D);
-  timed(state, [&] {
+  seqpar_bench::timed_on_gpu(state, [&] {
     switch (op) {
       case 0: seqpar::device::pack_seq_side(g, v, buffer.p, nullptr); break;
       case 1: seqpar::device::unpack_heads_side(g, buffer.p, v, nullptr); break;
@@ -62,7 +38,7 @@ void BM_gpu_pack(benchmark::State& state, int op) {
 void BM_gpu_copy(benchmark::State& state) {
   const std::int64_t bytes = state.range(0) << 20;
   device_array<char> a(bytes), b(bytes);
-  timed(state, [&] { SEQPAR_CUDA_TRY(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice)); });
+  seqpar_bench::timed_on_gpu(state, [&] { SEQPAR_CUDA_TRY(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice)); });
   seqpar_bench::report(state, bytes);
 }
 
@@ -75,14 +51,4 @@ BENCHMARK_CAPTURE(BM_gpu_pack, forward_unpack, 1)->Apply(sweep);
 BENCHMARK_CAPTURE(BM_gpu_pack, inverse_pack, 2)->Apply(sweep);
 BENCHMARK_CAPTURE(BM_gpu_pack, inverse_unpack, 3)->Apply(sweep);
 
-int main(int argc, char** argv) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("skipped: no CUDA device\n");
-    return 77;
-  }
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return seqpar_bench::run_if_gpu(argc, argv); }

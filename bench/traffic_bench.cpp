@@ -6,6 +6,8 @@
 // traffic only: a policy that computes nothing), and two baselines built for comparison only:
 // Megatron-style sequence parallelism (two all-gathers and two reduce-scatters of [S, hidden])
 // and softmax ring attention (K and V chunks passed P-1 hops).
+#include "lockstep.hpp"
+
 #include <seqpar/comm/counting.hpp>
 #include <seqpar/comm/in_process.hpp>
 #include <seqpar/lasp/linear_attention_ring.hpp>
@@ -13,7 +15,7 @@
 
 #include <benchmark/benchmark.h>
 
-#include <atomic>
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
@@ -47,42 +49,26 @@ struct shape {
 using step_fn = std::function<void()>;
 using setup_fn = std::function<step_fn(counted&, const shape&)>;
 
-// Rank 0 drives the benchmark loop; the others follow, meeting at a barrier before each iteration.
+// Each rank wraps its communicator in the counting decorator and runs one untimed iteration, whose
+// traffic (rank 0's) is what we report; then the ranks follow the benchmark loop.
 void drive(benchmark::State& state, const setup_fn& setup, double bus_factor, std::size_t size_bytes,
            std::size_t element_bytes, const char* type = "bf16") {
   const shape s{state.range(0), state.range(2), state.range(3), static_cast<int>(state.range(1))};
-  std::atomic<bool> done{false};
   std::size_t sent = 0, per_link = 0;
-  seqpar::run_in_process(s.P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& inner) {
-    counted comm(inner);
-    const step_fn step = setup(comm, s);
-    step();  // one untimed iteration: its traffic is what we report
-    if (comm.rank() == 0) {
-      sent = comm.bytes_sent();
-      for (int j = 0; j < s.P; ++j) per_link = std::max(per_link, comm.bytes_sent_to(j));
-      for (auto _ : state) {
-        comm.barrier();
-        step();
-      }
-      done = true;
-      comm.barrier();
-      return;
+  seqpar_bench::lockstep(state, s.P, [&](seqpar::in_process_communicator& inner) -> step_fn {
+    auto comm = std::make_shared<counted>(inner);
+    step_fn step = setup(*comm, s);
+    step();
+    if (comm->rank() == 0) {
+      sent = comm->bytes_sent();
+      for (int j = 0; j < s.P; ++j) per_link = std::max(per_link, comm->bytes_sent_to(j));
     }
-    for (;;) {
-      comm.barrier();
-      if (done) return;
-      step();
-    }
+    return [comm, step] { step(); };
   });
   state.counters["S"] = static_cast<double>(s.S);
-  state.counters["size"] = static_cast<double>(size_bytes);
-  state.counters["count"] = static_cast<double>(size_bytes / element_bytes);
-  state.counters["algbw"] = benchmark::Counter(static_cast<double>(size_bytes), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["busbw"] =
-      benchmark::Counter(static_cast<double>(size_bytes) * bus_factor, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["bytes_per_rank"] = static_cast<double>(sent);
   state.counters["bytes_per_link"] = static_cast<double>(per_link);
-  state.SetLabel(std::string("type=") + type);
+  seqpar_bench::report_bandwidth(state, size_bytes, element_bytes, type, bus_factor);
 }
 
 std::int64_t tokens(const shape& s, int r) { return seqpar::make_seq_partition(s.S, s.P).size(r); }
