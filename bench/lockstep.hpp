@@ -12,12 +12,12 @@
 
 namespace seqpar_bench {
 
-//! Runs setup(comm) once on each of P host ranks, then the step it returns once per benchmark
+//! Runs setup(comm) once on each of P ranks (host or device memory), then the step it returns once per benchmark
 //! iteration on every rank; the ranks meet at a barrier before each iteration.
 template <class Setup>
-void lockstep(benchmark::State& state, int P, Setup&& setup) {
+void lockstep(benchmark::State& state, int P, Setup&& setup, seqpar::memory_space where = seqpar::memory_space::host) {
   std::atomic<bool> done{false};
-  seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& comm) {
+  seqpar::run_in_process(P, where, [&](seqpar::in_process_communicator& comm) {
     auto step = setup(comm);
     if (comm.rank() == 0) {
       for (auto _ : state) {
