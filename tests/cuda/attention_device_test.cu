@@ -3,6 +3,7 @@
 #include <seqpar_test/attention_cases.hpp>
 
 #include <seqpar/policy/attention_cuda.cuh>
+#include <seqpar/policy/flash_attention.cuh>
 #include <seqpar/policy/block_sparse_attention.hpp>
 #include <seqpar/policy/reference_attention.hpp>
 
@@ -32,4 +33,125 @@ TEST_CASE("ulysses_attention with block_sparse_attention_cuda equals the host bl
       seqpar_test::check_ulysses_attention<float>({P, 4, 2, 1, 32, 8, causal}, memory_space::device,
                                                   seqpar::block_sparse_attention_cuda{mask},
                                                   seqpar::block_sparse_attention{mask}, allowed);
+}
+
+// flash_attention (tensor cores, half and bfloat16, head dims 64 and 128). Tolerances are those of
+// lasp_tolerance: 4e-3 (half) and 3e-2 (bfloat16) of the largest reference magnitude, covering
+// P and dS rounded to the element type before their products, as in FlashAttention-2.
+TEST_CASE_TEMPLATE("ulysses_attention with flash_attention equals the host reference", T, __half, __nv_bfloat16) {
+  for (int P : {1, 2, 3, 4, 8})
+    for (bool causal : {false, true})
+      for (int H_kv : {1, 2, 4})
+        seqpar_test::check_ulysses_attention<T>({P, 4, H_kv, 2, 24 * P + 5, 64, causal}, memory_space::device,
+                                                seqpar::flash_attention{}, seqpar::reference_attention{}, everything);
+  for (bool causal : {false, true}) {
+    seqpar_test::check_ulysses_attention<T>({4, 7, 7, 1, 150, 128, causal}, memory_space::device,
+                                            seqpar::flash_attention{}, seqpar::reference_attention{}, everything);
+    seqpar_test::check_ulysses_attention<T>({2, 4, 1, 1, 133, 128, causal}, memory_space::device,
+                                            seqpar::flash_attention{}, seqpar::reference_attention{}, everything);
+  }
+}
+
+namespace {
+// A [B, S, H, D] tensor in device memory whose tokens sit `pad` elements apart beyond H * D (pad = 0:
+// packed BSHD; pad = 1: no 16-byte loads possible), poisoned between and around the values.
+template <class T>
+struct padded_tensor {
+  std::int64_t B, S, H, D, pad;
+  seqpar_test::buffer<T> data;
+  // With `values` false every element is poison (an output).
+  padded_tensor(const seqpar_test::dense4& a, std::int64_t pad_, bool values = true)
+      : B(a.B), S(a.S), H(a.H), D(a.X), pad(pad_), data(memory_space::device, place(a, pad_, values)) {}
+  static std::vector<T> place(const seqpar_test::dense4& a, std::int64_t pad, bool values) {
+    std::vector<T> out(a.B * a.S * (a.H * a.X + pad), seqpar_test::poison<T>());
+    if (values)
+      for (std::int64_t b = 0; b < a.B; ++b)
+        for (std::int64_t s = 0; s < a.S; ++s)
+          for (std::int64_t h = 0; h < a.H; ++h)
+            for (std::int64_t d = 0; d < a.X; ++d)
+              out[(b * a.S + s) * (a.H * a.X + pad) + h * a.X + d] = seqpar::from_float<T>(static_cast<float>(a(b, s, h, d)));
+    return out;
+  }
+  seqpar::tensor_view<T> view() {
+    return seqpar::make_strided(data.data(), {B, S, H, D}, {S * (H * D + pad), H * D + pad, D, 1});
+  }
+  seqpar::tensor_view<const T> cview() { return view(); }
+  std::vector<T> packed() const {  // the values, BSHD
+    const std::vector<T> all = data.values();
+    std::vector<T> out;
+    for (std::int64_t t = 0; t < B * S; ++t)
+      out.insert(out.end(), all.begin() + t * (H * D + pad), all.begin() + t * (H * D + pad) + H * D);
+    return out;
+  }
+};
+
+// Runs `policy` forward and backward on one device; returns o, dq, dk, dv (BSHD) and lse.
+template <class T, class Policy>
+std::pair<std::vector<std::vector<T>>, std::vector<float>> run_on_device(
+    const Policy& policy, const seqpar_test::dense4& q, const seqpar_test::dense4& k, const seqpar_test::dense4& v,
+    const seqpar_test::dense4& dout, seqpar::attention_options opt, std::int64_t pad) {
+  seqpar_test::dense4 zq(q.B, q.S, q.H, q.X), zk(k.B, k.S, k.H, k.X);
+  padded_tensor<T> tq(q, pad), tk(k, pad), tv(v, pad), tdo(dout, pad), to(zq, pad, false), tdq(zq, pad, false),
+      tdk(zk, pad, false), tdv(zk, pad, false);
+  seqpar_test::buffer<float> lse(memory_space::device, std::vector<float>(q.B * q.H * q.S, NAN));
+  seqpar::lse_view l(lse.data(), q.B, q.H, q.S);
+  const seqpar::gqa_map map{0, static_cast<int>(q.H / k.H), 0};
+  policy.forward(tq.cview(), tk.cview(), tv.cview(), map, opt, to.view(), l);
+  policy.backward(tq.cview(), tk.cview(), tv.cview(), to.cview(), seqpar::const_lse_view(l), tdo.cview(), map, opt,
+                  tdq.view(), tdk.view(), tdv.view());
+  SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
+  return {{to.packed(), tdq.packed(), tdk.packed(), tdv.packed()}, lse.values()};
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("flash_attention equals the device reference over many tiles, packed and strided", T, __half,
+                   __nv_bfloat16) {
+  struct shape {
+    std::int64_t B, S;
+    int H, H_kv, D;
+    std::int64_t pad;
+  };
+  for (const shape c : {shape{1, 1000, 2, 1, 64, 0}, shape{2, 517, 4, 2, 128, 0}, shape{1, 300, 2, 2, 64, 1},
+                        shape{1, 129, 3, 1, 128, 1}, shape{1, 1, 1, 1, 64, 0}})
+    for (bool causal : {false, true}) {
+      INFO("S=" << c.S << " D=" << c.D << " H_kv=" << c.H_kv << " pad=" << c.pad << " causal=" << causal);
+      const auto q = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D), dout = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D);
+      const auto k = seqpar_test::random_input<T>(c.B, c.S, c.H_kv, c.D), v = seqpar_test::random_input<T>(c.B, c.S, c.H_kv, c.D);
+      const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(c.D))), causal};
+      const auto [got, got_lse] = run_on_device<T>(seqpar::flash_attention{}, q, k, v, dout, opt, c.pad);
+      const auto [want, want_lse] = run_on_device<T>(seqpar::reference_attention_cuda{}, q, k, v, dout, opt, 0);
+      const char* names[] = {"o", "dq", "dk", "dv"};
+      for (int w = 0; w < 4; ++w) {
+        INFO(names[w]);
+        CHECK(seqpar_test::relative_gap(got[w], want[w]) <= seqpar_test::lasp_tolerance<T>());
+      }
+      double lse_gap = 0;
+      for (std::size_t i = 0; i < want_lse.size(); ++i) lse_gap = std::max(lse_gap, double(std::abs(got_lse[i] - want_lse[i])));
+      CHECK(lse_gap <= 1e-3);  // both in fp32 from the same rounded inputs
+    }
+}
+
+TEST_CASE("flash_attention refuses what it cannot compute, before anything moves") {
+  auto comms = seqpar::in_process_communicator::create_group(1, memory_space::device);
+  const auto part = seqpar::make_seq_partition(64, 1);
+  auto layer = [&](seqpar::dtype t, std::int64_t D) {
+    seqpar::ulysses_attention l(seqpar::flash_attention{}, comms[0], part, 2, 2, 1, D, t, {});
+  };
+  CHECK_THROWS_WITH_AS(layer(seqpar::dtype::float32, 64),
+                       doctest::Contains("policy: does not support element type float32 with head_dim 64"), seqpar::error);
+  CHECK_THROWS_WITH_AS(layer(seqpar::dtype::bfloat16, 96),
+                       doctest::Contains("policy: does not support element type bfloat16 with head_dim 96"), seqpar::error);
+  // A direct call with k shorter than q: refused, o untouched.
+  using bf16 = __nv_bfloat16;
+  seqpar_test::buffer<bf16> q(memory_space::device, std::vector<bf16>(64 * 64, bf16(1.0f))),
+      k(memory_space::device, std::vector<bf16>(32 * 64, bf16(1.0f))),
+      o(memory_space::device, std::vector<bf16>(64 * 64, seqpar_test::poison<bf16>()));
+  seqpar_test::buffer<float> lse(memory_space::device, std::vector<float>(64, 0.0f));
+  const auto qv = seqpar::make_bshd<const bf16>(q.data(), 1, 64, 1, 64);
+  const auto kv = seqpar::make_bshd<const bf16>(k.data(), 1, 32, 1, 64);
+  CHECK_THROWS_WITH_AS(seqpar::flash_attention{}.forward(qv, kv, kv, {}, {}, seqpar::make_bshd(o.data(), 1, 64, 1, 64),
+                                                         seqpar::lse_view(lse.data(), 1, 1, 64)),
+                       doctest::Contains("k, v: extents {1, 32, 1, 64}; expected q's batch, seq and head_dim (1, 64, 64)"),
+                       seqpar::error);
+  CHECK(seqpar_test::first_mismatch(o.values(), std::vector<bf16>(64 * 64, seqpar_test::poison<bf16>())) == -1);
 }

@@ -1,0 +1,200 @@
+//! @file flash_backward.cuh
+//! The flash_attention backward kernels (nvcc only). Two kernels recompute P = exp(scale q k - lse)
+//! tile by tile from the saved log-sum-exp: one owns query rows and writes dQ, the other owns key
+//! rows and writes dK and dV summed over the query heads of its kv head. Neither needs atomics or
+//! workspace, so results are deterministic.
+#pragma once
+
+#include <seqpar/policy/detail/flash_tiles.cuh>
+
+#include <cmath>
+#include <cstdint>
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
+namespace flash_kernels {
+
+//! Rows of the other operand per step of a backward loop (keys for dQ, queries for dK/dV).
+inline constexpr int backward_step_rows = 32;
+
+//! Shared memory of the dQ kernel: query and dO tiles, key and value tiles (which first hold the O
+//! tile for the row dots), and the row dots.
+template <class T, int D>
+inline constexpr int dq_shared_bytes = shared_bytes<T, D>(3 * block_rows, block_rows);
+
+//! Shared memory of the dK/dV kernel: key and value tiles; query, dO and O tiles of a step; and the
+//! step's log-sum-exp and row dots.
+template <class T, int D>
+inline constexpr int dkdv_shared_bytes = shared_bytes<T, D>(2 * block_rows + 3 * backward_step_rows,
+                                                            2 * backward_step_rows);
+
+//! acc[n] += A B over k_steps of 16 with A from `a` (rows row0.., columns along k) and B[k][n] from
+//! the rows of `b` (row n0 + n, column k): a product with b's rows transposed, N = 8 * N_tiles.
+template <int k_steps, int n_tiles, class T>
+__device__ inline void product_transposed(float (&acc)[n_tiles][4], mma::smem_tile<T> a, int row0,
+                                          mma::smem_tile<T> b) {
+#pragma unroll
+  for (int kk = 0; kk < k_steps; ++kk) {
+    std::uint32_t af[4];
+    mma::load_a(af, a, row0, kk * 16);
+#pragma unroll
+    for (int n = 0; n < n_tiles; ++n) {
+      std::uint32_t bf[2];
+      mma::load_b_transposed(bf, b, kk * 16, n * 8);
+      mma::mma_16x8x16<T>(acc[n], af, bf);
+    }
+  }
+}
+
+//! acc += C B with C the fp32 accumulators of a 16 x (16 * k_steps) product (rounded to T) and
+//! B = rows of `b` as they are: (16 * k_steps) x (8 * d_tiles).
+template <int k_steps, int d_tiles, int c_tiles, class T>
+__device__ inline void product_from_accumulators(float (&acc)[d_tiles][4], const float (&c)[c_tiles][4],
+                                                 mma::smem_tile<T> b) {
+#pragma unroll
+  for (int kk = 0; kk < k_steps; ++kk) {
+    std::uint32_t af[4];
+    mma::a_from_accumulators<T>(af, c, kk);
+#pragma unroll
+    for (int dn = 0; dn < d_tiles; ++dn) {
+      std::uint32_t bf[2];
+      mma::load_b(bf, b, kk * 16, dn * 8);
+      mma::mma_16x8x16<T>(acc[dn], af, bf);
+    }
+  }
+}
+
+//! Writes scale * acc, the 16 x D block of this warp, to rows row0.. of head h, batch b of x.
+template <int d_tiles, class T>
+__device__ inline void store_rows(const tensor_view<T>& x, std::int64_t b, std::int64_t h, std::int64_t row0,
+                                  const float (&acc)[d_tiles][4], float scale) {
+#pragma unroll
+  for (int dn = 0; dn < d_tiles; ++dn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const std::int64_t i = row0 + mma::c_row(e);
+      if (i < x.seq()) x(b, i, h, dn * 8 + mma::c_col(e)) = from_float<T>(scale * acc[dn][e]);
+    }
+}
+
+//! One block per (64 query rows, query head, batch): dQ = scale sum_j P_ij (dO_i . v_j - delta_i) k_j
+//! with delta_i = dO_i . O_i, over 32-key steps.
+template <class T, int D>
+__global__ void __launch_bounds__(threads)
+    backward_dq(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
+                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
+                bool vec) {
+  constexpr int Bc = backward_step_rows, ld = tile_ld<D>, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
+  T* base = shared_base<T>();
+  const mma::smem_tile<T> q_s{base, ld}, do_s{base + block_rows * ld, ld}, k_s{base + 2 * block_rows * ld, ld},
+      v_s{base + (2 * block_rows + Bc) * ld, ld}, o_s = k_s;  // O fills the key and value tiles once
+  float* delta_s = reinterpret_cast<float*>(base + 3 * block_rows * ld);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
+  const std::int64_t S = q.seq();
+  const int kh = map.kv_head(static_cast<int>(h));
+
+  load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
+  load_rows<D>(do_s, dout, b, h, q0, block_rows, vec);
+  load_rows<D>(o_s, o, b, h, q0, block_rows, vec);
+  __syncthreads();
+  row_dots<D>(delta_s, do_s, o_s, block_rows);
+  __syncthreads();
+
+  const int w0 = warp * warp_rows;
+  const std::int64_t row[2] = {q0 + w0 + lane / 4, q0 + w0 + lane / 4 + 8};
+  float row_lse[2], row_delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_lse[r] = row[r] < S ? lse(b, h, row[r]) : -INFINITY;
+    row_delta[r] = delta_s[w0 + lane / 4 + 8 * r];
+  }
+  float acc[d_tiles][4];
+  mma::zero(acc);
+  const std::int64_t end = opt.causal && q0 + block_rows < S ? q0 + block_rows : S;
+  for (std::int64_t j0 = 0; j0 < end; j0 += Bc) {
+    __syncthreads();
+    load_rows<D>(k_s, k, b, kh, j0, Bc, vec);
+    load_rows<D>(v_s, v, b, kh, j0, Bc, vec);
+    __syncthreads();
+    float s[n_tiles][4], dp[n_tiles][4];
+    mma::zero(s);
+    mma::zero(dp);
+    product_transposed<k_steps>(s, q_s, w0, k_s);
+    product_transposed<k_steps>(dp, do_s, w0, v_s);
+#pragma unroll
+    for (int n = 0; n < n_tiles; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const bool on = visible(row[r], j0 + n * 8 + mma::c_col(e), S, opt.causal) && row_lse[r] != -INFINITY;
+        const float p = on ? __expf(s[n][e] * opt.scale - row_lse[r]) : 0.0f;
+        s[n][e] = p * (dp[n][e] - row_delta[r]);  // dS
+      }
+    product_from_accumulators<Bc / 16>(acc, s, k_s);
+  }
+  store_rows(dq, b, h, q0 + w0, acc, opt.scale);
+}
+
+//! One block per (64 key rows, kv head, batch): for every query head that reads this kv head and
+//! every 32-query step, P^T and dS^T = P^T * (V dO^T - delta) from the key side, then
+//! dV += P^T dO and dK += scale dS^T Q.
+template <class T, int D>
+__global__ void __launch_bounds__(threads)
+    backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
+                  const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt,
+                  tensor_view<T> dk, tensor_view<T> dv, bool vec) {
+  constexpr int Br = backward_step_rows, ld = tile_ld<D>, n_tiles = Br / 8, d_tiles = D / 8, k_steps = D / 16;
+  T* base = shared_base<T>();
+  const mma::smem_tile<T> k_s{base, ld}, v_s{base + block_rows * ld, ld}, q_s{base + 2 * block_rows * ld, ld},
+      do_s{base + (2 * block_rows + Br) * ld, ld}, o_s{base + (2 * block_rows + 2 * Br) * ld, ld};
+  float* lse_s = reinterpret_cast<float*>(base + (2 * block_rows + 3 * Br) * ld);
+  float* delta_s = lse_s + Br;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, b = blockIdx.z;
+  const int kh = static_cast<int>(blockIdx.y);
+  const std::int64_t S = q.seq();
+
+  load_rows<D>(k_s, k, b, kh, j0, block_rows, vec);
+  load_rows<D>(v_s, v, b, kh, j0, block_rows, vec);
+  const int w0 = warp * warp_rows;
+  const std::int64_t key[2] = {j0 + w0 + lane / 4, j0 + w0 + lane / 4 + 8};
+  float dk_acc[d_tiles][4], dv_acc[d_tiles][4];
+  mma::zero(dk_acc);
+  mma::zero(dv_acc);
+  const std::int64_t first = opt.causal ? j0 / Br * Br : 0;  // earlier queries see none of these keys
+  for (std::int64_t h = 0; h < q.heads(); ++h) {
+    if (map.kv_head(static_cast<int>(h)) != kh) continue;
+    for (std::int64_t i0 = first; i0 < S; i0 += Br) {
+      __syncthreads();
+      load_rows<D>(q_s, q, b, h, i0, Br, vec);
+      load_rows<D>(do_s, dout, b, h, i0, Br, vec);
+      load_rows<D>(o_s, o, b, h, i0, Br, vec);
+      for (int r = threadIdx.x; r < Br; r += blockDim.x) lse_s[r] = i0 + r < S ? lse(b, h, i0 + r) : -INFINITY;
+      __syncthreads();
+      row_dots<D>(delta_s, do_s, o_s, Br);
+      __syncthreads();
+      float pt[n_tiles][4], dst[n_tiles][4];
+      mma::zero(pt);
+      mma::zero(dst);
+      product_transposed<k_steps>(pt, k_s, w0, q_s);    // S^T = K Q^T
+      product_transposed<k_steps>(dst, v_s, w0, do_s);  // dP^T = V dO^T
+#pragma unroll
+      for (int n = 0; n < n_tiles; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = n * 8 + mma::c_col(e);
+          const bool on = visible(i0 + c, key[e / 2], S, opt.causal) && lse_s[c] != -INFINITY;
+          const float p = on ? __expf(pt[n][e] * opt.scale - lse_s[c]) : 0.0f;
+          pt[n][e] = p;
+          dst[n][e] = p * (dst[n][e] - delta_s[c]);
+        }
+      product_from_accumulators<Br / 16>(dv_acc, pt, do_s);
+      product_from_accumulators<Br / 16>(dk_acc, dst, q_s);
+    }
+  }
+  store_rows(dk, b, kh, j0 + w0, dk_acc, opt.scale);
+  store_rows(dv, b, kh, j0 + w0, dv_acc, 1.0f);
+}
+
+}  // namespace flash_kernels
+SEQPAR_KERNEL_NAMESPACE_END

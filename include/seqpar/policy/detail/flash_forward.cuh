@@ -1,0 +1,123 @@
+//! @file flash_forward.cuh
+//! The flash_attention forward kernel (nvcc only): FlashAttention-2 on mma.sync tensor cores.
+#pragma once
+
+#include <seqpar/policy/detail/flash_tiles.cuh>
+
+#include <cmath>
+#include <cstdint>
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
+namespace flash_kernels {
+
+//! Key rows per step of the forward loop.
+inline constexpr int forward_key_rows = 64;
+
+//! Shared memory of the forward kernel: the query tile, one key tile and one value tile.
+template <class T, int D>
+inline constexpr int forward_shared_bytes = shared_bytes<T, D>(block_rows + 2 * forward_key_rows);
+
+//! One block per (64 query rows, query head, batch); each warp owns 16 query rows and keeps them in
+//! registers. For every 64-key tile: S = Q K^T on tensor cores, online softmax in fp32 (running row
+//! max m and sum l, the accumulators rescaled when m grows), O += P V with P reused from the S
+//! accumulators. Writes O = acc / l and lse = m + log l. S x S is never stored.
+template <class T, int D>
+__global__ void __launch_bounds__(threads)
+    forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
+            attention_options opt, tensor_view<T> o, lse_view lse, bool vec) {
+  constexpr int Bc = forward_key_rows, ld = tile_ld<D>, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
+  T* base = shared_base<T>();
+  const mma::smem_tile<T> q_s{base, ld}, k_s{base + block_rows * ld, ld}, v_s{base + (block_rows + Bc) * ld, ld};
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
+  const std::int64_t S = q.seq();
+  const int kh = map.kv_head(static_cast<int>(h));
+
+  load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
+  __syncthreads();
+  std::uint32_t qa[k_steps][4];
+#pragma unroll
+  for (int kk = 0; kk < k_steps; ++kk) mma::load_a(qa[kk], q_s, warp * warp_rows, kk * 16);
+
+  // This lane's two rows: r = 0 for quad row g, r = 1 for g + 8.
+  const std::int64_t row[2] = {q0 + warp * warp_rows + lane / 4, q0 + warp * warp_rows + lane / 4 + 8};
+  float acc[d_tiles][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  mma::zero(acc);
+  const std::int64_t end = opt.causal && q0 + block_rows < S ? q0 + block_rows : S;
+  for (std::int64_t j0 = 0; j0 < end; j0 += Bc) {
+    __syncthreads();  // every warp is done with the previous key and value tiles
+    load_rows<D>(k_s, k, b, kh, j0, Bc, vec);
+    load_rows<D>(v_s, v, b, kh, j0, Bc, vec);
+    __syncthreads();
+
+    float s[n_tiles][4];
+    mma::zero(s);
+#pragma unroll
+    for (int kk = 0; kk < k_steps; ++kk)
+#pragma unroll
+      for (int n = 0; n < n_tiles; ++n) {
+        std::uint32_t kb[2];
+        mma::load_b_transposed(kb, k_s, kk * 16, n * 8);
+        mma::mma_16x8x16<T>(s[n], qa[kk], kb);
+      }
+
+    float tile_max[2] = {m[0], m[1]};
+#pragma unroll
+    for (int n = 0; n < n_tiles; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        s[n][e] = visible(row[r], j0 + n * 8 + mma::c_col(e), S, opt.causal) ? s[n][e] * opt.scale : -INFINITY;
+        tile_max[r] = fmaxf(tile_max[r], s[n][e]);
+      }
+    float shift[2], rescale[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m_new = mma::quad_reduce(tile_max[r], [](float x, float y) { return fmaxf(x, y); });
+      shift[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays at zero
+      rescale[r] = __expf(m[r] - shift[r]);
+      m[r] = m_new;
+      l[r] *= rescale[r];
+    }
+#pragma unroll
+    for (int n = 0; n < n_tiles; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = __expf(s[n][e] - shift[e / 2]);
+        l[e / 2] += s[n][e];  // this lane's part of the row sum; the quad is summed at the end
+      }
+#pragma unroll
+    for (int dn = 0; dn < d_tiles; ++dn)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[dn][e] *= rescale[e / 2];
+
+#pragma unroll
+    for (int kk = 0; kk < Bc / 16; ++kk) {
+      std::uint32_t pa[4];
+      mma::a_from_accumulators<T>(pa, s, kk);
+#pragma unroll
+      for (int dn = 0; dn < d_tiles; ++dn) {
+        std::uint32_t vb[2];
+        mma::load_b(vb, v_s, kk * 16, dn * 8);
+        mma::mma_16x8x16<T>(acc[dn], pa, vb);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) l[r] = mma::quad_reduce(l[r], [](float x, float y) { return x + y; });
+#pragma unroll
+  for (int dn = 0; dn < d_tiles; ++dn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e / 2;
+      if (row[r] < S) o(b, row[r], h, dn * 8 + mma::c_col(e)) = from_float<T>(l[r] > 0.0f ? acc[dn][e] / l[r] : 0.0f);
+    }
+  if (lane % 4 == 0)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if (row[r] < S) lse(b, h, row[r]) = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
+}
+
+}  // namespace flash_kernels
+SEQPAR_KERNEL_NAMESPACE_END

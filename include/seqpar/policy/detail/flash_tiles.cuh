@@ -1,0 +1,77 @@
+//! @file flash_tiles.cuh
+//! What the flash_attention kernels share (nvcc only): the tile geometry, loading token rows of a
+//! strided view into a shared-memory tile, and the score mask.
+#pragma once
+
+#include <seqpar/detail/mma.cuh>
+#include <seqpar/policy/attention_policy.hpp>
+
+#include <cstdint>
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
+namespace flash_kernels {
+
+//! Threads per block of every flash kernel: four warps, each owning 16 rows of the block's tile.
+inline constexpr int threads = 128;
+//! Rows each warp owns (the M of mma m16n8k16).
+inline constexpr int warp_rows = 16;
+//! Rows of a block's own tile (query rows in forward and dQ, key rows in dK/dV).
+inline constexpr int block_rows = threads / 32 * warp_rows;
+
+//! Elements between consecutive rows of a shared tile of head dim D: 16 bytes of padding shift
+//! each row by four banks, so the fragment loads of a quad's eight rows hit distinct banks.
+template <int D>
+inline constexpr int tile_ld = D + 8;
+
+//! Bytes of shared memory for `rows` token rows of head dim D, plus `floats` fp32 values.
+template <class T, int D>
+constexpr int shared_bytes(int rows, int floats = 0) {
+  return rows * tile_ld<D> * static_cast<int>(sizeof(T)) + floats * static_cast<int>(sizeof(float));
+}
+
+//! The shared memory of a flash kernel, 16-byte aligned, as T.
+template <class T>
+__device__ inline T* shared_base() {
+  extern __shared__ __align__(16) unsigned char flash_shared[];
+  return reinterpret_cast<T*>(flash_shared);
+}
+
+//! Copies tokens row0 .. row0 + rows - 1 of head h, batch b of x into tile s (rows past the end of
+//! the sequence become zeros). With `vec`, 16-byte loads (see rows_are_vectorizable).
+template <int D, class T>
+__device__ inline void load_rows(mma::smem_tile<T> s, const tensor_view<const T>& x, std::int64_t b, std::int64_t h,
+                                 std::int64_t row0, int rows, bool vec) {
+  constexpr int V = 16 / sizeof(T);
+  for (int idx = threadIdx.x; idx < rows * (D / V); idx += blockDim.x) {
+    const int r = idx / (D / V), c = idx % (D / V) * V;
+    const std::int64_t i = row0 + r;
+    T* dst = &s(r, c);
+    if (i >= x.seq()) {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    } else if (vec) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(&x(b, i, h, c));
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) dst[e] = x(b, i, h, c + e);
+    }
+  }
+}
+
+//! Whether query token i may attend key token j of a sequence of S tokens.
+__device__ inline bool visible(std::int64_t i, std::int64_t j, std::int64_t S, bool causal) {
+  return i < S && j < S && !(causal && j > i);
+}
+
+//! delta[r] = dO_r . O_r in fp32 for the first `rows` rows of two tiles (the softmax backward's
+//! row term); rows past the sequence are zeros in both tiles and give 0.
+template <int D, class T>
+__device__ inline void row_dots(float* delta, mma::smem_tile<T> dout, mma::smem_tile<T> o, int rows) {
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    float sum = 0.0f;
+    for (int d = 0; d < D; ++d) sum += to_float(dout(r, d)) * to_float(o(r, d));
+    delta[r] = sum;
+  }
+}
+
+}  // namespace flash_kernels
+SEQPAR_KERNEL_NAMESPACE_END
