@@ -1,0 +1,58 @@
+// The flash_attention policy on one GPU: forward and backward TFLOP/s for S = 1K to 32K tokens,
+// head dims 64 and 128, causal or not, bf16. Hidden size 2048 (H = 2048 / D) and B * S = 32K
+// tokens, the shapes bench/sdpa_bench.py times for PyTorch's scaled_dot_product_attention.
+// FLOPs: forward 4 B H S^2 D (half when causal), backward 2.5 times forward.
+// Without a GPU it says so and exits 77.
+#include "gpu_support.cuh"
+
+#include <seqpar/policy/flash_attention.cuh>
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+
+namespace {
+using bf16 = __nv_bfloat16;
+using seqpar_bench::device_array;
+
+constexpr std::int64_t hidden = 2048, tokens = 32 * 1024;
+
+void BM_flash_attention(benchmark::State& state, bool backward) {
+  const std::int64_t S = state.range(0) << 10, D = state.range(1), B = tokens / S, H = hidden / D;
+  const bool causal = state.range(2) != 0;
+  const std::size_t n = static_cast<std::size_t>(B * S * H * D);
+  device_array<bf16> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n);
+  device_array<float> lse(static_cast<std::size_t>(B * H * S));
+  for (auto* a : {&q, &k, &v, &dout}) SEQPAR_CUDA_TRY(cudaMemset(a->p, 0, n * sizeof(bf16)));
+  auto in = [&](device_array<bf16>& a) { return seqpar::make_bshd<const bf16>(a.p, B, S, H, D); };
+  auto out = [&](device_array<bf16>& a) { return seqpar::make_bshd(a.p, B, S, H, D); };
+  const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), causal};
+  const seqpar::gqa_map map{};
+  const seqpar::lse_view l(lse.p, B, H, S);
+  const seqpar::flash_attention flash;
+  flash.forward(in(q), in(k), in(v), map, opt, out(o), l);
+  seqpar_bench::timed_on_gpu(state, [&] {
+    if (backward)
+      flash.backward(in(q), in(k), in(v), in(o), seqpar::const_lse_view(l), in(dout), map, opt, out(dq), out(dk),
+                     out(dv));
+    else
+      flash.forward(in(q), in(k), in(v), map, opt, out(o), l);
+  });
+  const double forward_flops = 4.0 * B * H * S * S * D * (causal ? 0.5 : 1.0);
+  state.counters["TFLOP/s"] = benchmark::Counter((backward ? 2.5 : 1.0) * forward_flops / 1e12,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"Ktokens", "D", "causal"});
+  for (std::int64_t causal : {0, 1})
+    for (std::int64_t D : {64, 128})
+      for (std::int64_t s = 1; s <= 32; s *= 2) b->Args({s, D, causal});
+  b->UseManualTime()->Unit(benchmark::kMillisecond);
+}
+}  // namespace
+
+BENCHMARK_CAPTURE(BM_flash_attention, forward, false)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_flash_attention, backward, true)->Apply(shapes);
+
+int main(int argc, char** argv) { return seqpar_bench::run_if_gpu(argc, argv); }
