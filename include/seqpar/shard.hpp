@@ -67,6 +67,7 @@ namespace detail {
 //! holds exactly rank r's tokens of the partition.
 template <class A, class B>
 void check_shard_views(const seq_partition& part, int rank, const tensor_view<A>& global, const tensor_view<B>& shard) {
+  (void)make_seq_partition(part.tokens, part.ranks, part.strategy);  // a hand-built partition is checked too
   SEQPAR_EXPECTS(rank >= 0 && rank < part.ranks,
                  "rank: expected a rank in [0, " << part.ranks << "), got " << rank);
   SEQPAR_EXPECTS(global.seq() == part.tokens,

@@ -72,4 +72,9 @@ TEST_CASE("seq_shard: a shard view of the wrong length or heads is refused") {
                        doctest::Contains("shard: expected heads extent = global's 2, got 1"), seqpar::error);
   CHECK_THROWS_WITH_AS(seqpar::seq_shard(part, 4, g, seqpar::make_bshd(shard.data(), 1, 3, 2, 4)),
                        doctest::Contains("rank: expected a rank in [0, 4), got 4"), seqpar::error);
+  // A hand-built zigzag partition of 10 tokens over 4 ranks would leave two tokens unsharded.
+  CHECK_THROWS_WITH_AS(seqpar::seq_shard(seqpar::seq_partition{10, 4, seqpar::shard_strategy::zigzag}, 0, g,
+                                         seqpar::make_bshd(shard.data(), 1, 2, 2, 4)),
+                       doctest::Contains("tokens: zigzag sharding needs a sequence length divisible by 2 * ranks = 8"),
+                       seqpar::error);
 }

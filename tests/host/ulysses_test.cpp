@@ -93,6 +93,15 @@ TEST_CASE("all_to_all_heads: bad input names the argument before anything moves"
   CHECK_THROWS_WITH_AS(seqpar::make_seq_partition(10, 4, shard_strategy::zigzag),
                        doctest::Contains("tokens: zigzag sharding needs a sequence length divisible by 2 * ranks = 8, got 10"),
                        seqpar::error);
+  // Hand-built partitions that skip the factories' checks are refused by the plan all the same.
+  CHECK_THROWS_WITH_AS(seqpar::all_to_all_heads_plan(0, seqpar::make_seq_partition(8, 2), seqpar::head_partition{4, 8, 2},
+                                                     1, 4, seqpar::dtype::float32),
+                       doctest::Contains("kv_heads: expected a divisor of heads = 4 (GQA groups of equal size), got 8"),
+                       seqpar::error);
+  CHECK_THROWS_WITH_AS(seqpar::all_to_all_heads_plan(0, seqpar::seq_partition{10, 4, shard_strategy::zigzag},
+                                                     seqpar::make_head_partition(4, 4, 4), 1, 4, seqpar::dtype::float32),
+                       doctest::Contains("tokens: zigzag sharding needs a sequence length divisible by 2 * ranks = 8, got 10"),
+                       seqpar::error);
   CHECK_THROWS_WITH_AS(seqpar::all_to_all_heads_plan(0, seqpar::make_seq_partition(8, 2),
                                                      seqpar::make_head_partition(4, 4, 4), 1, 4, seqpar::dtype::float32),
                        doctest::Contains("heads: partition over 4 ranks; expected the sequence's group size 2"),

@@ -32,6 +32,10 @@ class all_to_all_heads_plan {
   all_to_all_heads_plan(int rank, const seq_partition& seq, const head_partition& heads, std::int64_t batch,
                         std::int64_t head_dim, dtype type)
       : type_(type) {
+    // The partitions are plain structs: re-check what their factories check, so a hand-built one
+    // fails here rather than dividing by zero or leaving tokens unwritten.
+    (void)make_seq_partition(seq.tokens, seq.ranks, seq.strategy);
+    (void)make_head_partition(heads.heads, heads.kv_heads, heads.ranks);
     SEQPAR_EXPECTS(seq.ranks == heads.ranks, "heads: partition over " << heads.ranks
                                                                       << " ranks; expected the sequence's group size "
                                                                       << seq.ranks);
