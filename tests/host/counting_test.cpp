@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <vector>
 
 using counting = seqpar::counting_communicator<seqpar::in_process_communicator>;
@@ -35,9 +36,15 @@ TEST_CASE("counting: all_to_all_v bytes per peer equal the counts, and match wha
       sc[j] = send_count(r, j), sd[j] = s_at, s_at += sc[j];
       rc[j] = send_count(j, r), rd[j] = r_at, r_at += rc[j];
     }
-    std::vector<__half> send(s_at), recv(r_at);
+    // Each block carries its (source, destination) tag; a peer counts the bytes that arrived with it.
+    auto tag = [&](int src, int dst) { return __float2half(static_cast<float>(src * P + dst + 1)); };
+    std::vector<__half> send(s_at), recv(r_at, __float2half(0.0f));
+    for (int j = 0; j < P; ++j) std::fill_n(send.begin() + sd[j], sc[j], tag(r, j));
     comm.all_to_all_v<__half>(send, sc, sd, recv, rc, rd);
-    for (int j = 0; j < P; ++j) received[r][j] = rc[j] * sizeof(__half);
+    for (int j = 0; j < P; ++j)
+      received[r][j] = sizeof(__half) * std::count_if(recv.begin() + rd[j], recv.begin() + rd[j] + rc[j], [&](__half x) {
+                         return __half2float(x) == __half2float(tag(j, r));
+                       });
   });
   for (int r = 0; r < P; ++r) {
     REQUIRE(logs[r].size() == 1);

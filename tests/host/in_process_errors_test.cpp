@@ -69,6 +69,16 @@ TEST_CASE("all_to_all: a send buffer of the wrong size on one rank") {
   expect_rejected(out, 2, "send: expected group size * count = 8 elements, got 7");
 }
 
+TEST_CASE("all_to_all: a count whose product with the group size wraps around") {
+  // 2^63 * 2 wraps to 0, which empty buffers would match.
+  auto out = run_bad(2, 4, [](in_process_communicator& c, std::vector<float>& recv) {
+    auto send = filled(4);
+    if (c.rank() == 1) c.all_to_all<float>({}, std::span<float>(), std::size_t{1} << 63);
+    else c.all_to_all<float>(send, recv, 2);
+  });
+  expect_rejected(out, 1, "count: 9223372036854775808 elements per rank times a group of 2 overflows");
+}
+
 TEST_CASE("all_to_all: ranks disagree on the count") {
   auto out = run_bad(3, 6, [](in_process_communicator& c, std::vector<float>& recv) {
     const std::size_t count = c.rank() == 1 ? 1 : 2;

@@ -87,6 +87,9 @@ inline void check_fits_int(const char* name, std::size_t count) {
 //! The checks of all_to_all: send and recv hold size * count elements each, and do not overlap.
 template <class T>
 void check_all_to_all(std::span<const T> send, std::span<T> recv, std::size_t count, int size) {
+  SEQPAR_EXPECTS(size <= 0 || count <= std::numeric_limits<std::size_t>::max() / static_cast<std::size_t>(size),
+                 "count: " << count << " elements per rank times a group of " << size
+                           << " overflows; expected a count that fits the buffers");
   check_size("send", send, count * size, "group size * count");
   check_size("recv", recv, count * size, "group size * count");
   check_disjoint("send", send, "recv", recv);
