@@ -81,8 +81,10 @@ class linear_attention_ring {
     float* ws = reinterpret_cast<float*>(workspace.data());
     const std::size_t n = state_elements();
     const state_view m = state(ws), next = state(ws + n), gathered = state(ws + n);
-    policy.forward_intra(cq, ck, cv, decay, o, stream);  // needs no message: enqueued first
+    // Fork first, so the side stream's state work does not queue behind the intra-chunk product;
+    // that product needs no message and runs on `stream` meanwhile.
     const stream_t side = fork_->fork(where, stream);
+    policy.forward_intra(cq, ck, cv, decay, o, stream);
     policy.state_contribution(ck, cv, decay, m, side);
     if (strategy_ == lasp_strategy::chain) {
       if (rank_ == 0) detail::zero_state(saved, where, side);
@@ -118,8 +120,8 @@ class linear_attention_ring {
     float* ws = reinterpret_cast<float*>(workspace.data());
     const std::size_t n = state_elements();
     const state_view gq = state(ws), g_in = state(ws + n), g_out = state(ws + 2 * n), gathered = state(ws + n);
+    const stream_t side = fork_->fork(where, stream);  // before the intra-chunk work, as in forward
     policy.backward_intra(cq, ck, cv, cdo, decay, dq, dk, dv, stream);
-    const stream_t side = fork_->fork(where, stream);
     policy.backward_state_contribution(cq, cdo, decay, gq, side);
     state_view g = g_in;  // G_r: gradient of the state this rank sent forward
     if (strategy_ == lasp_strategy::chain) {
