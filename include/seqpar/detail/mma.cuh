@@ -8,6 +8,8 @@
 //! - B (16 x 8, k by n), 2 registers: {B[2t..2t+1][g], B[2t+8..2t+9][g]};
 //! - C (16 x 8, fp32), 4 floats: {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}.
 //! The lower k (or column) index of a register pair sits in its low 16 bits.
+//! A host compiler may run these under an emulated warp: it defines SEQPAR_EMULATE_MMA(d, a, b,
+//! is_half) and the CUDA built-ins the kernels use (tests/support/seqpar_test/warp_emulation.hpp).
 #pragma once
 
 #include <seqpar/config.hpp>
@@ -105,6 +107,8 @@ __device__ inline void mma_16x8x16(float (&d)[4], const std::uint32_t (&a)[4], c
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
+#elif defined(SEQPAR_EMULATE_MMA)
+  SEQPAR_EMULATE_MMA(d, a, b, (std::same_as<T, __half>));  // a host emulation of the warp, for tests
 #else
   (void)d, (void)a, (void)b;
   __trap();  // tensor-core kernels need sm_80 or newer

@@ -1,0 +1,124 @@
+// The flash_attention kernels on the host, under an emulated warp (one std::thread per CUDA
+// thread, mma.sync from the PTX fragment tables), against reference_attention in double: every
+// fragment layout, mask, tile edge and softmax rescale of the real kernel code, without a GPU.
+// Tolerances: 2e-3 (half) and 2e-2 (bfloat16) of the largest reference magnitude; lse 1e-4.
+#include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
+
+#include <seqpar/policy/detail/flash_backward.cuh>
+#include <seqpar/policy/detail/flash_forward.cuh>
+#include <seqpar/policy/reference_attention.hpp>
+#include <seqpar_test/lasp_cases.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
+namespace flash_kernels {
+alignas(16) unsigned char flash_shared[1 << 17];  // what shared_base() names: the emulated block's shared memory
+}
+SEQPAR_KERNEL_NAMESPACE_END
+
+namespace {
+namespace fk = seqpar::flash_kernels;
+
+// A [B, S, H, D] tensor whose tokens sit `pad` elements apart beyond H * D (pad != 0 defeats the
+// 16-byte loads), filled with normal values of deviation `amp` rounded to T, or with poison.
+template <class T>
+struct tensor {
+  std::vector<T> data;
+  seqpar::tensor_view<T> view;
+  tensor(std::int64_t B, std::int64_t S, std::int64_t H, std::int64_t D, std::int64_t pad, float amp) {
+    data.assign(B * S * (H * D + pad), seqpar_test::poison<T>());
+    std::normal_distribution<float> n(0.0f, amp);
+    if (amp > 0)
+      for (auto& x : data) x = seqpar::from_float<T>(n(seqpar_test::rng()));
+    view = seqpar::make_strided(data.data(), {B, S, H, D}, {S * (H * D + pad), H * D + pad, D, 1});
+  }
+  seqpar::tensor_view<const T> cview() const { return view; }
+};
+
+template <class T>
+double gap(const seqpar::tensor_view<T>& got, const seqpar::tensor_view<T>& want) {
+  double err = 0, scale = 1e-30;
+  for (std::int64_t b = 0; b < want.batch(); ++b)
+    for (std::int64_t s = 0; s < want.seq(); ++s)
+      for (std::int64_t h = 0; h < want.heads(); ++h)
+        for (std::int64_t d = 0; d < want.head_dim(); ++d) {
+          const double g = seqpar::to_float(got(b, s, h, d)), w = seqpar::to_float(want(b, s, h, d));
+          if (!std::isfinite(g)) return INFINITY;
+          err = std::max(err, std::abs(g - w)), scale = std::max(scale, std::abs(w));
+        }
+  return err / scale;
+}
+
+struct flash_case {
+  std::int64_t B, S;
+  int H, H_kv;
+  bool causal;
+  std::int64_t pad;
+  float q_amp;  // > 1 sharpens the softmax, so the running max moves between key tiles
+};
+
+template <class T, int D>
+void check_flash(const flash_case& c) {
+  INFO("D=" << D << " B=" << c.B << " S=" << c.S << " H=" << c.H << " H_kv=" << c.H_kv << " causal=" << c.causal
+            << " pad=" << c.pad);
+  const tensor<T> q(c.B, c.S, c.H, D, c.pad, c.q_amp), k(c.B, c.S, c.H_kv, D, c.pad, 1), v(c.B, c.S, c.H_kv, D, c.pad, 1),
+      dout(c.B, c.S, c.H, D, c.pad, 1);
+  tensor<T> o(c.B, c.S, c.H, D, c.pad, 0), dq(c.B, c.S, c.H, D, c.pad, 0), dk(c.B, c.S, c.H_kv, D, c.pad, 0),
+      dv(c.B, c.S, c.H_kv, D, c.pad, 0), o_ref(c.B, c.S, c.H, D, 0, 0), dq_ref(c.B, c.S, c.H, D, 0, 0),
+      dk_ref(c.B, c.S, c.H_kv, D, 0, 0), dv_ref(c.B, c.S, c.H_kv, D, 0, 0);
+  std::vector<float> lse(c.B * c.H * c.S, NAN), lse_ref(lse.size());
+  const seqpar::lse_view l(lse.data(), c.B, c.H, c.S), l_ref(lse_ref.data(), c.B, c.H, c.S);
+  const seqpar::gqa_map map{0, c.H / c.H_kv, 0};
+  const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), c.causal};
+  const bool vec = c.pad == 0;
+
+  const seqpar::reference_attention ref;
+  ref.forward(q.cview(), k.cview(), v.cview(), map, opt, o_ref.view, l_ref);
+  ref.backward(q.cview(), k.cview(), v.cview(), o_ref.cview(), seqpar::const_lse_view(l_ref), dout.cview(), map, opt,
+               dq_ref.view, dk_ref.view, dv_ref.view);
+
+  const dim3 by_query((c.S + 63) / 64, c.H, c.B), by_key((c.S + 63) / 64, c.H_kv, c.B);
+  const std::span<unsigned char> shared(fk::flash_shared);
+  CHECK(seqpar_emulation::launch(by_query, shared, fk::forward_shared_bytes<T, D>, [&] {
+    fk::forward<T, D>(q.cview(), k.cview(), v.cview(), map, opt, o.view, l, vec);
+  }));
+  // Backward from the kernel's own o and lse, as a layer runs it.
+  CHECK(seqpar_emulation::launch(by_query, shared, fk::dq_shared_bytes<T, D>, [&] {
+    fk::backward_dq<T, D>(q.cview(), k.cview(), v.cview(), o.cview(), seqpar::const_lse_view(l), dout.cview(), map, opt,
+                          dq.view, vec);
+  }));
+  CHECK(seqpar_emulation::launch(by_key, shared, fk::dkdv_shared_bytes<T, D>, [&] {
+    fk::backward_dkdv<T, D>(q.cview(), k.cview(), v.cview(), o.cview(), seqpar::const_lse_view(l), dout.cview(), map,
+                            opt, dk.view, dv.view, vec);
+  }));
+
+  const double tol = std::is_same_v<T, __half> ? 2e-3 : 2e-2;
+  CHECK(gap(o.view, o_ref.view) <= tol);
+  CHECK(gap(dq.view, dq_ref.view) <= tol);
+  CHECK(gap(dk.view, dk_ref.view) <= tol);
+  CHECK(gap(dv.view, dv_ref.view) <= tol);
+  double lse_gap = 0;
+  for (std::size_t i = 0; i < lse.size(); ++i) lse_gap = std::max(lse_gap, double(std::abs(lse[i] - lse_ref[i])));
+  CHECK(lse_gap <= 1e-4);
+  // Padding between tokens stays poison: nothing was written outside the views.
+  for (const auto* t : {&o, &dq, &dk, &dv})
+    for (std::size_t i = 0; i < t->data.size(); ++i)
+      if (c.pad && i % (t->view.heads() * D + c.pad) >= std::size_t(t->view.heads() * D))
+        REQUIRE(seqpar_test::same_bits(t->data[i], seqpar_test::poison<T>()));
+}
+}  // namespace
+
+TEST_CASE("flash_attention kernels under an emulated warp equal reference_attention") {
+  // Several key tiles, ragged last tiles, GQA, causal and not, sharp softmax, both load paths.
+  check_flash<__half, 64>({1, 100, 4, 2, true, 0, 3.0f});
+  check_flash<__half, 64>({2, 70, 2, 1, false, 0, 1.0f});
+  check_flash<__nv_bfloat16, 128>({1, 70, 2, 2, true, 1, 1.0f});
+  check_flash<__nv_bfloat16, 64>({1, 33, 3, 1, false, 0, 3.0f});
+  check_flash<__half, 128>({1, 150, 4, 1, true, 0, 2.0f});
+  check_flash<__nv_bfloat16, 64>({2, 130, 2, 2, false, 3, 1.0f});
+}

@@ -1,0 +1,133 @@
+//! @file warp_emulation.hpp
+//! Runs CUDA kernels written for blocks of 128 threads on the host, with one std::thread per CUDA
+//! thread: threadIdx and blockIdx are thread-local, __syncthreads and the warp shuffles are
+//! barriers, and mma.sync m16n8k16 is computed from the PTX ISA's fragment tables, written here
+//! independently of seqpar/detail/mma.cuh. Include it first, before any seqpar header, in a .cpp
+//! built by a host compiler; the kernel headers included after it compile as host code.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <thread>
+#include <vector>
+
+namespace seqpar_emulation {
+
+struct index3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+inline thread_local index3 thread_index, block_index;
+inline const index3 block_size{128, 1, 1};
+inline constexpr int warps = 4;
+inline std::barrier<>* block_barrier = nullptr;
+inline std::barrier<>* warp_barrier[warps] = {};
+inline float shuffle_slots[warps][32];
+inline std::uint32_t a_slots[warps][32][4], b_slots[warps][32][2];
+
+inline int warp() { return static_cast<int>(thread_index.x / 32); }
+inline int lane() { return static_cast<int>(thread_index.x % 32); }
+
+inline float element_value(std::uint16_t bits, bool half) {
+  if (half) {
+    __half_raw r;
+    r.x = bits;
+    return __half2float(__half(r));
+  }
+  const std::uint32_t widened = std::uint32_t(bits) << 16;  // bfloat16 is the top half of a float
+  float f;
+  std::memcpy(&f, &widened, sizeof f);
+  return f;
+}
+
+//! d += A B for the warp of the calling thread, A and B gathered from every lane's registers.
+inline void mma_16x8x16(float (&d)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2], bool half) {
+  const int w = warp(), l = lane();
+  warp_barrier[w]->arrive_and_wait();
+  for (int i = 0; i < 4; ++i) a_slots[w][l][i] = a[i];
+  for (int i = 0; i < 2; ++i) b_slots[w][l][i] = b[i];
+  warp_barrier[w]->arrive_and_wait();
+  float A[16][16], B[16][8];
+  for (int from = 0; from < 32; ++from) {
+    const int g = from / 4, t = from % 4;
+    for (int i = 0; i < 8; ++i) {  // PTX: a_i is half i % 2 of register i / 2
+      const int row = (i % 4 < 2) ? g : g + 8, col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+      A[row][col] = element_value(static_cast<std::uint16_t>(a_slots[w][from][i / 2] >> (16 * (i & 1))), half);
+    }
+    for (int i = 0; i < 4; ++i) {  // PTX: b_i is half i % 2 of register i / 2
+      const int row = 2 * t + (i & 1) + (i >= 2 ? 8 : 0);
+      B[row][g] = element_value(static_cast<std::uint16_t>(b_slots[w][from][i / 2] >> (16 * (i & 1))), half);
+    }
+  }
+  const int g = l / 4, t = l % 4;
+  for (int i = 0; i < 4; ++i) {  // PTX: c_i is row g (+8 for i >= 2), column 2t + i % 2
+    const int row = i < 2 ? g : g + 8, col = 2 * t + (i & 1);
+    float sum = 0;
+    for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+    d[i] += sum;
+  }
+  warp_barrier[w]->arrive_and_wait();
+}
+
+//! Runs body() as every thread of every block of `grid` (blocks one after another, 128 threads
+//! each). `shared` stands for the block's shared memory: it is poisoned with 0xff before each
+//! block; returns false when a block wrote past its first `used` bytes.
+template <class Body>
+bool launch(dim3 grid, std::span<unsigned char> shared, std::size_t used, Body&& body) {
+  bool within = true;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        std::fill(shared.begin(), shared.end(), static_cast<unsigned char>(0xff));
+        std::barrier<> block(128), w0(32), w1(32), w2(32), w3(32);
+        block_barrier = &block;
+        warp_barrier[0] = &w0, warp_barrier[1] = &w1, warp_barrier[2] = &w2, warp_barrier[3] = &w3;
+        std::vector<std::jthread> threads;
+        for (unsigned t = 0; t < 128; ++t)
+          threads.emplace_back([&, t] {
+            thread_index = {t, 0, 0};
+            block_index = {x, y, z};
+            body();
+          });
+        threads.clear();  // joins
+        within = within && std::all_of(shared.begin() + used, shared.end(), [](unsigned char c) { return c == 0xff; });
+      }
+  return within;
+}
+
+}  // namespace seqpar_emulation
+
+inline void __syncthreads() { seqpar_emulation::block_barrier->arrive_and_wait(); }
+inline float __shfl_xor_sync(unsigned, float x, int mask) {
+  using namespace seqpar_emulation;
+  const int w = warp(), l = lane();
+  warp_barrier[w]->arrive_and_wait();
+  shuffle_slots[w][l] = x;
+  warp_barrier[w]->arrive_and_wait();
+  const float r = shuffle_slots[w][l ^ mask];
+  warp_barrier[w]->arrive_and_wait();
+  return r;
+}
+inline float __expf(float x) { return std::exp(x); }
+
+#define threadIdx seqpar_emulation::thread_index
+#define blockIdx seqpar_emulation::block_index
+#define blockDim seqpar_emulation::block_size
+#define SEQPAR_EMULATE_MMA(d, a, b, is_half) seqpar_emulation::mma_16x8x16(d, a, b, is_half)
+#undef __global__
+#undef __device__
+#undef __shared__
+#undef __align__
+#undef __launch_bounds__
+#define __global__
+#define __device__
+#define __shared__
+#define __align__(n)
+#define __launch_bounds__(n)
