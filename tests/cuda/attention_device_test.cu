@@ -153,5 +153,9 @@ TEST_CASE("flash_attention refuses what it cannot compute, before anything moves
                                                          seqpar::lse_view(lse.data(), 1, 1, 64)),
                        doctest::Contains("k, v: extents {1, 32, 1, 64}; expected q's batch, seq and head_dim (1, 64, 64)"),
                        seqpar::error);
+  CHECK_THROWS_WITH_AS(seqpar::flash_attention{}.forward(qv, qv, qv, {}, {}, seqpar::make_bshd(o.data(), 1, 64, 1, 64),
+                                                         seqpar::lse_view(lse.data(), 1, 1, 32)),
+                       doctest::Contains("lse: extents {1, 1, 32}; expected q's {batch, heads, seq} = {1, 1, 64} floats"),
+                       seqpar::error);
   CHECK(seqpar_test::first_mismatch(o.values(), std::vector<bf16>(64 * 64, seqpar_test::poison<bf16>())) == -1);
 }

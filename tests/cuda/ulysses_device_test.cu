@@ -17,8 +17,9 @@ TEST_CASE_TEMPLATE("all_to_all_heads on the GPU: every element lands where the m
         for (std::int64_t D : {3, 16})  // scalar and 16-byte-vector kernels
           for (order layout : {order::bshd, order::sbhd})
             for (std::int64_t B : {1, 3})
-              seqpar_test::check_exact_maps<T>({P, H, H_kv, B, 2 * P + 3, D, layout, shard_strategy::contiguous},
-                                               memory_space::device);
+              for (std::int64_t S : {std::int64_t(2 * P), std::int64_t(2 * P + 1)})  // even, and uneven for P > 1
+                seqpar_test::check_exact_maps<T>({P, H, H_kv, B, S, D, layout, shard_strategy::contiguous},
+                                                 memory_space::device);
       }
   seqpar_test::check_exact_maps<T>({4, 8, 2, 2, 16, 8, order::bshd, shard_strategy::zigzag}, memory_space::device);
 }

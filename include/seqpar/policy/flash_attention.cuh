@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
@@ -36,6 +37,7 @@ struct flash_attention {
   void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
     check<T>(q, k, v, o);
+    check_lse(lse, q);
     if constexpr (mma::input<T>) {
       if (q.size() == 0) return;
       const bool vec = device::rows_are_vectorizable(q) && device::rows_are_vectorizable(k) &&
@@ -53,6 +55,7 @@ struct flash_attention {
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
                 tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
     check<T>(q, k, v, o);
+    check_lse(lse, q);
     SEQPAR_EXPECTS(same_shape(dout, q) && same_shape(dq, q) && same_shape(dk, k) && same_shape(dv, k),
                    "dout, dq, dk, dv: extents differ from q's and k's; expected dout and dq shaped like q, dk and dv "
                    "like k");
@@ -89,6 +92,15 @@ struct flash_attention {
                                      << "}; expected q's batch, seq and head_dim (" << q.batch() << ", " << q.seq()
                                      << ", " << q.head_dim() << ") and equal k and v");
     SEQPAR_EXPECTS(same_shape(o, q), "o: extents differ from q's; expected the same extents");
+  }
+
+  template <class L, class T>
+  static void check_lse(const L& lse, const tensor_view<T>& q) {
+    SEQPAR_EXPECTS(lse.extent(0) == q.batch() && lse.extent(1) == q.heads() && lse.extent(2) == q.seq() &&
+                       (lse.data_handle() != nullptr || lse.size() == 0),
+                   "lse: extents {" << lse.extent(0) << ", " << lse.extent(1) << ", " << lse.extent(2)
+                                    << "}; expected q's {batch, heads, seq} = {" << q.batch() << ", " << q.heads()
+                                    << ", " << q.seq() << "} floats");
   }
 
   template <class F>
