@@ -91,17 +91,7 @@ __global__ void __launch_bounds__(threads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[dn][e] *= rescale[e / 2];
 
-#pragma unroll
-    for (int kk = 0; kk < Bc / 16; ++kk) {
-      std::uint32_t pa[4];
-      mma::a_from_accumulators<T>(pa, s, kk);
-#pragma unroll
-      for (int dn = 0; dn < d_tiles; ++dn) {
-        std::uint32_t vb[2];
-        mma::load_b(vb, v_s, kk * 16, dn * 8);
-        mma::mma_16x8x16<T>(acc[dn], pa, vb);
-      }
-    }
+    product_from_accumulators<Bc / 16>(acc, s, v_s);  // O += P V
   }
 
 #pragma unroll
