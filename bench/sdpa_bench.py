@@ -13,19 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from torch_timing import timed
+
 HIDDEN, TOKENS = 2048, 32 * 1024
-
-
-def timed(fn, iters=10):
-    fn()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / iters / 1e3
 
 
 def main():

@@ -1,6 +1,6 @@
 // LASP on the GPU: the CUDA linear-attention policy through lasp_attention over the in-process
 // backend on device memory, against the single-device reference; chunks long enough to span
-// several sub-blocks, with a partial last one.
+// several sub-blocks and segments, with partial last ones; both the tensor-core and CUDA-core paths.
 #include <seqpar_test/lasp_cases.hpp>
 
 #include <seqpar/policy/linear_cuda.cuh>
@@ -24,4 +24,17 @@ TEST_CASE("lasp_attention with linear_cuda: head dims 64 and 128, a normalised v
                                   seqpar::linear_cuda{});
   seqpar_test::check_lasp<float>({4, 1, 77, 2, 16, 8, 0.95f, lasp_strategy::chain, true}, memory_space::device,
                                  seqpar::linear_cuda{});
+  seqpar_test::check_lasp<__half>({2, 1, 90, 2, 16, 8, 0.95f, lasp_strategy::all_gather, true}, memory_space::device,
+                                  seqpar::linear_cuda{});
+}
+
+TEST_CASE("lasp_attention with linear_cuda: chunks long enough to run in parallel segments, D > 128") {
+  // 1500 and 1000 tokens per rank over few heads: the tensor-core path cuts them into segments.
+  seqpar_test::check_lasp<__nv_bfloat16>({2, 1, 3000, 2, 64, 64, 0.99f, lasp_strategy::chain}, memory_space::device,
+                                         seqpar::linear_cuda{});
+  seqpar_test::check_lasp<__half>({2, 1, 2000, 1, 128, 96, 0.9f, lasp_strategy::all_gather}, memory_space::device,
+                                  seqpar::linear_cuda{});
+  // D = 160 > 128 contracts on CUDA cores for q . k, on tensor cores for dO . v (E = 32).
+  seqpar_test::check_lasp<__nv_bfloat16>({2, 1, 300, 1, 160, 32, 0.95f, lasp_strategy::chain}, memory_space::device,
+                                         seqpar::linear_cuda{});
 }

@@ -7,7 +7,7 @@
 #include <seqpar/policy/detail/flash_backward.cuh>
 #include <seqpar/policy/detail/flash_forward.cuh>
 #include <seqpar/policy/reference_attention.hpp>
-#include <seqpar_test/lasp_cases.hpp>
+#include <seqpar_test/host_tensor.hpp>
 
 #include <doctest/doctest.h>
 
@@ -24,35 +24,9 @@ SEQPAR_KERNEL_NAMESPACE_END
 namespace {
 namespace fk = seqpar::flash_kernels;
 
-// A [B, S, H, D] tensor whose tokens sit `pad` elements apart beyond H * D (pad != 0 defeats the
-// 16-byte loads), filled with normal values of deviation `amp` rounded to T, or with poison.
 template <class T>
-struct tensor {
-  std::vector<T> data;
-  seqpar::tensor_view<T> view;
-  tensor(std::int64_t B, std::int64_t S, std::int64_t H, std::int64_t D, std::int64_t pad, float amp) {
-    data.assign(B * S * (H * D + pad), seqpar_test::poison<T>());
-    std::normal_distribution<float> n(0.0f, amp);
-    if (amp > 0)
-      for (auto& x : data) x = seqpar::from_float<T>(n(seqpar_test::rng()));
-    view = seqpar::make_strided(data.data(), {B, S, H, D}, {S * (H * D + pad), H * D + pad, D, 1});
-  }
-  seqpar::tensor_view<const T> cview() const { return view; }
-};
-
-template <class T>
-double gap(const seqpar::tensor_view<T>& got, const seqpar::tensor_view<T>& want) {
-  double err = 0, scale = 1e-30;
-  for (std::int64_t b = 0; b < want.batch(); ++b)
-    for (std::int64_t s = 0; s < want.seq(); ++s)
-      for (std::int64_t h = 0; h < want.heads(); ++h)
-        for (std::int64_t d = 0; d < want.head_dim(); ++d) {
-          const double g = seqpar::to_float(got(b, s, h, d)), w = seqpar::to_float(want(b, s, h, d));
-          if (!std::isfinite(g)) return INFINITY;
-          err = std::max(err, std::abs(g - w)), scale = std::max(scale, std::abs(w));
-        }
-  return err / scale;
-}
+using tensor = seqpar_test::host_tensor<T>;
+using seqpar_test::relative_gap;
 
 struct flash_case {
   std::int64_t B, S;
@@ -98,18 +72,15 @@ void check_flash(const flash_case& c) {
   }));
 
   const double tol = std::is_same_v<T, __half> ? 2e-3 : 2e-2;
-  CHECK(gap(o.view, o_ref.view) <= tol);
-  CHECK(gap(dq.view, dq_ref.view) <= tol);
-  CHECK(gap(dk.view, dk_ref.view) <= tol);
-  CHECK(gap(dv.view, dv_ref.view) <= tol);
+  CHECK(relative_gap(o.view, o_ref.view) <= tol);
+  CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
+  CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
+  CHECK(relative_gap(dv.view, dv_ref.view) <= tol);
   double lse_gap = 0;
   for (std::size_t i = 0; i < lse.size(); ++i) lse_gap = std::max(lse_gap, double(std::abs(lse[i] - lse_ref[i])));
   CHECK(lse_gap <= 1e-4);
   // Padding between tokens stays poison: nothing was written outside the views.
-  for (const auto* t : {&o, &dq, &dk, &dv})
-    for (std::size_t i = 0; i < t->data.size(); ++i)
-      if (c.pad && i % (t->view.heads() * D + c.pad) >= std::size_t(t->view.heads() * D))
-        REQUIRE(seqpar_test::same_bits(t->data[i], seqpar_test::poison<T>()));
+  for (const auto* t : {&o, &dq, &dk, &dv}) CHECK(t->padding_untouched());
 }
 }  // namespace
 

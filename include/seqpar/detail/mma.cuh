@@ -1,6 +1,7 @@
 //! @file mma.cuh
 //! Warp-level tensor-core products (nvcc only): mma.sync m16n8k16 with fp16 or bf16 inputs and fp32
-//! accumulators, the fragment layouts it uses, and fragment loads from shared-memory tiles.
+//! accumulators, the fragment layouts it uses, fragment loads from shared-memory tiles, and the
+//! warp tile products built from them.
 //!
 //! Lane l of a warp is in quad row g = l / 4 and column pair t = l % 4. The PTX layouts:
 //! - A (16 x 16, row major), 4 registers of two elements: {A[g][2t..], A[g+8][2t..], A[g][2t+8..],
@@ -134,6 +135,42 @@ __device__ inline void zero(float (&c)[N][4]) {
   for (int n = 0; n < N; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) c[n][e] = 0.0f;
+}
+
+//! acc[n] += A B over k_steps of 16 with A from `a` (rows row0.., columns along k) and B[k][n] from
+//! the rows of `b` (row n0 + n, column k): a product with b's rows transposed, N = 8 * N_tiles.
+template <int k_steps, int n_tiles, class T>
+__device__ inline void product_transposed(float (&acc)[n_tiles][4], smem_tile<T> a, int row0,
+                                          smem_tile<T> b) {
+#pragma unroll
+  for (int kk = 0; kk < k_steps; ++kk) {
+    std::uint32_t af[4];
+    load_a(af, a, row0, kk * 16);
+#pragma unroll
+    for (int n = 0; n < n_tiles; ++n) {
+      std::uint32_t bf[2];
+      load_b_transposed(bf, b, kk * 16, n * 8);
+      mma_16x8x16<T>(acc[n], af, bf);
+    }
+  }
+}
+
+//! acc += C B with C the fp32 accumulators of a 16 x (16 * k_steps) product (rounded to T) and
+//! B = rows of `b` as they are: (16 * k_steps) x (8 * d_tiles).
+template <int k_steps, int d_tiles, int c_tiles, class T>
+__device__ inline void product_from_accumulators(float (&acc)[d_tiles][4], const float (&c)[c_tiles][4],
+                                                 smem_tile<T> b) {
+#pragma unroll
+  for (int kk = 0; kk < k_steps; ++kk) {
+    std::uint32_t af[4];
+    a_from_accumulators<T>(af, c, kk);
+#pragma unroll
+    for (int dn = 0; dn < d_tiles; ++dn) {
+      std::uint32_t bf[2];
+      load_b(bf, b, kk * 16, dn * 8);
+      mma_16x8x16<T>(acc[dn], af, bf);
+    }
+  }
 }
 
 }  // namespace mma

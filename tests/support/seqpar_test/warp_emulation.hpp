@@ -1,9 +1,10 @@
 //! @file warp_emulation.hpp
 //! Runs CUDA kernels written for blocks of 128 threads on the host, with one std::thread per CUDA
-//! thread: threadIdx and blockIdx are thread-local, __syncthreads and the warp shuffles are
-//! barriers, and mma.sync m16n8k16 is computed from the PTX ISA's fragment tables, written here
-//! independently of seqpar/detail/mma.cuh. Include it first, before any seqpar header, in a .cpp
-//! built by a host compiler; the kernel headers included after it compile as host code.
+//! thread: threadIdx and blockIdx are thread-local, gridDim is the launch's, __syncthreads and the
+//! warp shuffles are barriers, and mma.sync m16n8k16 is computed from the PTX ISA's fragment
+//! tables, written here independently of seqpar/detail/mma.cuh. Include it first, before any
+//! seqpar header, in a .cpp built by a host compiler; the kernel headers included after it compile
+//! as host code.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,6 +26,7 @@ struct index3 {
   unsigned x = 0, y = 0, z = 0;
 };
 inline thread_local index3 thread_index, block_index;
+inline index3 grid_size;
 inline const index3 block_size{128, 1, 1};
 inline constexpr int warps = 4;
 inline std::barrier<>* block_barrier = nullptr;
@@ -82,6 +84,7 @@ inline void mma_16x8x16(float (&d)[4], const std::uint32_t (&a)[4], const std::u
 template <class Body>
 bool launch(dim3 grid, std::span<unsigned char> shared, std::size_t used, Body&& body) {
   bool within = true;
+  grid_size = {grid.x, grid.y, grid.z};
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
@@ -120,6 +123,7 @@ inline float __expf(float x) { return std::exp(x); }
 #define threadIdx seqpar_emulation::thread_index
 #define blockIdx seqpar_emulation::block_index
 #define blockDim seqpar_emulation::block_size
+#define gridDim seqpar_emulation::grid_size
 #define SEQPAR_EMULATE_MMA(d, a, b, is_half) seqpar_emulation::mma_16x8x16(d, a, b, is_half)
 #undef __global__
 #undef __device__

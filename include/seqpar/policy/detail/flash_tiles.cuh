@@ -1,6 +1,6 @@
 //! @file flash_tiles.cuh
 //! What the flash_attention kernels share (nvcc only): the tile geometry, loading token rows of a
-//! strided view into a shared-memory tile, the score mask, and the tile products on tensor cores.
+//! strided view into a shared-memory tile, and the score mask.
 #pragma once
 
 #include <seqpar/detail/mma.cuh>
@@ -73,41 +73,9 @@ __device__ inline void row_dots(float* delta, mma::smem_tile<T> dout, mma::smem_
   }
 }
 
-//! acc[n] += A B over k_steps of 16 with A from `a` (rows row0.., columns along k) and B[k][n] from
-//! the rows of `b` (row n0 + n, column k): a product with b's rows transposed, N = 8 * N_tiles.
-template <int k_steps, int n_tiles, class T>
-__device__ inline void product_transposed(float (&acc)[n_tiles][4], mma::smem_tile<T> a, int row0,
-                                          mma::smem_tile<T> b) {
-#pragma unroll
-  for (int kk = 0; kk < k_steps; ++kk) {
-    std::uint32_t af[4];
-    mma::load_a(af, a, row0, kk * 16);
-#pragma unroll
-    for (int n = 0; n < n_tiles; ++n) {
-      std::uint32_t bf[2];
-      mma::load_b_transposed(bf, b, kk * 16, n * 8);
-      mma::mma_16x8x16<T>(acc[n], af, bf);
-    }
-  }
-}
-
-//! acc += C B with C the fp32 accumulators of a 16 x (16 * k_steps) product (rounded to T) and
-//! B = rows of `b` as they are: (16 * k_steps) x (8 * d_tiles).
-template <int k_steps, int d_tiles, int c_tiles, class T>
-__device__ inline void product_from_accumulators(float (&acc)[d_tiles][4], const float (&c)[c_tiles][4],
-                                                 mma::smem_tile<T> b) {
-#pragma unroll
-  for (int kk = 0; kk < k_steps; ++kk) {
-    std::uint32_t af[4];
-    mma::a_from_accumulators<T>(af, c, kk);
-#pragma unroll
-    for (int dn = 0; dn < d_tiles; ++dn) {
-      std::uint32_t bf[2];
-      mma::load_b(bf, b, kk * 16, dn * 8);
-      mma::mma_16x8x16<T>(acc[dn], af, bf);
-    }
-  }
-}
+// The tile products live in mma.cuh, shared with the linear-attention kernels.
+using mma::product_from_accumulators;
+using mma::product_transposed;
 
 }  // namespace flash_kernels
 SEQPAR_KERNEL_NAMESPACE_END

@@ -1,0 +1,342 @@
+//! @file linear_tensor_core.cuh
+//! The linear_cuda kernels on tensor cores (nvcc only; fp16 and bf16, D up to 128, any E).
+//!
+//! A chunk is cut into segments that run in parallel, and each segment into sub-blocks of 64
+//! tokens, one 16-row slice per warp. Within a sub-block the decayed causal product is two
+//! mma.sync products (S = A B^T masked by lambda^(i-j), then S V); the running fp32 state adds
+//! lambda^(i+1) A state and is updated with B^T diag(lambda^(n-1-j)) V. The state stays in
+//! registers in fp32; the products read it as two T parts (hi + lo), so it keeps about twice T's
+//! precision. Segments start from the decayed prefix of the states of the segments before them:
+//! chunk_scan(states_only) computes each segment's state, scan_segment_states turns them into
+//! prefixes, and chunk_scan computes the output.
+#pragma once
+
+#include <seqpar/detail/mma.cuh>
+#include <seqpar/policy/detail/linear_cuda_core.cuh>
+
+#include <algorithm>
+#include <cstdint>
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
+namespace linear_kernels {
+
+//! Tokens of a sub-block: four warps of 16 rows.
+inline constexpr int tc_tokens = 64;
+//! Columns of E (or of the output) one block computes.
+inline constexpr int tc_y_tile = 64;
+//! The largest D (the contracted dimension) the tensor-core kernels take.
+inline constexpr int tc_max_x = 128;
+
+//! D rounded up to the 16 of an mma k-step (the padding columns are zeros).
+SEQPAR_HOST_DEVICE constexpr int tc_padded(std::int64_t x) { return static_cast<int>((x + 15) / 16 * 16); }
+//! Elements between rows of a shared tile of `cols` columns (16 bytes of padding against bank conflicts).
+SEQPAR_HOST_DEVICE constexpr int tc_ld(int cols) { return cols + 8; }
+//! State m-tiles of 16 rows each warp owns for a padded D of Xp: 1 up to 64, 2 up to 128.
+SEQPAR_HOST_DEVICE constexpr int tc_state_tiles(int Xp) { return Xp <= 64 ? 1 : 2; }
+
+//! Shared memory of chunk_scan for padded D = Xp: A and B rows, V rows, the state's hi and lo
+//! parts, and the powers lambda^0 .. lambda^64.
+template <class T>
+constexpr std::size_t chunk_scan_shared_bytes(int Xp) {
+  return sizeof(T) * (2 * tc_tokens * tc_ld(Xp) + tc_tokens * tc_ld(tc_y_tile) + 2 * Xp * tc_ld(tc_y_tile)) +
+         sizeof(float) * (tc_tokens + 1);
+}
+//! Shared memory of rows_times_state for padded D = Xp: the token rows and the state's two parts.
+template <class T>
+constexpr std::size_t rows_times_state_shared_bytes(int Xp) {
+  return sizeof(T) * (tc_tokens * tc_ld(Xp) + 2 * Xp * tc_ld(tc_y_tile));
+}
+
+//! How a chunk is cut into segments: `count` segments of `length` tokens (the last may be shorter).
+struct segment_plan {
+  std::int64_t length;  //!< tokens per segment, a multiple of tc_tokens
+  int count;            //!< segments
+};
+
+//! Enough segments for `blocks_per_segment` x count blocks to fill `sms` multiprocessors twice,
+//! but no more than 256-token segments give (short segments cost more in state passes than they
+//! gain); lengths are rounded down to whole sub-blocks, so the count may come out a little higher.
+inline segment_plan plan_segments(std::int64_t C, std::int64_t blocks_per_segment, int sms) {
+  const std::int64_t per = std::max<std::int64_t>(blocks_per_segment, 1);
+  const std::int64_t want = (2 * std::int64_t{sms} + per - 1) / per;
+  const std::int64_t target = std::clamp<std::int64_t>(want, 1, std::max<std::int64_t>((C + 255) / 256, 1));
+  const std::int64_t length = std::max<std::int64_t>((C + target - 1) / target / tc_tokens * tc_tokens, tc_tokens);
+  return {length, static_cast<int>(std::max<std::int64_t>((C + length - 1) / length, 1))};
+}
+
+//! The shared memory of a linear kernel, 16-byte aligned, as T.
+template <class T>
+__device__ inline T* linear_shared_base() {
+  extern __shared__ __align__(16) unsigned char linear_shared[];
+  return reinterpret_cast<T*>(linear_shared);
+}
+
+//! Copies `n` token rows, in time order t0, t0 + 1, ... (token C - 1 - t when `reverse`), columns
+//! col0 .. col0 + width - 1 of head h, batch b of x into the first rows of s; rows past n and
+//! columns past x's head dim are zeros. With `vec` (rows_are_vectorizable), 16-byte loads.
+template <class T>
+__device__ inline void load_token_rows(mma::smem_tile<T> s, const tensor_view<const T>& x, std::int64_t b,
+                                       std::int64_t h, std::int64_t t0, int n, int col0, int width, bool reverse,
+                                       bool vec) {
+  const int cols = static_cast<int>(x.head_dim());
+  for (int idx = threadIdx.x; idx < tc_tokens * (width / 8); idx += blockDim.x) {
+    const int r = idx / (width / 8), c = idx % (width / 8) * 8;
+    T* dst = &s(r, c);
+    const int first = col0 + c;
+    if (r >= n || first >= cols) {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+      continue;
+    }
+    const std::int64_t i = reverse ? x.seq() - 1 - (t0 + r) : t0 + r;
+    if (vec && first + 8 <= cols) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(&x(b, i, h, first));
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[e] = first + e < cols ? x(b, i, h, first + e) : from_float<T>(0.0f);
+    }
+  }
+}
+
+//! Writes fp32 value v at (r, c) of the state's two T parts: hi = T(v), lo = T(v - hi).
+template <class T>
+__device__ inline void split_store(mma::smem_tile<T> hi, mma::smem_tile<T> lo, int r, int c, float v) {
+  const T h = from_float<T>(v);
+  hi(r, c) = h;
+  lo(r, c) = from_float<T>(v - to_float(h));
+}
+
+//! acc += rows row0 .. row0 + 15 of `a` (k_steps x 16 columns) times the state (hi + lo), 64 columns.
+template <class T>
+__device__ inline void times_state(float (&acc)[8][4], mma::smem_tile<T> a, int row0, mma::smem_tile<T> hi,
+                                   mma::smem_tile<T> lo, int k_steps) {
+  for (int kk = 0; kk < k_steps; ++kk) {
+    std::uint32_t af[4];
+    mma::load_a(af, a, row0, kk * 16);
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      std::uint32_t bf[2];
+      mma::load_b(bf, hi, kk * 16, n * 8);
+      mma::mma_16x8x16<T>(acc[n], af, bf);
+      mma::load_b(bf, lo, kk * 16, n * 8);
+      mma::mma_16x8x16<T>(acc[n], af, bf);
+    }
+  }
+}
+
+//! The A fragment of A[x][j] = w_j s(j, x0 + x) for j in 16kk .. 16kk + 15: rows of s transposed
+//! and weighted, w_j = lambda^(n-1-j) for the sub-block's n tokens (0 past them).
+template <class T>
+__device__ inline void load_a_weighted_transposed(std::uint32_t (&a)[4], mma::smem_tile<T> s, int x0, int kk,
+                                                  const float* pw, int n) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  auto at = [&](int x, int j) {
+    j += 16 * kk;
+    return j < n ? pw[n - 1 - j] * to_float(s(j, x0 + x)) : 0.0f;
+  };
+  a[0] = mma::pack<T>(at(g, 2 * t), at(g, 2 * t + 1));
+  a[1] = mma::pack<T>(at(g + 8, 2 * t), at(g + 8, 2 * t + 1));
+  a[2] = mma::pack<T>(at(g, 2 * t + 8), at(g, 2 * t + 9));
+  a[3] = mma::pack<T>(at(g + 8, 2 * t + 8), at(g + 8, 2 * t + 9));
+}
+
+//! One segment of out_i = sum_{j <= i} lambda^(i-j) (a_i . b_j) v_j (time running backwards with
+//! `reverse`: token C - 1 - t at time t), columns 64 blockIdx.x.., segment blockIdx.y of
+//! `segment_length` tokens, batch * head blockIdx.z. The segment starts from the fp32 state in
+//! `states` (null: zero). With `states_only`, no output: the segment's own state (from zero) is
+//! written to `states` instead. States are [segment][batch * head][D][E]. MT: tc_state_tiles(Xp).
+template <class T, int MT>
+__global__ void __launch_bounds__(128)
+    chunk_scan(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> v, tensor_view<T> out,
+               float* states, std::int64_t segment_length, decay_table decay, bool reverse, bool states_only,
+               bool vec) {
+  const int X = static_cast<int>(b.head_dim()), Y = static_cast<int>(v.head_dim()), Xp = tc_padded(X);
+  const int H = static_cast<int>(b.heads()), y0 = blockIdx.x * tc_y_tile, warp = threadIdx.x / 32;
+  const std::int64_t bh = blockIdx.z, bt = bh / H, h = bh % H, C = b.seq();
+  const std::int64_t begin = blockIdx.y * segment_length, end = C < begin + segment_length ? C : begin + segment_length;
+  const std::int64_t BH = b.batch() * H;
+  const mma::smem_tile<T> a_s{linear_shared_base<T>(), tc_ld(Xp)};
+  const mma::smem_tile<T> b_s{a_s.data + tc_tokens * tc_ld(Xp), tc_ld(Xp)};
+  const mma::smem_tile<T> v_s{b_s.data + tc_tokens * tc_ld(Xp), tc_ld(tc_y_tile)};
+  const mma::smem_tile<T> hi{v_s.data + tc_tokens * tc_ld(tc_y_tile), tc_ld(tc_y_tile)};
+  const mma::smem_tile<T> lo{hi.data + Xp * tc_ld(tc_y_tile), tc_ld(tc_y_tile)};
+  float* pw = reinterpret_cast<float*>(lo.data + Xp * tc_ld(tc_y_tile));
+  const float lambda = decay.lambda[h];
+  for (int k = threadIdx.x; k <= tc_tokens; k += blockDim.x) pw[k] = static_cast<float>(pow(double(lambda), double(k)));
+
+  // state[i][n][e]: row 16 (warp + 4 i) + c_row(e), column 8 n + c_col(e) of this block's tile.
+  float state[MT][8][4];
+  auto state_at = [&](int i, int n, int e, std::int64_t& offset) {
+    const int x = 16 * (warp + 4 * i) + mma::c_row(e), y = y0 + 8 * n + mma::c_col(e);
+    offset = ((blockIdx.y * BH + bh) * X + x) * Y + y;
+    return x < X && y < Y;
+  };
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        std::int64_t offset;
+        state[i][n][e] = !states_only && states && state_at(i, n, e, offset) ? states[offset] : 0.0f;
+      }
+  auto publish_state = [&] {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+      if (16 * (warp + 4 * i) < Xp)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            split_store(hi, lo, 16 * (warp + 4 * i) + mma::c_row(e), 8 * n + mma::c_col(e), state[i][n][e]);
+  };
+  if (!states_only) publish_state();
+
+  for (std::int64_t t0 = begin; t0 < end; t0 += tc_tokens) {
+    const int n = end - t0 < tc_tokens ? static_cast<int>(end - t0) : tc_tokens;
+    __syncthreads();  // the last sub-block's readers are done
+    if (!states_only) load_token_rows(a_s, a, bt, h, t0, n, 0, Xp, reverse, vec);
+    load_token_rows(b_s, b, bt, h, t0, n, 0, Xp, reverse, vec);
+    load_token_rows(v_s, v, bt, h, t0, n, y0, tc_y_tile, reverse, vec);
+    __syncthreads();
+    if (!states_only) {
+      const int row0 = 16 * warp;
+      float s[8][4], acc[8][4];
+      mma::zero(s);
+      for (int kk = 0; kk < Xp / 16; ++kk) {
+        std::uint32_t af[4];
+        mma::load_a(af, a_s, row0, kk * 16);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          std::uint32_t bf[2];
+          mma::load_b_transposed(bf, b_s, kk * 16, j * 8);
+          mma::mma_16x8x16<T>(s[j], af, bf);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = row0 + mma::c_row(e), c = 8 * j + mma::c_col(e);
+          s[j][e] = c <= r ? pw[r - c] * s[j][e] : 0.0f;
+        }
+      // acc = lambda^(r+1) a_r . state, then += (masked S) V
+      mma::zero(acc);
+      times_state(acc, a_s, row0, hi, lo, Xp / 16);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[j][e] *= pw[row0 + mma::c_row(e) + 1];
+      mma::product_from_accumulators<tc_tokens / 16>(acc, s, v_s);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = row0 + mma::c_row(e), y = y0 + 8 * j + mma::c_col(e);
+          if (r < n && y < Y) out(bt, reverse ? C - 1 - (t0 + r) : t0 + r, h, y) = from_float<T>(acc[j][e]);
+        }
+    }
+    // state = lambda^n state + B^T diag(lambda^(n-1-j)) V
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const int x0 = 16 * (warp + 4 * i);
+      if (x0 >= Xp) continue;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) state[i][j][e] *= pw[n];
+#pragma unroll
+      for (int kk = 0; kk < tc_tokens / 16; ++kk) {
+        std::uint32_t af[4];
+        load_a_weighted_transposed<T>(af, b_s, x0, kk, pw, n);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          std::uint32_t bf[2];
+          mma::load_b(bf, v_s, kk * 16, j * 8);
+          mma::mma_16x8x16<T>(state[i][j], af, bf);
+        }
+      }
+    }
+    if (!states_only) {
+      __syncthreads();  // every warp has read the old state
+      publish_state();
+    }
+  }
+  if (states_only)
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          std::int64_t offset;
+          if (state_at(i, n, e, offset)) states[offset] = state[i][n][e];
+        }
+}
+
+//! Turns the segment states [segments][batch * head][D][E] of a chunk of C tokens (segments of
+//! `segment_length`) into exclusive decayed prefixes, a thread per state element: P_0 = 0,
+//! P_(s+1) = lambda^(length of s) P_s + m_s. With `total` non-null, total = scale * P_segments,
+//! scale = lambda with `times_lambda`, else 1.
+__global__ void scan_segment_states(float* states, int segments, std::int64_t segment_length, std::int64_t C,
+                                    std::int64_t BH, int H, std::int64_t per_head, decay_table decay, float* total,
+                                    bool times_lambda) {
+  const std::int64_t n = BH * per_head;
+  for (std::int64_t k = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; k < n;
+       k += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const double lambda = decay.lambda[(k / per_head) % H];
+    const float full = static_cast<float>(pow(lambda, double(segment_length)));
+    const float last = static_cast<float>(pow(lambda, double(C - (segments - 1) * segment_length)));
+    float prefix = 0.0f;
+    for (int s = 0; s < segments; ++s) {
+      const float m = states[s * n + k];
+      states[s * n + k] = prefix;
+      prefix = (s + 1 == segments ? last : full) * prefix + m;
+    }
+    if (total) total[k] = (times_lambda ? static_cast<float>(lambda) : 1.0f) * prefix;
+  }
+}
+
+//! out_i[y] += w(i) sum_x a_i[x] S[x][y] (S[y][x] with `transposed`) on tensor cores, the fp32
+//! state as hi + lo parts. Columns 64 blockIdx.y.., batch * head blockIdx.z, and a grid-stride
+//! walk over tiles of 64 tokens along x.
+template <class T>
+__global__ void __launch_bounds__(128)
+    rows_times_state(tensor_view<const T> a, const_state_view s, bool transposed, tensor_view<T> out,
+                     decay_table decay, weight w, bool vec) {
+  const int X = static_cast<int>(a.head_dim()), Y = static_cast<int>(out.head_dim()), Xp = tc_padded(X);
+  const int H = static_cast<int>(a.heads()), y0 = blockIdx.y * tc_y_tile, row0 = 16 * (threadIdx.x / 32);
+  const std::int64_t bt = blockIdx.z / H, h = blockIdx.z % H, C = a.seq();
+  const mma::smem_tile<T> a_s{linear_shared_base<T>(), tc_ld(Xp)};
+  const mma::smem_tile<T> hi{a_s.data + tc_tokens * tc_ld(Xp), tc_ld(tc_y_tile)};
+  const mma::smem_tile<T> lo{hi.data + Xp * tc_ld(tc_y_tile), tc_ld(tc_y_tile)};
+  for (int k = threadIdx.x; k < Xp * tc_y_tile; k += blockDim.x) {
+    const int x = k / tc_y_tile, y = k % tc_y_tile;
+    const bool in = x < X && y0 + y < Y;
+    split_store(hi, lo, x, y, in ? (transposed ? s(bt, h, y0 + y, x) : s(bt, h, x, y0 + y)) : 0.0f);
+  }
+  for (std::int64_t t0 = blockIdx.x * std::int64_t{tc_tokens}; t0 < C; t0 += std::int64_t{gridDim.x} * tc_tokens) {
+    const int n = C - t0 < tc_tokens ? static_cast<int>(C - t0) : tc_tokens;
+    __syncthreads();
+    load_token_rows(a_s, a, bt, h, t0, n, 0, Xp, false, vec);
+    __syncthreads();
+    float acc[8][4];
+    mma::zero(acc);
+    times_state(acc, a_s, row0, hi, lo, Xp / 16);
+    float weight_of[2];  // the two rows this lane holds
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      weight_of[half] = token_weight(w, decay.lambda[h], t0 + row0 + mma::c_row(2 * half), C);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = row0 + mma::c_row(e), y = y0 + 8 * j + mma::c_col(e);
+        if (r >= n || y >= Y) continue;
+        T& o = out(bt, t0 + r, h, y);
+        o = from_float<T>(to_float(o) + weight_of[e / 2] * acc[j][e]);
+      }
+  }
+}
+
+}  // namespace linear_kernels
+SEQPAR_KERNEL_NAMESPACE_END
