@@ -2,7 +2,8 @@
 // nccl-tests: size (bytes of the rank's buffer one iteration moves), count, type, time, algbw =
 // size / time, busbw (all-to-all and all-gather: algbw (P-1)/P; send/recv chains: algbw), plus the
 // bytes each rank sent and the most it sent over one link, measured by the counting decorator.
-// `scripts/plot_traffic.sh` turns the CSV output into docs/traffic_vs_S.png and traffic_vs_P.png.
+// `scripts/plot_traffic.sh` turns the JSON output (--benchmark_out=traffic.json
+// --benchmark_out_format=json) into docs/traffic_vs_S.png and traffic_vs_P.png.
 #include "traffic_methods.hpp"
 
 int main(int argc, char** argv) {

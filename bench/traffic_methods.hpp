@@ -45,6 +45,8 @@ static_assert(seqpar::linear_attention_policy<no_compute>);
 struct shape {
   std::int64_t S, H, D;
   int P;
+  //! Same S, H, D and P.
+  bool operator==(const shape&) const = default;
 };
 
 //! One rank's iteration.
@@ -167,12 +169,17 @@ std::array<method<Comm>, 6> methods() {
   }};
 }
 
-//! The sweep: S from 1K to S_max at P = 8, and P = 2, 4 at S / P = 8K (H = 8, D = 64).
+//! The sweep: at H = 8, D = 64, S from 1K to S_max (x4 steps) at P = P_max and P = 2, 4 at S / P = 8K;
+//! then H = 8, 32 times D = 64, 128 at P = P_max and S / P = 8K. Each shape appears once.
 inline std::vector<shape> sweep_shapes(int P_max = 8, std::int64_t S_max = std::int64_t{1} << 18) {
   std::vector<shape> out;
   for (std::int64_t S = 1 << 10; S <= S_max; S <<= 2) out.push_back({S, 8, 64, P_max});
   for (int P : {2, 4})
     if (P < P_max) out.push_back({std::int64_t(P) << 13, 8, 64, P});
+  for (std::int64_t H : {8, 32})
+    for (std::int64_t D : {64, 128})
+      if (const shape s{std::int64_t(P_max) << 13, H, D, P_max}; std::find(out.begin(), out.end(), s) == out.end())
+        out.push_back(s);
   return out;
 }
 
@@ -182,12 +189,12 @@ inline std::string bench_name(const char* family, const shape& s) {
          std::to_string(s.H) + "/D:" + std::to_string(s.D);
 }
 
-//! Reports the counters of one run; `sent` and `per_link` are what the counting decorator saw.
+//! Reports the counters of one run; `sent` and `per_peer` are what the counting decorator saw.
 template <class Comm>
-void report(benchmark::State& state, const method<Comm>& m, const shape& s, std::size_t sent, std::size_t per_link) {
+void report(benchmark::State& state, const method<Comm>& m, const shape& s, std::size_t sent, std::size_t per_peer) {
   state.counters["S"] = static_cast<double>(s.S);
   state.counters["bytes_per_rank"] = static_cast<double>(sent);
-  state.counters["bytes_per_link"] = static_cast<double>(per_link);
+  state.counters["bytes_per_peer"] = static_cast<double>(per_peer);
   report_bandwidth(state, m.size_bytes(s), m.element_bytes, m.type, m.all_to_all_like ? double(s.P - 1) / s.P : 1.0);
 }
 
@@ -197,18 +204,18 @@ inline void register_in_process(seqpar::memory_space where, std::int64_t S_max) 
   for (const auto& m : methods<counted>())
     for (const shape& s : sweep_shapes(8, S_max))
       benchmark::RegisterBenchmark(bench_name(m.name, s).c_str(), [m, s, where](benchmark::State& state) {
-        std::size_t sent = 0, per_link = 0;
+        std::size_t sent = 0, per_peer = 0;
         lockstep(state, s.P, [&](seqpar::in_process_communicator& inner) -> step_fn {
           auto comm = std::make_shared<counted>(inner);
           step_fn step = m.setup(*comm, s);
           step();  // one untimed iteration: its traffic is what is reported
           if (comm->rank() == 0) {
             sent = comm->bytes_sent();
-            for (int j = 0; j < s.P; ++j) per_link = std::max(per_link, comm->bytes_sent_to(j));
+            for (int j = 0; j < s.P; ++j) per_peer = std::max(per_peer, comm->bytes_sent_to(j));
           }
           return [comm, step] { step(); };
         }, where);
-        report(state, m, s, sent, per_link);
+        report(state, m, s, sent, per_peer);
       })->UseRealTime()->Unit(benchmark::kMillisecond);
 }
 

@@ -1,48 +1,67 @@
 #!/usr/bin/env bash
-# Turns the CSV output of seqpar_traffic_bench into two plots:
-#   traffic_vs_S.png  bytes each rank sends per layer against S for every method at P = 8
-#   traffic_vs_P.png  the same against P at S / P = 8K tokens (sequence and GPUs grow together)
-# (bytes per rank are the formulas' unit in DESIGN.md; the CSV also holds the most bytes sent over
-# one link, bytes_per_link)
-# Usage: scripts/plot_traffic.sh traffic.csv [output folder, default docs]
-# Produce the CSV with:
+# Turns the Google Benchmark JSON output of seqpar_traffic_bench (or of its _gpu, _mpi and _nccl
+# variants) into two plots of the bytes_per_rank counter (everything one rank sends in a layer's
+# forward exchange: the traffic over that GPU's link, the unit of DESIGN.md's formulas) for every
+# method, at H = 8, D = 64:
+#   traffic_vs_S.png  against S at P = 8
+#   traffic_vs_P.png  against P at S / P = 8K tokens (sequence and GPUs grow together)
+# Usage: scripts/plot_traffic.sh traffic.json [output folder, default docs] [counter, default bytes_per_rank]
+# (the counter may also be bytes_per_peer: the most a rank sends to one peer)
+# Produce the JSON with:
 #   build/bench/seqpar_traffic_bench --benchmark_min_time=0.01 \
-#     --benchmark_out=traffic.csv --benchmark_out_format=csv
+#     --benchmark_out=traffic.json --benchmark_out_format=json
+# Needs jq and gnuplot; installs them with apt-get when missing.
 set -euo pipefail
-csv=$1
+json=$1
 out=${2:-$(cd "$(dirname "$0")/.." && pwd)/docs}
-if ! command -v gnuplot >/dev/null; then
+counter=${3:-bytes_per_rank}
+missing=""
+command -v jq >/dev/null || missing="$missing jq"
+command -v gnuplot >/dev/null || missing="$missing gnuplot-nox"
+if [ -n "$missing" ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gnuplot-nox
+  # shellcheck disable=SC2086  # one word per package
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# Rows look like: "BM_<method>/S:<S>/P:<P>/H:8/D:64/real_time",...; the bytes_per_rank column is
-# found by name in the header.
-awk -F, -v dir="$tmp" '
-  /^name,/ { for (i = 1; i <= NF; ++i) { gsub(/"/, "", $i); col[$i] = i }; next }
-  /^"BM_/ {
-    name = $1; gsub(/"/, "", name)
-    split(name, part, "/"); method = substr(part[1], 4)
-    S = substr(part[2], 3); P = substr(part[3], 3)
-    bytes = $col["bytes_per_rank"]
-    if (P == 8) print S, bytes > (dir "/S_" method ".dat")
-    if (S / P == 8192) print P, bytes > (dir "/P_" method ".dat")
-  }' "$csv"
-for f in "$tmp"/*.dat; do sort -n -o "$f" "$f"; done
+# Each run is named BM_<method>/S:<S>/P:<P>/H:<H>/D:<D>/<time kind>; jq prints
+# "method S P H D bytes" per run (aggregates of repetitions left out), awk sorts them into files.
+jq -r --arg counter "$counter" '
+  .benchmarks[]
+  | select((.run_type // "iteration") == "iteration" and has($counter))
+  | (.name | capture("^BM_(?<m>[A-Za-z0-9_]+)/S:(?<S>[0-9]+)/P:(?<P>[0-9]+)/H:(?<H>[0-9]+)/D:(?<D>[0-9]+)")) as $n
+  | [$n.m, $n.S, $n.P, $n.H, $n.D, .[$counter]] | map(tostring) | join(" ")' "$json" |
+  awk -v dir="$tmp" '
+    $4 == 8 && $5 == 64 {
+      if ($3 == 8) print $2, $6 > (dir "/S_" $1 ".dat")
+      if ($2 / $3 == 8192) print $3, $6 > (dir "/P_" $1 ".dat")
+    }'
+for f in "$tmp"/*.dat; do
+  [ -e "$f" ] || { echo "no run at H = 8, D = 64 in $json" >&2; exit 1; }
+  sort -n -o "$f" "$f"
+done
 
 methods="ulysses_forward ulysses_inverse lasp_chain lasp2_all_gather megatron_sp ring_attention"
-plot_lines() {  # $1: S or P
-  local first=1
+plot_lines() {  # $1: S or P; every second line dashed, so lines with equal values stay visible
+  local first=1 dash=2
   for m in $methods; do
+    dash=$((3 - dash))
     [ -s "$tmp/$1_$m.dat" ] || continue
     [ $first -eq 1 ] || printf ', '
-    printf '"%s" using 1:2 with linespoints title "%s"' "$tmp/$1_$m.dat" "${m//_/ }"
+    printf '"%s" using 1:2 with linespoints linewidth 2 dashtype %d title "%s"' "$tmp/$1_$m.dat" $dash "${m//_/ }"
     first=0
   done
 }
+if [ "$counter" = bytes_per_rank ]; then
+  ylabel="bytes over each GPU's link per layer (all a rank sends, forward)" what="Bytes per link"
+elif [ "$counter" = bytes_per_peer ]; then
+  ylabel="most bytes a rank sends to one peer per layer (forward)" what="Bytes per peer"
+else
+  ylabel="$counter per layer (forward)" what=$counter
+fi
 gnuplot <<GNUPLOT
 set terminal pngcairo size 900,600 noenhanced
 set grid
@@ -50,14 +69,14 @@ set key top left
 set logscale y 2
 set format y "%.0s %cB"
 set offsets 0, 0, graph 0.05, graph 0.05
-set ylabel "bytes each rank sends per layer (forward)"
+set ylabel "$ylabel"
 set output "$out/traffic_vs_S.png"
-set title "Bytes per rank against sequence length, P = 8, H = 8, D = 64, bf16"
+set title "$what against sequence length, P = 8, H = 8, D = 64, bf16"
 set logscale x 2
 set xlabel "S (tokens in total)"
 plot $(plot_lines S)
 set output "$out/traffic_vs_P.png"
-set title "Bytes per rank against P at S / P = 8K tokens (the sequence grows with the GPUs)"
+set title "$what against P at S / P = 8K tokens (the sequence grows with the GPUs)"
 unset logscale x
 set xlabel "P (ranks)"
 set xtics (2, 4, 8)

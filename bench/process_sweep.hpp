@@ -1,0 +1,57 @@
+// The communication sweeps with one process per rank (MPI, or NCCL bootstrapped by MPI): every
+// process registers the shapes whose P is the process count and runs them with the same fixed
+// iteration count, so their collectives line up; only rank 0 prints and writes a result file.
+#pragma once
+
+#include "traffic_methods.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace seqpar_bench {
+
+//! Registers every family at every sweep shape whose P is `size`: make_comm() gives each its Inner
+//! communicator, finish() waits for this rank's enqueued work; an iteration is timed from its barrier.
+template <class Inner, class MakeComm, class Finish>
+void register_process_sweep(int size, std::int64_t S_max, int iterations, MakeComm make_comm, Finish finish) {
+  using counted = seqpar::counting_communicator<Inner>;
+  for (const auto& m : methods<counted>())
+    for (const shape& s : sweep_shapes(size, S_max)) {
+      if (s.P != size) continue;
+      benchmark::RegisterBenchmark(bench_name(m.name, s).c_str(), [m, s, make_comm, finish](benchmark::State& state) {
+        counted comm{make_comm()};
+        const step_fn step = m.setup(comm, s);
+        step();  // one untimed iteration: its traffic is what is reported
+        finish();
+        std::size_t per_peer = 0;
+        for (int j = 0; j < s.P; ++j) per_peer = std::max(per_peer, comm.bytes_sent_to(j));
+        const std::size_t sent = comm.bytes_sent();
+        for (auto _ : state) {
+          comm.inner().barrier();
+          const auto start = std::chrono::steady_clock::now();
+          step();
+          finish();
+          state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        }
+        report(state, m, s, sent, per_peer);
+      })->Iterations(iterations)->UseManualTime()->Unit(benchmark::kMillisecond);
+    }
+}
+
+//! Runs the registered benchmarks; only rank 0 prints and keeps --benchmark_out. Returns the exit code.
+inline int run_process_sweep(int argc, char** argv, int rank) {
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i)
+    if (rank == 0 || std::string(argv[i]).rfind("--benchmark_out", 0) != 0) args.push_back(argv[i]);
+  int count = static_cast<int>(args.size());
+  if (rank != 0 && (!std::freopen("/dev/null", "w", stdout) || !std::freopen("/dev/null", "w", stderr))) return 1;
+  benchmark::Initialize(&count, args.data());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace seqpar_bench
