@@ -161,21 +161,22 @@ struct linear_case {
   int H, D, E;
   std::int64_t pad, segment_length;
   std::vector<float> decay;  // one per head
+  float q_amp = 0.5f, kv_amp = 0.5f;          // deviations of q and dO, of k and v
+  float kv_state_amp = 1.0f, g_state_amp = 1.0f;  // deviations of the given states KV and G
 };
 
 template <class T>
 void check_linear(const linear_case& c) {
   INFO("B=" << c.B << " C=" << c.C << " H=" << c.H << " D=" << c.D << " E=" << c.E << " pad=" << c.pad
             << " segment=" << c.segment_length);
-  const float amp = 0.5f;
-  const host_tensor<T> q(c.B, c.C, c.H, c.D, c.pad, amp), k(c.B, c.C, c.H, c.D, c.pad, amp),
-      v(c.B, c.C, c.H, c.E, c.pad, amp), dout(c.B, c.C, c.H, c.E, c.pad, amp);
+  const host_tensor<T> q(c.B, c.C, c.H, c.D, c.pad, c.q_amp), k(c.B, c.C, c.H, c.D, c.pad, c.kv_amp),
+      v(c.B, c.C, c.H, c.E, c.pad, c.kv_amp), dout(c.B, c.C, c.H, c.E, c.pad, c.q_amp);
   host_tensor<T> o(c.B, c.C, c.H, c.E, c.pad, 0), dq(c.B, c.C, c.H, c.D, c.pad, 0), dk(c.B, c.C, c.H, c.D, c.pad, 0),
       dv(c.B, c.C, c.H, c.E, c.pad, 0);
   const auto qf = widened(q), kf = widened(k), vf = widened(v), dof = widened(dout);
   host_tensor<float> o_ref(c.B, c.C, c.H, c.E, 0, 0), dq_ref(c.B, c.C, c.H, c.D, 0, 0),
       dk_ref(c.B, c.C, c.H, c.D, 0, 0), dv_ref(c.B, c.C, c.H, c.E, 0, 0);
-  const state kv(c.B, c.H, c.D, c.E, 1.0f), g(c.B, c.H, c.D, c.E, 1.0f);
+  const state kv(c.B, c.H, c.D, c.E, c.kv_state_amp), g(c.B, c.H, c.D, c.E, c.g_state_amp);
   state m(c.B, c.H, c.D, c.E, 0), m_ref(c.B, c.H, c.D, c.E, 0), g_out(c.B, c.H, c.D, c.E, 0),
       g_ref(c.B, c.H, c.D, c.E, 0);
   const emulated_linear tc{{}, c.segment_length};
@@ -228,6 +229,9 @@ TEST_CASE("linear_cuda's tensor-core kernels under an emulated warp equal linear
   check_linear<__half>({1, 150, 1, 80, 70, 0, 128, {0.95f}});
   // D = 128, the largest on tensor cores; E = 96.
   check_linear<__nv_bfloat16>({1, 90, 1, 128, 96, 0, 64, {0.9f}});
+  // fp16 with states far beyond its range (large k and v with lambda = 1, a given KV of 1e6) and
+  // outputs within it: the state's parts are scaled by a power of two.
+  check_linear<__half>({1, 130, 1, 32, 16, 0, 64, {1.0f}, 2e-3f, 80.0f, 1e6f, 10.0f});
 }
 
 TEST_CASE("plan_segments covers the chunk with sub-block multiples and fills the GPU") {

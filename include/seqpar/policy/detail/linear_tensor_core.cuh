@@ -6,7 +6,7 @@
 //! mma.sync products (S = A B^T masked by lambda^(i-j), then S V); the running fp32 state adds
 //! lambda^(i+1) A state and is updated with B^T diag(lambda^(n-1-j)) V. The state stays in
 //! registers in fp32; the products read it as two T parts (hi + lo), so it keeps about twice T's
-//! precision. Segments start from the decayed prefix of the states of the segments before them:
+//! precision; for fp16 the parts are of the state times a power of two that keeps them in range. Segments start from the decayed prefix of the states of the segments before them:
 //! chunk_scan(states_only) computes each segment's state, scan_segment_states turns them into
 //! prefixes, and chunk_scan computes the output.
 #pragma once
@@ -15,6 +15,7 @@
 #include <seqpar/policy/detail/linear_cuda_core.cuh>
 
 #include <algorithm>
+#include <concepts>
 #include <cstdint>
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
@@ -35,16 +36,17 @@ SEQPAR_HOST_DEVICE constexpr int tc_ld(int cols) { return cols + 8; }
 SEQPAR_HOST_DEVICE constexpr int tc_state_tiles(int Xp) { return Xp <= 64 ? 1 : 2; }
 
 //! Shared memory of chunk_scan for padded D = Xp: A and B rows, V rows, the state's hi and lo
-//! parts, and the powers lambda^0 .. lambda^64.
+//! parts, the powers lambda^0 .. lambda^64 and one float per warp.
 template <class T>
 constexpr std::size_t chunk_scan_shared_bytes(int Xp) {
   return sizeof(T) * (2 * tc_tokens * tc_ld(Xp) + tc_tokens * tc_ld(tc_y_tile) + 2 * Xp * tc_ld(tc_y_tile)) +
-         sizeof(float) * (tc_tokens + 1);
+         sizeof(float) * (tc_tokens + 1 + 4);
 }
-//! Shared memory of rows_times_state for padded D = Xp: the token rows and the state's two parts.
+//! Shared memory of rows_times_state for padded D = Xp: the token rows, the state's two parts and
+//! one float per warp.
 template <class T>
 constexpr std::size_t rows_times_state_shared_bytes(int Xp) {
-  return sizeof(T) * (tc_tokens * tc_ld(Xp) + 2 * Xp * tc_ld(tc_y_tile));
+  return sizeof(T) * (tc_tokens * tc_ld(Xp) + 2 * Xp * tc_ld(tc_y_tile)) + sizeof(float) * 4;
 }
 
 //! How a chunk is cut into segments: `count` segments of `length` tokens (the last may be shorter).
@@ -94,6 +96,25 @@ __device__ inline void load_token_rows(mma::smem_tile<T> s, const tensor_view<co
 #pragma unroll
       for (int e = 0; e < 8; ++e) dst[e] = first + e < cols ? x(b, i, h, first + e) : from_float<T>(0.0f);
     }
+  }
+}
+
+//! The power of two the state is multiplied by before it is split into T parts: for fp16, one that
+//! brings the block's largest |value| (`local` is this thread's) under 2^14, so the hi part cannot
+//! overflow; 1 for bf16, whose range is float's. `slots`: one float per warp in shared memory.
+//! Every thread of the block calls it and gets the same value.
+template <class T>
+__device__ inline float state_scale(float local, float* slots) {
+  if constexpr (!std::same_as<T, __half>) {
+    (void)local, (void)slots;
+    return 1.0f;
+  } else {
+    for (int mask = 16; mask >= 1; mask /= 2) local = fmaxf(local, __shfl_xor_sync(0xffffffffu, local, mask));
+    if (threadIdx.x % 32 == 0) slots[threadIdx.x / 32] = local;
+    __syncthreads();
+    const float largest = fmaxf(fmaxf(slots[0], slots[1]), fmaxf(slots[2], slots[3]));
+    __syncthreads();  // the slots are free again
+    return largest > 16384.0f ? exp2f(-ceilf(log2f(largest / 16384.0f))) : 1.0f;
   }
 }
 
@@ -160,6 +181,7 @@ __global__ void __launch_bounds__(128)
   const mma::smem_tile<T> hi{v_s.data + tc_tokens * tc_ld(tc_y_tile), tc_ld(tc_y_tile)};
   const mma::smem_tile<T> lo{hi.data + Xp * tc_ld(tc_y_tile), tc_ld(tc_y_tile)};
   float* pw = reinterpret_cast<float*>(lo.data + Xp * tc_ld(tc_y_tile));
+  float* slots = pw + tc_tokens + 1;
   const float lambda = decay.lambda[h];
   for (int k = threadIdx.x; k <= tc_tokens; k += blockDim.x) pw[k] = static_cast<float>(pow(double(lambda), double(k)));
 
@@ -179,7 +201,17 @@ __global__ void __launch_bounds__(128)
         std::int64_t offset;
         state[i][n][e] = !states_only && states && state_at(i, n, e, offset) ? states[offset] : 0.0f;
       }
+  float unscale = 1.0f;  // hi + lo = the state / unscale
   auto publish_state = [&] {
+    float largest = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) largest = fmaxf(largest, fabsf(state[i][n][e]));
+    const float scale = state_scale<T>(largest, slots);
+    unscale = 1.0f / scale;
 #pragma unroll
     for (int i = 0; i < MT; ++i)
       if (16 * (warp + 4 * i) < Xp)
@@ -187,7 +219,7 @@ __global__ void __launch_bounds__(128)
         for (int n = 0; n < 8; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e)
-            split_store(hi, lo, 16 * (warp + 4 * i) + mma::c_row(e), 8 * n + mma::c_col(e), state[i][n][e]);
+            split_store(hi, lo, 16 * (warp + 4 * i) + mma::c_row(e), 8 * n + mma::c_col(e), scale * state[i][n][e]);
   };
   if (!states_only) publish_state();
 
@@ -225,7 +257,7 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[j][e] *= pw[row0 + mma::c_row(e) + 1];
+        for (int e = 0; e < 4; ++e) acc[j][e] *= pw[row0 + mma::c_row(e) + 1] * unscale;
       mma::product_from_accumulators<tc_tokens / 16>(acc, s, v_s);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
@@ -309,11 +341,16 @@ __global__ void __launch_bounds__(128)
   const mma::smem_tile<T> a_s{linear_shared_base<T>(), tc_ld(Xp)};
   const mma::smem_tile<T> hi{a_s.data + tc_tokens * tc_ld(Xp), tc_ld(tc_y_tile)};
   const mma::smem_tile<T> lo{hi.data + Xp * tc_ld(tc_y_tile), tc_ld(tc_y_tile)};
-  for (int k = threadIdx.x; k < Xp * tc_y_tile; k += blockDim.x) {
+  float* slots = reinterpret_cast<float*>(lo.data + Xp * tc_ld(tc_y_tile));
+  auto state_at = [&](int k) {
     const int x = k / tc_y_tile, y = k % tc_y_tile;
-    const bool in = x < X && y0 + y < Y;
-    split_store(hi, lo, x, y, in ? (transposed ? s(bt, h, y0 + y, x) : s(bt, h, x, y0 + y)) : 0.0f);
-  }
+    return x < X && y0 + y < Y ? (transposed ? s(bt, h, y0 + y, x) : s(bt, h, x, y0 + y)) : 0.0f;
+  };
+  float largest = 0.0f;
+  for (int k = threadIdx.x; k < Xp * tc_y_tile; k += blockDim.x) largest = fmaxf(largest, fabsf(state_at(k)));
+  const float scale = state_scale<T>(largest, slots), unscale = 1.0f / scale;
+  for (int k = threadIdx.x; k < Xp * tc_y_tile; k += blockDim.x)
+    split_store(hi, lo, k / tc_y_tile, k % tc_y_tile, scale * state_at(k));
   for (std::int64_t t0 = blockIdx.x * std::int64_t{tc_tokens}; t0 < C; t0 += std::int64_t{gridDim.x} * tc_tokens) {
     const int n = C - t0 < tc_tokens ? static_cast<int>(C - t0) : tc_tokens;
     __syncthreads();
@@ -333,7 +370,7 @@ __global__ void __launch_bounds__(128)
         const int r = row0 + mma::c_row(e), y = y0 + 8 * j + mma::c_col(e);
         if (r >= n || y >= Y) continue;
         T& o = out(bt, t0 + r, h, y);
-        o = from_float<T>(to_float(o) + weight_of[e / 2] * acc[j][e]);
+        o = from_float<T>(to_float(o) + weight_of[e / 2] * unscale * acc[j][e]);
       }
   }
 }
