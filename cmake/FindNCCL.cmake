@@ -32,7 +32,8 @@ endif()
 include(FindPackageHandleStandardArgs)
 find_package_handle_standard_args(NCCL
   REQUIRED_VARS NCCL_LIBRARY NCCL_INCLUDE_DIR
-  VERSION_VAR NCCL_VERSION)
+  VERSION_VAR NCCL_VERSION
+  REASON_FAILURE_MESSAGE "set NCCL_ROOT to the directory that holds include/nccl.h and the library")
 
 if(NCCL_FOUND)
   set(NCCL_INCLUDE_DIRS "${NCCL_INCLUDE_DIR}")

@@ -2,12 +2,19 @@
 # both find the same packages and give seqpar::seqpar the same usage requirements.
 include_guard(GLOBAL)
 
-# Finds the CUDA toolkit (headers and cudart; nvcc is not needed), CCCL, and, when asked for and
-# present, NCCL and MPI. Sets SEQPAR_HAS_NCCL and SEQPAR_HAS_MPI in the caller's scope.
+# Where CCCL's package configuration sits in a CUDA toolkit (call after finding CUDAToolkit).
+macro(_seqpar_cccl_hints out)
+  set(${out} "${CUDAToolkit_LIBRARY_DIR}/cmake" "${CUDAToolkit_LIBRARY_ROOT}/lib64/cmake")
+endmacro()
+
+# For seqpar's own build: finds the CUDA toolkit (headers and cudart; nvcc is not needed), CCCL,
+# and, when asked for (SEQPAR_ENABLE_*) and present, NCCL and MPI. Sets SEQPAR_HAS_NCCL and
+# SEQPAR_HAS_MPI in the caller's scope.
 macro(seqpar_find_dependencies)
   find_package(CUDAToolkit REQUIRED)
-  find_package(CCCL CONFIG REQUIRED COMPONENTS libcudacxx CUB
-               HINTS "${CUDAToolkit_LIBRARY_DIR}/cmake" "${CUDAToolkit_LIBRARY_ROOT}/lib64/cmake")
+  _seqpar_cccl_hints(_seqpar_hints)
+  find_package(CCCL CONFIG REQUIRED COMPONENTS libcudacxx CUB HINTS ${_seqpar_hints})
+  unset(_seqpar_hints)
   set(SEQPAR_HAS_NCCL OFF)
   if(NOT DEFINED SEQPAR_ENABLE_NCCL OR SEQPAR_ENABLE_NCCL)
     find_package(NCCL)
@@ -19,6 +26,28 @@ macro(seqpar_find_dependencies)
   if(SEQPAR_ENABLE_MPI)
     find_package(MPI REQUIRED COMPONENTS CXX)
     set(SEQPAR_HAS_MPI ON)
+  endif()
+endmacro()
+
+# For the installed seqparConfig.cmake (`dir` is where it and FindNCCL.cmake sit): finds the same
+# packages with find_dependency, NCCL and MPI when seqpar_WITH_NCCL / seqpar_WITH_MPI say that
+# seqpar was built with them. A missing one makes seqpar not found and returns from the config
+# file (find_dependency's return()); on that path only, `dir` stays at the front of
+# CMAKE_MODULE_PATH. Reads and sets no SEQPAR_* variable of the consumer.
+macro(seqpar_find_package_dependencies dir)
+  find_dependency(CUDAToolkit)
+  _seqpar_cccl_hints(_seqpar_hints)
+  find_dependency(CCCL CONFIG COMPONENTS libcudacxx CUB HINTS ${_seqpar_hints})
+  unset(_seqpar_hints)
+  if(seqpar_WITH_NCCL)
+    set(_seqpar_module_path "${CMAKE_MODULE_PATH}")
+    list(PREPEND CMAKE_MODULE_PATH "${dir}")
+    find_dependency(NCCL)
+    set(CMAKE_MODULE_PATH "${_seqpar_module_path}")
+    unset(_seqpar_module_path)
+  endif()
+  if(seqpar_WITH_MPI)
+    find_dependency(MPI COMPONENTS CXX)
   endif()
 endmacro()
 

@@ -44,9 +44,10 @@ class scoped_rank {
  public:
   //! Attributes errors raised by this thread to `rank` until destruction.
   explicit scoped_rank(int rank) noexcept : saved_(std::exchange(detail::this_thread_rank, rank)) {}
+  //! Restores the rank that was attributed before construction.
   ~scoped_rank() { detail::this_thread_rank = saved_; }
-  scoped_rank(const scoped_rank&) = delete;
-  scoped_rank& operator=(const scoped_rank&) = delete;
+  scoped_rank(const scoped_rank&) = delete;             //!< not copyable: one restore per scope
+  scoped_rank& operator=(const scoped_rank&) = delete;  //!< not copyable: one restore per scope
 
  private:
   int saved_;

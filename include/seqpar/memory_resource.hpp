@@ -42,16 +42,20 @@ static_assert(memory_resource<default_memory_resource>);
 template <memory_resource Resource = default_memory_resource>
 class owned_bytes {
  public:
+  //! Owns nothing.
   owned_bytes() = default;
   //! Allocates `bytes` bytes in `where` from `resource`.
   owned_bytes(std::size_t bytes, memory_space where, Resource resource = {})
       : resource_(resource), where_(where), bytes_(bytes), data_(bytes ? resource_.allocate(bytes, where) : nullptr) {}
+  //! Takes over `o`'s bytes; `o` is left owning nothing.
   owned_bytes(owned_bytes&& o) noexcept
       : resource_(o.resource_), where_(o.where_), bytes_(std::exchange(o.bytes_, 0)), data_(std::exchange(o.data_, nullptr)) {}
+  //! Swaps bytes with `o`, which then releases this object's former ones.
   owned_bytes& operator=(owned_bytes&& o) noexcept {
     std::swap(resource_, o.resource_), std::swap(where_, o.where_), std::swap(bytes_, o.bytes_), std::swap(data_, o.data_);
     return *this;
   }
+  //! Returns the bytes to the resource.
   ~owned_bytes() {
     if (data_) resource_.deallocate(data_, bytes_, where_);
   }

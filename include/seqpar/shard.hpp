@@ -28,7 +28,7 @@ inline constexpr const char* to_string(shard_strategy s) noexcept {
 struct seq_partition {
   std::int64_t tokens = 0;  //!< S, the global sequence length
   int ranks = 1;            //!< P
-  shard_strategy strategy = shard_strategy::contiguous;
+  shard_strategy strategy = shard_strategy::contiguous;  //!< how the tokens are dealt to the ranks
 
   //! S_r: tokens held by rank r.
   SEQPAR_HOST_DEVICE std::int64_t size(int r) const {

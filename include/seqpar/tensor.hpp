@@ -17,7 +17,12 @@
 SEQPAR_NAMESPACE_BEGIN
 
 //! The named axes of an activation view; a view is always indexed in this order.
-enum class axis : int { batch = 0, seq = 1, heads = 2, head_dim = 3 };
+enum class axis : int {
+  batch = 0,     //!< B, the batch
+  seq = 1,       //!< S or S_r, the tokens
+  heads = 2,     //!< H or H_kv, the attention heads
+  head_dim = 3,  //!< D, the elements of one head
+};
 
 //! Name of an axis ("batch", "seq", "heads", "head_dim").
 inline constexpr const char* to_string(axis a) noexcept {
@@ -26,7 +31,10 @@ inline constexpr const char* to_string(axis a) noexcept {
 }
 
 //! Memory orders with a factory: BSHD (FlashAttention's) and SBHD (sequence first).
-enum class order { bshd, sbhd };
+enum class order {
+  bshd,  //!< [batch, seq, heads, head_dim], head_dim contiguous (FlashAttention's)
+  sbhd,  //!< [seq, batch, heads, head_dim], head_dim contiguous (sequence first)
+};
 
 //! Extents or strides of a view, indexed by axis: {batch, seq, heads, head_dim}.
 using shape4 = std::array<std::int64_t, 4>;

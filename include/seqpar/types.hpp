@@ -13,7 +13,11 @@
 SEQPAR_NAMESPACE_BEGIN
 
 //! Runtime tag of an element type, used in messages and type-erased paths.
-enum class dtype { float32, float16, bfloat16 };
+enum class dtype {
+  float32,   //!< float
+  float16,   //!< __half
+  bfloat16,  //!< __nv_bfloat16
+};
 
 //! The element types seqpar moves and computes on.
 template <class T>

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 using counting = seqpar::counting_communicator<seqpar::in_process_communicator>;
@@ -104,4 +105,36 @@ TEST_CASE("counting: a rejected call is not recorded") {
     totals[comm.rank()] = comm.records().size() + comm.bytes_sent();
   });
   CHECK(totals == std::vector<std::size_t>{0, 0});
+}
+
+TEST_CASE("counting: bytes_sent_to rejects a peer outside the group, with or without records") {
+  const int P = 2;
+  std::vector<std::vector<std::string>> messages(P);
+  std::vector<std::size_t> to_peer(P);
+  seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& inner) {
+    counting comm(inner);
+    const int r = comm.rank();
+    auto try_peer = [&](int peer) {
+      try {
+        (void)comm.bytes_sent_to(peer);
+        messages[r].push_back("no error");
+      } catch (const seqpar::error& e) {
+        messages[r].push_back(e.code() == seqpar::errc::invalid_argument ? e.what() : "wrong code");
+      }
+    };
+    try_peer(P);  // nothing recorded yet
+    std::vector<float> send(2 * P), recv(2 * P);
+    comm.all_to_all<float>(send, recv, 2);
+    try_peer(-1);
+    try_peer(P);
+    to_peer[r] = comm.bytes_sent_to(1 - r);
+  });
+  for (int r = 0; r < P; ++r) {
+    CAPTURE(r);
+    REQUIRE(messages[r].size() == 3);
+    CHECK(messages[r][0].find("peer: expected a rank in [0, 2), got 2") != std::string::npos);
+    CHECK(messages[r][1].find("peer: expected a rank in [0, 2), got -1") != std::string::npos);
+    CHECK(messages[r][2].find("peer: expected a rank in [0, 2), got 2") != std::string::npos);
+    CHECK(to_peer[r] == 2 * sizeof(float));
+  }
 }

@@ -16,7 +16,35 @@ using seqpar_test::tagged;
 namespace {
 seqpar::mpi_communicator world() { return seqpar::mpi_communicator(MPI_COMM_WORLD); }
 std::size_t uneven_count(int src, int dst) { return static_cast<std::size_t>((3 * src + 5 * dst) % 4 + (src == dst)); }
+
+// Fault injection through the MPI profiling interface: this executable's MPI_Comm_dup,
+// MPI_Comm_split, MPI_Comm_free and MPI_Comm_size wrap the PMPI_ ones, count the communicators
+// created and freed, and let a test make MPI_Comm_size fail (the last step of setting one up).
+struct mpi_faults {
+  static inline bool fail_comm_size = false;
+  static inline long live_comms = 0;  // created by dup or split minus freed
+};
 }  // namespace
+
+extern "C" int MPI_Comm_dup(MPI_Comm comm, MPI_Comm* newcomm) {
+  const int rc = PMPI_Comm_dup(comm, newcomm);
+  if (rc == MPI_SUCCESS) ++mpi_faults::live_comms;
+  return rc;
+}
+extern "C" int MPI_Comm_split(MPI_Comm comm, int color, int key, MPI_Comm* newcomm) {
+  const int rc = PMPI_Comm_split(comm, color, key, newcomm);
+  if (rc == MPI_SUCCESS && *newcomm != MPI_COMM_NULL) ++mpi_faults::live_comms;
+  return rc;
+}
+extern "C" int MPI_Comm_free(MPI_Comm* comm) {
+  const int rc = PMPI_Comm_free(comm);
+  if (rc == MPI_SUCCESS) --mpi_faults::live_comms;
+  return rc;
+}
+extern "C" int MPI_Comm_size(MPI_Comm comm, int* size) {
+  if (mpi_faults::fail_comm_size) return MPI_ERR_COMM;
+  return PMPI_Comm_size(comm, size);
+}
 
 TEST_CASE_TEMPLATE("mpi: all_to_all, all_to_all_v, neighbor ring and all_gather move exact bits", T, float, __half,
                    __nv_bfloat16, std::int64_t) {
@@ -131,4 +159,99 @@ TEST_CASE("mpi: bad input on one rank is reported on every rank before anything 
                   seqpar::error);
   for (float x : vrecv) CHECK(seqpar_test::same_bits(x, poison<float>()));
 
+}
+
+TEST_CASE("mpi: neighbor_exchange with a send size the receiver does not expect fails on the receiver") {
+  auto comm = world();
+  const int P = comm.size(), r = comm.rank();
+  const int culprit = P - 1, receiver = 0;  // the culprit sends one element to its right neighbour, rank 0
+  std::vector<float> send(r == culprit ? 1 : 2, float(r)), recv(2, poison<float>());
+  try {
+    comm.neighbor_exchange<float>(send, (r + 1) % P, recv, (r + P - 1) % P);
+    CHECK(false);
+  } catch (const seqpar::error& e) {
+    const std::string what = e.what();
+    if (r == receiver) {
+      CHECK(e.code() == seqpar::errc::invalid_argument);
+      CHECK(what.find("recv: expected rank " + std::to_string(culprit) + "'s send size = 1 elements, got 2") !=
+            std::string::npos);
+    } else {
+      CHECK(e.code() == seqpar::errc::peer_failed);
+    }
+  }
+  for (float x : recv) CHECK(seqpar_test::same_bits(x, poison<float>()));
+}
+
+TEST_CASE("mpi: neighbor_exchange with a receiver waiting for a rank that sends elsewhere fails on the receiver") {
+  auto comm = world();
+  const int P = comm.size(), r = comm.rank();
+  const int culprit = P - 1;  // sends nothing, while rank 0 still expects its block
+  std::vector<float> send(2, float(r)), recv(2, poison<float>());
+  try {
+    comm.neighbor_exchange<float>(send, r == culprit ? seqpar::no_rank : r + 1, recv, (r + P - 1) % P);
+    CHECK(false);
+  } catch (const seqpar::error& e) {
+    const std::string what = e.what();
+    if (r == 0) {
+      CHECK(e.code() == seqpar::errc::invalid_argument);
+      CHECK(what.find("source: rank " + std::to_string(culprit) + " sends to -1; expected it to send to this rank 0") !=
+            std::string::npos);
+    } else {
+      CHECK(e.code() == seqpar::errc::peer_failed);
+    }
+  }
+  for (float x : recv) CHECK(seqpar_test::same_bits(x, poison<float>()));
+}
+
+TEST_CASE("mpi: neighbor_exchange to a rank that does not receive from the sender fails, and leaves no stray message") {
+  auto comm = world();
+  const int P = comm.size(), r = comm.rank();
+  // Every rank sends to its right neighbour, but rank 1 receives from nobody.
+  std::vector<float> send(2, float(r) + 0.25f), recv(2, poison<float>());
+  try {
+    comm.neighbor_exchange<float>(send, (r + 1) % P, recv, r == 1 ? seqpar::no_rank : (r + P - 1) % P);
+    CHECK(false);
+  } catch (const seqpar::error& e) {
+    const std::string what = e.what();
+    if (r == 0) {
+      CHECK(e.code() == seqpar::errc::invalid_argument);
+      CHECK(what.find("dest: rank 1 receives from -1; expected it to receive from this rank 0") != std::string::npos);
+    } else {
+      CHECK(e.code() == seqpar::errc::peer_failed);
+    }
+  }
+  for (float x : recv) CHECK(seqpar_test::same_bits(x, poison<float>()));
+
+  // The next, well-formed ring receives this call's data, not a leftover of the rejected one.
+  std::vector<float> ring_send{float(r) + 0.5f, float(r) + 0.75f}, ring_recv(2, poison<float>());
+  comm.neighbor_exchange<float>(ring_send, (r + 1) % P, ring_recv, (r + P - 1) % P);
+  const int left = (r + P - 1) % P;
+  CHECK(ring_recv == std::vector<float>{float(left) + 0.5f, float(left) + 0.75f});
+}
+
+TEST_CASE("mpi: a communicator whose set-up fails after MPI created it is freed, not leaked") {
+  const long before = mpi_faults::live_comms;
+  mpi_faults::fail_comm_size = true;
+  try {
+    seqpar::mpi_communicator comm(MPI_COMM_WORLD);  // MPI_Comm_dup succeeds, MPI_Comm_size fails
+    CHECK(false);
+  } catch (const seqpar::error& e) {
+    CHECK(e.code() == seqpar::errc::mpi);
+    CHECK(std::string(e.what()).find("MPI_Comm_size") != std::string::npos);
+  }
+  mpi_faults::fail_comm_size = false;
+  CHECK(mpi_faults::live_comms == before);
+
+  auto comm = world();
+  const long with_world = mpi_faults::live_comms;
+  CHECK(with_world == before + 1);
+  mpi_faults::fail_comm_size = true;
+  try {
+    (void)comm.split(comm.rank() % 2, 0);  // MPI_Comm_split succeeds, MPI_Comm_size fails
+    CHECK(false);
+  } catch (const seqpar::error& e) {
+    CHECK(e.code() == seqpar::errc::mpi);
+  }
+  mpi_faults::fail_comm_size = false;
+  CHECK(mpi_faults::live_comms == with_world);
 }

@@ -116,6 +116,32 @@ void check_neighbor_exchange(std::span<const T> send, int dest, std::span<T> rec
   check_disjoint("send", send, "recv", recv);
 }
 
+//! One rank's side of a neighbor_exchange, as the cross-rank checks see it.
+struct neighbor_side {
+  int dest;                //!< the rank it sends to, or no_rank (-1)
+  int source;              //!< the rank it receives from, or no_rank (-1)
+  std::size_t send_elems;  //!< the elements it sends
+};
+
+//! The cross-rank checks of neighbor_exchange on rank `rank`, once every rank's side is known
+//! (`side_of(j)` returns rank j's neighbor_side): rank `source` sends to this rank exactly
+//! `recv_elems` elements, and rank `dest` receives from this rank.
+template <class SideOf>
+void check_neighbor_pairing(int rank, int dest, int source, std::size_t recv_elems, SideOf&& side_of) {
+  if (source != -1) {
+    const neighbor_side s = side_of(source);
+    SEQPAR_EXPECTS(s.dest == rank, "source: rank " << source << " sends to " << s.dest
+                                                   << "; expected it to send to this rank " << rank);
+    SEQPAR_EXPECTS(s.send_elems == recv_elems, "recv: expected rank " << source << "'s send size = " << s.send_elems
+                                                                      << " elements, got " << recv_elems);
+  }
+  if (dest != -1) {
+    const neighbor_side d = side_of(dest);
+    SEQPAR_EXPECTS(d.source == rank, "dest: rank " << dest << " receives from " << d.source
+                                                   << "; expected it to receive from this rank " << rank);
+  }
+}
+
 //! The checks of all_gather: recv holds size * send.size() elements.
 template <class T>
 void check_all_gather(std::span<const T> send, std::span<T> recv, int size) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <seqpar/comm/communicator.hpp>
+#include <seqpar/error.hpp>
 
 #include <cstddef>
 #include <memory>
@@ -48,8 +49,9 @@ class counting_communicator {
 
   //! Every successful call since construction or clear(), in order.
   const std::vector<traffic_record>& records() const { return records_; }
-  //! Bytes sent to `peer` over all records.
+  //! Bytes sent to `peer` (a rank in [0, size())) over all records.
   std::size_t bytes_sent_to(int peer) const {
+    SEQPAR_EXPECTS(peer >= 0 && peer < size(), "peer: expected a rank in [0, " << size() << "), got " << peer);
     std::size_t sum = 0;
     for (const auto& r : records_) sum += r.bytes_to_peer[peer];
     return sum;

@@ -144,19 +144,10 @@ class in_process_communicator {
           me.dest = dest, me.source = source;
         },
         [&] {
-          if (source != no_rank) {
-            const auto& s = slot(source);
-            SEQPAR_EXPECTS(s.dest == rank_, "source: rank " << source << " sends to " << s.dest
-                                                            << "; expected it to send to this rank " << rank_);
-            SEQPAR_EXPECTS(s.send_elems == recv.size(), "recv: expected rank " << source << "'s send size = "
-                                                                               << s.send_elems << " elements, got "
-                                                                               << recv.size());
-          }
-          if (dest != no_rank)
-            SEQPAR_EXPECTS(slot(dest).source == rank_, "dest: rank " << dest << " receives from "
-                                                                     << slot(dest).source
-                                                                     << "; expected it to receive from this rank "
-                                                                     << rank_);
+          detail::check_neighbor_pairing(rank_, dest, source, recv.size(), [&](int j) {
+            const auto& s = slot(j);
+            return detail::neighbor_side{s.dest, s.source, s.send_elems};
+          });
         },
         [&] {
           if (source != no_rank) copy_from(source, recv.data(), static_cast<const T*>(slot(source).send), recv.size(), stream);

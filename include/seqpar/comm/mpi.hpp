@@ -77,16 +77,19 @@ class mpi_communicator {
   //! Collective over `comm`: duplicates it. MPI must be initialised.
   explicit mpi_communicator(MPI_Comm comm) {
     SEQPAR_MPI_TRY(MPI_Comm_dup(comm, &comm_));
-    adopt();
+    adopt_or_free();
   }
+  //! Takes over `other`'s communicator; `other` is left empty (owning nothing).
   mpi_communicator(mpi_communicator&& other) noexcept
       : comm_(std::exchange(other.comm_, MPI_COMM_NULL)), rank_(other.rank_), size_(other.size_) {}
+  //! Swaps communicators with `other`, which then frees this object's former one.
   mpi_communicator& operator=(mpi_communicator&& other) noexcept {
     std::swap(comm_, other.comm_), rank_ = other.rank_, size_ = other.size_;
     return *this;
   }
-  mpi_communicator(const mpi_communicator&) = delete;
-  mpi_communicator& operator=(const mpi_communicator&) = delete;
+  mpi_communicator(const mpi_communicator&) = delete;             //!< move-only: it owns its communicator
+  mpi_communicator& operator=(const mpi_communicator&) = delete;  //!< move-only: it owns its communicator
+  //! Frees the private communicator (unless MPI is already finalised).
   ~mpi_communicator() {
     int finalized = 0;
     MPI_Finalized(&finalized);
@@ -140,7 +143,9 @@ class mpi_communicator {
   }
 
   //! Sends `send` to `dest` while receiving from `source` into `recv` (either may be no_rank).
-  //! Collective: every rank calls it, with no_rank where it has nothing to send or receive.
+  //! Collective: every rank calls it, with no_rank where it has nothing to send or receive. A rank
+  //! whose source sends another size, or does not send to it, or whose dest does not receive from
+  //! it, throws invalid_argument (the others peer_failed) before anything moves.
   template <wire_type T>
   void neighbor_exchange(std::span<const T> send, int dest, std::span<T> recv, int source, stream_t = nullptr) {
     scoped_rank attribute(rank_);
@@ -149,14 +154,20 @@ class mpi_communicator {
       detail::check_fits_int("send", send.size());
       detail::check_fits_int("recv", recv.size());
     });
-    const int to = dest == no_rank ? MPI_PROC_NULL : dest, from = source == no_rank ? MPI_PROC_NULL : source;
-    std::int64_t announced = static_cast<std::int64_t>(recv.size()), mine = static_cast<std::int64_t>(send.size());
-    SEQPAR_MPI_TRY(MPI_Sendrecv(&mine, 1, MPI_INT64_T, to, 1, &announced, 1, MPI_INT64_T, from, 1, comm_, MPI_STATUS_IGNORE));
+    // Every rank learns every rank's (dest, source, send size), so each one checks that its source
+    // sends it exactly recv.size() elements and that its dest receives from it, before any payload
+    // moves: a mismatch would otherwise truncate the message, hang, or leave a stray message that a
+    // later call receives.
+    const std::int64_t mine[3] = {dest, source, static_cast<std::int64_t>(send.size())};
+    std::vector<std::int64_t> sides(3 * static_cast<std::size_t>(size_));
+    SEQPAR_MPI_TRY(MPI_Allgather(mine, 3, MPI_INT64_T, sides.data(), 3, MPI_INT64_T, comm_));
     agree([&] {
-      SEQPAR_EXPECTS(static_cast<std::size_t>(announced) == recv.size(),
-                     "recv: expected rank " << source << "'s send size = " << announced << " elements, got "
-                                            << recv.size());
+      detail::check_neighbor_pairing(rank_, dest, source, recv.size(), [&](int j) {
+        const std::int64_t* s = sides.data() + 3 * j;
+        return detail::neighbor_side{static_cast<int>(s[0]), static_cast<int>(s[1]), static_cast<std::size_t>(s[2])};
+      });
     });
+    const int to = dest == no_rank ? MPI_PROC_NULL : dest, from = source == no_rank ? MPI_PROC_NULL : source;
     SEQPAR_MPI_TRY(MPI_Sendrecv(send.data(), static_cast<int>(send.size()), detail::mpi_type<T>(), to, 0,
                                 recv.data(), static_cast<int>(recv.size()), detail::mpi_type<T>(), from, 0, comm_,
                                 MPI_STATUS_IGNORE));
@@ -219,7 +230,18 @@ class mpi_communicator {
 
  private:
   struct adopt_tag {};
-  mpi_communicator(MPI_Comm owned, adopt_tag) : comm_(owned) { adopt(); }
+  mpi_communicator(MPI_Comm owned, adopt_tag) : comm_(owned) { adopt_or_free(); }
+
+  // Finishes constructing on comm_, which this object owns. A constructor that throws runs no
+  // destructor, so on failure comm_ is freed here before the error propagates.
+  void adopt_or_free() {
+    try {
+      adopt();
+    } catch (...) {
+      MPI_Comm_free(&comm_);
+      throw;
+    }
+  }
 
   void adopt() {
     SEQPAR_MPI_TRY(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));

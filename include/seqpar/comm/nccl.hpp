@@ -75,7 +75,7 @@ class nccl_communicator {
     scoped_rank attribute(rank);
     SEQPAR_NCCL_TRY(ncclCommInitRank(&comm_, size, id, rank));
     owned_ = true;
-    adopt();
+    adopt_or_release();
   }
 
   //! Borrows an existing communicator; the caller keeps ownership and destroys it after this object.
@@ -91,23 +91,23 @@ class nccl_communicator {
     return nccl_communicator(id, 1, 0);
   }
 
+  //! Takes over `other`'s communicator and scratch buffer; `other` is left empty.
   nccl_communicator(nccl_communicator&& other) noexcept
       : comm_(std::exchange(other.comm_, nullptr)),
         owned_(std::exchange(other.owned_, false)),
         scratch_(std::exchange(other.scratch_, nullptr)),
         rank_(other.rank_),
         size_(other.size_) {}
+  //! Swaps state with `other`, which then releases this object's former communicator.
   nccl_communicator& operator=(nccl_communicator&& other) noexcept {
     std::swap(comm_, other.comm_), std::swap(owned_, other.owned_), std::swap(scratch_, other.scratch_);
     rank_ = other.rank_, size_ = other.size_;
     return *this;
   }
-  nccl_communicator(const nccl_communicator&) = delete;
-  nccl_communicator& operator=(const nccl_communicator&) = delete;
-  ~nccl_communicator() {
-    if (scratch_) cudaFree(scratch_);
-    if (owned_ && comm_) ncclCommDestroy(comm_);
-  }
+  nccl_communicator(const nccl_communicator&) = delete;             //!< move-only: it may own its communicator
+  nccl_communicator& operator=(const nccl_communicator&) = delete;  //!< move-only: it may own its communicator
+  //! Frees the scratch buffer and destroys the communicator if owned (a borrowed one is kept).
+  ~nccl_communicator() { release(); }
 
   //! This rank.
   int rank() const { return rank_; }
@@ -200,7 +200,25 @@ class nccl_communicator {
   }
 
  private:
-  nccl_communicator(ncclComm_t comm, bool owned) : comm_(comm), owned_(owned) { adopt(); }
+  nccl_communicator(ncclComm_t comm, bool owned) : comm_(comm), owned_(owned) { adopt_or_release(); }
+
+  // Finishes constructing on comm_. A constructor that throws runs no destructor, so on failure
+  // the scratch buffer and an owned comm_ are released here before the error propagates.
+  void adopt_or_release() {
+    try {
+      adopt();
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+
+  // Frees the scratch buffer and destroys comm_ when owned; leaves an empty object.
+  void release() noexcept {
+    if (scratch_) cudaFree(scratch_);
+    if (owned_ && comm_) ncclCommDestroy(comm_);
+    scratch_ = nullptr, comm_ = nullptr, owned_ = false;
+  }
 
   void adopt() {
     SEQPAR_NCCL_TRY(ncclCommUserRank(comm_, &rank_));

@@ -25,6 +25,7 @@ __global__ void shard_copy_kernel(seq_partition part, int rank, tensor_view<T> g
   (void)B;
 }
 
+//! Launches shard_copy_kernel on `stream`, with 16-byte vectors when both views allow them.
 template <bool to_shard, class T>
 void launch_shard_copy(const seq_partition& part, int rank, tensor_view<T> global, tensor_view<T> shard,
                        stream_t stream) {

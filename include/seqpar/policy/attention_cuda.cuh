@@ -18,11 +18,13 @@ namespace attention_kernels {
 //! The largest head dim the row-per-thread kernels take (their accumulators live per thread).
 inline constexpr int max_head_dim = 256;
 
+//! Whether query token i may attend key token j: allowed by `mask` and, when causal, j <= i.
 template <class T, class Mask>
 __device__ inline bool visible(const Mask& mask, bool causal, std::int64_t i, std::int64_t j) {
   return !(causal && j > i) && mask.allowed(i, j);
 }
 
+//! scale * (q_i . k_j) for batch b, query head h and its kv head kh, accumulated in fp32.
 template <class T>
 __device__ inline float score(const tensor_view<const T>& q, const tensor_view<const T>& k, std::int64_t b,
                               std::int64_t h, int kh, std::int64_t i, std::int64_t j, float scale) {
@@ -54,6 +56,7 @@ __global__ void forward_rows(tensor_view<const T> q, tensor_view<const T> k, ten
   lse(b, h, i) = l > 0.0f ? m + logf(l) : -INFINITY;
 }
 
+//! delta_i = dO_i . O_i for batch b, head h, row i: the softmax-backward correction term, in fp32.
 template <class T>
 __device__ inline float row_delta(const tensor_view<const T>& dout, const tensor_view<const T>& o, std::int64_t b,
                                   std::int64_t h, std::int64_t i) {

@@ -27,6 +27,7 @@ struct qkv_views {
   tensor_view<V> v;  //!< kv-headed
 };
 
+//! Deduces the element types from the three views: qkv_views{q, k, v}.
 template <class Q, class K, class V>
 qkv_views(tensor_view<Q>, tensor_view<K>, tensor_view<V>) -> qkv_views<Q, K, V>;
 

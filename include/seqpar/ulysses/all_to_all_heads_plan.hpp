@@ -17,7 +17,10 @@
 SEQPAR_NAMESPACE_BEGIN
 
 //! What an exchange carries: one query-headed tensor (O, dO, dQ) or Q with K and V.
-enum class heads_payload { q, qkv };
+enum class heads_payload {
+  q,    //!< one query-headed tensor
+  qkv,  //!< Q, K and V together
+};
 
 //! Everything one rank needs to run all_to_all_heads and its inverse for fixed shapes: the head
 //! split, the shard sizes, the counts and displacements of the single all_to_all_v of each

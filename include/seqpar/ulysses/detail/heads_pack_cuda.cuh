@@ -15,7 +15,11 @@ namespace device {
 
 //! Which side a kernel walks: the seq-side blocks (forward pack) or the heads-side blocks (forward
 //! unpack, inverse pack); and whether the buffer is written (pack) or read (unpack).
-enum class walk { seq_side_pack, heads_side_unpack, heads_side_pack };
+enum class walk {
+  seq_side_pack,      //!< forward pack: the sequence shards' blocks into the buffer
+  heads_side_unpack,  //!< forward unpack: the buffer into the head shards' blocks
+  heads_side_pack,    //!< inverse pack: the head shards' blocks into the buffer
+};
 
 //! One block row per (peer, segment); threads stride over that segment's elements, V at a time.
 template <walk W, class T, int V>
@@ -72,6 +76,8 @@ bool vectorizable(const detail::heads_geometry& g, const detail::segment_views<T
   return true;
 }
 
+//! Launches exchange_copy_kernel for walk W on `stream`, sized by the largest segment, with
+//! 16-byte vectors when every view allows them; nothing when every segment is empty.
 template <walk W, class T>
 void launch_exchange_copy(const detail::heads_geometry& g, const detail::segment_views<T>& v, T* buffer,
                           stream_t stream) {
