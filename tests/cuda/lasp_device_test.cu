@@ -38,3 +38,16 @@ TEST_CASE("lasp_attention with linear_cuda: chunks long enough to run in paralle
   seqpar_test::check_lasp<__nv_bfloat16>({2, 1, 300, 1, 160, 32, 0.95f, lasp_strategy::chain}, memory_space::device,
                                          seqpar::linear_cuda{});
 }
+
+TEST_CASE("linear_cuda refuses more than 256 heads and batch * heads over 65535 before any launch") {
+  std::vector<__nv_bfloat16> in(8193 * 8 * 16), out(in.size());  // host memory: nothing may be read
+  const std::vector<float> decay_300(300, 0.9f), decay_8(8, 0.9f);
+  const auto many_heads = seqpar::make_bshd<const __nv_bfloat16>(in.data(), 1, 1, 300, 16);
+  CHECK_THROWS_WITH_AS(seqpar::linear_cuda{}.forward_intra(many_heads, many_heads, many_heads, decay_300,
+                                                           seqpar::make_bshd(out.data(), 1, 1, 300, 16)),
+                       doctest::Contains("decay: linear_cuda takes up to 256 heads, got 300"), seqpar::error);
+  const auto many_rows = seqpar::make_bshd<const __nv_bfloat16>(in.data(), 8193, 1, 8, 16);
+  CHECK_THROWS_WITH_AS(seqpar::linear_cuda{}.forward_intra(many_rows, many_rows, many_rows, decay_8,
+                                                           seqpar::make_bshd(out.data(), 8193, 1, 8, 16)),
+                       doctest::Contains("batch * heads up to 65535, got 8193 * 8"), seqpar::error);
+}
