@@ -49,5 +49,5 @@ TEST_CASE("linear_cuda refuses more than 256 heads and batch * heads over 65535 
   const auto many_rows = seqpar::make_bshd<const __nv_bfloat16>(in.data(), 8193, 1, 8, 16);
   CHECK_THROWS_WITH_AS(seqpar::linear_cuda{}.forward_intra(many_rows, many_rows, many_rows, decay_8,
                                                            seqpar::make_bshd(out.data(), 8193, 1, 8, 16)),
-                       doctest::Contains("batch * heads up to 65535, got 8193 * 8"), seqpar::error);
+                       doctest::Contains("batch * heads: linear_cuda takes up to 65535, got 8193 * 8"), seqpar::error);
 }

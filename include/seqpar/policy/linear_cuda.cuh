@@ -75,8 +75,8 @@ struct linear_cuda : detail::linear_operations<linear_cuda> {
   static unsigned batch_heads(const tensor_view<T>& x) {
     const std::int64_t bh = x.batch() * x.heads();
     if (bh > 65535)
-      SEQPAR_FAIL(errc::unsupported, "q: linear_cuda takes batch * heads up to 65535, got " << x.batch() << " * "
-                                                                                            << x.heads());
+      SEQPAR_FAIL(errc::unsupported, "batch * heads: linear_cuda takes up to 65535, got " << x.batch() << " * "
+                                                                                          << x.heads());
     return static_cast<unsigned>(bh);
   }
 
