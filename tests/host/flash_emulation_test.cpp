@@ -58,15 +58,15 @@ void check_flash(const flash_case& c) {
 
   const dim3 by_query((c.S + 63) / 64, c.H, c.B), by_key((c.S + 63) / 64, c.H_kv, c.B);
   const std::span<unsigned char> shared(fk::flash_shared);
-  CHECK(seqpar_emulation::launch(by_query, shared, fk::forward_shared_bytes<T, D>, [&] {
+  CHECK(seqpar_emulation::launch(by_query, 128, shared, fk::forward_shared_bytes<T, D>, [&] {
     fk::forward<T, D>(q.cview(), k.cview(), v.cview(), map, opt, o.view, l, vec);
   }));
   // Backward from the kernel's own o and lse, as a layer runs it.
-  CHECK(seqpar_emulation::launch(by_query, shared, fk::dq_shared_bytes<T, D>, [&] {
+  CHECK(seqpar_emulation::launch(by_query, 128, shared, fk::dq_shared_bytes<T, D>, [&] {
     fk::backward_dq<T, D>(q.cview(), k.cview(), v.cview(), o.cview(), seqpar::const_lse_view(l), dout.cview(), map, opt,
                           dq.view, vec);
   }));
-  CHECK(seqpar_emulation::launch(by_key, shared, fk::dkdv_shared_bytes<T, D>, [&] {
+  CHECK(seqpar_emulation::launch(by_key, 128, shared, fk::dkdv_shared_bytes<T, D>, [&] {
     fk::backward_dkdv<T, D>(q.cview(), k.cview(), v.cview(), o.cview(), seqpar::const_lse_view(l), dout.cview(), map,
                             opt, dk.view, dv.view, vec);
   }));

@@ -202,40 +202,29 @@ struct linear_cuda : detail::linear_operations<linear_cuda> {
   }
 
   // The CUDA-core kernels (linear_cuda_core.cuh).
+  template <class Kernel, class... Args>
+  static void launch(Kernel kernel, const linear_kernels::launch_shape& shape, stream_t stream, Args... args) {
+    allow_shared(kernel, shape.shared_bytes);
+    kernel<<<shape.grid, shape.threads, shape.shared_bytes, stream>>>(args...);
+    SEQPAR_CUDA_TRY(cudaGetLastError());
+  }
   template <class T>
   static void core_product(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> v, tensor_view<T> out,
                            const linear_kernels::decay_table& table, bool reverse, stream_t stream) {
-    constexpr int c = linear_kernels::sub_block, YT = 32;
-    const std::int64_t X = a.head_dim();
-    const std::size_t bytes = sizeof(float) * (2 * c * X + c * YT + X * YT + c * c + c + 1);
-    allow_shared(linear_kernels::causal_decay_product<T>, bytes);
-    const dim3 grid(static_cast<unsigned>((out.head_dim() + YT - 1) / YT), static_cast<unsigned>(a.heads()),
-                    static_cast<unsigned>(a.batch()));
-    linear_kernels::causal_decay_product<T><<<grid, 128, bytes, stream>>>(a, b, v, out, table, reverse);
-    SEQPAR_CUDA_TRY(cudaGetLastError());
+    launch(linear_kernels::causal_decay_product<T>, linear_kernels::causal_decay_product_shape(a, out.head_dim()),
+           stream, a, b, v, out, table, reverse);
   }
-
   template <class T>
   static void core_outer_sum(tensor_view<const T> a, tensor_view<const T> b, state_view m,
                              const linear_kernels::decay_table& table, detail::linear_weight w, stream_t stream) {
-    const unsigned tiles = static_cast<unsigned>(((a.head_dim() + 15) / 16) * ((b.head_dim() + 15) / 16));
-    const dim3 grid(tiles, static_cast<unsigned>(a.heads()), static_cast<unsigned>(a.batch()));
-    linear_kernels::weighted_outer_sum<T><<<grid, 256, 0, stream>>>(a, b, m, table, w);
-    SEQPAR_CUDA_TRY(cudaGetLastError());
+    launch(linear_kernels::weighted_outer_sum<T>, linear_kernels::weighted_outer_sum_shape(a, b.head_dim()), stream,
+           a, b, m, table, w);
   }
-
   template <class T>
   static void core_add_rows(tensor_view<const T> a, const_state_view s, bool transposed, tensor_view<T> out,
                             const linear_kernels::decay_table& table, detail::linear_weight w, stream_t stream) {
-    constexpr int YT = 32, tokens = 32;
-    const std::int64_t X = a.head_dim();
-    const std::size_t bytes = sizeof(float) * (X * YT + tokens * X);
-    allow_shared(linear_kernels::add_rows_times_state<T>, bytes);
-    const dim3 grid(static_cast<unsigned>((out.head_dim() + YT - 1) / YT),
-                    static_cast<unsigned>(std::min<std::int64_t>((a.seq() + tokens - 1) / tokens, 65535)),
-                    static_cast<unsigned>(a.batch() * a.heads()));
-    linear_kernels::add_rows_times_state<T><<<grid, 128, bytes, stream>>>(a, s, transposed, out, table, w);
-    SEQPAR_CUDA_TRY(cudaGetLastError());
+    launch(linear_kernels::add_rows_times_state<T>, linear_kernels::add_rows_times_state_shape(a, out.head_dim()),
+           stream, a, s, transposed, out, table, w);
   }
 };
 

@@ -1,5 +1,5 @@
 //! @file warp_emulation.hpp
-//! Runs CUDA kernels written for blocks of 128 threads on the host, with one std::thread per CUDA
+//! Runs CUDA kernels on the host (blocks of up to 256 threads), with one std::thread per CUDA
 //! thread: threadIdx and blockIdx are thread-local, gridDim is the launch's, __syncthreads and the
 //! warp shuffles are barriers, and mma.sync m16n8k16 is computed from the PTX ISA's fragment
 //! tables, written here independently of seqpar/detail/mma.cuh. Include it first, before any
@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <thread>
 #include <vector>
@@ -26,9 +27,8 @@ struct index3 {
   unsigned x = 0, y = 0, z = 0;
 };
 inline thread_local index3 thread_index, block_index;
-inline index3 grid_size;
-inline const index3 block_size{128, 1, 1};
-inline constexpr int warps = 4;
+inline index3 grid_size, block_size;
+inline constexpr int warps = 8;  // the most a block may have
 inline std::barrier<>* block_barrier = nullptr;
 inline std::barrier<>* warp_barrier[warps] = {};
 inline float shuffle_slots[warps][32];
@@ -78,28 +78,33 @@ inline void mma_16x8x16(float (&d)[4], const std::uint32_t (&a)[4], const std::u
   warp_barrier[w]->arrive_and_wait();
 }
 
-//! Runs body() as every thread of every block of `grid` (blocks one after another, 128 threads
-//! each). `shared` stands for the block's shared memory: it is poisoned with 0xff before each
-//! block; returns false when a block wrote past its first `used` bytes.
+//! Runs body() as every thread of every block of `grid` (blocks one after another, `threads`
+//! threads each, a multiple of 32 up to 256). `shared` stands for the block's shared memory: it is
+//! poisoned with 0xff before each block; returns false when a block wrote past its first `used` bytes.
 template <class Body>
-bool launch(dim3 grid, std::span<unsigned char> shared, std::size_t used, Body&& body) {
+bool launch(dim3 grid, unsigned threads, std::span<unsigned char> shared, std::size_t used, Body&& body) {
   bool within = true;
   grid_size = {grid.x, grid.y, grid.z};
+  block_size = {threads, 1, 1};
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         std::fill(shared.begin(), shared.end(), static_cast<unsigned char>(0xff));
-        std::barrier<> block(128), w0(32), w1(32), w2(32), w3(32);
+        std::barrier<> block(threads);
+        std::vector<std::unique_ptr<std::barrier<>>> per_warp;
+        for (unsigned w = 0; w < threads / 32; ++w) {
+          per_warp.push_back(std::make_unique<std::barrier<>>(32));
+          warp_barrier[w] = per_warp.back().get();
+        }
         block_barrier = &block;
-        warp_barrier[0] = &w0, warp_barrier[1] = &w1, warp_barrier[2] = &w2, warp_barrier[3] = &w3;
-        std::vector<std::jthread> threads;
-        for (unsigned t = 0; t < 128; ++t)
-          threads.emplace_back([&, t] {
+        std::vector<std::jthread> running;
+        for (unsigned t = 0; t < threads; ++t)
+          running.emplace_back([&, t] {
             thread_index = {t, 0, 0};
             block_index = {x, y, z};
             body();
           });
-        threads.clear();  // joins
+        running.clear();  // joins
         within = within && std::all_of(shared.begin() + used, shared.end(), [](unsigned char c) { return c == 0xff; });
       }
   return within;

@@ -8,6 +8,7 @@
 #include <seqpar/lasp/linear_attention_policy.hpp>
 #include <seqpar/policy/detail/linear_operations.hpp>
 
+#include <cstddef>
 #include <cstdint>
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
@@ -95,7 +96,10 @@ template <class T>
 __global__ void weighted_outer_sum(tensor_view<const T> a, tensor_view<const T> b, state_view m, decay_table decay,
                                    weight w) {
   constexpr int tile = 16, tokens = 64;
-  __shared__ float a_s[tokens][tile], b_s[tokens][tile], w_s[tokens];
+  extern __shared__ float smem[];
+  float(*a_s)[tile] = reinterpret_cast<float(*)[tile]>(smem);              // [tokens][tile]
+  float(*b_s)[tile] = reinterpret_cast<float(*)[tile]>(smem + tokens * tile);  // [tokens][tile]
+  float* w_s = smem + 2 * tokens * tile;                                   // [tokens]
   const int X = static_cast<int>(a.head_dim()), Y = static_cast<int>(b.head_dim());
   const int tiles_y = (Y + tile - 1) / tile;
   const int x0 = (blockIdx.x / tiles_y) * tile, y0 = (blockIdx.x % tiles_y) * tile, h = blockIdx.y, bt = blockIdx.z;
@@ -164,6 +168,41 @@ __global__ void state_update_kernel(decay_table decay, std::int64_t n, const_sta
     const float scale = static_cast<float>(pow(static_cast<double>(decay.lambda[h]), static_cast<double>(n)));
     out.data_handle()[k] = (in.size() ? scale * in.data_handle()[k] : 0.0f) + m.data_handle()[k];
   }
+}
+
+//! Grid, threads and dynamic shared memory of one launch.
+struct launch_shape {
+  dim3 grid;                  //!< blocks
+  unsigned threads;           //!< threads per block
+  std::size_t shared_bytes;   //!< dynamic shared memory per block
+};
+
+//! causal_decay_product for out = product(a, b, v) with v's head dim Y.
+template <class T>
+launch_shape causal_decay_product_shape(const tensor_view<const T>& a, std::int64_t Y) {
+  constexpr int c = sub_block, YT = 32;
+  const std::int64_t X = a.head_dim();
+  return {dim3(static_cast<unsigned>((Y + YT - 1) / YT), static_cast<unsigned>(a.heads()),
+               static_cast<unsigned>(a.batch())),
+          128, sizeof(float) * (2 * c * X + c * YT + X * YT + c * c + c + 1)};
+}
+
+//! weighted_outer_sum of a (X columns) and b (Y columns).
+template <class T>
+launch_shape weighted_outer_sum_shape(const tensor_view<const T>& a, std::int64_t Y) {
+  const unsigned tiles = static_cast<unsigned>(((a.head_dim() + 15) / 16) * ((Y + 15) / 16));
+  return {dim3(tiles, static_cast<unsigned>(a.heads()), static_cast<unsigned>(a.batch())), 256,
+          sizeof(float) * (2 * 64 * 16 + 64)};
+}
+
+//! add_rows_times_state for rows of a into an output of Y columns.
+template <class T>
+launch_shape add_rows_times_state_shape(const tensor_view<const T>& a, std::int64_t Y) {
+  constexpr int YT = 32, tokens = 32;
+  const std::int64_t X = a.head_dim(), token_tiles = (a.seq() + tokens - 1) / tokens;
+  return {dim3(static_cast<unsigned>((Y + YT - 1) / YT), static_cast<unsigned>(token_tiles < 65535 ? token_tiles : 65535),
+               static_cast<unsigned>(a.batch() * a.heads())),
+          128, sizeof(float) * (X * YT + tokens * X)};
 }
 
 }  // namespace linear_kernels
