@@ -18,12 +18,7 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return 77;
   }
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
-  int local = 0;
-  MPI_Comm_rank(node, &local);
-  MPI_Comm_free(&node);
-  SEQPAR_CUDA_TRY(cudaSetDevice(local % devices));
+  seqpar::use_node_local_device(MPI_COMM_WORLD);
   int rc = 0;
   {
     auto world = seqpar::make_nccl_communicator(MPI_COMM_WORLD);

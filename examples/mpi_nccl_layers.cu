@@ -65,11 +65,7 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return 77;
   }
-  MPI_Comm node;  // processes on this node pick GPUs in local-rank order
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
-  int local = 0;
-  MPI_Comm_rank(node, &local);
-  SEQPAR_CUDA_TRY(cudaSetDevice(local % devices));
+  seqpar::use_node_local_device(MPI_COMM_WORLD);  // processes on a node take its GPUs in local-rank order
   int failed = 0;
   {
     auto comm = seqpar::make_nccl_communicator(MPI_COMM_WORLD);
@@ -117,7 +113,6 @@ int main(int argc, char** argv) {
     cudaStreamDestroy(stream);
   }
   MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  MPI_Comm_free(&node);
   MPI_Finalize();
   return failed;
 }
