@@ -6,6 +6,7 @@
 // Tolerances: 1e-5 (float), 3e-3 (half) and 2.5e-2 (bfloat16) of the largest reference magnitude.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
+#include <seqpar/detail/vector_copy.cuh>
 #include <seqpar/policy/detail/linear_operations.hpp>
 #include <seqpar/policy/detail/linear_tensor_core.cuh>
 #include <seqpar/policy/linear_reference.hpp>
@@ -27,17 +28,11 @@ SEQPAR_KERNEL_NAMESPACE_END
 namespace {
 namespace lk = seqpar::linear_kernels;
 using seqpar::const_state_view;
+using seqpar::device::rows_are_vectorizable;
 using seqpar::state_view;
 using seqpar::tensor_view;
 using seqpar_test::host_tensor;
 using seqpar_test::relative_gap;
-
-template <class T>
-bool vectorizable(const tensor_view<T>& x) {
-  using seqpar::axis;
-  return x.stride(axis::head_dim) == 1 && x.stride(axis::heads) % 8 == 0 && x.stride(axis::seq) % 8 == 0 &&
-         x.stride(axis::batch) % 8 == 0;
-}
 
 // linear_cuda with its kernels run under the emulated warp: the same mapping from operations to
 // kernels (linear_operations); the tensor-core path with segments of a fixed length, so that short
@@ -66,7 +61,7 @@ struct emulated_linear : seqpar::detail::linear_operations<emulated_linear> {
       const unsigned BH = static_cast<unsigned>(a.batch() * a.heads());
       std::vector<float> states(p.count * BH * a.head_dim() * v.head_dim(), NAN);
       const dim3 grid(tiles(out.head_dim()), p.count, BH);
-      const bool vec = vectorizable(a) && vectorizable(b) && vectorizable(v);
+      const bool vec = rows_are_vectorizable(a) && rows_are_vectorizable(b) && rows_are_vectorizable(v);
       if (p.count > 1) {
         chunk(grid, a, b, v, out, states.data(), p, decay, reverse, true, vec);
         scan(states.data(), p, a, a.head_dim() * v.head_dim(), decay, nullptr, false);
@@ -87,7 +82,8 @@ struct emulated_linear : seqpar::detail::linear_operations<emulated_linear> {
       const unsigned BH = static_cast<unsigned>(a.batch() * a.heads());
       std::vector<float> states(p.count * BH * a.head_dim() * b.head_dim(), NAN);
       const dim3 grid(tiles(b.head_dim()), p.count, BH);
-      chunk(grid, a, a, b, tensor_view<T>{}, states.data(), p, decay, lq, true, vectorizable(a) && vectorizable(b));
+      chunk(grid, a, a, b, tensor_view<T>{}, states.data(), p, decay, lq, true,
+            rows_are_vectorizable(a) && rows_are_vectorizable(b));
       scan(states.data(), p, a, a.head_dim() * b.head_dim(), decay, m.data_handle(), lq);
     }
   }
@@ -102,7 +98,8 @@ struct emulated_linear : seqpar::detail::linear_operations<emulated_linear> {
       const dim3 grid(2, tiles(out.head_dim()), static_cast<unsigned>(a.batch() * a.heads()));  // 2: the token walk
       const std::size_t bytes = lk::rows_times_state_shared_bytes<T>(lk::tc_padded(a.head_dim()));
       within_shared &= seqpar_emulation::launch(grid, 128, lk::linear_shared, bytes, [&] {
-        lk::rows_times_state<T>(a, s, transposed, out, table(decay), w, vectorizable(a) && vectorizable(out));
+        lk::rows_times_state<T>(a, s, transposed, out, table(decay), w,
+                                rows_are_vectorizable(a) && rows_are_vectorizable(out));
       });
     }
   }
