@@ -3,6 +3,7 @@
 // Host in-process backend: this is what CI can run; it measures memory copies between threads.
 #include "lockstep.hpp"
 
+#include <seqpar/comm/agreement.hpp>
 #include <seqpar/comm/in_process.hpp>
 
 #include <benchmark/benchmark.h>
@@ -44,6 +45,15 @@ void BM_in_process_ring_exchange(benchmark::State& state) {
                       });
 }
 
+// The per-call cost of call_checks::group: every rank's checks pass, then one all_gather_value.
+void BM_in_process_group_check(benchmark::State& state) {
+  const int P = static_cast<int>(state.range(0));
+  seqpar_bench::lockstep(state, P, [&](seqpar::in_process_communicator& comm) {
+    return [&comm] { seqpar::agree_on_arguments(comm, seqpar::call_checks::group, nullptr, [] {}); };
+  });
+  state.counters["P"] = P;
+}
+
 void sweep(benchmark::internal::Benchmark* b) {
   b->ArgNames({"P", "bytes"});
   for (int P : {2, 4, 8})
@@ -55,4 +65,5 @@ void sweep(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_in_process_all_to_all)->Apply(sweep);
 BENCHMARK(BM_in_process_ring_exchange)->Apply(sweep);
+BENCHMARK(BM_in_process_group_check)->ArgName("P")->Arg(2)->Arg(4)->Arg(8)->UseRealTime();
 BENCHMARK_MAIN();

@@ -43,13 +43,13 @@ void BM_lasp_linear_cuda(benchmark::State& state, bool backward) {
   device_array<bf16> q(nqk), k(nqk), v(nvo), o(nvo), dq(nqk), dk(nqk), dv(nvo), dout(nvo);
   cudaMemset(q.p, 0, qk), cudaMemset(k.p, 0, qk), cudaMemset(v.p, 0, vo), cudaMemset(dout.p, 0, vo);
   auto comms = seqpar::in_process_communicator::create_group(1, seqpar::memory_space::device);
-  seqpar::lasp_attention layer(seqpar::linear_cuda{}, comms[0], seqpar::make_seq_partition(S, 1), B, H, D, E,
-                               std::vector<float>(H, 0.99f));
+  seqpar::lasp_attention layer(seqpar::linear_cuda{}, comms[0], seqpar::make_seq_partition(S, 1),
+                               {.batch = B, .heads = H, .head_dim = D, .value_dim = E}, std::vector<float>(H, 0.99f));
   auto in = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd<const bf16>(a.p, B, S, H, x); };
   auto out = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd(a.p, B, S, H, x); };
   seqpar_bench::timed_on_gpu(state, [&] {
-    layer.forward(in(q, D), in(k, D), in(v, E), out(o, E));
-    if (backward) layer.backward(in(q, D), in(k, D), in(v, E), in(dout, E), out(dq, D), out(dk, D), out(dv, E));
+    const auto saved = layer.forward(in(q, D), in(k, D), in(v, E), out(o, E));
+    if (backward) layer.backward(saved, in(dout, E), out(dq, D), out(dk, D), out(dv, E));
   });
   // Minimal bytes: forward reads q, k, v and writes o (2 qk + 2 vo); backward reads q, k, v, dO and
   // writes dq, dk, dv (4 qk + 3 vo).

@@ -1,11 +1,12 @@
 // GPU pack and unpack kernels of the Ulysses exchange against cudaMemcpyAsync of the same bytes,
 // timed with CUDA events in the same run. Throughput = (bytes read + bytes written) / time.
 // Goal on an H100: at least 90% of the copy from 64 MiB up. Without a GPU it says so and exits 77.
+// It calls the pack kernels in seqpar::detail directly: the public exchange adds the communicator's
+// all_to_all_v, and this measures the kernels alone.
 #include "gpu_support.cuh"
 #include "pack_bench_shapes.hpp"
 
 #include <seqpar/ulysses/detail/heads_pack_cuda.cuh>
-
 
 namespace {
 using bf16 = __nv_bfloat16;
@@ -26,10 +27,10 @@ void BM_gpu_pack(benchmark::State& state, int op) {
                      : seqpar::make_bshd(seq_side.p, 1, S_r, seqpar_bench::heads, D);
   seqpar_bench::timed_on_gpu(state, [&] {
     switch (op) {
-      case 0: seqpar::device::pack_seq_side(g, v, buffer.p, nullptr); break;
-      case 1: seqpar::device::unpack_heads_side(g, buffer.p, v, nullptr); break;
-      case 2: seqpar::device::pack_heads_side(g, v, buffer.p, nullptr); break;
-      default: seqpar::device::unpack_seq_side_sum(g, buffer.p, v, nullptr); break;
+      case 0: seqpar::detail::device::pack_seq_side(g, v, buffer.p, nullptr); break;
+      case 1: seqpar::detail::device::unpack_heads_side(g, buffer.p, v, nullptr); break;
+      case 2: seqpar::detail::device::pack_heads_side(g, v, buffer.p, nullptr); break;
+      default: seqpar::detail::device::unpack_seq_side_sum(g, buffer.p, v, nullptr); break;
     }
   });
   seqpar_bench::report(state, bytes);

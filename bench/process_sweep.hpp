@@ -5,6 +5,8 @@
 
 #include "traffic_methods.hpp"
 
+#include <seqpar/comm/agreement.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -39,6 +41,17 @@ void register_process_sweep(int size, std::int64_t S_max, int iterations, MakeCo
         report(state, m, s, sent, per_peer);
       })->Iterations(iterations)->UseManualTime()->Unit(benchmark::kMillisecond);
     }
+}
+
+//! Registers the per-call cost of call_checks::group on this backend: every rank's checks pass,
+//! then one all_gather_value (on NCCL: an ncclAllGather of one int64 and a wait for the stream).
+template <class Inner, class MakeComm>
+void register_group_check(int iterations, MakeComm make_comm) {
+  benchmark::RegisterBenchmark("group_check", [make_comm](benchmark::State& state) {
+    Inner comm{make_comm()};
+    for (auto _ : state) seqpar::agree_on_arguments(comm, seqpar::call_checks::group, nullptr, [] {});
+    state.counters["P"] = comm.size();
+  })->Iterations(iterations)->Unit(benchmark::kMicrosecond);
 }
 
 //! Runs the registered benchmarks; only rank 0 prints and keeps --benchmark_out. Returns the exit code.

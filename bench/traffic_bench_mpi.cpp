@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank), MPI_Comm_size(MPI_COMM_WORLD, &size);
   seqpar_bench::register_process_sweep<seqpar::mpi_communicator>(
       size, std::int64_t{1} << 18, 3, [] { return seqpar::mpi_communicator(MPI_COMM_WORLD); }, [] {});
+  seqpar_bench::register_group_check<seqpar::mpi_communicator>(1000,
+                                                               [] { return seqpar::mpi_communicator(MPI_COMM_WORLD); });
   const int rc = seqpar_bench::run_process_sweep(argc, argv, rank);
   if (rc != 0) return rc;
   MPI_Finalize();

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
     seqpar_bench::register_process_sweep<seqpar::nccl_communicator>(
         size, std::int64_t{1} << 20, 20, [native] { return seqpar::nccl_communicator::borrow(native); },
         [] { SEQPAR_CUDA_TRY(cudaDeviceSynchronize()); });
+    seqpar_bench::register_group_check<seqpar::nccl_communicator>(
+        1000, [native] { return seqpar::nccl_communicator::borrow(native); });
     rc = seqpar_bench::run_process_sweep(argc, argv, rank);
   }
   if (rc != 0) return rc;

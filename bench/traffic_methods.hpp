@@ -64,7 +64,7 @@ step_fn ulysses_forward(Comm& comm, const shape& s) {
   const int r = comm.rank();
   const auto part = seqpar::make_seq_partition(s.S, s.P);
   auto plan = std::make_shared<seqpar::all_to_all_heads_plan>(
-      seqpar::make_all_to_all_heads_plan(r, part, int(s.H), int(s.H), 1, s.D, seqpar::dtype::bfloat16));
+      seqpar::make_all_to_all_heads_plan(r, part, {.batch = 1, .heads = int(s.H), .kv_heads = int(s.H), .head_dim = s.D}, seqpar::dtype::bfloat16));
   const std::int64_t n = part.size(r), h = plan->heads().count(r);
   auto in = buffer<bf16>(comm.memory(), 3 * n * s.H * s.D), out = buffer<bf16>(comm.memory(), 3 * s.S * h * s.D);
   auto ws = buffer<std::byte>(comm.memory(), plan->workspace_bytes());
@@ -81,7 +81,7 @@ step_fn ulysses_inverse(Comm& comm, const shape& s) {
   const int r = comm.rank();
   const auto part = seqpar::make_seq_partition(s.S, s.P);
   auto plan = std::make_shared<seqpar::all_to_all_heads_plan>(
-      seqpar::make_all_to_all_heads_plan(r, part, int(s.H), int(s.H), 1, s.D, seqpar::dtype::bfloat16));
+      seqpar::make_all_to_all_heads_plan(r, part, {.batch = 1, .heads = int(s.H), .kv_heads = int(s.H), .head_dim = s.D}, seqpar::dtype::bfloat16));
   const std::int64_t n = part.size(r), h = plan->heads().count(r);
   auto heads = buffer<bf16>(comm.memory(), s.S * h * s.D), seq = buffer<bf16>(comm.memory(), n * s.H * s.D);
   auto ws = buffer<std::byte>(comm.memory(), plan->workspace_bytes());
@@ -97,7 +97,8 @@ template <class Comm>
 step_fn lasp(Comm& comm, const shape& s, seqpar::lasp_strategy strategy) {
   const int r = comm.rank();
   const auto part = seqpar::make_seq_partition(s.S, s.P);
-  auto ring = std::make_shared<seqpar::linear_attention_ring>(r, part, 1, s.H, s.D, s.D, strategy);
+  auto ring = std::make_shared<seqpar::linear_attention_ring>(
+      r, part, seqpar::attention_shape{.batch = 1, .heads = int(s.H), .head_dim = s.D}, strategy);
   const std::int64_t n = part.size(r);
   auto x = buffer<bf16>(comm.memory(), n * s.H * s.D);
   auto st = buffer<float>(comm.memory(), ring->state_elements());

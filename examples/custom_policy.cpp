@@ -85,8 +85,9 @@ int main() {
       return std::vector<float>(g.begin() + at * heads * D, g.begin() + (at + n) * heads * D);
     };
     std::vector<float> lq = rows(q, H), lkv = rows(kv, H_kv), lo(lq.size());
-    seqpar::ulysses_attention layer(user::my_policy{}, comm, part, H, H_kv, B, D, seqpar::dtype::float32, opt);
-    layer.forward(seqpar::make_bshd<const float>(lq.data(), B, n, H, D), seqpar::make_bshd<const float>(lkv.data(), B, n, H_kv, D),
+    seqpar::ulysses_attention layer(user::my_policy{}, comm, part,
+                                    {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32, opt);
+    const auto saved = layer.forward(seqpar::make_bshd<const float>(lq.data(), B, n, H, D), seqpar::make_bshd<const float>(lkv.data(), B, n, H_kv, D),
                   seqpar::make_bshd<const float>(lkv.data(), B, n, H_kv, D), seqpar::make_bshd(lo.data(), B, n, H, D));
     const auto want = rows(o_ref, H);
     for (std::size_t i = 0; i < lo.size(); ++i) rank_error[r] = std::max(rank_error[r], double(std::fabs(lo[i] - want[i])));

@@ -108,20 +108,21 @@ void ulysses_layer(seqpar::memory_space where, const AttentionPolicy& policy) {
     o[r].resize(lq.size()), dq[r].resize(lq.size()), dk[r].resize(lk.size()), dv[r].resize(lk.size());
     float *pq = mem.upload(lq), *pk = mem.upload(lk), *pv = mem.upload(lv), *pdo = mem.upload(ldo), *po = mem.upload(o[r]),
           *pdq = mem.upload(dq[r]), *pdk = mem.upload(dk[r]), *pdv = mem.upload(dv[r]);
-    seqpar::ulysses_attention layer(policy, comm, part, H, H_kv, 1, D, seqpar::dtype::float32, opt);
+    seqpar::ulysses_attention layer(policy, comm, part, {.batch = 1, .heads = H, .kv_heads = H_kv, .head_dim = D},
+                                    seqpar::dtype::float32, opt);
     auto c = [&](float* p, std::int64_t h) { return seqpar::make_bshd<const float>(p, 1, n, h, D); };
     auto m = [&](float* p, std::int64_t h) { return seqpar::make_bshd(p, 1, n, h, D); };
     comm.barrier();
     const auto start = clock_type::now();
-    layer.forward(c(pq, H), c(pk, H_kv), c(pv, H_kv), m(po, H));
-    layer.backward(c(pdo, H), m(pdq, H), m(pdk, H_kv), m(pdv, H_kv));
+    const auto saved = layer.forward(c(pq, H), c(pk, H_kv), c(pv, H_kv), m(po, H));
+    layer.backward(saved, c(pdo, H), m(pdq, H), m(pdk, H_kv), m(pdv, H_kv));
     if (where == seqpar::memory_space::device) SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
     comm.barrier();
     if (r == 0) ms = std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
     mem.download(po, o[r]), mem.download(pdq, dq[r]), mem.download(pdk, dk[r]), mem.download(pdv, dv[r]);
     if (where == seqpar::memory_space::device) cudaFree(pq), cudaFree(pk), cudaFree(pv), cudaFree(pdo);
     sent[r] = comm.bytes_sent();
-    // DESIGN.md: forward Q/K/V to j: S_r D (h_j + 2 k_j); O back: S_j D h_r; backward mirrors it.
+    // docs/architecture.md, traffic: forward Q/K/V to j: S_r D (h_j + 2 k_j); O back: S_j D h_r; backward mirrors it.
     const auto& hp = layer.plan().heads();
     for (int j = 0; j < P; ++j)
       if (j != r)
@@ -143,7 +144,8 @@ void ulysses_layer(seqpar::memory_space where, const AttentionPolicy& policy) {
 
 template <class LinearPolicy>
 void lasp_layer(seqpar::memory_space where, const LinearPolicy& policy) {
-  const std::int64_t S = 1024, H = 4, D = 32, E = 32;
+  const std::int64_t S = 1024, D = 32, E = 32;
+  const int H = 4;
   const std::vector<float> decay{1.0f, 0.999f, 0.99f, 0.9f};
   std::mt19937 gen(11);
   const auto q = random_vector(S * H * D, gen), k = random_vector(S * H * D, gen), v = random_vector(S * H * E, gen),
@@ -160,13 +162,13 @@ void lasp_layer(seqpar::memory_space where, const LinearPolicy& policy) {
       std::vector<float> o(lv.size()), dq(lq.size()), dk(lk.size()), dv(lv.size());
       float *pq = mem.upload(lq), *pk = mem.upload(lk), *pv = mem.upload(lv), *pdo = mem.upload(ldo), *po = mem.upload(o),
             *pdq = mem.upload(dq), *pdk = mem.upload(dk), *pdv = mem.upload(dv);
-      seqpar::lasp_attention layer(pol, comm, part, 1, H, D, E, decay);
+      seqpar::lasp_attention layer(pol, comm, part, {.batch = 1, .heads = H, .head_dim = D, .value_dim = E}, decay);
       auto c = [&](float* p, std::int64_t x) { return seqpar::make_bshd<const float>(p, 1, n, H, x); };
       auto m = [&](float* p, std::int64_t x) { return seqpar::make_bshd(p, 1, n, H, x); };
       comm.barrier();
       const auto start = clock_type::now();
-      layer.forward(c(pq, D), c(pk, D), c(pv, E), m(po, E));
-      layer.backward(c(pq, D), c(pk, D), c(pv, E), c(pdo, E), m(pdq, D), m(pdk, D), m(pdv, E));
+      const auto saved = layer.forward(c(pq, D), c(pk, D), c(pv, E), m(po, E));
+      layer.backward(saved, c(pdo, E), m(pdq, D), m(pdk, D), m(pdv, E));
       if (mem_space == seqpar::memory_space::device) SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
       comm.barrier();
       if (ms && r == 0) *ms = std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
@@ -184,7 +186,7 @@ void lasp_layer(seqpar::memory_space where, const LinearPolicy& policy) {
   std::vector<std::size_t> sent(P);
   double ms = 0;
   const auto many = run(P, where, policy, &sent, &ms);
-  // DESIGN.md: one B H D E fp32 state per hop, forward (to r+1) and backward (to r-1), whatever S is.
+  // docs/architecture.md, traffic: one B H D E fp32 state per hop, forward (to r+1) and backward (to r-1), whatever S is.
   const std::size_t state = H * D * E * 4;
   std::vector<std::size_t> formula(P);
   for (int r = 0; r < P; ++r) formula[r] = state * ((r < P - 1 ? 1 : 0) + (r > 0 ? 1 : 0));

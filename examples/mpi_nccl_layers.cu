@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -71,45 +72,70 @@ int main(int argc, char** argv) {
     auto comm = seqpar::make_nccl_communicator(MPI_COMM_WORLD);
     const auto part = seqpar::make_seq_partition(S, size);
     const std::int64_t n = part.size(rank), at = part.offset(rank);
-    const seqpar::attention_options opt{0.125f, true};
+    const seqpar::attention_options opt{.scale = 0.125f, .causal = true};
     cudaStream_t stream;
     SEQPAR_CUDA_TRY(cudaStreamCreate(&stream));
-
-    // Ulysses: q [1, S_r, H, D], k and v [1, S_r, H_kv, D]; o = attention.
-    float *q = device_rows(at, n, H, 0), *k = device_rows(at, n, H_kv, 1), *v = device_rows(at, n, H_kv, 2),
-          *o = device_rows(at, n, H, 3);
-    seqpar::ulysses_attention ulysses(seqpar::reference_attention_cuda{}, comm, part, H, H_kv, 1, D,
-                                      seqpar::dtype::float32, opt);
     auto c = [&](float* p, std::int64_t h) { return seqpar::make_bshd<const float>(p, 1, n, h, D); };
     auto m = [&](float* p, std::int64_t h) { return seqpar::make_bshd(p, 1, n, h, D); };
-    ulysses.forward(c(q, H), c(k, H_kv), c(v, H_kv), m(o, H), stream);
 
-    // LASP: the same q, k as queries and keys, v padded to H heads: E = D.
-    float *lv = device_rows(at, n, H, 4), *lo = device_rows(at, n, H, 5), *lk = device_rows(at, n, H, 6);
-    seqpar::lasp_attention lasp(seqpar::linear_cuda{}, comm, part, 1, H, D, D, std::vector<float>(H, 0.99f));
-    lasp.forward(c(q, H), c(lk, H), c(lv, H), m(lo, H), stream);
+    // Ulysses: q [1, S_r, H, D], k and v [1, S_r, H_kv, D]; o = attention; then the gradients from dO.
+    float *q = device_rows(at, n, H, 0), *k = device_rows(at, n, H_kv, 1), *v = device_rows(at, n, H_kv, 2),
+          *o = device_rows(at, n, H, 3), *dout = device_rows(at, n, H, 7), *dq = device_rows(at, n, H, 3),
+          *dk = device_rows(at, n, H_kv, 3), *dv = device_rows(at, n, H_kv, 3);
+    seqpar::ulysses_attention ulysses(seqpar::reference_attention_cuda{}, comm, part,
+                                      {.batch = 1, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32,
+                                      opt);
+    const auto saved = ulysses.forward(c(q, H), c(k, H_kv), c(v, H_kv), m(o, H), stream);
+    ulysses.backward(saved, c(dout, H), m(dq, H), m(dk, H_kv), m(dv, H_kv), stream);
+
+    // LASP: the same q as queries, keys and values over H heads: E = D.
+    float *lv = device_rows(at, n, H, 4), *lo = device_rows(at, n, H, 5), *lk = device_rows(at, n, H, 6),
+          *ldq = device_rows(at, n, H, 5), *ldk = device_rows(at, n, H, 5), *ldv = device_rows(at, n, H, 5);
+    const std::vector<float> decay(H, 0.99f);
+    seqpar::lasp_attention lasp(seqpar::linear_cuda{}, comm, part, {.batch = 1, .heads = H, .head_dim = D}, decay);
+    const auto lsaved = lasp.forward(c(q, H), c(lk, H), c(lv, H), m(lo, H), stream);
+    lasp.backward(lsaved, c(dout, H), m(ldq, H), m(ldk, H), m(ldv, H), stream);
     SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
 
-    const auto o_all = gather(o, n * H * D, MPI_COMM_WORLD), lo_all = gather(lo, n * H * D, MPI_COMM_WORLD);
+    std::vector<std::vector<float>> got;
+    const std::vector<std::pair<float*, std::int64_t>> results{{o, H},  {dq, H},  {dk, H_kv}, {dv, H_kv},
+                                                               {lo, H}, {ldq, H}, {ldk, H},   {ldv, H}};
+    for (auto [p, h] : results)
+      got.push_back(gather(p, n * h * D, MPI_COMM_WORLD));
     if (rank == 0) {
       auto global = [](std::int64_t heads, int which) {
         std::vector<float> g(S * heads * D);
         for (std::size_t i = 0; i < g.size(); ++i) g[i] = input(static_cast<std::int64_t>(i), which);
         return g;
       };
-      auto gq = global(H, 0), gk = global(H_kv, 1), gv = global(H_kv, 2), glk = global(H, 6), glv = global(H, 4);
-      std::vector<float> ref(S * H * D), lref(S * H * D), lse(H * S);
-      auto cg = [](std::vector<float>& x, std::int64_t h) { return seqpar::make_bshd<const float>(x.data(), 1, S, h, D); };
-      seqpar::reference_attention{}.forward(cg(gq, H), cg(gk, H_kv), cg(gv, H_kv), seqpar::gqa_map{0, H / H_kv, 0}, opt,
-                                            seqpar::make_bshd(ref.data(), 1, S, H, D), seqpar::lse_view(lse.data(), 1, H, S));
-      const std::vector<float> decay(H, 0.99f);
-      seqpar::linear_reference{}.forward_intra(cg(gq, H), cg(glk, H), cg(glv, H), decay,
-                                               seqpar::make_bshd(lref.data(), 1, S, H, D));
-      const double e1 = max_relative_error(o_all, ref), e2 = max_relative_error(lo_all, lref);
-      std::printf("%d processes, NCCL %s: ulysses o error %.1e, lasp o error %.1e\n", size, "over MPI bootstrap", e1, e2);
-      failed = !(e1 < 1e-4 && e2 < 1e-4);
+      auto gq = global(H, 0), gk = global(H_kv, 1), gv = global(H_kv, 2), gdo = global(H, 7), glk = global(H, 4 + 2),
+           glv = global(H, 4);
+      std::vector<std::vector<float>> want(8);
+      for (int w : {0, 1, 4, 5, 6, 7}) want[w].resize(S * H * D);
+      for (int w : {2, 3}) want[w].resize(S * H_kv * D);
+      std::vector<float> lse(H * S);
+      auto cg = [](const std::vector<float>& x, std::int64_t h) { return seqpar::make_bshd<const float>(x.data(), 1, S, h, D); };
+      auto mg = [](std::vector<float>& x, std::int64_t h) { return seqpar::make_bshd(x.data(), 1, S, h, D); };
+      const seqpar::gqa_map map{0, H / H_kv, 0};
+      const seqpar::reference_attention ref;
+      ref.forward(cg(gq, H), cg(gk, H_kv), cg(gv, H_kv), map, opt, mg(want[0], H), seqpar::lse_view(lse.data(), 1, H, S));
+      ref.backward(cg(gq, H), cg(gk, H_kv), cg(gv, H_kv), cg(want[0], H), seqpar::const_lse_view(lse.data(), 1, H, S),
+                   cg(gdo, H), map, opt, mg(want[1], H), mg(want[2], H_kv), mg(want[3], H_kv));
+      // One device holds the whole sequence as one chunk: LASP is its intra-chunk part alone.
+      const seqpar::linear_reference lref;
+      lref.forward_intra(cg(gq, H), cg(glk, H), cg(glv, H), decay, mg(want[4], H));
+      lref.backward_intra(cg(gq, H), cg(glk, H), cg(glv, H), cg(gdo, H), decay, mg(want[5], H), mg(want[6], H),
+                          mg(want[7], H));
+      const char* names[] = {"ulysses o", "ulysses dq", "ulysses dk", "ulysses dv",
+                             "lasp o",    "lasp dq",    "lasp dk",    "lasp dv"};
+      std::printf("%d processes, NCCL over an MPI bootstrap, against one device:\n", size);
+      for (int w = 0; w < 8; ++w) {
+        const double e = max_relative_error(got[w], want[w]);
+        std::printf("  %-11s max relative error %.1e\n", names[w], e);
+        failed |= !(e < 1e-4);
+      }
     }
-    for (float* p : {q, k, v, o, lv, lo, lk}) cudaFree(p);
+    for (float* p : {q, k, v, o, dout, dq, dk, dv, lv, lo, lk, ldq, ldk, ldv}) cudaFree(p);
     cudaStreamDestroy(stream);
   }
   MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Turns the Google Benchmark JSON output of seqpar_traffic_bench (or of its _gpu, _mpi and _nccl
 # variants) into two plots of the bytes_per_rank counter (everything one rank sends in a layer's
-# forward exchange: the traffic over that GPU's link, the unit of DESIGN.md's formulas) for every
+# forward exchange: the traffic over that GPU's link, the unit of the formulas in docs/architecture.md) for every
 # method, at H = 8, D = 64:
 #   traffic_vs_S.png  against S at P = 8
 #   traffic_vs_P.png  against P at S / P = 8K tokens (sequence and GPUs grow together)

@@ -6,6 +6,7 @@
 #error "seqpar needs C++20: compile with -std=c++20 (for nvcc too; seqpar::seqpar adds it unless CUDA_STANDARD is set)"
 #endif
 
+// The one place the version is written: CMakeLists.txt reads these three lines for project().
 //! Major version of seqpar.
 #define SEQPAR_VERSION_MAJOR 0
 //! Minor version of seqpar.
@@ -66,6 +67,19 @@
   inline namespace SEQPAR_KERNEL_NAMESPACE {
 //! Closes what SEQPAR_KERNEL_NAMESPACE_BEGIN opened.
 #define SEQPAR_KERNEL_NAMESPACE_END                                                               \
+  }                                                                                               \
+  SEQPAR_NAMESPACE_END
+
+//! Opens seqpar::detail plus the inline namespace named after the target architectures: where
+//! kernels and the launch code that users need not see live (seqpar::detail::x finds them, and
+//! there is only one namespace named detail, so the name is never ambiguous).
+#define SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN                                                      \
+  SEQPAR_NAMESPACE_BEGIN                                                                          \
+  namespace detail {                                                                              \
+  inline namespace SEQPAR_KERNEL_NAMESPACE {
+//! Closes what SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN opened.
+#define SEQPAR_DETAIL_KERNEL_NAMESPACE_END                                                        \
+  }                                                                                               \
   }                                                                                               \
   SEQPAR_NAMESPACE_END
 

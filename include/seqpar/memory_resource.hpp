@@ -2,12 +2,15 @@
 //! Where pipelines get the memory they own; users can pass their own resource (a caching allocator).
 #pragma once
 
-#include <seqpar/comm/communicator.hpp>
+#include <seqpar/error.hpp>
+#include <seqpar/memory_space.hpp>
 #include <seqpar/cuda_check.hpp>
 
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <new>
+#include <optional>
 #include <span>
 #include <utility>
 
@@ -68,5 +71,28 @@ class owned_bytes {
   std::size_t bytes_ = 0;
   void* data_ = nullptr;
 };
+
+namespace detail {
+//! A call's workspace: the caller's, when it passed one, or none (the call takes its own).
+using optional_workspace = std::optional<std::span<std::byte>>;
+
+//! Throws unless a caller's workspace (when given) holds `need` bytes (`what` names that size) at
+//! 16-byte alignment.
+inline void check_workspace(const optional_workspace& workspace, std::size_t need, const char* what) {
+  if (!workspace) return;
+  SEQPAR_EXPECTS(workspace->size() >= need,
+                 "workspace: expected at least " << what << " = " << need << " bytes, got " << workspace->size());
+  SEQPAR_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace->data()) % 16 == 0, "workspace: expected 16-byte alignment");
+}
+
+//! The caller's workspace, or `need` bytes in `where` from `resource`, kept in `own` for the call.
+template <memory_resource Resource>
+std::span<std::byte> workspace_for(const optional_workspace& workspace, owned_bytes<Resource>& own, std::size_t need,
+                                   memory_space where, const Resource& resource) {
+  if (workspace) return *workspace;
+  own = owned_bytes<Resource>(need, where, resource);
+  return own.span();
+}
+}  // namespace detail
 
 SEQPAR_NAMESPACE_END

@@ -4,9 +4,10 @@
 #pragma once
 
 #include <seqpar/config.hpp>
+#include <seqpar/detail/balanced_split.hpp>
 #include <seqpar/error.hpp>
 #include <seqpar/tensor.hpp>
-#include <seqpar/comm/communicator.hpp>
+#include <seqpar/memory_space.hpp>
 
 #include <cstdint>
 
@@ -30,16 +31,14 @@ struct seq_partition {
   int ranks = 1;            //!< P
   shard_strategy strategy = shard_strategy::contiguous;  //!< how the tokens are dealt to the ranks
 
-  //! S_r: tokens held by rank r.
+  //! S_r: tokens held by rank r; the first S % P ranks hold one more (none for zigzag, as S % 2P == 0).
   SEQPAR_HOST_DEVICE std::int64_t size(int r) const {
-    if (strategy == shard_strategy::zigzag) return tokens / ranks;
-    return tokens / ranks + (r < tokens % ranks ? 1 : 0);
+    return detail::balanced_size<std::int64_t>(tokens, ranks, r);
   }
   //! o_r = S_0 + ... + S_{r-1}: where rank r's tokens start in the rank-major concatenation of shards
   //! (for contiguous shards this is also the global index of its first token).
   SEQPAR_HOST_DEVICE std::int64_t offset(int r) const {
-    const std::int64_t base = tokens / ranks, extra = strategy == shard_strategy::zigzag ? 0 : tokens % ranks;
-    return r * base + (r < extra ? r : extra);
+    return detail::balanced_offset<std::int64_t>(tokens, ranks, r);
   }
   //! Global index of rank r's local token s.
   SEQPAR_HOST_DEVICE std::int64_t global(int r, std::int64_t s) const {

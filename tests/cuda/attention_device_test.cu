@@ -135,7 +135,7 @@ TEST_CASE("flash_attention refuses what it cannot compute, before anything moves
   auto comms = seqpar::in_process_communicator::create_group(1, memory_space::device);
   const auto part = seqpar::make_seq_partition(64, 1);
   auto layer = [&](seqpar::dtype t, std::int64_t D) {
-    seqpar::ulysses_attention l(seqpar::flash_attention{}, comms[0], part, 2, 2, 1, D, t, {});
+    seqpar::ulysses_attention l(seqpar::flash_attention{}, comms[0], part, {.batch = 1, .heads = 2, .head_dim = D}, t);
   };
   CHECK_THROWS_WITH_AS(layer(seqpar::dtype::float32, 64),
                        doctest::Contains("policy: does not support element type float32 with head_dim 64"), seqpar::error);

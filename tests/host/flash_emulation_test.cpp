@@ -1,11 +1,11 @@
-// The flash_attention kernels on the host, under an emulated warp (one std::thread per CUDA
-// thread, mma.sync from the PTX fragment tables), against reference_attention in double: every
-// fragment layout, mask, tile edge and softmax rescale of the real kernel code, without a GPU.
+// The flash_attention policy on the host, its kernels under an emulated warp (one std::thread per
+// CUDA thread, mma.sync from the PTX fragment tables), against reference_attention in double: the
+// policy's own launch planning and every fragment layout, mask, tile edge and softmax rescale of the
+// real kernel code, without a GPU.
 // Tolerances: 2e-3 (half) and 2e-2 (bfloat16) of the largest reference magnitude; lse 1e-4.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
-#include <seqpar/policy/detail/flash_backward.cuh>
-#include <seqpar/policy/detail/flash_forward.cuh>
+#include <seqpar/policy/flash_attention.cuh>
 #include <seqpar/policy/reference_attention.hpp>
 #include <seqpar_test/host_tensor.hpp>
 
@@ -15,15 +15,7 @@
 #include <random>
 #include <vector>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
-namespace flash_kernels {
-alignas(16) unsigned char flash_shared[1 << 17];  // what shared_base() names: the emulated block's shared memory
-}
-SEQPAR_KERNEL_NAMESPACE_END
-
 namespace {
-namespace fk = seqpar::flash_kernels;
-
 template <class T>
 using tensor = seqpar_test::host_tensor<T>;
 using seqpar_test::relative_gap;
@@ -49,27 +41,18 @@ void check_flash(const flash_case& c) {
   const seqpar::lse_view l(lse.data(), c.B, c.H, c.S), l_ref(lse_ref.data(), c.B, c.H, c.S);
   const seqpar::gqa_map map{0, c.H / c.H_kv, 0};
   const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), c.causal};
-  const bool vec = c.pad == 0;
 
   const seqpar::reference_attention ref;
   ref.forward(q.cview(), k.cview(), v.cview(), map, opt, o_ref.view, l_ref);
   ref.backward(q.cview(), k.cview(), v.cview(), o_ref.cview(), seqpar::const_lse_view(l_ref), dout.cview(), map, opt,
                dq_ref.view, dk_ref.view, dv_ref.view);
 
-  const dim3 by_query((c.S + 63) / 64, c.H, c.B), by_key((c.S + 63) / 64, c.H_kv, c.B);
-  const std::span<unsigned char> shared(fk::flash_shared);
-  CHECK(seqpar_emulation::launch(by_query, 128, shared, fk::forward_shared_bytes<T, D>, [&] {
-    fk::forward<T, D>(q.cview(), k.cview(), v.cview(), map, opt, o.view, l, vec);
-  }));
+  const seqpar::basic_flash_attention<seqpar_emulation::launcher> flash;
+  flash.forward(q.cview(), k.cview(), v.cview(), map, opt, o.view, l);
   // Backward from the kernel's own o and lse, as a layer runs it.
-  CHECK(seqpar_emulation::launch(by_query, 128, shared, fk::dq_shared_bytes<T, D>, [&] {
-    fk::backward_dq<T, D>(q.cview(), k.cview(), v.cview(), o.cview(), seqpar::const_lse_view(l), dout.cview(), map, opt,
-                          dq.view, vec);
-  }));
-  CHECK(seqpar_emulation::launch(by_key, 128, shared, fk::dkdv_shared_bytes<T, D>, [&] {
-    fk::backward_dkdv<T, D>(q.cview(), k.cview(), v.cview(), o.cview(), seqpar::const_lse_view(l), dout.cview(), map,
-                            opt, dk.view, dv.view, vec);
-  }));
+  flash.backward(q.cview(), k.cview(), v.cview(), o.cview(), seqpar::const_lse_view(l), dout.cview(), map, opt, dq.view,
+                 dk.view, dv.view);
+  CHECK(flash.launcher.within_shared);
 
   const double tol = std::is_same_v<T, __half> ? 2e-3 : 2e-2;
   CHECK(relative_gap(o.view, o_ref.view) <= tol);

@@ -41,9 +41,10 @@ TEST_CASE("lasp_attention: bytes per rank are one state per hop, the same for S 
             dv(v.size());
         auto in = [&](std::vector<float>& x, std::int64_t w) { return seqpar::make_bshd<const float>(x.data(), B, n, H, w); };
         auto out = [&](std::vector<float>& x, std::int64_t w) { return seqpar::make_bshd(x.data(), B, n, H, w); };
-        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, B, H, D, E, {0.99f}, strategy);
-        layer.forward(in(q, D), in(q, D), in(v, E), out(o, E));
-        layer.backward(in(q, D), in(q, D), in(v, E), in(v, E), out(dq, D), out(dk, D), out(dv, E));
+        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part,
+                                     {.batch = B, .heads = int(H), .head_dim = D, .value_dim = E}, {0.99f}, strategy);
+        const auto saved = layer.forward(in(q, D), in(q, D), in(v, E), out(o, E));
+        layer.backward(saved, in(v, E), out(dq, D), out(dk, D), out(dv, E));
         bytes[r] = comm.bytes_sent();
         to_peer[r].resize(P);
         for (int j = 0; j < P; ++j) to_peer[r][j] = comm.bytes_sent_to(j);
@@ -68,10 +69,11 @@ TEST_CASE("lasp_attention: bytes per rank are one state per hop, the same for S 
 TEST_CASE("linear_attention_ring: bad input names the argument before anything moves") {
   const auto part = seqpar::make_seq_partition(8, 2);
   CHECK_THROWS_WITH_AS(seqpar::linear_attention_ring(0, seqpar::make_seq_partition(8, 2, seqpar::shard_strategy::zigzag),
-                                                     1, 1, 2, 2),
+                                                     {.batch = 1, .heads = 1, .head_dim = 2, .value_dim = 2}),
                        doctest::Contains("seq: LASP passes states along the sequence and needs contiguous shards"),
                        seqpar::error);
-  CHECK_THROWS_WITH_AS(seqpar::linear_attention_ring(0, part, 1, 1, 2, 2, static_cast<lasp_strategy>(7)),
+  CHECK_THROWS_WITH_AS(seqpar::linear_attention_ring(0, part, {.batch = 1, .heads = 1, .head_dim = 2, .value_dim = 2},
+                                                     static_cast<lasp_strategy>(7)),
                        doctest::Contains("strategy: expected lasp_strategy::chain or lasp_strategy::all_gather, got 7"),
                        seqpar::error);
   std::vector<std::string> messages(2);
@@ -79,7 +81,7 @@ TEST_CASE("linear_attention_ring: bad input names the argument before anything m
   auto run = [&](std::vector<float> decay, std::int64_t state_e) {
     seqpar::run_in_process(2, memory_space::host, [&](seqpar::in_process_communicator& comm) {
       const int r = comm.rank();
-      seqpar::linear_attention_ring ring(r, part, 1, 2, 2, 3);
+      seqpar::linear_attention_ring ring(r, part, {.batch = 1, .heads = 2, .head_dim = 2, .value_dim = 3});
       std::vector<float> q(4 * 2 * 2, 1.0f), v(4 * 2 * 3, 1.0f), o(v.size(), seqpar_test::poison<float>());
       std::vector<float> state(2 * 2 * state_e);
       std::vector<std::byte> ws(ring.workspace_bytes());

@@ -3,9 +3,8 @@
 #pragma once
 
 #include <seqpar/config.hpp>
+#include <seqpar/memory_space.hpp>
 #include <seqpar/types.hpp>
-
-#include <cuda_runtime_api.h>
 
 #include <concepts>
 #include <cstddef>
@@ -13,15 +12,6 @@
 #include <span>
 
 SEQPAR_NAMESPACE_BEGIN
-
-//! Where a communicator's buffers live.
-enum class memory_space { host, device };
-
-//! Name of a memory space ("host", "device").
-inline constexpr const char* to_string(memory_space m) noexcept { return m == memory_space::host ? "host" : "device"; }
-
-//! The stream a communicator operation is ordered on (ignored by host-memory backends).
-using stream_t = cudaStream_t;
 
 //! Peer value for neighbor_exchange meaning "no send" or "no receive".
 inline constexpr int no_rank = -1;

@@ -2,7 +2,9 @@
 //! counting_communicator: wraps any communicator and records the bytes each call sends to each peer.
 #pragma once
 
+#include <seqpar/comm/agreement.hpp>
 #include <seqpar/comm/communicator.hpp>
+#include <seqpar/detail/balanced_split.hpp>
 #include <seqpar/error.hpp>
 
 #include <cstddef>
@@ -109,7 +111,7 @@ class counting_communicator {
   void all_reduce(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
     inner_.all_reduce(send, recv, stream);
     const std::size_t n = send.size(), p = static_cast<std::size_t>(size());
-    auto block = [&](std::size_t j) { return n / p + (j < n % p ? 1 : 0); };
+    auto block = [&](std::size_t j) { return detail::balanced_size(n, p, j); };
     record<T>("all_reduce", [&](int j) { return block(j) + block(rank()); });
   }
 
@@ -118,6 +120,15 @@ class counting_communicator {
     inner_.barrier(stream);
     record<char>("barrier", [](int) { return std::size_t{0}; });
   }
+
+  //! Forwards the control channel (argument agreement, shape fingerprints) to the wrapped
+  //! communicator. It carries no payload, so it is not recorded; control_calls() counts it.
+  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t stream = nullptr) {
+    ++control_calls_;
+    return seqpar::all_gather_value(inner_, value, stream);
+  }
+  //! Control-channel calls (one int64 from every rank each) since construction.
+  std::size_t control_calls() const { return control_calls_; }
 
   //! Splits the wrapped communicator; the new one starts with an empty log.
   counting_communicator split(int color, int key) const { return counting_communicator(inner_.split(color, key)); }
@@ -133,6 +144,7 @@ class counting_communicator {
 
   Comm inner_;
   std::vector<traffic_record> records_;
+  std::size_t control_calls_ = 0;
 };
 
 SEQPAR_NAMESPACE_END

@@ -9,6 +9,7 @@
 #include <seqpar/detail/abortable_barrier.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -28,6 +29,7 @@ struct in_process_slot {
   std::size_t send_elems = 0, recv_elems = 0, count = 0;
   std::span<const std::size_t> send_counts, send_displs, recv_counts, recv_displs;
   int dest = no_rank, source = no_rank, color = 0, key = 0;
+  std::int64_t value = 0;
   bool args_ok = true, peers_ok = true;
   std::shared_ptr<struct in_process_group> child;
   cudaEvent_t ready = nullptr, done = nullptr;
@@ -204,6 +206,18 @@ class in_process_communicator {
   //! Returns once every rank has called it (and, on device, orders `stream` after every rank's work).
   void barrier(stream_t stream = nullptr) {
     collective(stream, [](detail::in_process_slot&) {}, [] {}, [] {});
+  }
+
+  //! Every rank's `value`, in rank order (host-side; needs no stream): the group's control channel.
+  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t = nullptr) {
+    scoped_rank attribute(rank_);
+    auto& g = *group_;
+    g.slots[rank_].value = value;
+    g.barrier.arrive_and_wait();
+    std::vector<std::int64_t> all(static_cast<std::size_t>(size()));
+    for (int j = 0; j < size(); ++j) all[j] = g.slots[j].value;
+    g.barrier.arrive_and_wait();  // every rank has read the values before anyone reuses its slot
+    return all;
   }
 
   //! Wakes every rank of this group blocked in a collective, now or later, with errc::peer_failed

@@ -213,6 +213,14 @@ class mpi_communicator {
                                  detail::mpi_sum<T>(), comm_));
   }
 
+  //! Every rank's `value`, in rank order: the group's control channel (one MPI_Allgather).
+  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t = nullptr) {
+    scoped_rank attribute(rank_);
+    std::vector<std::int64_t> all(static_cast<std::size_t>(size_));
+    SEQPAR_MPI_TRY(MPI_Allgather(&value, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, comm_));
+    return all;
+  }
+
   //! Returns once every rank has called it.
   void barrier(stream_t = nullptr) {
     scoped_rank attribute(rank_);

@@ -12,6 +12,7 @@
 #include <exception>
 #include <span>
 #include <string>
+#include <vector>
 #include <utility>
 
 //! Calls an NCCL function; on failure throws seqpar::error with NCCL's message and the call text.
@@ -186,8 +187,20 @@ class nccl_communicator {
   //! Orders `stream` after every rank has reached this point, and waits for it.
   void barrier(stream_t stream = nullptr) {
     scoped_rank attribute(rank_);
-    SEQPAR_NCCL_TRY(ncclAllReduce(scratch_, scratch_, 1, ncclInt32, ncclSum, comm_, stream));
+    SEQPAR_NCCL_TRY(ncclAllReduce(scratch_, scratch_, 1, ncclInt64, ncclSum, comm_, stream));
     SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
+  }
+
+  //! Every rank's `value`, in rank order: one ncclAllGather of an int64 through the device scratch,
+  //! ordered on `stream`, which it then waits for (the host needs the values).
+  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t stream = nullptr) {
+    scoped_rank attribute(rank_);
+    std::vector<std::int64_t> all(static_cast<std::size_t>(size_));
+    SEQPAR_CUDA_TRY(cudaMemcpyAsync(scratch_, &value, sizeof value, cudaMemcpyHostToDevice, stream));
+    SEQPAR_NCCL_TRY(ncclAllGather(scratch_, scratch_ + 1, 1, ncclInt64, comm_, stream));
+    SEQPAR_CUDA_TRY(cudaMemcpyAsync(all.data(), scratch_ + 1, all.size() * sizeof value, cudaMemcpyDeviceToHost, stream));
+    SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
+    return all;
   }
 
   //! Collective: ranks with the same `color` (>= 0) form a new group, ranked by (key, old rank).
@@ -223,12 +236,12 @@ class nccl_communicator {
   void adopt() {
     SEQPAR_NCCL_TRY(ncclCommUserRank(comm_, &rank_));
     SEQPAR_NCCL_TRY(ncclCommCount(comm_, &size_));
-    SEQPAR_CUDA_TRY(cudaMalloc(&scratch_, sizeof(std::int32_t)));
+    SEQPAR_CUDA_TRY(cudaMalloc(&scratch_, (static_cast<std::size_t>(size_) + 1) * sizeof(std::int64_t)));
   }
 
   ncclComm_t comm_ = nullptr;
   bool owned_ = false;
-  std::int32_t* scratch_ = nullptr;
+  std::int64_t* scratch_ = nullptr;  // size() + 1 values: barrier and all_gather_value
   int rank_ = 0;
   int size_ = 0;
 };

@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <type_traits>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace mma {
 
 //! Element types the tensor-core products take.
@@ -34,6 +34,12 @@ struct smem_tile {
   //! Element (r, c).
   __device__ T& operator()(int r, int c) const { return data[r * ld + c]; }
 };
+
+//! A tile of `rows` rows of `ld` elements, the next array of a shared-memory carver (shared_layout.cuh).
+template <class T, class Carver>
+SEQPAR_HOST_DEVICE smem_tile<T> take_tile(Carver& carver, int rows, int ld) {
+  return {carver.template take<T>(rows * ld), ld};
+}
 
 //! Two elements packed into one 32-bit register, `lo` in the low half.
 template <input T>
@@ -174,4 +180,4 @@ __device__ inline void product_from_accumulators(float (&acc)[d_tiles][4], const
 }
 
 }  // namespace mma
-SEQPAR_KERNEL_NAMESPACE_END
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END

@@ -6,7 +6,7 @@
 #include <seqpar/detail/vector_copy.cuh>
 #include <seqpar/shard.hpp>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace device {
 
 //! Copies between rank `rank`'s shard and its tokens of the global tensor, V elements per step.
@@ -40,13 +40,16 @@ void launch_shard_copy(const seq_partition& part, int rank, tensor_view<T> globa
 }
 
 }  // namespace device
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
 
 //! Copies rank `rank`'s tokens of `global` into `shard`, both in device memory, on `stream`.
 template <class T>
 void seq_shard(const seq_partition& part, int rank, tensor_view<const T> global, tensor_view<T> shard,
                stream_t stream) {
   detail::check_shard_views(part, rank, global, shard);
-  device::launch_shard_copy<true>(part, rank, tensor_view<T>(const_cast<T*>(global.data()), global.mapping()), shard,
+  detail::device::launch_shard_copy<true>(part, rank, tensor_view<T>(const_cast<T*>(global.data()), global.mapping()), shard,
                                   stream);
 }
 
@@ -55,7 +58,7 @@ template <class T>
 void seq_unshard(const seq_partition& part, int rank, tensor_view<const T> shard, tensor_view<T> global,
                  stream_t stream) {
   detail::check_shard_views(part, rank, global, shard);
-  device::launch_shard_copy<false>(part, rank, global, tensor_view<T>(const_cast<T*>(shard.data()), shard.mapping()),
+  detail::device::launch_shard_copy<false>(part, rank, global, tensor_view<T>(const_cast<T*>(shard.data()), shard.mapping()),
                                    stream);
 }
 

@@ -2,7 +2,7 @@
 //! A side stream that work can fork onto and join back from (device memory only; a no-op on host).
 #pragma once
 
-#include <seqpar/comm/communicator.hpp>
+#include <seqpar/memory_space.hpp>
 #include <seqpar/cuda_check.hpp>
 
 SEQPAR_NAMESPACE_BEGIN

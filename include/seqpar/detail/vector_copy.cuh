@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace device {
 
 //! V elements moved as one aligned load or store.
@@ -41,4 +41,4 @@ inline dim3 grid_for(std::int64_t work, int rows) {
 }
 
 }  // namespace device
-SEQPAR_KERNEL_NAMESPACE_END
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END

@@ -1,67 +1,203 @@
 //! @file lasp_attention.hpp
-//! lasp_attention<Policy, Comm>: a LASP linear-attention layer over sequence shards, forward and
-//! backward, owning its workspace and the state that backward needs.
+//! lasp_attention<Policy, Comm>: a LASP linear-attention layer over sequence shards. Forward
+//! returns a context holding what backward needs (the fp32 state KV_r, and views of q, k, v);
+//! backward takes it, as ulysses_attention's does.
 #pragma once
 
+#include <seqpar/attention_shape.hpp>
+#include <seqpar/comm/agreement.hpp>
 #include <seqpar/lasp/linear_attention_ring.hpp>
 #include <seqpar/memory_resource.hpp>
 
+#include <optional>
+#include <sstream>
 #include <utility>
 #include <vector>
 
 SEQPAR_NAMESPACE_BEGIN
 
-//! Plans once for fixed shapes; forward(q, k, v, o) keeps KV_r, backward(q, k, v, dO, dq, dk, dv)
-//! uses it. q, k [B, S_r, H, D]; v, o [B, S_r, H, E]; one decay lambda in (0, 1] per head.
+//! A LASP layer of one rank, planned once for fixed shapes: q, k [B, S_r, H, D]; v, o
+//! [B, S_r, H, E]; one decay lambda in (0, 1] per head. It keeps only its primitive, policy and
+//! decays: each forward returns a `context`, so any number of forwards may be in flight. Memory
+//! comes from `Resource` in the communicator's memory, or from a workspace the caller passes.
+//! Every call checks its arguments on every rank and, with call_checks::group (the default), the
+//! group agrees before any rank writes an output or moves a byte.
 template <linear_attention_policy Policy, communicator Comm, memory_resource Resource = default_memory_resource>
 class lasp_attention {
  public:
-  //! A layer of rank comm.rank() over `seq` (contiguous shards of comm.size() ranks).
-  lasp_attention(Policy policy, Comm& comm, const seq_partition& seq, std::int64_t batch, std::int64_t heads,
-                 std::int64_t dk, std::int64_t dv, std::vector<float> decay,
-                 lasp_strategy strategy = lasp_strategy::chain, Resource resource = {})
+  //! What forward saves for backward: the fp32 state KV_r of every token before this rank's chunk
+  //! (owned), and views of the forward's q, k, v (not copies: keep them alive and unchanged until
+  //! backward, as autograd keeps saved tensors). Move-only.
+  class context {
+   public:
+    //! An empty context (what backward refuses).
+    context() = default;
+    //! True until a forward fills it.
+    bool empty() const { return !filled_; }
+    //! Bytes it owns (the state).
+    std::size_t bytes() const { return state_.span().size(); }
+    //! KV_r, the fp32 state [B, H, D, E] of every token before this rank's chunk.
+    const_state_view state() const {
+      return const_state_view(reinterpret_cast<const float*>(state_.span().data()), shape_[0], shape_[1], shape_[2],
+                              shape_[3]);
+    }
+
+   private:
+    friend class lasp_attention;
+    using mapping = tensor_view<const float>::mapping_type;
+    owned_bytes<Resource> state_;
+    const void* q_ = nullptr;
+    const void* k_ = nullptr;
+    const void* v_ = nullptr;
+    mapping q_map_, k_map_, v_map_;
+    std::array<std::int64_t, 4> shape_{};
+    std::int64_t fingerprint_ = 0;
+    dtype type_ = dtype::float32;
+    bool filled_ = false;
+  };
+
+  //! The layer of rank comm.rank() over `seq` (contiguous shards of comm.size() ranks), with
+  //! `shape` = {.batch = B, .heads = H, .head_dim = D, .value_dim = E}. Collective: the ranks check
+  //! the arguments and that every rank was built with the same shapes, and all throw if one fails.
+  lasp_attention(Policy policy, Comm& comm, const seq_partition& seq, const attention_shape& shape,
+                 std::vector<float> decay, lasp_strategy strategy = lasp_strategy::chain, Resource resource = {})
       : policy_(std::move(policy)),
         comm_(comm),
-        ring_(comm.rank(), seq, batch, heads, dk, dv, strategy),
+        resource_(resource),
         decay_(std::move(decay)),
-        workspace_(ring_.workspace_bytes(), comm.memory(), resource),
-        saved_(ring_.state_elements() * sizeof(float), comm.memory(), resource),
-        batch_(batch), heads_(heads), dk_(dk), dv_(dv) {
-    check_decay(decay_, heads);
+        ring_(agreed_ring(policy_, comm, seq, shape, decay_, strategy)) {
+    std::ostringstream description;
+    description << "shape " << shape << ", " << seq.tokens << " tokens, " << to_string(strategy) << " strategy";
+    agree_on_fingerprint(comm, fingerprint_of(), "lasp_attention", description.str());
   }
 
-  //! Outputs of this rank's tokens; keeps the incoming state for backward.
+  //! Bytes of the workspace forward and backward need when the caller passes one.
+  std::size_t workspace_bytes() const { return ring_.workspace_bytes(); }
+  //! Bytes a context of this layer owns (one fp32 state).
+  std::size_t context_bytes() const { return ring_.state_elements() * sizeof(float); }
+
+  //! o for this rank's tokens; returns the context backward needs. The workspace comes from the
+  //! layer's resource.
   template <class Q, class K, class V, class O>
-  void forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, stream_t stream = nullptr) {
-    ring_.forward(policy_, comm_, q, k, v, decay_, o, saved(), workspace_.span(), stream);
-    has_state_ = true;
+  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                                stream_t stream = nullptr) {
+    return forward_impl(q, k, v, o, std::nullopt, stream);
+  }
+  //! As forward above, with the workspace the caller passes (workspace_bytes(), 16-byte aligned).
+  template <class Q, class K, class V, class O>
+  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                                std::span<std::byte> workspace, stream_t stream = nullptr) {
+    return forward_impl(q, k, v, o, std::optional(workspace), stream);
   }
 
-  //! Gradients of this rank's q, k, v from dO, using the state kept by the last forward.
-  template <class Q, class K, class V, class DO, class G>
-  void backward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<DO> dout, tensor_view<G> dq,
-                tensor_view<G> dk, tensor_view<G> dv, stream_t stream = nullptr) {
-    SEQPAR_EXPECTS(has_state_, "backward: no saved state; expected a forward call first");
-    ring_.backward(policy_, comm_, q, k, v, dout, decay_, saved(), dq, dk, dv, workspace_.span(), stream);
+  //! dq, dk, dv of this rank's tokens from dO and the context of a forward of this layer.
+  template <class DO, class G>
+  void backward(const context& saved, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
+                stream_t stream = nullptr) {
+    backward_impl(saved, dout, dq, dk, dv, std::nullopt, stream);
+  }
+  //! As backward above, with the workspace the caller passes (workspace_bytes(), 16-byte aligned).
+  template <class DO, class G>
+  void backward(const context& saved, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
+                std::span<std::byte> workspace, stream_t stream = nullptr) {
+    backward_impl(saved, dout, dq, dk, dv, std::optional(workspace), stream);
   }
 
-  //! KV_r, the fp32 state of every token before this rank's chunk (valid after forward).
-  const_state_view saved_state() const { return saved(); }
+  //! Sets what each call checks: call_checks::group (the default) or call_checks::local.
+  void set_call_checks(call_checks checks) { checks_ = checks; }
+  //! What each call checks.
+  call_checks checks() const { return checks_; }
   //! The primitive underneath.
   const linear_attention_ring& ring() const { return ring_; }
 
  private:
-  state_view saved() const {
-    return make_state(reinterpret_cast<float*>(saved_.span().data()), batch_, heads_, dk_, dv_);
+  static linear_attention_ring agreed_ring(const Policy& policy, Comm& comm, const seq_partition& seq,
+                                           const attention_shape& shape, std::span<const float> decay,
+                                           lasp_strategy strategy) {
+    std::optional<linear_attention_ring> ring;
+    agree_on_arguments(comm, call_checks::group, nullptr, [&] {
+      SEQPAR_EXPECTS(seq.ranks == comm.size(), "seq: partition over " << seq.ranks << " ranks; expected the communicator's "
+                                                                      << comm.size());
+      ring.emplace(comm.rank(), seq, shape, strategy);
+      check_decay(decay, shape.heads);
+      SEQPAR_EXPECTS(policy.memory() == comm.memory(), "policy: works on " << to_string(policy.memory())
+                                                                           << " memory; expected the communicator's "
+                                                                           << to_string(comm.memory()));
+    });
+    return std::move(*ring);
+  }
+
+  std::int64_t fingerprint_of() const {
+    const auto s = ring_.shape();
+    fingerprint f;
+    f.add(ring_.seq().tokens).add(ring_.seq().ranks).add(s.batch).add(s.heads).add(s.head_dim).add(s.value_dim);
+    f.add(static_cast<int>(ring_.strategy()));
+    for (float d : decay_) f.add(static_cast<std::int64_t>(d * 16777216.0f));
+    return f.value();
+  }
+
+  template <class Q, class K, class V, class O>
+  context forward_impl(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                       const detail::optional_workspace& workspace, stream_t stream) {
+    using T = std::remove_const_t<Q>;
+    context saved;
+    owned_bytes<Resource> own;
+    std::span<std::byte> ws;
+    const auto s = ring_.shape();
+    agree_on_arguments(comm_, checks_, stream, [&] {
+      detail::check_workspace(workspace, workspace_bytes(), "workspace_bytes()");
+      saved.state_ = owned_bytes<Resource>(context_bytes(), comm_.memory(), resource_);
+      saved.shape_ = {s.batch, s.heads, s.head_dim, s.value_dim};
+      ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_);
+      ring_.check_forward(policy_, comm_, q, k, v, decay_, o, state_of(saved), ws);
+    });
+    // Checked and agreed above: the primitive repeats only its local checks.
+    ring_.forward(policy_, comm_, q, k, v, decay_, o, state_of(saved), ws, stream, call_checks::local);
+    saved.q_ = q.data(), saved.k_ = k.data(), saved.v_ = v.data();
+    saved.q_map_ = q.mapping(), saved.k_map_ = k.mapping(), saved.v_map_ = v.mapping();
+    saved.fingerprint_ = fingerprint_of();
+    saved.type_ = dtype_of<T>;
+    saved.filled_ = true;
+    return saved;
+  }
+
+  template <class DO, class G>
+  void backward_impl(const context& saved, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk,
+                     tensor_view<G> dv, const detail::optional_workspace& workspace, stream_t stream) {
+    using T = std::remove_const_t<DO>;
+    owned_bytes<Resource> own;
+    std::span<std::byte> ws;
+    agree_on_arguments(comm_, checks_, stream, [&] {
+      SEQPAR_EXPECTS(!saved.empty(), "saved: an empty context; expected the context a forward of this layer returned");
+      SEQPAR_EXPECTS(saved.fingerprint_ == fingerprint_of(),
+                     "saved: a context of a layer with other shapes; expected one a forward of this layer returned");
+      SEQPAR_EXPECTS(dtype_of<T> == saved.type_, "dout: element type " << to_string(dtype_of<T>)
+                                                                       << "; expected the forward's " << to_string(saved.type_));
+      detail::check_workspace(workspace, workspace_bytes(), "workspace_bytes()");
+      ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_);
+      ring_.check_backward(policy_, comm_, saved_view<T>(saved.q_, saved.q_map_), saved_view<T>(saved.k_, saved.k_map_),
+                           saved_view<T>(saved.v_, saved.v_map_), dout, decay_, saved.state(), dq, dk, dv, ws);
+    });
+    ring_.backward(policy_, comm_, saved_view<T>(saved.q_, saved.q_map_), saved_view<T>(saved.k_, saved.k_map_),
+                   saved_view<T>(saved.v_, saved.v_map_), dout, decay_, saved.state(), dq, dk, dv, ws, stream,
+                   call_checks::local);
+  }
+
+  state_view state_of(const context& c) const {
+    return make_state(reinterpret_cast<float*>(c.state_.span().data()), c.shape_[0], c.shape_[1], c.shape_[2],
+                      c.shape_[3]);
+  }
+  template <class T>
+  static tensor_view<const T> saved_view(const void* data, const typename context::mapping& m) {
+    return tensor_view<const T>(static_cast<const T*>(data), m);
   }
 
   Policy policy_;
   Comm& comm_;
-  linear_attention_ring ring_;
+  Resource resource_;
   std::vector<float> decay_;
-  owned_bytes<Resource> workspace_, saved_;
-  std::int64_t batch_, heads_, dk_, dv_;
-  bool has_state_ = false;
+  linear_attention_ring ring_;
+  call_checks checks_ = call_checks::group;
 };
 
 SEQPAR_NAMESPACE_END

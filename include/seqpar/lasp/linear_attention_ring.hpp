@@ -4,14 +4,17 @@
 //! the policy's. Traffic per rank does not depend on the sequence length.
 #pragma once
 
+#include <seqpar/attention_shape.hpp>
+#include <seqpar/comm/agreement.hpp>
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/detail/stream_fork.hpp>
 #include <seqpar/error.hpp>
-#include <seqpar/lasp/linear_attention_policy.hpp>
-#include <seqpar/lasp/state.hpp>
+#include <seqpar/policy/linear_attention_policy.hpp>
+#include <seqpar/policy/linear_state.hpp>
 #include <seqpar/shard.hpp>
 #include <seqpar/tensor.hpp>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -33,22 +36,28 @@ inline constexpr const char* to_string(lasp_strategy s) noexcept { return s == l
 //! C = S_r tokens of this rank's chunk, states fp32 [B, H, D, E]. Forward writes this rank's output
 //! and keeps the incoming state KV_r (needed by backward) in a state the caller owns; backward uses
 //! it without communicating it again. Workspace: workspace_bytes(); nothing else is allocated
-//! (on a GPU, one side stream and two events are made on first use and kept).
+//! (on a GPU, one side stream and two events are made on first use and kept). Every call checks
+//! its arguments on every rank and, with call_checks::group (the default), the group agrees before
+//! any rank writes an output or moves a byte.
 class linear_attention_ring {
  public:
-  //! The primitive of rank `rank` over `seq` (contiguous shards) with the given shapes and strategy.
-  linear_attention_ring(int rank, const seq_partition& seq, std::int64_t batch, std::int64_t heads, std::int64_t dk,
-                        std::int64_t dv, lasp_strategy strategy = lasp_strategy::chain)
-      : rank_(rank), seq_(seq), batch_(batch), heads_(heads), dk_(dk), dv_(dv), strategy_(strategy),
-        fork_(std::make_unique<detail::stream_fork>()) {
+  //! The primitive of rank `rank` over `seq` (contiguous shards) for q, k [B, S_r, H, D] and v, o
+  //! [B, S_r, H, E], with `shape` = {.batch = B, .heads = H, .head_dim = D, .value_dim = E}.
+  linear_attention_ring(int rank, const seq_partition& seq, const attention_shape& shape,
+                        lasp_strategy strategy = lasp_strategy::chain)
+      : rank_(rank), seq_(seq), batch_(shape.batch), heads_(shape.heads), dk_(shape.head_dim), dv_(shape.values()),
+        strategy_(strategy), fork_(std::make_unique<detail::stream_fork>()) {
+    check_attention_shape(shape);
+    SEQPAR_EXPECTS(shape.kv() == shape.heads, "shape.kv_heads: LASP pairs every query head with its own key/value "
+                                              "head; expected kv_heads = heads = " << shape.heads << ", got "
+                                                                                   << shape.kv_heads);
+    (void)make_seq_partition(seq.tokens, seq.ranks, seq.strategy);  // a hand-built partition is checked too
     SEQPAR_EXPECTS(rank >= 0 && rank < seq.ranks, "rank: expected a rank in [0, " << seq.ranks << "), got " << rank);
     SEQPAR_EXPECTS(seq.strategy == shard_strategy::contiguous,
                    "seq: LASP passes states along the sequence and needs contiguous shards, got "
                        << to_string(seq.strategy));
     SEQPAR_EXPECTS(strategy == lasp_strategy::chain || strategy == lasp_strategy::all_gather,
                    "strategy: expected lasp_strategy::chain or lasp_strategy::all_gather, got " << static_cast<int>(strategy));
-    SEQPAR_EXPECTS(batch >= 1 && heads >= 1 && dk >= 1 && dv >= 1,
-                   "shape: expected batch, heads, dk and dv >= 1, got " << batch << ", " << heads << ", " << dk << ", " << dv);
   }
 
   //! Elements of one state, B * H * D * E.
@@ -62,20 +71,24 @@ class linear_attention_ring {
   std::int64_t chunk() const { return seq_.size(rank_); }
   //! The strategy.
   lasp_strategy strategy() const { return strategy_; }
+  //! The shape it was made for.
+  attention_shape shape() const {
+    return {.batch = batch_, .heads = static_cast<int>(heads_), .head_dim = dk_, .value_dim = dv_};
+  }
+  //! The sequence partition.
+  const seq_partition& seq() const { return seq_; }
 
   //! LASP forward: o = this rank's outputs; `saved` receives KV_r, the state of all earlier tokens.
   template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class O>
   void forward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
                std::span<const float> decay, tensor_view<O> o, state_view saved, std::span<std::byte> workspace,
-               stream_t stream = nullptr) {
+               stream_t stream = nullptr, call_checks checks = call_checks::group) {
     using T = std::remove_const_t<Q>;
     static_assert(std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> &&
                       std::is_same_v<O, T>,
                   "linear_attention_ring::forward: q, k, v and o must share one element type, and o must be writable");
     const memory_space where = comm.memory();
-    check_call<T>(policy, comm, decay, workspace);
-    check_views(q, k, v, o);
-    check_state("saved", saved);
+    agree_on_arguments(comm, checks, stream, [&] { check_forward(policy, comm, q, k, v, decay, o, saved, workspace); });
     const tensor_view<const T> cq = q, ck = k, cv = v;
 
     float* ws = reinterpret_cast<float*>(workspace.data());
@@ -105,16 +118,15 @@ class linear_attention_ring {
   template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class DO, class G>
   void backward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
                 tensor_view<DO> dout, std::span<const float> decay, const_state_view saved, tensor_view<G> dq,
-                tensor_view<G> dk, tensor_view<G> dv, std::span<std::byte> workspace, stream_t stream = nullptr) {
+                tensor_view<G> dk, tensor_view<G> dv, std::span<std::byte> workspace, stream_t stream = nullptr,
+                call_checks checks = call_checks::group) {
     using T = std::remove_const_t<Q>;
     static_assert(std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> &&
                       std::is_same_v<std::remove_const_t<DO>, T> && std::is_same_v<G, T>,
                   "linear_attention_ring::backward: all views must share one element type, and the gradients must be writable");
     const memory_space where = comm.memory();
-    check_call<T>(policy, comm, decay, workspace);
-    check_views(q, k, v, dout);
-    check_views(dq, dk, dv, dout);
-    check_state("saved", saved);
+    agree_on_arguments(comm, checks, stream,
+                       [&] { check_backward(policy, comm, q, k, v, dout, decay, saved, dq, dk, dv, workspace); });
     const tensor_view<const T> cq = q, ck = k, cv = v, cdo = dout;
 
     float* ws = reinterpret_cast<float*>(workspace.data());
@@ -139,6 +151,28 @@ class linear_attention_ring {
     }
     fork_->join(where, stream);
     policy.backward_inter(cq, ck, cv, cdo, decay, saved, g, dq, dk, dv, stream);
+  }
+
+  //! The checks forward makes on this rank (it throws what forward would), without running it:
+  //! for layers that agree on all their arguments in one step.
+  template <class Policy, class Comm, class Q, class K, class V, class O>
+  void check_forward(const Policy& policy, const Comm& comm, const tensor_view<Q>& q, const tensor_view<K>& k,
+                     const tensor_view<V>& v, std::span<const float> decay, const tensor_view<O>& o,
+                     const state_view& saved, std::span<std::byte> workspace) const {
+    check_call<std::remove_const_t<Q>>(policy, comm, decay, workspace);
+    check_views({"q", "k", "v", "o"}, q, k, v, o);
+    check_state("saved", saved);
+  }
+  //! The checks backward makes on this rank, without running it.
+  template <class Policy, class Comm, class Q, class K, class V, class DO, class G>
+  void check_backward(const Policy& policy, const Comm& comm, const tensor_view<Q>& q, const tensor_view<K>& k,
+                      const tensor_view<V>& v, const tensor_view<DO>& dout, std::span<const float> decay,
+                      const const_state_view& saved, const tensor_view<G>& dq, const tensor_view<G>& dk,
+                      const tensor_view<G>& dv, std::span<std::byte> workspace) const {
+    check_call<std::remove_const_t<Q>>(policy, comm, decay, workspace);
+    check_views({"q", "k", "v", "dout"}, q, k, v, dout);
+    check_views({"dq", "dk", "dv", "dout"}, dq, dk, dv, dout);
+    check_state("saved", saved);
   }
 
  private:
@@ -187,14 +221,15 @@ class linear_attention_ring {
     SEQPAR_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 == 0, "workspace: expected 16-byte alignment");
   }
 
+  // Checks four views of D, D, E and E elements per head, named as the caller knows them.
   template <class A, class B, class C, class D>
-  void check_views(const tensor_view<A>& q, const tensor_view<B>& k, const tensor_view<C>& v,
-                   const tensor_view<D>& o) const {
+  void check_views(const std::array<const char*, 4>& names, const tensor_view<A>& q, const tensor_view<B>& k,
+                   const tensor_view<C>& v, const tensor_view<D>& o) const {
     const std::int64_t C_r = chunk();
-    check_view("q", q, dk_, C_r);
-    check_view("k", k, dk_, C_r);
-    check_view("v", v, dv_, C_r);
-    check_view("o", o, dv_, C_r);
+    check_view(names[0], q, dk_, C_r);
+    check_view(names[1], k, dk_, C_r);
+    check_view(names[2], v, dv_, C_r);
+    check_view(names[3], o, dv_, C_r);
   }
   template <class A>
   void check_view(const char* name, const tensor_view<A>& t, std::int64_t dim, std::int64_t tokens) const {

@@ -8,11 +8,12 @@
 #include <seqpar/cuda_check.hpp>
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/policy/block_sparse_attention.hpp>
+#include <seqpar/policy/detail/launcher.cuh>
 
 #include <cmath>
 #include <cstdint>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace attention_kernels {
 
 //! The largest head dim the row-per-thread kernels take (their accumulators live per thread).
@@ -121,6 +122,9 @@ __global__ void backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, te
 }
 
 }  // namespace attention_kernels
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
 
 //! Softmax attention on the device under `mask` (and the causal mask when asked), one thread per
 //! output row: any element type, head dims up to 256, GQA. reference_attention_cuda and
@@ -135,7 +139,7 @@ struct device_masked_attention {
   //! Device memory.
   memory_space memory() const { return memory_space::device; }
   //! Head dims up to 256.
-  bool supports(dtype, std::int64_t d) const { return d >= 1 && d <= attention_kernels::max_head_dim; }
+  bool supports(dtype, std::int64_t d) const { return d >= 1 && d <= detail::attention_kernels::max_head_dim; }
   //! Causal masking is supported.
   bool supports_causal() const { return true; }
 
@@ -144,30 +148,27 @@ struct device_masked_attention {
   void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
     if (q.size() == 0) return;
-    attention_kernels::forward_rows<T, Mask><<<grid(q), 128, 0, stream>>>(q, k, v, map, opt, mask, o, lse);
-    SEQPAR_CUDA_TRY(cudaGetLastError());
+    launch(detail::attention_kernels::forward_rows<T, Mask>, q, stream, q, k, v, map, opt.resolved(q.head_dim()), mask,
+           o, lse);
   }
   //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
   template <class T>
   void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
                 tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
-    if (q.size() != 0) {
-      attention_kernels::backward_dq<T, Mask><<<grid(q), 128, 0, stream>>>(q, k, v, o, lse, dout, map, opt, mask, dq);
-      SEQPAR_CUDA_TRY(cudaGetLastError());
-    }
-    if (k.size() != 0) {
-      attention_kernels::backward_dkdv<T, Mask><<<grid(k), 128, 0, stream>>>(q, k, v, o, lse, dout, map, opt, mask, dk,
-                                                                             dv);
-      SEQPAR_CUDA_TRY(cudaGetLastError());
-    }
+    namespace ak = detail::attention_kernels;
+    opt = opt.resolved(q.head_dim());
+    if (q.size() != 0) launch(ak::backward_dq<T, Mask>, q, stream, q, k, v, o, lse, dout, map, opt, mask, dq);
+    if (k.size() != 0) launch(ak::backward_dkdv<T, Mask>, k, stream, q, k, v, o, lse, dout, map, opt, mask, dk, dv);
   }
 
  private:
-  template <class T>
-  static dim3 grid(const tensor_view<T>& t) {  // rows of 128 threads, one block row per head and batch
-    return dim3(static_cast<unsigned>((t.seq() + 127) / 128), static_cast<unsigned>(t.heads()),
-                static_cast<unsigned>(t.batch()));
+  // Launches `kernel` with a thread per token row of `rows`: blocks of 128, one block row per head and batch.
+  template <class Kernel, class T, class... Args>
+  static void launch(Kernel kernel, const tensor_view<T>& rows, stream_t stream, const Args&... args) {
+    const dim3 grid(static_cast<unsigned>((rows.seq() + 127) / 128), static_cast<unsigned>(rows.heads()),
+                    static_cast<unsigned>(rows.batch()));
+    detail::cuda_launcher{}(kernel, grid, dim3(128), 0, stream, args...);
   }
 };
 

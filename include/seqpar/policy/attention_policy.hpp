@@ -2,12 +2,14 @@
 //! The softmax-attention policy concept: what Ulysses runs on one rank's heads over the whole sequence.
 #pragma once
 
-#include <seqpar/comm/communicator.hpp>
+#include <seqpar/detail/balanced_split.hpp>
+#include <seqpar/memory_space.hpp>
 #include <seqpar/tensor.hpp>
 #include <seqpar/types.hpp>
 
 #include <cuda/std/mdspan>
 
+#include <cmath>
 #include <concepts>
 #include <cstdint>
 
@@ -20,8 +22,15 @@ using const_lse_view = cuda::std::mdspan<const float, cuda::std::dextents<std::i
 
 //! What every attention call is told besides the tensors.
 struct attention_options {
-  float scale = 1.0f;   //!< softmax scale, usually 1 / sqrt(D)
+  float scale = 0.0f;   //!< softmax scale; 0, the default, means 1 / sqrt(head_dim)
   bool causal = false;  //!< token i attends tokens j <= i (positions are the view's seq indices)
+
+  //! These options with the scale resolved for heads of `head_dim` elements (what kernels get).
+  attention_options resolved(std::int64_t head_dim) const {
+    attention_options r = *this;
+    if (r.scale == 0.0f && head_dim > 0) r.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+    return r;
+  }
 };
 
 //! Which local kv head a local query head reads: (first_query + h) / group - first_kv. With all
@@ -31,7 +40,7 @@ struct gqa_map {
   int group = 1;        //!< query heads per kv head, H / H_kv
   int first_kv = 0;     //!< global index of local kv head 0
   //! The local kv head of local query head h.
-  SEQPAR_HOST_DEVICE int kv_head(int h) const { return (first_query + h) / group - first_kv; }
+  SEQPAR_HOST_DEVICE int kv_head(int h) const { return detail::kv_head_of(first_query, h, group, first_kv); }
 };
 
 //! Tag an attention policy names as `using policy_concept = seqpar::attention_policy_tag;`.

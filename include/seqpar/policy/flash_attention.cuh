@@ -1,7 +1,9 @@
 //! @file flash_attention.cuh
 //! flash_attention: the tensor-core attention policy (nvcc only, sm_80 and newer). FlashAttention-2
 //! tiling with mma.sync m16n8k16: fp16 or bf16 in, fp32 accumulation and softmax statistics, head
-//! dims 64 and 128, causal or not, GQA; forward and backward never materialise S x S.
+//! dims 64 and 128, causal or not, GQA; forward and backward never materialise S x S. The host code
+//! here plans every launch and hands it to a launcher (launcher.cuh), so the kernel-emulation tests
+//! run it too.
 #pragma once
 
 #include <seqpar/cuda_check.hpp>
@@ -9,19 +11,22 @@
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/policy/detail/flash_backward.cuh>
 #include <seqpar/policy/detail/flash_forward.cuh>
+#include <seqpar/policy/detail/launcher.cuh>
 
 #include <cstdint>
-#include <type_traits>
-#include <utility>
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
-//! Tiled softmax attention on tensor cores for device memory: half and bfloat16, head dims 64 and
-//! 128. Backward recomputes the probabilities from the saved log-sum-exp in two deterministic
-//! kernels (dQ by query tiles; dK and dV by key tiles, summed over each kv head's query heads).
-struct flash_attention {
+//! Tiled softmax attention on tensor cores for device memory, its kernels started by Launcher
+//! (flash_attention: on the current CUDA device): half and bfloat16, head dims 64 and 128. Backward
+//! recomputes the probabilities from the saved log-sum-exp in two deterministic kernels (dQ by query
+//! tiles; dK and dV by key tiles, summed over each kv head's query heads).
+template <class Launcher>
+struct basic_flash_attention {
   //! Opts into seqpar::attention_policy.
   using policy_concept = attention_policy_tag;
+  //! Starts the kernels (see launcher.cuh).
+  Launcher launcher{};
 
   //! Device memory.
   memory_space memory() const { return memory_space::device; }
@@ -38,13 +43,14 @@ struct flash_attention {
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
     check<T>(q, k, v, o);
     check_lse(lse, q);
-    if constexpr (mma::input<T>) {
+    opt = opt.resolved(q.head_dim());
+    if constexpr (detail::mma::input<T>) {
       if (q.size() == 0) return;
-      const bool vec = device::rows_are_vectorizable(q) && device::rows_are_vectorizable(k) &&
-                       device::rows_are_vectorizable(v);
+      const bool vec = detail::device::rows_are_vectorizable(q) && detail::device::rows_are_vectorizable(k) &&
+                       detail::device::rows_are_vectorizable(v);
       with_head_dim(q.head_dim(), [&]<int D>() {
-        launch(flash_kernels::forward<T, D>, flash_kernels::forward_shared_bytes<T, D>, grid(q), stream, q, k, v, map,
-               opt, o, lse, vec);
+        namespace fk = detail::flash_kernels;
+        launch<fk::forward_shared<T, D>>(fk::forward<T, D>, grid(q), stream, q, k, v, map, opt, o, lse, vec);
       });
     }
   }
@@ -59,17 +65,18 @@ struct flash_attention {
     SEQPAR_EXPECTS(same_shape(dout, q) && same_shape(dq, q) && same_shape(dk, k) && same_shape(dv, k),
                    "dout, dq, dk, dv: extents differ from q's and k's; expected dout and dq shaped like q, dk and dv "
                    "like k");
-    if constexpr (mma::input<T>) {
-      const bool vec = device::rows_are_vectorizable(q) && device::rows_are_vectorizable(k) &&
-                       device::rows_are_vectorizable(v) && device::rows_are_vectorizable(o) &&
-                       device::rows_are_vectorizable(dout);
+    opt = opt.resolved(q.head_dim());
+    if constexpr (detail::mma::input<T>) {
+      const bool vec = detail::device::rows_are_vectorizable(q) && detail::device::rows_are_vectorizable(k) &&
+                       detail::device::rows_are_vectorizable(v) && detail::device::rows_are_vectorizable(o) &&
+                       detail::device::rows_are_vectorizable(dout);
       with_head_dim(q.head_dim(), [&]<int D>() {
+        namespace fk = detail::flash_kernels;
         if (q.size() != 0)
-          launch(flash_kernels::backward_dq<T, D>, flash_kernels::dq_shared_bytes<T, D>, grid(q), stream, q, k, v, o,
-                 lse, dout, map, opt, dq, vec);
+          launch<fk::dq_shared<T, D>>(fk::backward_dq<T, D>, grid(q), stream, q, k, v, o, lse, dout, map, opt, dq, vec);
         if (k.size() != 0)
-          launch(flash_kernels::backward_dkdv<T, D>, flash_kernels::dkdv_shared_bytes<T, D>, grid(k), stream, q, k, v,
-                 o, lse, dout, map, opt, dk, dv, vec);
+          launch<fk::dkdv_shared<T, D>>(fk::backward_dkdv<T, D>, grid(k), stream, q, k, v, o, lse, dout, map, opt, dk,
+                                        dv, vec);
       });
     }
   }
@@ -111,20 +118,24 @@ struct flash_attention {
 
   template <class T>
   static dim3 grid(const tensor_view<T>& t) {  // one block per 64 rows, per head and batch
-    const std::int64_t tiles = (t.seq() + flash_kernels::block_rows - 1) / flash_kernels::block_rows;
+    constexpr int rows = detail::flash_kernels::block_rows;
+    const std::int64_t tiles = (t.seq() + rows - 1) / rows;
     SEQPAR_EXPECTS(t.heads() <= 65535 && t.batch() <= 65535,
                    "views: " << t.heads() << " heads and batch " << t.batch() << "; expected at most 65535 of each");
     return dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(t.heads()), static_cast<unsigned>(t.batch()));
   }
 
-  template <class... Params, class... Args>
-  static void launch(void (*kernel)(Params...), int shared, dim3 blocks, stream_t stream, Args&&... args) {
-    SEQPAR_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared));
-    kernel<<<blocks, flash_kernels::threads, shared, stream>>>(std::forward<Args>(args)...);
-    SEQPAR_CUDA_TRY(cudaGetLastError());
+  // Launches a flash kernel whose shared memory is Layout (flash_forward.cuh, flash_backward.cuh).
+  template <class Layout, class Kernel, class... Args>
+  void launch(Kernel kernel, dim3 blocks, stream_t stream, const Args&... args) const {
+    launcher(kernel, blocks, dim3(detail::flash_kernels::threads), detail::shared_bytes<Layout>(), stream, args...);
   }
 };
 
+#if SEQPAR_CUDA_COMPILER
+//! Tiled softmax attention on tensor cores (basic_flash_attention on the current CUDA device).
+using flash_attention = basic_flash_attention<detail::cuda_launcher>;
 static_assert(attention_policy<flash_attention>);
+#endif
 
 SEQPAR_KERNEL_NAMESPACE_END

@@ -3,7 +3,7 @@
 //! that faster policies are checked against.
 #pragma once
 
-#include <seqpar/lasp/linear_attention_policy.hpp>
+#include <seqpar/policy/linear_attention_policy.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -40,6 +40,7 @@ struct masked_attention {
   void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t = nullptr) const {
     const std::int64_t S = q.seq(), D = q.head_dim();
+    opt = opt.resolved(D);
     std::vector<double> p(S);
     for (std::int64_t b = 0; b < q.batch(); ++b)
       for (std::int64_t h = 0; h < q.heads(); ++h) {
@@ -64,6 +65,7 @@ struct masked_attention {
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
                 tensor_view<T> dk, tensor_view<T> dv, stream_t = nullptr) const {
     const std::int64_t S = q.seq(), D = q.head_dim(), B = q.batch();
+    opt = opt.resolved(D);
     std::vector<double> gk(B * S * k.heads() * D, 0.0), gv(gk.size(), 0.0), p(S), ds(S);
     auto kv_at = [&](std::int64_t b, std::int64_t j, std::int64_t kh, std::int64_t d) {
       return ((b * S + j) * k.heads() + kh) * D + d;

@@ -3,6 +3,7 @@
 //! and inverse, over any communicator, on host memory or (compiled by nvcc) device memory.
 #pragma once
 
+#include <seqpar/comm/agreement.hpp>
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/error.hpp>
 #include <seqpar/tensor.hpp>
@@ -12,6 +13,7 @@
 #include <seqpar/ulysses/detail/heads_pack_cuda.cuh>
 #endif
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -76,14 +78,13 @@ bool matches_heads_side_buffer(const all_to_all_heads_plan& plan, const tensor_v
 }  // namespace detail
 SEQPAR_NAMESPACE_END
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
-namespace heads_exchange {
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 
 //! The checks every exchange makes first: the communicator and element type the plan was made for,
 //! and a large enough, aligned workspace.
 template <class T, class Comm>
-void check_call(const all_to_all_heads_plan& plan, const Comm& comm, heads_payload what,
-                std::span<std::byte> workspace) {
+void check_exchange_call(const all_to_all_heads_plan& plan, const Comm& comm, heads_payload what,
+                         std::span<std::byte> workspace) {
   SEQPAR_EXPECTS(comm.size() == plan.ranks(), "comm: a group of " << comm.size() << " ranks; expected the plan's "
                                                                   << plan.ranks());
   SEQPAR_EXPECTS(comm.rank() == plan.rank(), "comm: rank " << comm.rank() << "; expected the plan's rank "
@@ -97,11 +98,10 @@ void check_call(const all_to_all_heads_plan& plan, const Comm& comm, heads_paylo
                  "workspace: expected 16-byte alignment");
 }
 
-//! Runs one exchange whose views are already checked: pack, one all_to_all_v, unpack.
+//! Runs one exchange whose arguments are already checked and agreed: pack, one all_to_all_v, unpack.
 template <class Comm, class T>
-void run(const all_to_all_heads_plan& plan, Comm& comm, heads_payload what, detail::heads_direction direction,
-         const detail::segment_views<T>& views, std::span<std::byte> workspace, stream_t stream) {
-  using detail::heads_direction;
+void run_heads_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_payload what, heads_direction direction,
+                        const segment_views<T>& views, std::span<std::byte> workspace, stream_t stream) {
   const bool on_device = comm.memory() == memory_space::device;
 #if !SEQPAR_CUDA_COMPILER
   if (on_device)
@@ -113,112 +113,150 @@ void run(const all_to_all_heads_plan& plan, Comm& comm, heads_payload what, deta
   T* heads_buf = reinterpret_cast<T*>(workspace.data() + plan.heads_side_offset(what));
 
   if (direction == heads_direction::forward) {
-    const bool in_place = what == heads_payload::q && detail::matches_heads_side_buffer(plan, views.out[0]);
+    const bool in_place = what == heads_payload::q && matches_heads_side_buffer(plan, views.out[0]);
     T* recv = in_place ? views.out[0].data() : heads_buf;
 #if SEQPAR_CUDA_COMPILER
     if (on_device) device::pack_seq_side(g, views, seq_buf, stream);
 #endif
-    if (!on_device) detail::pack_seq_side(g, views, seq_buf);
+    if (!on_device) pack_seq_side(g, views, seq_buf);
     comm.all_to_all_v(std::span<const T>(seq_buf, seq_n), plan.seq_side_counts(what), plan.seq_side_displs(what),
                       std::span<T>(recv, heads_n), plan.heads_side_counts(what), plan.heads_side_displs(what), stream);
     if (in_place) return;
 #if SEQPAR_CUDA_COMPILER
     if (on_device) device::unpack_heads_side(g, heads_buf, views, stream);
 #endif
-    if (!on_device) detail::unpack_heads_side(g, heads_buf, views);
+    if (!on_device) unpack_heads_side(g, heads_buf, views);
     return;
   }
 
-  const bool in_place = what == heads_payload::q && detail::matches_heads_side_buffer(plan, views.in[0]);
+  const bool in_place = what == heads_payload::q && matches_heads_side_buffer(plan, views.in[0]);
   const T* send = in_place ? views.in[0].data() : heads_buf;
   if (!in_place) {
 #if SEQPAR_CUDA_COMPILER
     if (on_device) device::pack_heads_side(g, views, heads_buf, stream);
 #endif
-    if (!on_device) detail::pack_heads_side(g, views, heads_buf);
+    if (!on_device) pack_heads_side(g, views, heads_buf);
   }
   comm.all_to_all_v(std::span<const T>(send, heads_n), plan.heads_side_counts(what), plan.heads_side_displs(what),
                     std::span<T>(seq_buf, seq_n), plan.seq_side_counts(what), plan.seq_side_displs(what), stream);
 #if SEQPAR_CUDA_COMPILER
   if (on_device) device::unpack_seq_side_sum(g, seq_buf, views, stream);
 #endif
-  if (!on_device) detail::unpack_seq_side_sum(g, seq_buf, views);
+  if (!on_device) unpack_seq_side_sum(g, seq_buf, views);
 }
 
-//! Checks and runs a Q/K/V exchange; `in_extents` and `out_extents` give each side's shapes.
+//! True when every view of a Q/K/V exchange has the element type of `in.q`.
+template <class Q, class K, class V, class QO, class KO, class VO>
+inline constexpr bool qkv_types_match =
+    std::is_same_v<std::remove_const_t<K>, std::remove_const_t<Q>> &&
+    std::is_same_v<std::remove_const_t<V>, std::remove_const_t<Q>> && std::is_same_v<QO, std::remove_const_t<Q>> &&
+    std::is_same_v<KO, std::remove_const_t<Q>> && std::is_same_v<VO, std::remove_const_t<Q>>;
+
+//! The checks of a Q/K/V exchange on this rank; `names` are the six views' names as the caller
+//! knows them (in q, k, v, then out q, k, v), `in_extents(t)` and `out_extents(t)` their shapes.
 template <class Comm, class Q, class K, class V, class QO, class KO, class VO, class InExtents, class OutExtents>
-void run_qkv(const all_to_all_heads_plan& plan, Comm& comm, detail::heads_direction direction,
-             const qkv_views<Q, K, V>& in, const qkv_views<QO, KO, VO>& out, InExtents in_extents,
-             OutExtents out_extents, std::span<std::byte> workspace, stream_t stream) {
+void check_qkv_exchange(const all_to_all_heads_plan& plan, const Comm& comm, const qkv_views<Q, K, V>& in,
+                        const qkv_views<QO, KO, VO>& out, InExtents in_extents, OutExtents out_extents,
+                        std::span<std::byte> workspace, const std::array<const char*, 6>& names) {
   using T = std::remove_const_t<Q>;
-  static_assert(!std::is_const_v<QO> && !std::is_const_v<KO> && !std::is_const_v<VO>,
-                "all_to_all_heads: the output views must be writable (tensor_view<T>, not tensor_view<const T>)");
-  detail::check_same_type<T, K>("k");
-  detail::check_same_type<T, V>("v");
-  detail::check_same_type<T, QO>("q out");
-  detail::check_same_type<T, KO>("k out");
-  detail::check_same_type<T, VO>("v out");
-  if constexpr (std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> &&
-                std::is_same_v<QO, T> && std::is_same_v<KO, T> && std::is_same_v<VO, T>) {
-    check_call<T>(plan, comm, heads_payload::qkv, workspace);
-    detail::check_extents("q", in.q, in_extents(0));
-    detail::check_extents("k", in.k, in_extents(1));
-    detail::check_extents("v", in.v, in_extents(2));
-    detail::check_extents("q out", out.q, out_extents(0));
-    detail::check_extents("k out", out.k, out_extents(1));
-    detail::check_extents("v out", out.v, out_extents(2));
-    detail::segment_views<T> views{{in.q, in.k, in.v}, {out.q, out.k, out.v}};
-    run(plan, comm, heads_payload::qkv, direction, views, workspace, stream);
-  }
+  check_same_type<T, K>(names[1]);
+  check_same_type<T, V>(names[2]);
+  check_same_type<T, QO>(names[3]);
+  check_same_type<T, KO>(names[4]);
+  check_same_type<T, VO>(names[5]);
+  check_exchange_call<T>(plan, comm, heads_payload::qkv, workspace);
+  check_extents(names[0], in.q, in_extents(0));
+  check_extents(names[1], in.k, in_extents(1));
+  check_extents(names[2], in.v, in_extents(2));
+  check_extents(names[3], out.q, out_extents(0));
+  check_extents(names[4], out.k, out_extents(1));
+  check_extents(names[5], out.v, out_extents(2));
 }
 
-//! Checks and runs a one-tensor exchange.
+//! The checks of a one-tensor exchange on this rank, naming the views `in_name` and `out_name`.
 template <class Comm, class In, class Out>
-void run_one(const all_to_all_heads_plan& plan, Comm& comm, detail::heads_direction direction, tensor_view<In> in,
-             tensor_view<Out> out, const shape4& in_extents, const shape4& out_extents,
-             std::span<std::byte> workspace, stream_t stream) {
+void check_one_exchange(const all_to_all_heads_plan& plan, const Comm& comm, const tensor_view<In>& in,
+                        const tensor_view<Out>& out, const shape4& in_extents, const shape4& out_extents,
+                        std::span<std::byte> workspace, const char* in_name, const char* out_name) {
   using T = std::remove_const_t<In>;
-  static_assert(!std::is_const_v<Out>, "all_to_all_heads: the output view must be writable");
-  detail::check_same_type<T, Out>("out");
-  if constexpr (std::is_same_v<Out, T>) {
-    check_call<T>(plan, comm, heads_payload::q, workspace);
-    detail::check_extents("in", in, in_extents);
-    detail::check_extents("out", out, out_extents);
-    detail::segment_views<T> views{{in}, {out}};
-    run(plan, comm, heads_payload::q, direction, views, workspace, stream);
+  check_same_type<T, Out>(out_name);
+  check_exchange_call<T>(plan, comm, heads_payload::q, workspace);
+  check_extents(in_name, in, in_extents);
+  check_extents(out_name, out, out_extents);
+}
+
+//! Runs a Q/K/V exchange whose views are checked and agreed.
+template <class Comm, class Q, class K, class V, class QO, class KO, class VO>
+void run_qkv_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_direction direction,
+                      const qkv_views<Q, K, V>& in, const qkv_views<QO, KO, VO>& out, std::span<std::byte> workspace,
+                      stream_t stream) {
+  using T = std::remove_const_t<Q>;
+  if constexpr (qkv_types_match<Q, K, V, QO, KO, VO>) {
+    segment_views<T> views{{in.q, in.k, in.v}, {out.q, out.k, out.v}};
+    run_heads_exchange(plan, comm, heads_payload::qkv, direction, views, workspace, stream);
   }
 }
 
-}  // namespace heads_exchange
+//! Runs a one-tensor exchange whose views are checked and agreed.
+template <class Comm, class In, class Out>
+void run_one_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_direction direction, tensor_view<In> in,
+                      tensor_view<Out> out, std::span<std::byte> workspace, stream_t stream) {
+  using T = std::remove_const_t<In>;
+  if constexpr (std::is_same_v<Out, T>) {
+    segment_views<T> views{{in}, {out}};
+    run_heads_exchange(plan, comm, heads_payload::q, direction, views, workspace, stream);
+  }
+}
+
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
 
 //! Forward Ulysses exchange of Q, K and V in one all_to_all_v: sequence shards [B, S_r, H | H_kv, D]
 //! become head shards [B, S, h_r | k_r, D], where rank r's kv heads are exactly those its query
-//! heads read. Uses plan.workspace_bytes() bytes of `workspace`; nothing else is allocated.
+//! heads read. Every rank checks its arguments and, with call_checks::group (the default), the
+//! group agrees before any byte moves. Uses plan.workspace_bytes() bytes of `workspace`; nothing
+//! else is allocated.
 template <communicator Comm, class Q, class K, class V, class QO, class KO, class VO>
 void all_to_all_heads(const all_to_all_heads_plan& plan, Comm& comm, const qkv_views<Q, K, V>& seq_shards,
                       const qkv_views<QO, KO, VO>& head_shards, std::span<std::byte> workspace,
-                      stream_t stream = nullptr) {
-  heads_exchange::run_qkv(
-      plan, comm, detail::heads_direction::forward, seq_shards, head_shards,
-      [&](int t) { return detail::seq_side_extents(plan, t); }, [&](int t) { return detail::heads_side_extents(plan, t); },
-      workspace, stream);
+                      stream_t stream = nullptr, call_checks checks = call_checks::group) {
+  static_assert(!std::is_const_v<QO> && !std::is_const_v<KO> && !std::is_const_v<VO>,
+                "all_to_all_heads: the output views must be writable (tensor_view<T>, not tensor_view<const T>)");
+  auto in_extents = [&](int t) { return detail::seq_side_extents(plan, t); };
+  auto out_extents = [&](int t) { return detail::heads_side_extents(plan, t); };
+  agree_on_arguments(comm, checks, stream, [&] {
+    detail::check_qkv_exchange(plan, comm, seq_shards, head_shards, in_extents, out_extents, workspace,
+                               {"q", "k", "v", "q out", "k out", "v out"});
+  });
+  detail::run_qkv_exchange(plan, comm, detail::heads_direction::forward, seq_shards, head_shards, workspace, stream);
 }
 
 //! Forward Ulysses exchange of one query-headed tensor (dO in the backward pass).
 template <communicator Comm, class In, class Out>
 void all_to_all_heads(const all_to_all_heads_plan& plan, Comm& comm, tensor_view<In> seq_shard,
-                      tensor_view<Out> head_shard, std::span<std::byte> workspace, stream_t stream = nullptr) {
-  heads_exchange::run_one(plan, comm, detail::heads_direction::forward, seq_shard, head_shard,
-                          detail::seq_side_extents(plan, 0), detail::heads_side_extents(plan, 0), workspace, stream);
+                      tensor_view<Out> head_shard, std::span<std::byte> workspace, stream_t stream = nullptr,
+                      call_checks checks = call_checks::group) {
+  static_assert(!std::is_const_v<Out>, "all_to_all_heads: the output view must be writable");
+  agree_on_arguments(comm, checks, stream, [&] {
+    detail::check_one_exchange(plan, comm, seq_shard, head_shard, detail::seq_side_extents(plan, 0),
+                               detail::heads_side_extents(plan, 0), workspace, "in", "out");
+  });
+  detail::run_one_exchange(plan, comm, detail::heads_direction::forward, seq_shard, head_shard, workspace, stream);
 }
 
 //! Inverse Ulysses exchange of one query-headed tensor (O after attention, dQ in the backward
 //! pass): head shards [B, S, h_r, D] become sequence shards [B, S_r, H, D].
 template <communicator Comm, class In, class Out>
 void all_to_all_heads_inverse(const all_to_all_heads_plan& plan, Comm& comm, tensor_view<In> head_shard,
-                              tensor_view<Out> seq_shard, std::span<std::byte> workspace, stream_t stream = nullptr) {
-  heads_exchange::run_one(plan, comm, detail::heads_direction::inverse, head_shard, seq_shard,
-                          detail::heads_side_extents(plan, 0), detail::seq_side_extents(plan, 0), workspace, stream);
+                              tensor_view<Out> seq_shard, std::span<std::byte> workspace, stream_t stream = nullptr,
+                              call_checks checks = call_checks::group) {
+  static_assert(!std::is_const_v<Out>, "all_to_all_heads_inverse: the output view must be writable");
+  agree_on_arguments(comm, checks, stream, [&] {
+    detail::check_one_exchange(plan, comm, head_shard, seq_shard, detail::heads_side_extents(plan, 0),
+                               detail::seq_side_extents(plan, 0), workspace, "in", "out");
+  });
+  detail::run_one_exchange(plan, comm, detail::heads_direction::inverse, head_shard, seq_shard, workspace, stream);
 }
 
 //! Inverse Ulysses exchange of dQ, dK and dV in one all_to_all_v: the adjoint of the forward
@@ -226,11 +264,16 @@ void all_to_all_heads_inverse(const all_to_all_heads_plan& plan, Comm& comm, ten
 template <communicator Comm, class Q, class K, class V, class QO, class KO, class VO>
 void all_to_all_heads_inverse(const all_to_all_heads_plan& plan, Comm& comm, const qkv_views<Q, K, V>& head_shards,
                               const qkv_views<QO, KO, VO>& seq_shards, std::span<std::byte> workspace,
-                              stream_t stream = nullptr) {
-  heads_exchange::run_qkv(
-      plan, comm, detail::heads_direction::inverse, head_shards, seq_shards,
-      [&](int t) { return detail::heads_side_extents(plan, t); }, [&](int t) { return detail::seq_side_extents(plan, t); },
-      workspace, stream);
+                              stream_t stream = nullptr, call_checks checks = call_checks::group) {
+  static_assert(!std::is_const_v<QO> && !std::is_const_v<KO> && !std::is_const_v<VO>,
+                "all_to_all_heads_inverse: the output views must be writable (tensor_view<T>, not tensor_view<const T>)");
+  auto in_extents = [&](int t) { return detail::heads_side_extents(plan, t); };
+  auto out_extents = [&](int t) { return detail::seq_side_extents(plan, t); };
+  agree_on_arguments(comm, checks, stream, [&] {
+    detail::check_qkv_exchange(plan, comm, head_shards, seq_shards, in_extents, out_extents, workspace,
+                               {"q", "k", "v", "q out", "k out", "v out"});
+  });
+  detail::run_qkv_exchange(plan, comm, detail::heads_direction::inverse, head_shards, seq_shards, workspace, stream);
 }
 
 SEQPAR_KERNEL_NAMESPACE_END

@@ -2,6 +2,7 @@
 //! The plan of a Ulysses exchange: head split, shard sizes, per-peer counts and workspace, computed once.
 #pragma once
 
+#include <seqpar/attention_shape.hpp>
 #include <seqpar/error.hpp>
 #include <seqpar/shard.hpp>
 #include <seqpar/tensor.hpp>
@@ -117,11 +118,17 @@ class all_to_all_heads_plan {
   dtype type_;
 };
 
-//! A plan for activations with `heads` query heads and `kv_heads` key/value heads, sharded over
-//! `ranks` ranks as `seq`; checks the GQA rule (kv_heads divides heads).
-inline all_to_all_heads_plan make_all_to_all_heads_plan(int rank, const seq_partition& seq, int heads, int kv_heads,
-                                                        std::int64_t batch, std::int64_t head_dim, dtype type) {
-  return all_to_all_heads_plan(rank, seq, make_head_partition(heads, kv_heads, seq.ranks), batch, head_dim, type);
+//! The plan of rank `rank` for q [B, S_r, H, D] and k, v [B, S_r, H_kv, D] of element `type`,
+//! sharded as `seq`: make_all_to_all_heads_plan(r, seq, {.batch = B, .heads = H, .kv_heads = H_kv,
+//! .head_dim = D}, dtype::bfloat16). Checks the shape (kv_heads divides heads; value_dim is head_dim).
+inline all_to_all_heads_plan make_all_to_all_heads_plan(int rank, const seq_partition& seq, const attention_shape& shape,
+                                                        dtype type) {
+  check_attention_shape(shape);
+  SEQPAR_EXPECTS(shape.values() == shape.head_dim, "shape.value_dim: the Ulysses exchange moves q, k and v of one head "
+                                                   "size; expected head_dim = " << shape.head_dim << ", got "
+                                                                                << shape.value_dim);
+  return all_to_all_heads_plan(rank, seq, make_head_partition(shape.heads, shape.kv(), seq.ranks), shape.batch,
+                               shape.head_dim, type);
 }
 
 SEQPAR_NAMESPACE_END

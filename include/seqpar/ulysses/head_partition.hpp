@@ -3,6 +3,7 @@
 #pragma once
 
 #include <seqpar/config.hpp>
+#include <seqpar/detail/balanced_split.hpp>
 #include <seqpar/error.hpp>
 
 SEQPAR_NAMESPACE_BEGIN
@@ -16,12 +17,9 @@ struct head_partition {
   int ranks = 1;     //!< P
 
   //! h_r: query heads of rank r.
-  SEQPAR_HOST_DEVICE int count(int r) const { return heads / ranks + (r < heads % ranks ? 1 : 0); }
+  SEQPAR_HOST_DEVICE int count(int r) const { return detail::balanced_size(heads, ranks, r); }
   //! g_r: first query head of rank r.
-  SEQPAR_HOST_DEVICE int first(int r) const {
-    const int extra = heads % ranks;
-    return r * (heads / ranks) + (r < extra ? r : extra);
-  }
+  SEQPAR_HOST_DEVICE int first(int r) const { return detail::balanced_offset(heads, ranks, r); }
   //! Query heads per kv head, H / H_kv.
   SEQPAR_HOST_DEVICE int group() const { return heads / kv_heads; }
   //! First kv head that rank r's query heads read (0 when the rank has no heads).
@@ -31,7 +29,9 @@ struct head_partition {
     return count(r) ? (first(r) + count(r) - 1) / group() - kv_first(r) + 1 : 0;
   }
   //! The local kv head (index among rank r's k_r) that rank r's local query head h reads.
-  SEQPAR_HOST_DEVICE int local_kv_head(int r, int h) const { return (first(r) + h) / group() - kv_first(r); }
+  SEQPAR_HOST_DEVICE int local_kv_head(int r, int h) const {
+    return detail::kv_head_of(first(r), h, group(), kv_first(r));
+  }
 };
 
 //! A checked head partition: heads >= 1, kv_heads dividing heads, ranks >= 1.

@@ -1,112 +1,281 @@
 //! @file ulysses_attention.hpp
 //! ulysses_attention<Policy, Comm>: a softmax-attention layer over sequence shards. Forward:
 //! all_to_all_heads (Q, K, V in one exchange), the policy on this rank's heads over the whole
-//! sequence, the inverse exchange of O. Backward: the exchange of dO, the policy's backward, the
-//! inverse exchange of dQ, dK, dV (kv-head gradients summed over the ranks that used them).
+//! sequence, the inverse exchange of O; it returns a context holding what backward needs. Backward:
+//! the exchange of dO, the policy's backward, the inverse exchange of dQ, dK, dV (kv-head gradients
+//! summed over the ranks that used them).
 #pragma once
 
+#include <seqpar/attention_shape.hpp>
+#include <seqpar/comm/agreement.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
 
+#include <cstring>
+#include <optional>
+#include <sstream>
 #include <type_traits>
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
-//! Plans once for fixed shapes (head split, GQA map, workspace) and owns the head-sharded
-//! activations that backward needs, allocated from `Resource` in the communicator's memory.
+//! A Ulysses attention layer of one rank, planned once for fixed shapes. It keeps only its plan,
+//! policy and options: each forward returns a `context` owning what its backward needs, so any
+//! number of forwards may be in flight (microbatches, activation recomputation). Memory comes from
+//! `Resource` in the communicator's memory, or from a workspace the caller passes (and may share
+//! between layers). Every call checks its arguments on every rank and, with call_checks::group
+//! (the default), the group agrees before any rank writes an output or moves a byte.
 template <attention_policy Policy, communicator Comm, memory_resource Resource = default_memory_resource>
 class ulysses_attention {
  public:
-  //! A layer of rank comm.rank(): q [B, S_r, H, D], k and v [B, S_r, H_kv, D] of element `type`.
-  ulysses_attention(Policy policy, Comm& comm, const seq_partition& seq, int heads, int kv_heads, std::int64_t batch,
-                    std::int64_t head_dim, dtype type, attention_options options, Resource resource = {})
+  //! What forward saves for backward: this rank's head-sharded q, k, v [B, S, h_r | k_r, D], o and
+  //! the fp32 log-sum-exp [B, h_r, S]. Move-only; pass it to backward of the layer that made it.
+  class context {
+   public:
+    //! An empty context (what backward refuses).
+    context() = default;
+    //! True until a forward fills it.
+    bool empty() const { return !filled_; }
+    //! Bytes it holds.
+    std::size_t bytes() const {
+      return q_.span().size() + k_.span().size() + v_.span().size() + o_.span().size() + lse_.span().size();
+    }
+
+   private:
+    friend class ulysses_attention;
+    owned_bytes<Resource> q_, k_, v_, o_, lse_;
+    std::int64_t fingerprint_ = 0;
+    dtype type_ = dtype::float32;
+    bool filled_ = false;
+  };
+
+  //! The layer of rank comm.rank(): q [B, S_r, H, D], k and v [B, S_r, H_kv, D] of element `type`,
+  //! with `shape` = {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}. The options' scale
+  //! defaults to 1 / sqrt(D). Collective: the ranks check the arguments and that every rank was
+  //! built with the same shapes, and all throw if one fails.
+  ulysses_attention(Policy policy, Comm& comm, const seq_partition& seq, const attention_shape& shape, dtype type,
+                    attention_options options = {}, Resource resource = {})
       : policy_(std::move(policy)),
         comm_(comm),
-        plan_(make_all_to_all_heads_plan(comm.rank(), seq, heads, kv_heads, batch, head_dim, type)),
-        options_(options) {
-    SEQPAR_EXPECTS(seq.ranks == comm.size(), "seq: partition over " << seq.ranks << " ranks; expected the communicator's "
-                                                                    << comm.size());
-    SEQPAR_EXPECTS(policy_.memory() == comm.memory(), "policy: works on " << to_string(policy_.memory())
-                                                                          << " memory; expected the communicator's "
-                                                                          << to_string(comm.memory()));
-    SEQPAR_EXPECTS(policy_.supports(type, head_dim), "policy: does not support element type " << to_string(type)
-                                                                                              << " with head_dim " << head_dim);
-    SEQPAR_EXPECTS(!options.causal || policy_.supports_causal(),
-                   "options.causal: the policy cannot apply a causal mask; expected causal = false");
+        resource_(resource),
+        options_(options.resolved(shape.head_dim)),
+        plan_(agreed_plan(policy_, comm, seq, shape, type, options)) {
     const auto& h = plan_.heads();
     const int r = comm.rank();
     map_ = gqa_map{h.first(r), h.group(), h.kv_first(r)};
-    const std::size_t es = size_of(type), tokens = static_cast<std::size_t>(seq.tokens * batch * head_dim);
-    const std::size_t q_bytes = tokens * h.count(r) * es, kv_bytes = tokens * h.kv_count(r) * es;
-    const memory_space where = comm.memory();
-    workspace_ = owned_bytes<Resource>(plan_.workspace_bytes(), where, resource);
-    for (auto* b : {&q_, &o_, &do_, &dq_}) *b = owned_bytes<Resource>(q_bytes, where, resource);
-    for (auto* b : {&k_, &v_, &dk_, &dv_}) *b = owned_bytes<Resource>(kv_bytes, where, resource);
-    lse_ = owned_bytes<Resource>(static_cast<std::size_t>(batch * h.count(r) * seq.tokens) * sizeof(float), where, resource);
+    std::ostringstream description;
+    description << "shape " << shape << ", " << seq.tokens << " tokens (" << to_string(seq.strategy) << "), "
+                << to_string(type) << ", causal = " << options_.causal << ", scale = " << options_.scale;
+    agree_on_fingerprint(comm, fingerprint_of(), "ulysses_attention", description.str());
   }
 
-  //! o = attention(q, k, v) for this rank's tokens; keeps what backward needs.
+  //! Bytes of the workspace a forward needs when the caller passes one (the exchange buffers).
+  std::size_t forward_workspace_bytes() const { return plan_.workspace_bytes(); }
+  //! Bytes of the workspace a backward needs when the caller passes one (exchange buffers, dO, dQ,
+  //! dK and dV of this rank's heads); enough for a forward too.
+  std::size_t workspace_bytes() const {
+    return scratch_offset(4) + kv_bytes();
+  }
+  //! Bytes a context of this layer holds (q, k, v, o and lse of this rank's heads over all S tokens).
+  std::size_t context_bytes() const { return 2 * q_bytes() + 2 * kv_bytes() + lse_bytes(); }
+
+  //! o = attention(q, k, v) for this rank's tokens; returns what backward needs. Temporary
+  //! exchange buffers come from the layer's resource.
   template <class Q, class K, class V, class O>
-  void forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o, stream_t stream = nullptr) {
-    using T = std::remove_const_t<Q>;
-    check_type<T>();
-    all_to_all_heads(plan_, comm_, qkv_views{q, k, v}, qkv_views{heads<T>(q_, true), heads<T>(k_, false), heads<T>(v_, false)},
-                     workspace_.span(), stream);
-    policy_.forward(cheads<T>(q_, true), cheads<T>(k_, false), cheads<T>(v_, false), map_, options_, heads<T>(o_, true),
-                    lse(), stream);
-    all_to_all_heads_inverse(plan_, comm_, cheads<T>(o_, true), o, workspace_.span(), stream);
-    has_state_ = true;
+  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                                stream_t stream = nullptr) {
+    return forward_impl(q, k, v, o, std::nullopt, stream);
+  }
+  //! As forward above, with the exchange buffers in `workspace` (forward_workspace_bytes(), 16-byte aligned).
+  template <class Q, class K, class V, class O>
+  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                                std::span<std::byte> workspace, stream_t stream = nullptr) {
+    return forward_impl(q, k, v, o, std::optional(workspace), stream);
   }
 
-  //! dq, dk, dv for this rank's tokens from dO, using what the last forward kept.
+  //! dq, dk, dv of this rank's tokens from dO and the context of a forward of this layer. Scratch
+  //! comes from the layer's resource and is released on return.
   template <class DO, class G>
-  void backward(tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv, stream_t stream = nullptr) {
-    using T = std::remove_const_t<DO>;
-    SEQPAR_EXPECTS(has_state_, "backward: nothing saved; expected a forward call first");
-    check_type<T>();
-    all_to_all_heads(plan_, comm_, dout, heads<T>(do_, true), workspace_.span(), stream);
-    policy_.backward(cheads<T>(q_, true), cheads<T>(k_, false), cheads<T>(v_, false), cheads<T>(o_, true),
-                     const_lse_view(lse()), cheads<T>(do_, true), map_, options_, heads<T>(dq_, true),
-                     heads<T>(dk_, false), heads<T>(dv_, false), stream);
-    all_to_all_heads_inverse(plan_, comm_,
-                             qkv_views{cheads<T>(dq_, true), cheads<T>(dk_, false), cheads<T>(dv_, false)},
-                             qkv_views{dq, dk, dv}, workspace_.span(), stream);
+  void backward(const context& saved, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
+                stream_t stream = nullptr) {
+    backward_impl(saved, dout, dq, dk, dv, std::nullopt, stream);
+  }
+  //! As backward above, with the scratch in `workspace` (workspace_bytes(), 16-byte aligned).
+  template <class DO, class G>
+  void backward(const context& saved, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
+                std::span<std::byte> workspace, stream_t stream = nullptr) {
+    backward_impl(saved, dout, dq, dk, dv, std::optional(workspace), stream);
   }
 
+  //! Sets what each call checks: call_checks::group (the default) or call_checks::local.
+  void set_call_checks(call_checks checks) { checks_ = checks; }
+  //! What each call checks.
+  call_checks checks() const { return checks_; }
   //! The exchange plan (head split, shard sizes, workspace).
   const all_to_all_heads_plan& plan() const { return plan_; }
   //! Which local kv head each local query head reads.
   const gqa_map& map() const { return map_; }
+  //! The options the policy gets (the scale resolved).
+  const attention_options& options() const { return options_; }
 
  private:
-  template <class T>
-  void check_type() const {
-    SEQPAR_EXPECTS(dtype_of<T> == plan_.type(), "views: element type " << to_string(dtype_of<T>)
-                                                                       << "; expected the layer's " << to_string(plan_.type()));
+  static all_to_all_heads_plan agreed_plan(const Policy& policy, Comm& comm, const seq_partition& seq,
+                                           const attention_shape& shape, dtype type, const attention_options& options) {
+    std::optional<all_to_all_heads_plan> plan;
+    agree_on_arguments(comm, call_checks::group, nullptr, [&] {
+      SEQPAR_EXPECTS(seq.ranks == comm.size(), "seq: partition over " << seq.ranks << " ranks; expected the communicator's "
+                                                                      << comm.size());
+      plan.emplace(make_all_to_all_heads_plan(comm.rank(), seq, shape, type));
+      SEQPAR_EXPECTS(policy.memory() == comm.memory(), "policy: works on " << to_string(policy.memory())
+                                                                           << " memory; expected the communicator's "
+                                                                           << to_string(comm.memory()));
+      SEQPAR_EXPECTS(policy.supports(type, shape.head_dim), "policy: does not support element type "
+                                                                << to_string(type) << " with head_dim "
+                                                                << shape.head_dim);
+      SEQPAR_EXPECTS(!options.causal || policy.supports_causal(),
+                     "options.causal: the policy cannot apply a causal mask; expected causal = false");
+    });
+    return std::move(*plan);
   }
+
+  std::int64_t fingerprint_of() const {
+    const auto& s = plan_.seq();
+    const auto& h = plan_.heads();
+    std::uint32_t scale_bits = 0;
+    std::memcpy(&scale_bits, &options_.scale, sizeof scale_bits);
+    return fingerprint{}
+        .add(s.tokens).add(s.ranks).add(static_cast<int>(s.strategy))
+        .add(plan_.batch()).add(h.heads).add(h.kv_heads).add(plan_.head_dim())
+        .add(static_cast<int>(plan_.type())).add(options_.causal).add(scale_bits)
+        .value();
+  }
+
+  std::size_t elements(int heads) const {
+    return static_cast<std::size_t>(plan_.batch() * plan_.seq().tokens * heads * plan_.head_dim());
+  }
+  std::size_t q_bytes() const { return elements(plan_.heads().count(plan_.rank())) * size_of(plan_.type()); }
+  std::size_t kv_bytes() const { return elements(plan_.heads().kv_count(plan_.rank())) * size_of(plan_.type()); }
+  std::size_t lse_bytes() const {
+    return static_cast<std::size_t>(plan_.batch() * plan_.heads().count(plan_.rank()) * plan_.seq().tokens) * sizeof(float);
+  }
+  static std::size_t aligned(std::size_t n) {
+    constexpr std::size_t a = all_to_all_heads_plan::workspace_alignment;
+    return (n + a - 1) / a * a;
+  }
+  // Backward's scratch after the exchange buffers: dO, dQ, dK, dV; offset of part i.
+  std::size_t scratch_offset(int i) const {
+    const std::size_t sizes[] = {q_bytes(), q_bytes(), kv_bytes(), kv_bytes()};
+    std::size_t at = aligned(plan_.workspace_bytes());
+    for (int j = 0; j < i; ++j) at += aligned(sizes[j]);
+    return at;
+  }
+
+  // A view of this rank's heads over the whole sequence, over `bytes`.
   template <class T>
-  tensor_view<T> heads(const owned_bytes<Resource>& b, bool query) const {
+  tensor_view<T> heads_view(std::span<std::byte> bytes, bool query) const {
     const auto& h = plan_.heads();
     const int n = query ? h.count(plan_.rank()) : h.kv_count(plan_.rank());
-    return make_bshd(reinterpret_cast<T*>(b.span().data()), plan_.batch(), plan_.seq().tokens, n, plan_.head_dim());
+    return make_bshd(reinterpret_cast<T*>(bytes.data()), plan_.batch(), plan_.seq().tokens, n, plan_.head_dim());
   }
-  template <class T>
-  tensor_view<const T> cheads(const owned_bytes<Resource>& b, bool query) const {
-    return heads<T>(b, query);
-  }
-  lse_view lse() const {
-    return lse_view(reinterpret_cast<float*>(lse_.span().data()), plan_.batch(), plan_.heads().count(plan_.rank()),
+  lse_view lse_of(std::span<std::byte> bytes) const {
+    return lse_view(reinterpret_cast<float*>(bytes.data()), plan_.batch(), plan_.heads().count(plan_.rank()),
                     plan_.seq().tokens);
+  }
+
+  template <class T, class U>
+  void check_type(const char* name) const {
+    detail::check_same_type<T, U>(name);
+    SEQPAR_EXPECTS(dtype_of<T> == plan_.type(), name << ": element type " << to_string(dtype_of<T>)
+                                                     << "; expected the layer's " << to_string(plan_.type()));
+  }
+  template <class Q, class K, class V, class O>
+  context forward_impl(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                       const detail::optional_workspace& workspace, stream_t stream) {
+    using T = std::remove_const_t<Q>;
+    static_assert(!std::is_const_v<O>, "ulysses_attention::forward: o must be writable (tensor_view<T>)");
+    context saved;
+    owned_bytes<Resource> own;
+    std::span<std::byte> ws;
+    agree_on_arguments(comm_, checks_, stream, [&] {
+      check_type<T, Q>("q");
+      check_type<T, K>("k");
+      check_type<T, V>("v");
+      check_type<T, O>("o");
+      detail::check_extents("q", q, detail::seq_side_extents(plan_, 0));
+      detail::check_extents("k", k, detail::seq_side_extents(plan_, 1));
+      detail::check_extents("v", v, detail::seq_side_extents(plan_, 2));
+      detail::check_extents("o", o, detail::seq_side_extents(plan_, 0));
+      detail::check_workspace(workspace, forward_workspace_bytes(), "forward_workspace_bytes()");
+      const memory_space where = comm_.memory();
+      saved.q_ = owned_bytes<Resource>(q_bytes(), where, resource_);
+      saved.k_ = owned_bytes<Resource>(kv_bytes(), where, resource_);
+      saved.v_ = owned_bytes<Resource>(kv_bytes(), where, resource_);
+      saved.o_ = owned_bytes<Resource>(q_bytes(), where, resource_);
+      saved.lse_ = owned_bytes<Resource>(lse_bytes(), where, resource_);
+      ws = detail::workspace_for(workspace, own, forward_workspace_bytes(), where, resource_);
+    });
+    if constexpr (detail::qkv_types_match<Q, K, V, O, O, O>) {
+      const tensor_view<T> hq = heads_view<T>(saved.q_.span(), true), hk = heads_view<T>(saved.k_.span(), false),
+                           hv = heads_view<T>(saved.v_.span(), false), ho = heads_view<T>(saved.o_.span(), true);
+      detail::run_qkv_exchange(plan_, comm_, detail::heads_direction::forward, qkv_views{q, k, v},
+                               qkv_views{hq, hk, hv}, ws, stream);
+      policy_.forward(tensor_view<const T>(hq), tensor_view<const T>(hk), tensor_view<const T>(hv), map_, options_, ho,
+                      lse_of(saved.lse_.span()), stream);
+      detail::run_one_exchange(plan_, comm_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws, stream);
+      saved.fingerprint_ = fingerprint_of();
+      saved.type_ = dtype_of<T>;
+      saved.filled_ = true;
+    }
+    return saved;
+  }
+
+  template <class DO, class G>
+  void backward_impl(const context& saved, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk,
+                     tensor_view<G> dv, const detail::optional_workspace& workspace, stream_t stream) {
+    using T = std::remove_const_t<DO>;
+    static_assert(!std::is_const_v<G>, "ulysses_attention::backward: dq, dk and dv must be writable (tensor_view<T>)");
+    owned_bytes<Resource> own;
+    std::span<std::byte> ws;
+    agree_on_arguments(comm_, checks_, stream, [&] {
+      SEQPAR_EXPECTS(!saved.empty(), "saved: an empty context; expected the context a forward of this layer returned");
+      SEQPAR_EXPECTS(saved.fingerprint_ == fingerprint_of(),
+                     "saved: a context of a layer with other shapes; expected one a forward of this layer returned");
+      check_type<T, DO>("dout");
+      SEQPAR_EXPECTS(dtype_of<T> == saved.type_, "dout: element type " << to_string(dtype_of<T>)
+                                                                       << "; expected the forward's " << to_string(saved.type_));
+      check_type<T, G>("dq");
+      detail::check_extents("dout", dout, detail::seq_side_extents(plan_, 0));
+      detail::check_extents("dq", dq, detail::seq_side_extents(plan_, 0));
+      detail::check_extents("dk", dk, detail::seq_side_extents(plan_, 1));
+      detail::check_extents("dv", dv, detail::seq_side_extents(plan_, 2));
+      detail::check_workspace(workspace, workspace_bytes(), "workspace_bytes()");
+      ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_);
+    });
+    if constexpr (std::is_same_v<G, T>) {
+      auto part = [&](int i, std::size_t bytes) { return ws.subspan(scratch_offset(i), bytes); };
+      const tensor_view<T> hdo = heads_view<T>(part(0, q_bytes()), true), hdq = heads_view<T>(part(1, q_bytes()), true),
+                           hdk = heads_view<T>(part(2, kv_bytes()), false), hdv = heads_view<T>(part(3, kv_bytes()), false);
+      auto held = [&](const owned_bytes<Resource>& b, bool query) {
+        return tensor_view<const T>(heads_view<T>(b.span(), query));
+      };
+      const std::span<std::byte> exchange = ws.first(plan_.workspace_bytes());
+      detail::run_one_exchange(plan_, comm_, detail::heads_direction::forward, dout, hdo, exchange, stream);
+      policy_.backward(held(saved.q_, true), held(saved.k_, false), held(saved.v_, false), held(saved.o_, true),
+                       const_lse_view(lse_of(saved.lse_.span())), tensor_view<const T>(hdo), map_, options_, hdq, hdk,
+                       hdv, stream);
+      detail::run_qkv_exchange(plan_, comm_, detail::heads_direction::inverse,
+                               qkv_views{tensor_view<const T>(hdq), tensor_view<const T>(hdk), tensor_view<const T>(hdv)},
+                               qkv_views{dq, dk, dv}, exchange, stream);
+    }
   }
 
   Policy policy_;
   Comm& comm_;
-  all_to_all_heads_plan plan_;
+  Resource resource_;
   attention_options options_;
+  all_to_all_heads_plan plan_;
   gqa_map map_;
-  owned_bytes<Resource> workspace_, q_, k_, v_, o_, do_, dq_, dk_, dv_, lse_;
-  bool has_state_ = false;
+  call_checks checks_ = call_checks::group;
 };
 
 SEQPAR_KERNEL_NAMESPACE_END

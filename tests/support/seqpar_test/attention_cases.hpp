@@ -122,9 +122,10 @@ void check_ulysses_attention(const attention_case& c, seqpar::memory_space where
     auto mv = [&](buffer<T>& x, std::int64_t h) { return seqpar::make_bshd(x.data(), c.B, n, h, c.D); };
     auto cv = [&](buffer<T>& x, std::int64_t h) { return seqpar::tensor_view<const T>(mv(x, h)); };
     rank_stream stream(where);
-    seqpar::ulysses_attention layer(policy, comm, part, c.H, c.H_kv, c.B, c.D, seqpar::dtype_of<T>, opt);
-    layer.forward(cv(bq, c.H), cv(bk, c.H_kv), cv(bv, c.H_kv), mv(bo, c.H), stream);
-    layer.backward(cv(bdo, c.H), mv(bdq, c.H), mv(bdk, c.H_kv), mv(bdv, c.H_kv), stream);
+    const seqpar::attention_shape shape{.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D};
+    seqpar::ulysses_attention layer(policy, comm, part, shape, seqpar::dtype_of<T>, opt);
+    const auto saved = layer.forward(cv(bq, c.H), cv(bk, c.H_kv), cv(bv, c.H_kv), mv(bo, c.H), stream);
+    layer.backward(saved, cv(bdo, c.H), mv(bdq, c.H), mv(bdk, c.H_kv), mv(bdv, c.H_kv), stream);
     stream.sync();
     const std::vector<std::vector<T>> local{bo.values(), bdq.values(), bdk.values(), bdv.values()};
     std::lock_guard lock(m);

@@ -145,10 +145,10 @@ void check_lasp(const lasp_case& c, seqpar::memory_space where, Policy policy = 
     auto view = [&](buffer<T>& b, std::int64_t x) { return seqpar::make_bshd(b.data(), c.B, n, c.H, x); };
     auto cview = [&](buffer<T>& b, std::int64_t x) { return seqpar::tensor_view<const T>(view(b, x)); };
     rank_stream stream(where);
-    seqpar::lasp_attention layer(policy, comm, part, c.B, c.H, c.D, E, c.decay(), c.strategy);
-    layer.forward(cview(bq, c.D), cview(bk, c.D), cview(bv, E), view(bo, E), stream);
-    layer.backward(cview(bq, c.D), cview(bk, c.D), cview(bv, E), cview(bdo, E), view(bdq, c.D), view(bdk, c.D),
-                   view(bdv, E), stream);
+    const seqpar::attention_shape shape{.batch = c.B, .heads = int(c.H), .head_dim = c.D, .value_dim = E};
+    seqpar::lasp_attention layer(policy, comm, part, shape, c.decay(), c.strategy);
+    const auto saved = layer.forward(cview(bq, c.D), cview(bk, c.D), cview(bv, E), view(bo, E), stream);
+    layer.backward(saved, cview(bdo, E), view(bdq, c.D), view(bdk, c.D), view(bdv, E), stream);
     stream.sync();
     got[r] = {bo.values(), bdq.values(), bdk.values(), bdv.values()};
   });

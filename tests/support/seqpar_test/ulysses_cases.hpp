@@ -1,7 +1,7 @@
 //! @file ulysses_cases.hpp
 //! Checks of all_to_all_heads and its inverse on P in-process ranks, shared by the host tests and
 //! the device tests. Inputs encode (source rank, tensor, batch, token, head, dim) in their bits;
-//! every output element is compared with what the maps of DESIGN.md say it must hold.
+//! every output element is compared with what the maps of docs/architecture.md say it must hold.
 #pragma once
 
 #include <seqpar/comm/counting.hpp>
@@ -69,7 +69,7 @@ void check_exact_maps(const ulysses_case& c, seqpar::memory_space where) {
   seqpar::run_in_process(c.P, where, [&](seqpar::in_process_communicator& comm) {
     const int r = comm.rank();
     const auto part = seqpar::make_seq_partition(c.S, c.P, c.strategy);
-    const auto plan = seqpar::make_all_to_all_heads_plan(r, part, c.H, c.H_kv, c.B, c.D, seqpar::dtype_of<T>);
+    const auto plan = seqpar::make_all_to_all_heads_plan(r, part, {.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D}, seqpar::dtype_of<T>);
     std::vector<case_tensor<T>> in{case_tensor<T>(c, tok.sizes[r], c.H, T{}), case_tensor<T>(c, tok.sizes[r], c.H_kv, T{}),
                                    case_tensor<T>(c, tok.sizes[r], c.H_kv, T{})};
     for (int w = 0; w < 3; ++w)
@@ -155,7 +155,7 @@ inline void check_adjoint(const ulysses_case& c, seqpar::memory_space where) {
   seqpar::run_in_process(c.P, where, [&](seqpar::in_process_communicator& comm) {
     const int r = comm.rank();
     const auto part = seqpar::make_seq_partition(c.S, c.P, c.strategy);
-    const auto plan = seqpar::make_all_to_all_heads_plan(r, part, c.H, c.H_kv, c.B, c.D, seqpar::dtype::float32);
+    const auto plan = seqpar::make_all_to_all_heads_plan(r, part, {.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D}, seqpar::dtype::float32);
     buffer<std::byte> workspace(where, std::vector<std::byte>(plan.workspace_bytes()));
     rank_stream stream(where);
     std::vector<std::unique_ptr<buffer<float>>> xb, yb, axb, atyb;

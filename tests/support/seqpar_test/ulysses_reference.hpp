@@ -1,5 +1,5 @@
 //! @file ulysses_reference.hpp
-//! An independent statement of the Ulysses index maps (DESIGN.md), written without the library's
+//! An independent statement of the Ulysses index maps (docs/architecture.md), written without the library's
 //! partition code: who owns which tokens and heads, and what every exchanged element must be.
 #pragma once
 

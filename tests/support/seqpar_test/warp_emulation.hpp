@@ -4,7 +4,8 @@
 //! warp shuffles are barriers, and mma.sync m16n8k16 is computed from the PTX ISA's fragment
 //! tables, written here independently of seqpar/detail/mma.cuh. Include it first, before any
 //! seqpar header, in a .cpp built by a host compiler; the kernel headers included after it compile
-//! as host code.
+//! as host code. seqpar_emulation::launcher is a launcher for the CUDA policies
+//! (seqpar/policy/detail/launcher.cuh) that runs their kernels this way.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -32,6 +34,7 @@ inline constexpr int warps = 8;  // the most a block may have
 inline std::barrier<>* block_barrier = nullptr;
 inline std::barrier<>* warp_barrier[warps] = {};
 inline float shuffle_slots[warps][32];
+alignas(16) inline unsigned char shared_memory[1 << 17];  // the block's dynamic shared memory
 inline std::uint32_t a_slots[warps][32][4], b_slots[warps][32][2];
 
 inline int warp() { return static_cast<int>(thread_index.x / 32); }
@@ -130,6 +133,7 @@ inline float __expf(float x) { return std::exp(x); }
 #define blockDim seqpar_emulation::block_size
 #define gridDim seqpar_emulation::grid_size
 #define SEQPAR_EMULATE_MMA(d, a, b, is_half) seqpar_emulation::mma_16x8x16(d, a, b, is_half)
+#define SEQPAR_EMULATE_SHARED seqpar_emulation::shared_memory
 #undef __global__
 #undef __device__
 #undef __shared__
@@ -140,3 +144,32 @@ inline float __expf(float x) { return std::exp(x); }
 #define __shared__
 #define __align__(n)
 #define __launch_bounds__(n)
+
+#include <seqpar/policy/detail/launcher.cuh>  // after the built-ins above, like the kernel headers
+
+namespace seqpar_emulation {
+
+//! A launcher for seqpar's CUDA policies that runs each kernel on the host, block after block
+//! (see launch()), on a device of `multiprocessors` and compute capability `major`.
+struct launcher {
+  int multiprocessors = 1;            //!< what device() reports
+  int major = 8;                      //!< what device() reports
+  mutable bool within_shared = true;  //!< every block stayed inside the shared memory its launch asked for
+
+  //! kernel(args...) as every thread of `grid` (one-dimensional blocks).
+  template <class... Params, class... Args>
+  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t,
+                  const Args&... args) const {
+    if (block.y != 1 || block.z != 1 || shared_bytes > sizeof shared_memory)
+      throw std::logic_error("emulated launch: blocks are one-dimensional and take at most 128 KiB of shared memory");
+    within_shared &= launch(grid, block.x, shared_memory, shared_bytes, [&] { kernel(args...); });
+  }
+  //! The emulated device.
+  seqpar::detail::device_info device() const { return {multiprocessors, major}; }
+  //! `floats` of host memory, NaN until written.
+  std::vector<float> workspace(std::int64_t floats, cudaStream_t) const {
+    return std::vector<float>(static_cast<std::size_t>(floats), NAN);
+  }
+};
+
+}  // namespace seqpar_emulation

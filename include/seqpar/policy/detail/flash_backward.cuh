@@ -10,7 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace flash_kernels {
 
 //! Rows of the other operand per step of a backward loop (keys for dQ, queries for dK/dV).
@@ -19,13 +19,33 @@ inline constexpr int backward_step_rows = 32;
 //! Shared memory of the dQ kernel: query and dO tiles, key and value tiles (which first hold the O
 //! tile for the row dots), and the row dots.
 template <class T, int D>
-inline constexpr int dq_shared_bytes = shared_bytes<T, D>(3 * block_rows, block_rows);
+struct dq_shared {
+  mma::smem_tile<T> q, dout, k, v;  //!< the tiles, in this order
+  mma::smem_tile<T> o;              //!< the key and value tiles as one, for the O rows
+  float* delta;                     //!< dO_r . O_r of the block's rows
+  //! Takes the tiles and the row dots from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE explicit dq_shared(Carver& carver)
+      : q(take_rows<T, D>(carver, block_rows)), dout(take_rows<T, D>(carver, block_rows)),
+        k(take_rows<T, D>(carver, backward_step_rows)), v(take_rows<T, D>(carver, backward_step_rows)), o(k),
+        delta(carver.template take<float>(block_rows)) {}
+  static_assert(2 * backward_step_rows == block_rows, "the key and value tiles hold the block's O rows");
+};
 
 //! Shared memory of the dK/dV kernel: key and value tiles; query, dO and O tiles of a step; and the
 //! step's log-sum-exp and row dots.
 template <class T, int D>
-inline constexpr int dkdv_shared_bytes = shared_bytes<T, D>(2 * block_rows + 3 * backward_step_rows,
-                                                            2 * backward_step_rows);
+struct dkdv_shared {
+  mma::smem_tile<T> k, v, q, dout, o;  //!< the tiles, in this order
+  float *lse, *delta;                  //!< log-sum-exp and dO_r . O_r of the step's query rows
+  //! Takes the tiles, the log-sum-exps and the row dots from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE explicit dkdv_shared(Carver& carver)
+      : k(take_rows<T, D>(carver, block_rows)), v(take_rows<T, D>(carver, block_rows)),
+        q(take_rows<T, D>(carver, backward_step_rows)), dout(take_rows<T, D>(carver, backward_step_rows)),
+        o(take_rows<T, D>(carver, backward_step_rows)), lse(carver.template take<float>(backward_step_rows)),
+        delta(carver.template take<float>(backward_step_rows)) {}
+};
 
 //! Writes scale * acc, the 16 x D block of this warp, to rows row0.. of head h, batch b of x.
 template <int d_tiles, class T>
@@ -47,11 +67,8 @@ __global__ void __launch_bounds__(threads)
     backward_dq(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
                 bool vec) {
-  constexpr int Bc = backward_step_rows, ld = tile_ld<D>, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
-  T* base = shared_base<T>();
-  const mma::smem_tile<T> q_s{base, ld}, do_s{base + block_rows * ld, ld}, k_s{base + 2 * block_rows * ld, ld},
-      v_s{base + (2 * block_rows + Bc) * ld, ld}, o_s = k_s;  // O fills the key and value tiles once
-  float* delta_s = reinterpret_cast<float*>(base + 3 * block_rows * ld);
+  constexpr int Bc = backward_step_rows, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
+  const auto [q_s, do_s, k_s, v_s, o_s, delta_s] = carve_shared<dq_shared<T, D>>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
   const std::int64_t S = q.seq();
@@ -107,12 +124,8 @@ __global__ void __launch_bounds__(threads)
     backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
                   const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt,
                   tensor_view<T> dk, tensor_view<T> dv, bool vec) {
-  constexpr int Br = backward_step_rows, ld = tile_ld<D>, n_tiles = Br / 8, d_tiles = D / 8, k_steps = D / 16;
-  T* base = shared_base<T>();
-  const mma::smem_tile<T> k_s{base, ld}, v_s{base + block_rows * ld, ld}, q_s{base + 2 * block_rows * ld, ld},
-      do_s{base + (2 * block_rows + Br) * ld, ld}, o_s{base + (2 * block_rows + 2 * Br) * ld, ld};
-  float* lse_s = reinterpret_cast<float*>(base + (2 * block_rows + 3 * Br) * ld);
-  float* delta_s = lse_s + Br;
+  constexpr int Br = backward_step_rows, n_tiles = Br / 8, d_tiles = D / 8, k_steps = D / 16;
+  const auto [k_s, v_s, q_s, do_s, o_s, lse_s, delta_s] = carve_shared<dkdv_shared<T, D>>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, b = blockIdx.z;
   const int kh = static_cast<int>(blockIdx.y);
@@ -161,4 +174,4 @@ __global__ void __launch_bounds__(threads)
 }
 
 }  // namespace flash_kernels
-SEQPAR_KERNEL_NAMESPACE_END
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace flash_kernels {
 
 //! Key rows per step of the forward loop.
@@ -15,7 +15,14 @@ inline constexpr int forward_key_rows = 64;
 
 //! Shared memory of the forward kernel: the query tile, one key tile and one value tile.
 template <class T, int D>
-inline constexpr int forward_shared_bytes = shared_bytes<T, D>(block_rows + 2 * forward_key_rows);
+struct forward_shared {
+  mma::smem_tile<T> q, k, v;  //!< the tiles, in this order
+  //! Takes the tiles from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE explicit forward_shared(Carver& carver)
+      : q(take_rows<T, D>(carver, block_rows)), k(take_rows<T, D>(carver, forward_key_rows)),
+        v(take_rows<T, D>(carver, forward_key_rows)) {}
+};
 
 //! One block per (64 query rows, query head, batch); each warp owns 16 query rows and keeps them in
 //! registers. For every 64-key tile: S = Q K^T on tensor cores, online softmax in fp32 (running row
@@ -25,9 +32,8 @@ template <class T, int D>
 __global__ void __launch_bounds__(threads)
     forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
             attention_options opt, tensor_view<T> o, lse_view lse, bool vec) {
-  constexpr int Bc = forward_key_rows, ld = tile_ld<D>, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
-  T* base = shared_base<T>();
-  const mma::smem_tile<T> q_s{base, ld}, k_s{base + block_rows * ld, ld}, v_s{base + (block_rows + Bc) * ld, ld};
+  constexpr int Bc = forward_key_rows, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
+  const auto [q_s, k_s, v_s] = carve_shared<forward_shared<T, D>>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
   const std::int64_t S = q.seq();
@@ -110,4 +116,4 @@ __global__ void __launch_bounds__(threads)
 }
 
 }  // namespace flash_kernels
-SEQPAR_KERNEL_NAMESPACE_END
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END

@@ -5,13 +5,14 @@
 #pragma once
 
 #include <seqpar/cuda_check.hpp>
-#include <seqpar/lasp/linear_attention_policy.hpp>
+#include <seqpar/policy/linear_attention_policy.hpp>
 #include <seqpar/policy/detail/linear_operations.hpp>
+#include <seqpar/policy/detail/shared_layout.cuh>
 
 #include <cstddef>
 #include <cstdint>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace linear_kernels {
 
 //! The most heads and the largest D or E the kernels take.
@@ -25,29 +26,39 @@ struct decay_table {
 };
 
 //! How a token's weight depends on its index i in a chunk of C: lambda^(i+1) or lambda^(C-1-i).
-using weight = detail::linear_weight;
+using weight = linear_weight;
 
 //! The weight of token i of a chunk of C (fp32 rounding of a double power).
 __device__ inline float token_weight(weight w, float lambda, std::int64_t i, std::int64_t C) {
   return static_cast<float>(pow(static_cast<double>(lambda), static_cast<double>(w == weight::lq ? i + 1 : C - 1 - i)));
 }
 
+//! Shared memory of causal_decay_product for X columns of a and b, all fp32.
+struct causal_decay_product_shared {
+  static constexpr int y_tile = 32;  //!< columns of v and out one block computes
+  float *a, *b;                      //!< [sub_block][X]: the sub-block's rows of a and b
+  float* v;                          //!< [sub_block][y_tile]: its rows of v
+  float* state;                      //!< [X][y_tile]: the running state
+  float* scores;                     //!< [sub_block][sub_block]: the decayed causal a b^T
+  float* pw;                         //!< lambda^0 .. lambda^sub_block
+  //! Takes the arrays from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE causal_decay_product_shared(Carver& carver, int X)
+      : a(carver.template take<float>(sub_block * X)), b(carver.template take<float>(sub_block * X)),
+        v(carver.template take<float>(sub_block * y_tile)), state(carver.template take<float>(X * y_tile)),
+        scores(carver.template take<float>(sub_block * sub_block)), pw(carver.template take<float>(sub_block + 1)) {}
+};
+
 //! out_i = sum_{j <= i} lambda^(i-j) (a_i . b_j) v_j for every token i of the chunk (with `reverse`,
 //! time runs backwards: j >= i). a, b have X columns, v and out Y; one block per (Y tile, head, batch).
 template <class T>
 __global__ void causal_decay_product(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> v,
                                      tensor_view<T> out, decay_table decay, bool reverse) {
-  constexpr int c = sub_block, YT = 32;
-  extern __shared__ float smem[];
+  constexpr int c = sub_block, YT = causal_decay_product_shared::y_tile;
   const int X = static_cast<int>(a.head_dim()), Y = static_cast<int>(v.head_dim());
   const int y0 = blockIdx.x * YT, h = blockIdx.y, bt = blockIdx.z;
   const std::int64_t C = a.seq();
-  float* a_s = smem;              // [c][X]
-  float* b_s = a_s + c * X;       // [c][X]
-  float* v_s = b_s + c * X;       // [c][YT]
-  float* state = v_s + c * YT;    // [X][YT]
-  float* A = state + X * YT;      // [c][c]
-  float* pw = A + c * c;          // lambda^0 .. lambda^c
+  const auto [a_s, b_s, v_s, state, A, pw] = carve_shared<causal_decay_product_shared>(X);
   const float lambda = decay.lambda[h];
   for (int k = threadIdx.x; k <= c; k += blockDim.x) pw[k] = static_cast<float>(pow(double(lambda), double(k)));
   for (int k = threadIdx.x; k < X * YT; k += blockDim.x) state[k] = 0.0f;
@@ -91,15 +102,25 @@ __global__ void causal_decay_product(tensor_view<const T> a, tensor_view<const T
   }
 }
 
+//! Shared memory of weighted_outer_sum, all fp32.
+struct weighted_outer_sum_shared {
+  static constexpr int tile = 16;    //!< rows and columns of m one block computes
+  static constexpr int tokens = 64;  //!< tokens per step
+  float (*a)[tile], (*b)[tile];      //!< [tokens][tile]: the step's columns of a and b
+  float* w;                          //!< [tokens]: the step's token weights
+  //! Takes the arrays from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE explicit weighted_outer_sum_shared(Carver& carver)
+      : a(carver.template take<float[tile]>(tokens)), b(carver.template take<float[tile]>(tokens)),
+        w(carver.template take<float>(tokens)) {}
+};
+
 //! m[x][y] = sum_i w(i) a_i[x] b_i[y] over the chunk; one block per 16 x 16 tile of (x, y), head, batch.
 template <class T>
 __global__ void weighted_outer_sum(tensor_view<const T> a, tensor_view<const T> b, state_view m, decay_table decay,
                                    weight w) {
-  constexpr int tile = 16, tokens = 64;
-  extern __shared__ float smem[];
-  float(*a_s)[tile] = reinterpret_cast<float(*)[tile]>(smem);              // [tokens][tile]
-  float(*b_s)[tile] = reinterpret_cast<float(*)[tile]>(smem + tokens * tile);  // [tokens][tile]
-  float* w_s = smem + 2 * tokens * tile;                                   // [tokens]
+  constexpr int tile = weighted_outer_sum_shared::tile, tokens = weighted_outer_sum_shared::tokens;
+  const auto [a_s, b_s, w_s] = carve_shared<weighted_outer_sum_shared>();
   const int X = static_cast<int>(a.head_dim()), Y = static_cast<int>(b.head_dim());
   const int tiles_y = (Y + tile - 1) / tile;
   const int x0 = (blockIdx.x / tiles_y) * tile, y0 = (blockIdx.x % tiles_y) * tile, h = blockIdx.y, bt = blockIdx.z;
@@ -122,19 +143,29 @@ __global__ void weighted_outer_sum(tensor_view<const T> a, tensor_view<const T> 
   if (x0 + tx < X && y0 + ty < Y) m(bt, h, x0 + tx, y0 + ty) = acc;
 }
 
+//! Shared memory of add_rows_times_state for X columns of a, all fp32.
+struct add_rows_times_state_shared {
+  static constexpr int y_tile = 32;  //!< columns of out one block computes
+  static constexpr int tokens = 32;  //!< tokens per step
+  float* state;                      //!< [X][y_tile]: the block's columns of S
+  float* a;                          //!< [tokens][X]: the step's rows of a
+  //! Takes the arrays from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE add_rows_times_state_shared(Carver& carver, int X)
+      : state(carver.template take<float>(X * y_tile)), a(carver.template take<float>(tokens * X)) {}
+};
+
 //! out_i[y] += w(i) sum_x a_i[x] S[x][y] (S read transposed, S[y][x], with `transposed`); one
 //! block per (Y tile of 32, batch * head) and a grid-stride walk over tiles of 32 tokens.
 template <class T>
 __global__ void add_rows_times_state(tensor_view<const T> a, const_state_view s, bool transposed, tensor_view<T> out,
                                      decay_table decay, weight w) {
-  constexpr int YT = 32, tokens = 32;
-  extern __shared__ float smem[];
+  constexpr int YT = add_rows_times_state_shared::y_tile, tokens = add_rows_times_state_shared::tokens;
   const int X = static_cast<int>(a.head_dim()), Y = static_cast<int>(out.head_dim());
   const int H = static_cast<int>(a.heads());
   const int y0 = blockIdx.x * YT, h = blockIdx.z % H, bt = blockIdx.z / H;
   const std::int64_t C = a.seq();
-  float* s_s = smem;            // [X][YT]
-  float* a_s = s_s + X * YT;    // [tokens][X]
+  const auto [s_s, a_s] = carve_shared<add_rows_times_state_shared>(X);
   for (int k = threadIdx.x; k < X * YT; k += blockDim.x) {
     const int x = k / YT, y = y0 + k % YT;
     s_s[k] = y < Y ? (transposed ? s(bt, h, y, x) : s(bt, h, x, y)) : 0.0f;
@@ -180,30 +211,30 @@ struct launch_shape {
 //! causal_decay_product for out = product(a, b, v) with v's head dim Y.
 template <class T>
 launch_shape causal_decay_product_shape(const tensor_view<const T>& a, std::int64_t Y) {
-  constexpr int c = sub_block, YT = 32;
-  const std::int64_t X = a.head_dim();
+  constexpr int YT = causal_decay_product_shared::y_tile;
   return {dim3(static_cast<unsigned>((Y + YT - 1) / YT), static_cast<unsigned>(a.heads()),
                static_cast<unsigned>(a.batch())),
-          128, sizeof(float) * (2 * c * X + c * YT + X * YT + c * c + c + 1)};
+          128, shared_bytes<causal_decay_product_shared>(static_cast<int>(a.head_dim()))};
 }
 
 //! weighted_outer_sum of a (X columns) and b (Y columns).
 template <class T>
 launch_shape weighted_outer_sum_shape(const tensor_view<const T>& a, std::int64_t Y) {
-  const unsigned tiles = static_cast<unsigned>(((a.head_dim() + 15) / 16) * ((Y + 15) / 16));
-  return {dim3(tiles, static_cast<unsigned>(a.heads()), static_cast<unsigned>(a.batch())), 256,
-          sizeof(float) * (2 * 64 * 16 + 64)};
+  constexpr int tile = weighted_outer_sum_shared::tile;
+  const unsigned tiles = static_cast<unsigned>(((a.head_dim() + tile - 1) / tile) * ((Y + tile - 1) / tile));
+  return {dim3(tiles, static_cast<unsigned>(a.heads()), static_cast<unsigned>(a.batch())), tile * tile,
+          shared_bytes<weighted_outer_sum_shared>()};
 }
 
 //! add_rows_times_state for rows of a into an output of Y columns.
 template <class T>
 launch_shape add_rows_times_state_shape(const tensor_view<const T>& a, std::int64_t Y) {
-  constexpr int YT = 32, tokens = 32;
-  const std::int64_t X = a.head_dim(), token_tiles = (a.seq() + tokens - 1) / tokens;
+  constexpr int YT = add_rows_times_state_shared::y_tile, tokens = add_rows_times_state_shared::tokens;
+  const std::int64_t token_tiles = (a.seq() + tokens - 1) / tokens;
   return {dim3(static_cast<unsigned>((Y + YT - 1) / YT), static_cast<unsigned>(token_tiles < 65535 ? token_tiles : 65535),
                static_cast<unsigned>(a.batch() * a.heads())),
-          128, sizeof(float) * (X * YT + tokens * X)};
+          128, shared_bytes<add_rows_times_state_shared>(static_cast<int>(a.head_dim()))};
 }
 
 }  // namespace linear_kernels
-SEQPAR_KERNEL_NAMESPACE_END
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END

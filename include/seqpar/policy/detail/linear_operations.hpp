@@ -1,9 +1,9 @@
 //! @file linear_operations.hpp
-//! The chunk operations of a linear-attention policy written with three primitives, so the CUDA
-//! policy and its host emulation in the tests share one mapping from operations to kernels.
+//! The chunk operations of a linear-attention policy written with three primitives: linear_cuda's
+//! mapping from operations to kernels.
 #pragma once
 
-#include <seqpar/lasp/linear_attention_policy.hpp>
+#include <seqpar/policy/linear_attention_policy.hpp>
 
 #include <span>
 

@@ -13,12 +13,13 @@
 
 #include <seqpar/detail/mma.cuh>
 #include <seqpar/policy/detail/linear_cuda_core.cuh>
+#include <seqpar/policy/detail/shared_layout.cuh>
 
 #include <algorithm>
 #include <concepts>
 #include <cstdint>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace linear_kernels {
 
 //! Tokens of a sub-block: four warps of 16 rows.
@@ -38,16 +39,31 @@ SEQPAR_HOST_DEVICE constexpr int tc_state_tiles(int Xp) { return Xp <= 64 ? 1 : 
 //! Shared memory of chunk_scan for padded D = Xp: A and B rows, V rows, the state's hi and lo
 //! parts, the powers lambda^0 .. lambda^64 and one float per warp.
 template <class T>
-constexpr std::size_t chunk_scan_shared_bytes(int Xp) {
-  return sizeof(T) * (2 * tc_tokens * tc_ld(Xp) + tc_tokens * tc_ld(tc_y_tile) + 2 * Xp * tc_ld(tc_y_tile)) +
-         sizeof(float) * (tc_tokens + 1 + 4);
-}
+struct chunk_scan_shared {
+  mma::smem_tile<T> a, b, v, hi, lo;  //!< the tiles, in this order
+  float* pw;                          //!< lambda^0 .. lambda^tc_tokens
+  float* slots;                       //!< one per warp, for state_scale
+  //! Takes the tiles, powers and slots from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE chunk_scan_shared(Carver& carver, int Xp)
+      : a(mma::take_tile<T>(carver, tc_tokens, tc_ld(Xp))), b(mma::take_tile<T>(carver, tc_tokens, tc_ld(Xp))),
+        v(mma::take_tile<T>(carver, tc_tokens, tc_ld(tc_y_tile))), hi(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))),
+        lo(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))), pw(carver.template take<float>(tc_tokens + 1)),
+        slots(carver.template take<float>(4)) {}
+};
+
 //! Shared memory of rows_times_state for padded D = Xp: the token rows, the state's two parts and
 //! one float per warp.
 template <class T>
-constexpr std::size_t rows_times_state_shared_bytes(int Xp) {
-  return sizeof(T) * (tc_tokens * tc_ld(Xp) + 2 * Xp * tc_ld(tc_y_tile)) + sizeof(float) * 4;
-}
+struct rows_times_state_shared {
+  mma::smem_tile<T> a, hi, lo;  //!< the tiles, in this order
+  float* slots;                 //!< one per warp, for state_scale
+  //! Takes the tiles and slots from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE rows_times_state_shared(Carver& carver, int Xp)
+      : a(mma::take_tile<T>(carver, tc_tokens, tc_ld(Xp))), hi(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))),
+        lo(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))), slots(carver.template take<float>(4)) {}
+};
 
 //! How a chunk is cut into segments: `count` segments of `length` tokens (the last may be shorter).
 struct segment_plan {
@@ -64,13 +80,6 @@ inline segment_plan plan_segments(std::int64_t C, std::int64_t blocks_per_segmen
   const std::int64_t target = std::clamp<std::int64_t>(want, 1, std::max<std::int64_t>((C + 255) / 256, 1));
   const std::int64_t length = std::max<std::int64_t>((C + target - 1) / target / tc_tokens * tc_tokens, tc_tokens);
   return {length, static_cast<int>(std::max<std::int64_t>((C + length - 1) / length, 1))};
-}
-
-//! The shared memory of a linear kernel, 16-byte aligned, as T.
-template <class T>
-__device__ inline T* linear_shared_base() {
-  extern __shared__ __align__(16) unsigned char linear_shared[];
-  return reinterpret_cast<T*>(linear_shared);
 }
 
 //! Copies `n` token rows, in time order t0, t0 + 1, ... (token C - 1 - t when `reverse`), columns
@@ -175,13 +184,7 @@ __global__ void __launch_bounds__(128)
   const std::int64_t bh = blockIdx.z, bt = bh / H, h = bh % H, C = b.seq();
   const std::int64_t begin = blockIdx.y * segment_length, end = C < begin + segment_length ? C : begin + segment_length;
   const std::int64_t BH = b.batch() * H;
-  const mma::smem_tile<T> a_s{linear_shared_base<T>(), tc_ld(Xp)};
-  const mma::smem_tile<T> b_s{a_s.data + tc_tokens * tc_ld(Xp), tc_ld(Xp)};
-  const mma::smem_tile<T> v_s{b_s.data + tc_tokens * tc_ld(Xp), tc_ld(tc_y_tile)};
-  const mma::smem_tile<T> hi{v_s.data + tc_tokens * tc_ld(tc_y_tile), tc_ld(tc_y_tile)};
-  const mma::smem_tile<T> lo{hi.data + Xp * tc_ld(tc_y_tile), tc_ld(tc_y_tile)};
-  float* pw = reinterpret_cast<float*>(lo.data + Xp * tc_ld(tc_y_tile));
-  float* slots = pw + tc_tokens + 1;
+  const auto [a_s, b_s, v_s, hi, lo, pw, slots] = carve_shared<chunk_scan_shared<T>>(Xp);
   const float lambda = decay.lambda[h];
   for (int k = threadIdx.x; k <= tc_tokens; k += blockDim.x) pw[k] = static_cast<float>(pow(double(lambda), double(k)));
 
@@ -338,10 +341,7 @@ __global__ void __launch_bounds__(128)
   const int X = static_cast<int>(a.head_dim()), Y = static_cast<int>(out.head_dim()), Xp = tc_padded(X);
   const int H = static_cast<int>(a.heads()), y0 = blockIdx.y * tc_y_tile, row0 = 16 * (threadIdx.x / 32);
   const std::int64_t bt = blockIdx.z / H, h = blockIdx.z % H, C = a.seq();
-  const mma::smem_tile<T> a_s{linear_shared_base<T>(), tc_ld(Xp)};
-  const mma::smem_tile<T> hi{a_s.data + tc_tokens * tc_ld(Xp), tc_ld(tc_y_tile)};
-  const mma::smem_tile<T> lo{hi.data + Xp * tc_ld(tc_y_tile), tc_ld(tc_y_tile)};
-  float* slots = reinterpret_cast<float*>(lo.data + Xp * tc_ld(tc_y_tile));
+  const auto [a_s, hi, lo, slots] = carve_shared<rows_times_state_shared<T>>(Xp);
   auto state_at = [&](int k) {
     const int x = k / tc_y_tile, y = k % tc_y_tile;
     return x < X && y0 + y < Y ? (transposed ? s(bt, h, y0 + y, x) : s(bt, h, x, y0 + y)) : 0.0f;
@@ -376,4 +376,4 @@ __global__ void __launch_bounds__(128)
 }
 
 }  // namespace linear_kernels
-SEQPAR_KERNEL_NAMESPACE_END
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END

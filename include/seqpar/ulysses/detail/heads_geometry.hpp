@@ -12,6 +12,7 @@
 //! The forward exchange packs seq-side blocks and unpacks heads-side ones; the inverse the opposite.
 #pragma once
 
+#include <seqpar/detail/balanced_split.hpp>
 #include <seqpar/shard.hpp>
 #include <seqpar/ulysses/head_partition.hpp>
 
@@ -94,10 +95,7 @@ struct heads_geometry {
   }
 
   //! The rank that owns query head g.
-  SEQPAR_HOST_DEVICE int query_head_owner(int g) const {
-    const int base = heads.heads / heads.ranks, extra = heads.heads % heads.ranks;
-    return g < extra * (base + 1) ? g / (base + 1) : extra + (g - extra * (base + 1)) / base;
-  }
+  SEQPAR_HOST_DEVICE int query_head_owner(int g) const { return balanced_owner(heads.heads, heads.ranks, g); }
   //! The ranks [first, last] whose heads of segment t include `head` (a kv head may have several).
   SEQPAR_HOST_DEVICE void owners(int t, std::int64_t head, int& first, int& last) const {
     if (t == 0) {

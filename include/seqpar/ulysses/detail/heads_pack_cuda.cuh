@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-SEQPAR_KERNEL_NAMESPACE_BEGIN
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace device {
 
 //! Which side a kernel walks: the seq-side blocks (forward pack) or the heads-side blocks (forward
@@ -133,4 +133,4 @@ void unpack_seq_side_sum(const detail::heads_geometry& g, const T* buffer, const
 }
 
 }  // namespace device
-SEQPAR_KERNEL_NAMESPACE_END
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END

@@ -2,8 +2,8 @@
 //! The linear-attention policy concept: the chunk-local terms of LASP, computed on one rank.
 #pragma once
 
-#include <seqpar/comm/communicator.hpp>
-#include <seqpar/lasp/state.hpp>
+#include <seqpar/memory_space.hpp>
+#include <seqpar/policy/linear_state.hpp>
 #include <seqpar/tensor.hpp>
 
 #include <concepts>

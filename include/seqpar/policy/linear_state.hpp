@@ -1,8 +1,8 @@
-//! @file state.hpp
+//! @file linear_state.hpp
 //! LASP memory states: fp32 [batch, heads, D, E] arrays, and per-head decays.
 #pragma once
 
-#include <seqpar/comm/communicator.hpp>
+#include <seqpar/memory_space.hpp>
 #include <seqpar/cuda_check.hpp>
 #include <seqpar/error.hpp>
 

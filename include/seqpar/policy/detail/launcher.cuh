@@ -1,0 +1,85 @@
+//! @file launcher.cuh
+//! How the CUDA policies start their kernels. A policy's host code plans every launch (grid, block,
+//! dynamic shared memory, arguments) and hands it to its launcher, an object with
+//! - launcher(kernel, grid, block, shared_bytes, stream, args...): runs kernel(args...);
+//! - launcher.device(): the device_info the planning reads;
+//! - launcher.workspace(floats, stream): fp32 scratch for the kernels, an object with data() that
+//!   frees it when destroyed.
+//! cuda_launcher (nvcc only) does this on the current CUDA device. The kernel-emulation tests give
+//! the policies a launcher that runs the kernels on the host, so they check the shipped planning.
+#pragma once
+
+#include <seqpar/cuda_check.hpp>
+#include <seqpar/memory_space.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+SEQPAR_NAMESPACE_BEGIN
+namespace detail {
+
+//! What launch planning reads of the device a launcher runs kernels on.
+struct device_info {
+  int multiprocessors;  //!< streaming multiprocessors
+  int major;            //!< major compute capability (8: tensor-core mma.sync m16n8k16)
+};
+
+}  // namespace detail
+SEQPAR_NAMESPACE_END
+
+#if SEQPAR_CUDA_COMPILER
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
+
+//! The launcher of the CUDA policies: the current CUDA device, kernels started with <<<>>>.
+struct cuda_launcher {
+  //! kernel<<<grid, block, shared_bytes, stream>>>(args...), first raising the kernel's dynamic
+  //! shared memory limit when it asks for more than the default 48 KiB; throws seqpar::error when
+  //! the launch fails.
+  template <class... Params, class... Args>
+  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes, stream_t stream,
+                  Args&&... args) const {
+    if (shared_bytes > 48 * 1024)
+      SEQPAR_CUDA_TRY(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
+    kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+    SEQPAR_CUDA_TRY(cudaGetLastError());
+  }
+
+  //! The current device's multiprocessor count and compute capability.
+  device_info device() const {
+    int dev = 0;
+    device_info d{};
+    SEQPAR_CUDA_TRY(cudaGetDevice(&dev));
+    SEQPAR_CUDA_TRY(cudaDeviceGetAttribute(&d.multiprocessors, cudaDevAttrMultiProcessorCount, dev));
+    SEQPAR_CUDA_TRY(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
+    return d;
+  }
+
+  //! fp32 device memory allocated and freed in stream order (null when empty).
+  class device_workspace {
+   public:
+    //! Allocates `floats` on `stream`.
+    device_workspace(std::int64_t floats, stream_t stream) : stream_(stream) {
+      if (floats > 0)
+        SEQPAR_CUDA_TRY(cudaMallocAsync(reinterpret_cast<void**>(&data_), sizeof(float) * floats, stream_));
+    }
+    device_workspace(const device_workspace&) = delete;
+    device_workspace& operator=(const device_workspace&) = delete;
+    ~device_workspace() {
+      if (data_) (void)cudaFreeAsync(data_, stream_);
+    }
+    //! The first float.
+    float* data() const { return data_; }
+
+   private:
+    float* data_ = nullptr;
+    stream_t stream_;
+  };
+
+  //! `floats` of device memory for kernels on `stream`, freed in stream order.
+  device_workspace workspace(std::int64_t floats, stream_t stream) const { return {floats, stream}; }
+};
+
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END
+#endif

@@ -1,0 +1,95 @@
+// Both layers over the MPI backend, one process per rank: with one bad rank at a time, that rank
+// throws an error naming the argument, every other rank throws peer_failed, and no rank has
+// written an output; with good arguments the layers run forward and backward.
+#include <seqpar/comm/mpi.hpp>
+#include <seqpar/lasp/lasp_attention.hpp>
+#include <seqpar/policy/linear_reference.hpp>
+#include <seqpar/policy/reference_attention.hpp>
+#include <seqpar/ulysses/ulysses_attention.hpp>
+#include <seqpar_test/values.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+bool all_sentinel(const std::vector<float>& x) {
+  return std::all_of(x.begin(), x.end(), [](float e) { return seqpar_test::same_bits(e, seqpar_test::poison<float>()); });
+}
+
+// Checks this rank's outcome of a call where `culprit` passed a bad argument.
+void check_outcome(int rank, int culprit, const std::optional<seqpar::error>& e, const std::string& message) {
+  REQUIRE(e.has_value());
+  if (rank == culprit) {
+    CHECK(e->code() == seqpar::errc::invalid_argument);
+    CHECK(std::string(e->what()).find(message) != std::string::npos);
+  } else {
+    CHECK(e->code() == seqpar::errc::peer_failed);
+    CHECK(std::string(e->what()).find("rank(s) " + std::to_string(culprit) + " rejected") != std::string::npos);
+  }
+}
+}  // namespace
+
+TEST_CASE("mpi: ulysses_attention and lasp_attention are all or nothing, one bad rank at a time") {
+  seqpar::mpi_communicator comm(MPI_COMM_WORLD);
+  const int P = comm.size(), r = comm.rank();
+  const std::int64_t B = 1, S = 2 * P + 1, D = 4, E = 3;
+  const int H = 4, H_kv = 2;
+  const auto part = seqpar::make_seq_partition(S, P);
+  const std::int64_t n = part.size(r);
+  auto cv = [&](std::vector<float>& x, std::int64_t len, std::int64_t h, std::int64_t d) {
+    return seqpar::make_bshd<const float>(x.data(), B, len, h, d);
+  };
+  auto mv = [&](std::vector<float>& x, std::int64_t len, std::int64_t h, std::int64_t d) {
+    return seqpar::make_bshd(x.data(), B, len, h, d);
+  };
+  seqpar::ulysses_attention attn(seqpar::reference_attention{}, comm, part,
+                                 {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32,
+                                 {.causal = true});
+  seqpar::lasp_attention lin(seqpar::linear_reference{}, comm, part, {.batch = B, .heads = 2, .head_dim = D, .value_dim = E},
+                             {0.9f, 0.99f});
+  std::vector<float> q(B * n * H * D, 0.5f), kv(B * n * H_kv * D, 0.25f), v(B * n * 2 * E, 0.125f);
+  for (int culprit = 0; culprit < P; ++culprit) {
+    CAPTURE(culprit);
+    const bool bad = r == culprit;
+    {  // Ulysses forward: o one token short on the culprit.
+      std::vector<float> o(B * n * H * D, seqpar_test::poison<float>());
+      std::optional<seqpar::error> e;
+      try {
+        (void)attn.forward(cv(q, n, H, D), cv(kv, n, H_kv, D), cv(kv, n, H_kv, D), mv(o, bad ? n - 1 : n, H, D));
+      } catch (const seqpar::error& x) {
+        e = x;
+      }
+      check_outcome(r, culprit, e, "o: expected extents");
+      CHECK(all_sentinel(o));
+    }
+    {  // Ulysses backward: dk one head short on the culprit.
+      std::vector<float> o(B * n * H * D), dq(o.size(), seqpar_test::poison<float>()),
+          dk(B * n * H_kv * D, seqpar_test::poison<float>()), dv(dk);
+      const auto saved = attn.forward(cv(q, n, H, D), cv(kv, n, H_kv, D), cv(kv, n, H_kv, D), mv(o, n, H, D));
+      std::optional<seqpar::error> e;
+      try {
+        attn.backward(saved, cv(q, n, H, D), mv(dq, n, H, D), mv(dk, n, bad ? H_kv - 1 : H_kv, D), mv(dv, n, H_kv, D));
+      } catch (const seqpar::error& x) {
+        e = x;
+      }
+      check_outcome(r, culprit, e, "dk: expected extents");
+      CHECK((all_sentinel(dq) && all_sentinel(dk) && all_sentinel(dv)));
+    }
+    {  // LASP backward: dv with the wrong value dim on the culprit.
+      std::vector<float> o(v.size()), dq(B * n * 2 * D, seqpar_test::poison<float>()), dk(dq), dv(v.size(), seqpar_test::poison<float>());
+      const auto saved = lin.forward(cv(q, n, 2, D), cv(q, n, 2, D), cv(v, n, 2, E), mv(o, n, 2, E));
+      std::optional<seqpar::error> e;
+      try {
+        lin.backward(saved, cv(v, n, 2, E), mv(dq, n, 2, D), mv(dk, n, 2, D), mv(dv, n, 2, bad ? E - 1 : E));
+      } catch (const seqpar::error& x) {
+        e = x;
+      }
+      check_outcome(r, culprit, e, "dv: expected extents");
+      CHECK((all_sentinel(dq) && all_sentinel(dk) && all_sentinel(dv)));
+    }
+  }
+}
