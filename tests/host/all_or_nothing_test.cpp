@@ -9,12 +9,10 @@
 #include <seqpar/comm/counting.hpp>
 #include <seqpar/comm/in_process.hpp>
 #include <seqpar/ulysses/ulysses_attention.hpp>
-#include <seqpar_test/values.hpp>
+#include <seqpar_test/all_or_nothing.hpp>
 
 #include <doctest/doctest.h>
 
-#include <deque>
-#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,69 +20,23 @@
 using seqpar::errc;
 using seqpar::in_process_communicator;
 using seqpar::memory_space;
-using seqpar_test::poison;
 
 namespace {
 
-//! Buffers a call must leave untouched when it throws: each starts as the sentinel.
-struct sentinels {
-  std::deque<std::vector<float>> buffers;
-  //! A new buffer of n sentinel values.
-  std::vector<float>& make(std::size_t n) { return buffers.emplace_back(n, poison<float>()); }
-  bool untouched() const {
-    for (const auto& b : buffers)
-      for (float x : b)
-        if (!seqpar_test::same_bits(x, poison<float>())) return false;
-    return true;
-  }
-};
-
-using body_fn = std::function<void(in_process_communicator&, bool bad, sentinels&)>;
-
-//! Runs `body` on P ranks once per culprit; checks the culprit's message, the peers' peer_failed
-//! and that every rank's sentinel buffers are untouched.
-void expect_all_or_nothing(int P, const std::string& message, const body_fn& body) {
-  for (int culprit = 0; culprit < P; ++culprit) {
-    CAPTURE(culprit);
-    std::vector<std::optional<errc>> code(P);
-    std::vector<std::string> what(P);
-    std::vector<int> untouched(P, 0);
-    seqpar::run_in_process(P, memory_space::host, [&](in_process_communicator& comm) {
-      const int r = comm.rank();
-      sentinels outputs;
-      try {
-        body(comm, r == culprit, outputs);
-      } catch (const seqpar::error& e) {
-        code[r] = e.code(), what[r] = e.what();
-        comm.abort_group();  // a rank that threw alone must not leave its peers waiting (a failure, not a hang)
-      }
-      untouched[r] = outputs.untouched();
-    });
-    for (int r = 0; r < P; ++r) {
-      CAPTURE(r);
-      CHECK(untouched[r]);
-      REQUIRE(code[r].has_value());
-      if (r == culprit) {
-        CHECK(*code[r] == errc::invalid_argument);
-        CHECK(what[r].find(message) != std::string::npos);
-        INFO(what[r]);
-      } else {
-        CHECK(*code[r] == errc::peer_failed);
-        CHECK(what[r].find("rank(s) " + std::to_string(culprit) + " rejected") != std::string::npos);
-      }
-    }
-  }
-}
+using seqpar_test::expect_all_or_nothing;
+using seqpar_test::sentinels;
 
 // Shapes of the cases: P ranks, S = 2P + 1 tokens (uneven shards), B = 1, H = 4, H_kv = 2, D = 4.
 constexpr std::int64_t B = 1, D = 4;
 constexpr int H = 4, H_kv = 2;
 std::int64_t tokens(int P) { return 2 * P + 1; }
 
-seqpar::tensor_view<const float> in_view(std::vector<float>& x, std::int64_t S, std::int64_t h, std::int64_t d = D) {
+template <class X>
+seqpar::tensor_view<const float> in_view(X& x, std::int64_t S, std::int64_t h, std::int64_t d = D) {
   return seqpar::make_bshd<const float>(x.data(), B, S, h, d);
 }
-seqpar::tensor_view<float> out_view(std::vector<float>& x, std::int64_t S, std::int64_t h, std::int64_t d = D) {
+template <class X>
+seqpar::tensor_view<float> out_view(X& x, std::int64_t S, std::int64_t h, std::int64_t d = D) {
   return seqpar::make_bshd(x.data(), B, S, h, d);
 }
 
@@ -125,10 +77,11 @@ TEST_CASE("all or nothing: all_to_all_heads and its inverse, Q/K/V and one tenso
       auto& qo = s.make(B * S * hp.count(r) * D);
       auto& ko = s.make(B * S * hp.kv_count(r) * D);
       auto& vo = s.make(B * S * hp.kv_count(r) * D);
-      seqpar::all_to_all_heads(plan, comm, seqpar::qkv_views{in_view(q, n, H), in_view(k, bad ? n + 1 : n, H_kv), in_view(k, n, H_kv)},
-                               seqpar::qkv_views{out_view(qo, S, hp.count(r)), out_view(ko, S, hp.kv_count(r)),
-                                                 out_view(vo, S, hp.kv_count(r))},
-                               std::as_writable_bytes(std::span(ws)));
+      seqpar::all_to_all_heads(
+          plan, comm, seqpar::qkv_views{in_view(q, n, H), in_view(k, bad ? n + 1 : n, H_kv), in_view(k, n, H_kv)},
+          seqpar::qkv_views{out_view(qo, S, hp.count(r)), out_view(ko, S, hp.kv_count(r)),
+                            out_view(vo, S, hp.kv_count(r))},
+          std::as_writable_bytes(std::span(ws)));
     });
     expect_all_or_nothing(P, "k out: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
       const auto plan = plan_of(comm);
@@ -141,7 +94,9 @@ TEST_CASE("all or nothing: all_to_all_heads and its inverse, Q/K/V and one tenso
       auto& dk = s.make(B * n * H * D);
       auto& dv = s.make(B * n * H_kv * D);
       seqpar::all_to_all_heads_inverse(
-          plan, comm, seqpar::qkv_views{in_view(gq, S, hp.count(r)), in_view(gk, S, hp.kv_count(r)), in_view(gk, S, hp.kv_count(r))},
+          plan, comm,
+          seqpar::qkv_views{in_view(gq, S, hp.count(r)), in_view(gk, S, hp.kv_count(r)),
+                            in_view(gk, S, hp.kv_count(r))},
           seqpar::qkv_views{out_view(dq, n, H), out_view(dk, n, bad ? H : H_kv), out_view(dv, n, H_kv)},
           std::as_writable_bytes(std::span(ws)));
     });
@@ -154,15 +109,17 @@ TEST_CASE("all or nothing: all_to_all_heads and its inverse, Q/K/V and one tenso
       seqpar::all_to_all_heads(plan, comm, in_view(x, n, H), out_view(y, S, bad ? h + 1 : h),
                                std::as_writable_bytes(std::span(ws)));
     });
-    expect_all_or_nothing(P, "workspace: expected at least", [&](in_process_communicator& comm, bool bad, sentinels& s) {
-      const auto plan = plan_of(comm);
-      const int r = comm.rank();
-      const std::int64_t n = part.size(r), h = plan.heads().count(r);
-      std::vector<float> x(B * S * h * D, 1.f), ws(plan.workspace_bytes() / 4 + 4);
-      auto& y = s.make(B * n * H * D);
-      auto bytes = std::as_writable_bytes(std::span(ws));
-      seqpar::all_to_all_heads_inverse(plan, comm, in_view(x, S, h), out_view(y, n, H), bad ? bytes.first(16) : bytes);
-    });
+    expect_all_or_nothing(P, "workspace: expected at least",
+                          [&](in_process_communicator& comm, bool bad, sentinels& s) {
+                            const auto plan = plan_of(comm);
+                            const int r = comm.rank();
+                            const std::int64_t n = part.size(r), h = plan.heads().count(r);
+                            std::vector<float> x(B * S * h * D, 1.f), ws(plan.workspace_bytes() / 4 + 4);
+                            auto& y = s.make(B * n * H * D);
+                            auto bytes = std::as_writable_bytes(std::span(ws));
+                            seqpar::all_to_all_heads_inverse(plan, comm, in_view(x, S, h), out_view(y, n, H),
+                                                             bad ? bytes.first(16) : bytes);
+                          });
   }
 }
 
@@ -215,7 +172,8 @@ TEST_CASE("all or nothing: ulysses_attention forward, backward and construction"
       const std::int64_t n = part.size(comm.rank());
       std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f);
       auto& o = s.make(B * n * H * D);
-      (void)layer.forward(in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, n, H_kv), out_view(o, bad ? n - 1 : n, H));
+      (void)layer.forward(in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, n, H_kv),
+                          out_view(o, bad ? n - 1 : n, H));
     });
     for (const char* which : {"dq", "dk", "dout"}) {
       const std::string name = which;
@@ -223,11 +181,13 @@ TEST_CASE("all or nothing: ulysses_attention forward, backward and construction"
         auto layer = ulysses_layer(comm, part);
         const std::int64_t n = part.size(comm.rank());
         std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f), o(q.size());
-        const auto saved = layer.forward(in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, n, H_kv), out_view(o, n, H));
+        const auto saved =
+            layer.forward(in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, n, H_kv), out_view(o, n, H));
         auto& dq = s.make(B * n * H * D);
         auto& dk = s.make(B * n * H * D);
         auto& dv = s.make(B * n * H_kv * D);
-        layer.backward(saved, in_view(q, bad && name == "dout" ? n + 1 : n, H), out_view(dq, n, bad && name == "dq" ? H - 1 : H),
+        layer.backward(saved, in_view(q, bad && name == "dout" ? n + 1 : n, H),
+                       out_view(dq, n, bad && name == "dq" ? H - 1 : H),
                        out_view(dk, n, bad && name == "dk" ? H_kv - 1 : H_kv), out_view(dv, n, H_kv));
       });
     }
@@ -242,12 +202,12 @@ TEST_CASE("all or nothing: ulysses_attention forward, backward and construction"
       auto& dv = s.make(B * n * H_kv * D);
       layer.backward(saved, in_view(q, n, H), out_view(dq, n, H), out_view(dk, n, H_kv), out_view(dv, n, H_kv));
     });
-    expect_all_or_nothing(P, "shape.kv_heads: expected a divisor of heads = 4", [&](in_process_communicator& comm, bool bad,
-                                                                                  sentinels&) {
-      seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
-                                      {.batch = B, .heads = H, .kv_heads = bad ? 3 : H_kv, .head_dim = D},
-                                      seqpar::dtype::float32);
-    });
+    expect_all_or_nothing(
+        P, "shape.kv_heads: expected a divisor of heads = 4", [&](in_process_communicator& comm, bool bad, sentinels&) {
+          seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
+                                          {.batch = B, .heads = H, .kv_heads = bad ? 3 : H_kv, .head_dim = D},
+                                          seqpar::dtype::float32);
+        });
   }
 }
 
@@ -286,7 +246,8 @@ TEST_CASE("all or nothing: lasp_attention forward, backward and construction") {
         const std::int64_t n = part.size(comm.rank());
         std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f);
         auto& o = s.make(B * n * 2 * E);
-        (void)layer.forward(in_view(q, n, 2), in_view(q, n, 2), in_view(v, n, 2, E), out_view(o, bad ? n - 1 : n, 2, E));
+        (void)layer.forward(in_view(q, n, 2), in_view(q, n, 2), in_view(v, n, 2, E),
+                            out_view(o, bad ? n - 1 : n, 2, E));
       });
       expect_all_or_nothing(P, "dk: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
         seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, decay, strategy);
@@ -296,13 +257,14 @@ TEST_CASE("all or nothing: lasp_attention forward, backward and construction") {
         auto& dq = s.make(B * n * 2 * D);
         auto& dk = s.make(B * n * 2 * D);
         auto& dv = s.make(B * n * 2 * E);
-        layer.backward(saved, in_view(v, n, 2, E), out_view(dq, n, 2), out_view(dk, n, bad ? 1 : 2), out_view(dv, n, 2, E));
+        layer.backward(saved, in_view(v, n, 2, E), out_view(dq, n, 2), out_view(dk, n, bad ? 1 : 2),
+                       out_view(dv, n, 2, E));
       });
-      expect_all_or_nothing(P, "decay[1]: expected lambda in (0, 1], got 1.5", [&](in_process_communicator& comm, bool bad,
-                                                                                  sentinels&) {
-        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape,
-                                     bad ? std::vector<float>{0.9f, 1.5f} : decay, strategy);
-      });
+      expect_all_or_nothing(P, "decay[1]: expected lambda in (0, 1], got 1.5",
+                            [&](in_process_communicator& comm, bool bad, sentinels&) {
+                              seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape,
+                                                           bad ? std::vector<float>{0.9f, 1.5f} : decay, strategy);
+                            });
     }
 }
 

@@ -46,7 +46,8 @@ std::vector<float> random_values(std::size_t n, unsigned seed) {
 constexpr int P = 3, H = 4, H_kv = 2;
 constexpr std::int64_t B = 2, S = 7, D = 4;
 
-seqpar::tensor_view<const float> cview(const std::vector<float>& x, std::int64_t n, std::int64_t h, std::int64_t d = D) {
+seqpar::tensor_view<const float> cview(const std::vector<float>& x, std::int64_t n, std::int64_t h,
+                                       std::int64_t d = D) {
   return seqpar::make_bshd<const float>(x.data(), B, n, h, d);
 }
 seqpar::tensor_view<float> view(std::vector<float>& x, std::int64_t n, std::int64_t h, std::int64_t d = D) {
@@ -125,7 +126,8 @@ TEST_CASE("ulysses_attention: a caller workspace gives the same results; too sma
     CHECK_THROWS_WITH_AS(
         layer.backward(b, cview(q, n, H), view(dq2, n, H), view(dk2, n, H_kv), view(dv2, n, H_kv),
                        bytes.first(layer.forward_workspace_bytes())),
-        doctest::Contains(("workspace: expected at least workspace_bytes() = " + std::to_string(layer.workspace_bytes())).c_str()),
+        doctest::Contains(
+            ("workspace: expected at least workspace_bytes() = " + std::to_string(layer.workspace_bytes())).c_str()),
         seqpar::error);
   });
 }
@@ -235,9 +237,10 @@ TEST_CASE("attention_shape: names every size, resolves defaults, and checks the 
   std::ostringstream os;
   os << mha;
   CHECK(os.str() == "{batch = 2, heads = 8, kv_heads = 8, head_dim = 64, value_dim = 64}");
-  CHECK_THROWS_WITH_AS(seqpar::check_attention_shape({.batch = 1, .heads = 8, .kv_heads = 3, .head_dim = 64}),
-                       doctest::Contains("shape.kv_heads: expected a divisor of heads = 8 (GQA groups of equal size), got 3"),
-                       seqpar::error);
+  CHECK_THROWS_WITH_AS(
+      seqpar::check_attention_shape({.batch = 1, .heads = 8, .kv_heads = 3, .head_dim = 64}),
+      doctest::Contains("shape.kv_heads: expected a divisor of heads = 8 (GQA groups of equal size), got 3"),
+      seqpar::error);
   CHECK_THROWS_WITH_AS(seqpar::check_attention_shape({.batch = 0, .heads = 8, .head_dim = 64}),
                        doctest::Contains("shape.batch: expected at least 1, got 0"), seqpar::error);
   CHECK_THROWS_WITH_AS(seqpar::make_all_to_all_heads_plan(0, seqpar::make_seq_partition(8, 2),

@@ -17,7 +17,8 @@
 
 namespace {
 bool all_sentinel(const std::vector<float>& x) {
-  return std::all_of(x.begin(), x.end(), [](float e) { return seqpar_test::same_bits(e, seqpar_test::poison<float>()); });
+  return std::all_of(x.begin(), x.end(),
+                     [](float e) { return seqpar_test::same_bits(e, seqpar_test::poison<float>()); });
 }
 
 // Checks this rank's outcome of a call where `culprit` passed a bad argument.
@@ -49,8 +50,8 @@ TEST_CASE("mpi: ulysses_attention and lasp_attention are all or nothing, one bad
   seqpar::ulysses_attention attn(seqpar::reference_attention{}, comm, part,
                                  {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32,
                                  {.causal = true});
-  seqpar::lasp_attention lin(seqpar::linear_reference{}, comm, part, {.batch = B, .heads = 2, .head_dim = D, .value_dim = E},
-                             {0.9f, 0.99f});
+  seqpar::lasp_attention lin(seqpar::linear_reference{}, comm, part,
+                             {.batch = B, .heads = 2, .head_dim = D, .value_dim = E}, {0.9f, 0.99f});
   std::vector<float> q(B * n * H * D, 0.5f), kv(B * n * H_kv * D, 0.25f), v(B * n * 2 * E, 0.125f);
   for (int culprit = 0; culprit < P; ++culprit) {
     CAPTURE(culprit);
@@ -80,7 +81,8 @@ TEST_CASE("mpi: ulysses_attention and lasp_attention are all or nothing, one bad
       CHECK((all_sentinel(dq) && all_sentinel(dk) && all_sentinel(dv)));
     }
     {  // LASP backward: dv with the wrong value dim on the culprit.
-      std::vector<float> o(v.size()), dq(B * n * 2 * D, seqpar_test::poison<float>()), dk(dq), dv(v.size(), seqpar_test::poison<float>());
+      std::vector<float> o(v.size()), dq(B * n * 2 * D, seqpar_test::poison<float>()), dk(dq),
+          dv(v.size(), seqpar_test::poison<float>());
       const auto saved = lin.forward(cv(q, n, 2, D), cv(q, n, 2, D), cv(v, n, 2, E), mv(o, n, 2, E));
       std::optional<seqpar::error> e;
       try {

@@ -1,4 +1,4 @@
-// Host code built by g++ alone against the installed package: two ranks gather their ranks.
+// Host code built by g++ alone against seqpar (installed, or added as a subdirectory): two ranks gather their ranks.
 #include <seqpar/seqpar.hpp>
 
 #include <cstdio>

@@ -190,8 +190,9 @@ __global__ void add_rows_times_state(tensor_view<const T> a, const_state_view s,
 }
 
 //! out = lambda^n in + m, element-wise (in empty: out = m).
-__global__ void state_update_kernel(decay_table decay, std::int64_t n, const_state_view in, const_state_view m,
-                                    state_view out) {
+// static: a kernel defined in a header gets internal linkage, so several .cu files may include it.
+[[maybe_unused]] static __global__ void state_update_kernel(decay_table decay, std::int64_t n, const_state_view in,
+                                                            const_state_view m, state_view out) {
   const std::int64_t total = out.size(), per_head = out.extent(2) * out.extent(3), H = out.extent(1);
   for (std::int64_t k = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; k < total;
        k += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {

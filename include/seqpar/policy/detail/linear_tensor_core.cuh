@@ -312,9 +312,11 @@ __global__ void __launch_bounds__(128)
 //! `segment_length`) into exclusive decayed prefixes, a thread per state element: P_0 = 0,
 //! P_(s+1) = lambda^(length of s) P_s + m_s. With `total` non-null, total = scale * P_segments,
 //! scale = lambda with `times_lambda`, else 1.
-__global__ void scan_segment_states(float* states, int segments, std::int64_t segment_length, std::int64_t C,
-                                    std::int64_t BH, int H, std::int64_t per_head, decay_table decay, float* total,
-                                    bool times_lambda) {
+// static: a kernel defined in a header gets internal linkage, so several .cu files may include it.
+[[maybe_unused]] static __global__ void scan_segment_states(float* states, int segments, std::int64_t segment_length,
+                                                            std::int64_t C, std::int64_t BH, int H,
+                                                            std::int64_t per_head, decay_table decay, float* total,
+                                                            bool times_lambda) {
   const std::int64_t n = BH * per_head;
   for (std::int64_t k = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; k < n;
        k += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
