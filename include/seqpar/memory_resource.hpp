@@ -23,7 +23,18 @@ concept memory_resource = requires(const R& r, std::size_t bytes, void* p, memor
   r.deallocate(p, bytes, where);
 };
 
-//! operator new (256-byte aligned) on the host, cudaMalloc on the device.
+namespace detail {
+//! A resource that can also allocate and free in stream order (what per-call scratch uses).
+template <class R>
+concept stream_ordered_resource = requires(const R& r, std::size_t bytes, void* p, memory_space where, stream_t s) {
+  { r.allocate_async(bytes, where, s) } -> std::same_as<void*>;
+  r.deallocate_async(p, bytes, where, s);
+};
+}  // namespace detail
+
+//! operator new (256-byte aligned) on the host, cudaMalloc on the device; per-call scratch is
+//! allocated in stream order (cudaMallocAsync from the device's pool), so it neither waits for
+//! the device nor makes it wait.
 struct default_memory_resource {
   //! Returns `bytes` bytes in `where`.
   void* allocate(std::size_t bytes, memory_space where) const {
@@ -37,9 +48,21 @@ struct default_memory_resource {
     if (where == memory_space::host) ::operator delete(p, std::align_val_t{256});
     else cudaFree(p);
   }
+  //! Returns `bytes` bytes in `where`, usable by work ordered on `stream` from now on.
+  void* allocate_async(std::size_t bytes, memory_space where, stream_t stream) const {
+    if (where == memory_space::host) return allocate(bytes, where);
+    void* p = nullptr;
+    SEQPAR_CUDA_TRY(cudaMallocAsync(&p, bytes, stream));
+    return p;
+  }
+  //! Gives back what allocate_async returned, once the work ordered on `stream` before now is done.
+  void deallocate_async(void* p, std::size_t bytes, memory_space where, stream_t stream) const {
+    if (where == memory_space::host) deallocate(p, bytes, where);
+    else cudaFreeAsync(p, stream);
+  }
 };
 
-static_assert(memory_resource<default_memory_resource>);
+static_assert(memory_resource<default_memory_resource> && detail::stream_ordered_resource<default_memory_resource>);
 
 //! Bytes owned through a memory resource, released on destruction.
 template <memory_resource Resource = default_memory_resource>
@@ -50,17 +73,35 @@ class owned_bytes {
   //! Allocates `bytes` bytes in `where` from `resource`.
   owned_bytes(std::size_t bytes, memory_space where, Resource resource = {})
       : resource_(resource), where_(where), bytes_(bytes), data_(bytes ? resource_.allocate(bytes, where) : nullptr) {}
+  //! Allocates `bytes` bytes in `where` for work ordered on `stream`, and frees them in the same
+  //! order: in stream order when the resource can (detail::stream_ordered_resource), else plainly.
+  //! For scratch that lives no longer than the stream.
+  owned_bytes(std::size_t bytes, memory_space where, Resource resource, stream_t stream)
+      : resource_(resource), where_(where), bytes_(bytes), stream_(stream), ordered_(true) {
+    if (bytes == 0) return;
+    if constexpr (detail::stream_ordered_resource<Resource>) data_ = resource_.allocate_async(bytes, where, stream);
+    else data_ = resource_.allocate(bytes, where);
+  }
   //! Takes over `o`'s bytes; `o` is left owning nothing.
   owned_bytes(owned_bytes&& o) noexcept
-      : resource_(o.resource_), where_(o.where_), bytes_(std::exchange(o.bytes_, 0)), data_(std::exchange(o.data_, nullptr)) {}
+      : resource_(o.resource_), where_(o.where_), bytes_(std::exchange(o.bytes_, 0)), stream_(o.stream_),
+        ordered_(o.ordered_), data_(std::exchange(o.data_, nullptr)) {}
   //! Swaps bytes with `o`, which then releases this object's former ones.
   owned_bytes& operator=(owned_bytes&& o) noexcept {
     std::swap(resource_, o.resource_), std::swap(where_, o.where_), std::swap(bytes_, o.bytes_), std::swap(data_, o.data_);
+    std::swap(stream_, o.stream_), std::swap(ordered_, o.ordered_);
     return *this;
   }
   //! Returns the bytes to the resource.
   ~owned_bytes() {
-    if (data_) resource_.deallocate(data_, bytes_, where_);
+    if (!data_) return;
+    if constexpr (detail::stream_ordered_resource<Resource>) {
+      if (ordered_) {
+        resource_.deallocate_async(data_, bytes_, where_, stream_);
+        return;
+      }
+    }
+    resource_.deallocate(data_, bytes_, where_);
   }
   //! The bytes.
   std::span<std::byte> span() const { return {static_cast<std::byte*>(data_), bytes_}; }
@@ -69,6 +110,8 @@ class owned_bytes {
   Resource resource_{};
   memory_space where_ = memory_space::host;
   std::size_t bytes_ = 0;
+  stream_t stream_ = nullptr;
+  bool ordered_ = false;
   void* data_ = nullptr;
 };
 
@@ -85,12 +128,13 @@ inline void check_workspace(const optional_workspace& workspace, std::size_t nee
   SEQPAR_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace->data()) % 16 == 0, "workspace: expected 16-byte alignment");
 }
 
-//! The caller's workspace, or `need` bytes in `where` from `resource`, kept in `own` for the call.
+//! The caller's workspace, or `need` bytes in `where` from `resource` in `stream` order, kept in
+//! `own` for the call.
 template <memory_resource Resource>
 std::span<std::byte> workspace_for(const optional_workspace& workspace, owned_bytes<Resource>& own, std::size_t need,
-                                   memory_space where, const Resource& resource) {
+                                   memory_space where, const Resource& resource, stream_t stream) {
   if (workspace) return *workspace;
-  own = owned_bytes<Resource>(need, where, resource);
+  own = owned_bytes<Resource>(need, where, resource, stream);
   return own.span();
 }
 }  // namespace detail

@@ -35,14 +35,6 @@ struct counted_resource {
 };
 static_assert(seqpar::memory_resource<counted_resource>);
 
-std::vector<float> random_values(std::size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  std::vector<float> x(n);
-  for (auto& e : x) e = u(rng);
-  return x;
-}
-
 constexpr int P = 3, H = 4, H_kv = 2;
 constexpr std::int64_t B = 2, S = 7, D = 4;
 
@@ -67,9 +59,9 @@ TEST_CASE("ulysses_attention: two forwards in flight, backwards in reverse order
     CHECK(*resource.live == 0);  // the layer itself holds no activation buffers
     std::vector<std::vector<float>> q, kv, dout;
     for (unsigned m = 0; m < 2; ++m) {
-      q.push_back(random_values(B * n * H * D, 10 * m + comm.rank()));
-      kv.push_back(random_values(B * n * H_kv * D, 10 * m + 5 + comm.rank()));
-      dout.push_back(random_values(B * n * H * D, 10 * m + 7 + comm.rank()));
+      q.push_back(seqpar_test::uniform_floats(B * n * H * D, 10 * m + comm.rank()));
+      kv.push_back(seqpar_test::uniform_floats(B * n * H_kv * D, 10 * m + 5 + comm.rank()));
+      dout.push_back(seqpar_test::uniform_floats(B * n * H * D, 10 * m + 7 + comm.rank()));
     }
     auto grads = [&](int m, const auto& saved) {
       std::vector<float> dq(B * n * H * D), dk(B * n * H_kv * D), dv(dk.size());
@@ -105,7 +97,7 @@ TEST_CASE("ulysses_attention: a caller workspace gives the same results; too sma
     seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
                                     {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32,
                                     {}, resource);
-    const auto q = random_values(B * n * H * D, 1 + comm.rank()), kv = random_values(B * n * H_kv * D, 9 + comm.rank());
+    const auto q = seqpar_test::uniform_floats(B * n * H * D, 1 + comm.rank()), kv = seqpar_test::uniform_floats(B * n * H_kv * D, 9 + comm.rank());
     std::vector<float> o1(q.size()), o2(q.size()), dq1(q.size()), dq2(q.size()), dk1(kv.size()), dk2(kv.size()),
         dv1(kv.size()), dv2(kv.size());
     std::vector<float> ws(layer.workspace_bytes() / sizeof(float) + 1);
@@ -143,7 +135,7 @@ TEST_CASE("ulysses_attention: the default scale is 1 / sqrt(head_dim)") {
     seqpar::ulysses_attention other(seqpar::reference_attention{}, comm, part, shape, seqpar::dtype::float32,
                                     {.scale = 0.25f});
     CHECK(by_default.options().scale == 0.5f);
-    const auto q = random_values(B * n * H * D, 3 + comm.rank()), kv = random_values(B * n * H_kv * D, 4 + comm.rank());
+    const auto q = seqpar_test::uniform_floats(B * n * H * D, 3 + comm.rank()), kv = seqpar_test::uniform_floats(B * n * H_kv * D, 4 + comm.rank());
     std::vector<float> a(q.size()), b(q.size()), c(q.size());
     (void)by_default.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(a, n, H));
     (void)stated.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(b, n, H));
@@ -162,7 +154,7 @@ TEST_CASE("ulysses_attention: a context of a layer with other shapes is refused"
                                      {.causal = true});
     seqpar::ulysses_attention plain(seqpar::reference_attention{}, comm, part,
                                     {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32);
-    const auto q = random_values(B * n * H * D, 1), kv = random_values(B * n * H_kv * D, 2);
+    const auto q = seqpar_test::uniform_floats(B * n * H * D, 1), kv = seqpar_test::uniform_floats(B * n * H_kv * D, 2);
     std::vector<float> o(q.size()), dq(q.size()), dk(kv.size()), dv(kv.size());
     const auto saved = causal.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(o, n, H));
     CHECK_THROWS_WITH_AS(plain.backward(saved, cview(q, n, H), view(dq, n, H), view(dk, n, H_kv), view(dv, n, H_kv)),
@@ -183,10 +175,10 @@ TEST_CASE("lasp_attention: two forwards in flight, backwards in reverse order, e
       CHECK(*resource.live == 0);
       std::vector<std::vector<float>> q, k, v, dout;
       for (unsigned m = 0; m < 2; ++m) {
-        q.push_back(random_values(B * n * H * D, 10 * m + comm.rank()));
-        k.push_back(random_values(B * n * H * D, 10 * m + 3 + comm.rank()));
-        v.push_back(random_values(B * n * H * E, 10 * m + 5 + comm.rank()));
-        dout.push_back(random_values(B * n * H * E, 10 * m + 7 + comm.rank()));
+        q.push_back(seqpar_test::uniform_floats(B * n * H * D, 10 * m + comm.rank()));
+        k.push_back(seqpar_test::uniform_floats(B * n * H * D, 10 * m + 3 + comm.rank()));
+        v.push_back(seqpar_test::uniform_floats(B * n * H * E, 10 * m + 5 + comm.rank()));
+        dout.push_back(seqpar_test::uniform_floats(B * n * H * E, 10 * m + 7 + comm.rank()));
       }
       auto forward = [&](int m, std::vector<float>& o) {
         return layer.forward(cview(q[m], n, H), cview(k[m], n, H), cview(v[m], n, H, E), view(o, n, H, E));
@@ -215,7 +207,7 @@ TEST_CASE("call_checks: group agrees in one control call per layer call; local m
     seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
                                     {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32);
     CHECK(comm.control_calls() == 2);  // construction: the arguments, then the fingerprint
-    const auto q = random_values(B * n * H * D, 1), kv = random_values(B * n * H_kv * D, 2);
+    const auto q = seqpar_test::uniform_floats(B * n * H * D, 1), kv = seqpar_test::uniform_floats(B * n * H_kv * D, 2);
     std::vector<float> o(q.size()), dq(q.size()), dk(kv.size()), dv(kv.size());
     auto saved = layer.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(o, n, H));
     layer.backward(saved, cview(q, n, H), view(dq, n, H), view(dk, n, H_kv), view(dv, n, H_kv));

@@ -148,7 +148,7 @@ class lasp_attention {
       detail::check_workspace(workspace, workspace_bytes(), "workspace_bytes()");
       saved.state_ = owned_bytes<Resource>(context_bytes(), comm_.memory(), resource_);
       saved.shape_ = {s.batch, s.heads, s.head_dim, s.value_dim};
-      ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_);
+      ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_, stream);
       ring_.check_forward(policy_, comm_, q, k, v, decay_, o, state_of(saved), ws);
     });
     // Checked and agreed above: the primitive repeats only its local checks.
@@ -174,7 +174,7 @@ class lasp_attention {
       SEQPAR_EXPECTS(dtype_of<T> == saved.type_, "dout: element type " << to_string(dtype_of<T>)
                                                                        << "; expected the forward's " << to_string(saved.type_));
       detail::check_workspace(workspace, workspace_bytes(), "workspace_bytes()");
-      ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_);
+      ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_, stream);
       ring_.check_backward(policy_, comm_, saved_view<T>(saved.q_, saved.q_map_), saved_view<T>(saved.k_, saved.k_map_),
                            saved_view<T>(saved.v_, saved.v_map_), dout, decay_, saved.state(), dq, dk, dv, ws);
     });

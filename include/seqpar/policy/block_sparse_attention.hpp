@@ -26,6 +26,6 @@ struct block_mask {
 //! Softmax attention under a block_mask, on the host (causal or not, GQA, any head dim).
 using block_sparse_attention = masked_attention<block_mask>;
 
-static_assert(attention_policy<block_sparse_attention>);
+static_assert(block_attention_policy<block_sparse_attention>);
 
 SEQPAR_NAMESPACE_END

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <seqpar/policy/attention_policy.hpp>
+#include <seqpar/policy/block_attention.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -39,24 +40,7 @@ struct masked_attention {
   template <class T>
   void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t = nullptr) const {
-    const std::int64_t S = q.seq(), D = q.head_dim();
-    opt = opt.resolved(D);
-    std::vector<double> p(S);
-    for (std::int64_t b = 0; b < q.batch(); ++b)
-      for (std::int64_t h = 0; h < q.heads(); ++h) {
-        const int kh = map.kv_head(static_cast<int>(h));
-        for (std::int64_t i = 0; i < S; ++i) {
-          const double m = scores(q, k, b, h, kh, i, opt, p);
-          double sum = 0;
-          for (std::int64_t j = 0; j < S; ++j) sum += p[j] = std::isinf(p[j]) ? 0.0 : std::exp(p[j] - m);
-          for (std::int64_t d = 0; d < D; ++d) {
-            double acc = 0;
-            for (std::int64_t j = 0; j < S; ++j) acc += p[j] * to_float(v(b, j, kh, d));
-            o(b, i, h, d) = from_float<T>(static_cast<float>(sum > 0 ? acc / sum : 0.0));
-          }
-          lse(b, h, i) = sum > 0 ? static_cast<float>(m + std::log(sum)) : -std::numeric_limits<float>::infinity();
-        }
-      }
+    attend(q, k, v, map, opt.resolved(q.head_dim()), block_pair{}, o, lse);
   }
 
   //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
@@ -64,54 +48,133 @@ struct masked_attention {
   void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
                 tensor_view<T> dk, tensor_view<T> dv, stream_t = nullptr) const {
-    const std::int64_t S = q.seq(), D = q.head_dim(), B = q.batch();
-    opt = opt.resolved(D);
-    std::vector<double> gk(B * S * k.heads() * D, 0.0), gv(gk.size(), 0.0), p(S), ds(S);
-    auto kv_at = [&](std::int64_t b, std::int64_t j, std::int64_t kh, std::int64_t d) {
-      return ((b * S + j) * k.heads() + kh) * D + d;
-    };
+    const std::int64_t B = q.batch(), S = q.seq(), D = q.head_dim();
+    std::vector<double> row_dots(static_cast<std::size_t>(B * q.heads() * S));
+    const cuda::std::mdspan<double, cuda::std::dextents<std::int64_t, 3>> dots(row_dots.data(), B, q.heads(), S);
     for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t h = 0; h < q.heads(); ++h)
+        for (std::int64_t i = 0; i < S; ++i)
+          for (std::int64_t d = 0; d < D; ++d)
+            dots(b, h, i) += double(to_float(dout(b, i, h, d))) * to_float(o(b, i, h, d));
+    dense4 gq(q), gk(k), gv(k);
+    gradients(q, k, v, dout, lse, dots, map, opt.resolved(D), block_pair{}, gq, gk, gv);
+    gq.store(dq), gk.store(dk), gv.store(dv);
+  }
+
+  //! o_part and lse_part (fp32) of the query block q against the key/value block k, v alone, at
+  //! the pair's positions (block_attention_policy).
+  template <class T>
+  void block_forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
+                     attention_options opt, block_pair pair, tensor_view<float> o_part, lse_view lse_part,
+                     stream_t = nullptr) const {
+    attend(q, k, v, map, opt.resolved(q.head_dim()), pair, o_part, lse_part);
+  }
+
+  //! Adds the block pair's share of dq, dk, dv (fp32 accumulators) from the final lse and the row
+  //! dots rowsum(dO * O) (block_attention_policy).
+  template <class T>
+  void block_backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                      tensor_view<const T> dout, const_lse_view lse, const_lse_view row_dots, gqa_map map,
+                      attention_options opt, block_pair pair, tensor_view<float> dq, tensor_view<float> dk,
+                      tensor_view<float> dv, stream_t = nullptr) const {
+    dense4 gq(q), gk(k), gv(k);
+    gradients(q, k, v, dout, lse, row_dots, map, opt.resolved(q.head_dim()), pair, gq, gk, gv);
+    gq.add_to(dq), gk.add_to(dk), gv.add_to(dv);
+  }
+
+ private:
+  // A [B, S, H, D] array of doubles shaped like a view: gradient accumulation in double.
+  struct dense4 {
+    template <class V>
+    explicit dense4(const V& like)
+        : B(like.batch()), S(like.seq()), H(like.heads()), D(like.head_dim()),
+          x(static_cast<std::size_t>(B * S * H * D)) {}
+    double& operator()(std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d) {
+      return x[static_cast<std::size_t>(((b * S + s) * H + h) * D + d)];
+    }
+    template <class T>
+    void store(tensor_view<T> out) {
+      for_each([&](auto b, auto s, auto h, auto d) {
+        out(b, s, h, d) = from_float<T>(static_cast<float>((*this)(b, s, h, d)));
+      });
+    }
+    void add_to(tensor_view<float> out) {
+      for_each([&](auto b, auto s, auto h, auto d) { out(b, s, h, d) += static_cast<float>((*this)(b, s, h, d)); });
+    }
+    template <class F>
+    void for_each(F&& f) {
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t s = 0; s < S; ++s)
+          for (std::int64_t h = 0; h < H; ++h)
+            for (std::int64_t d = 0; d < D; ++d) f(b, s, h, d);
+    }
+    std::int64_t B, S, H, D;
+    std::vector<double> x;
+  };
+
+  // o and lse of queries q against keys k, v at the pair's positions; o of any element type.
+  template <class T, class O>
+  void attend(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v, gqa_map map,
+              attention_options opt, block_pair pair, tensor_view<O> o, lse_view lse) const {
+    const std::int64_t S_kv = k.seq(), D = q.head_dim();
+    std::vector<double> p(static_cast<std::size_t>(S_kv));
+    for (std::int64_t b = 0; b < q.batch(); ++b)
       for (std::int64_t h = 0; h < q.heads(); ++h) {
         const int kh = map.kv_head(static_cast<int>(h));
-        for (std::int64_t i = 0; i < S; ++i) {
-          scores(q, k, b, h, kh, i, opt, p);
-          const double l = lse(b, h, i);
-          double row = 0;  // sum_d dO_i o_i
-          for (std::int64_t d = 0; d < D; ++d) row += double(to_float(dout(b, i, h, d))) * to_float(o(b, i, h, d));
-          for (std::int64_t j = 0; j < S; ++j) {
+        for (std::int64_t i = 0; i < q.seq(); ++i) {
+          const double m = scores(q, k, b, h, kh, i, opt, pair, p);
+          double sum = 0;
+          for (std::int64_t j = 0; j < S_kv; ++j) sum += p[j] = std::isinf(p[j]) ? 0.0 : std::exp(p[j] - m);
+          for (std::int64_t d = 0; d < D; ++d) {
+            double acc = 0;
+            for (std::int64_t j = 0; j < S_kv; ++j) acc += p[j] * to_float(v(b, j, kh, d));
+            o(b, i, h, d) = from_float<O>(static_cast<float>(sum > 0 ? acc / sum : 0.0));
+          }
+          lse(b, h, i) = sum > 0 ? static_cast<float>(m + std::log(sum)) : -std::numeric_limits<float>::infinity();
+        }
+      }
+  }
+
+  // Adds to gq, gk, gv (double) the gradients of queries q against keys k, v at the pair's
+  // positions, from the final lse and the row dots rowsum(dO * O).
+  template <class T, class Lse, class Dots>
+  void gradients(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                 const tensor_view<const T>& dout, const Lse& lse, const Dots& row_dots, gqa_map map,
+                 attention_options opt, block_pair pair, dense4& gq, dense4& gk, dense4& gv) const {
+    const std::int64_t S_kv = k.seq(), D = q.head_dim();
+    std::vector<double> p(static_cast<std::size_t>(S_kv)), ds(p.size());
+    for (std::int64_t b = 0; b < q.batch(); ++b)
+      for (std::int64_t h = 0; h < q.heads(); ++h) {
+        const int kh = map.kv_head(static_cast<int>(h));
+        for (std::int64_t i = 0; i < q.seq(); ++i) {
+          scores(q, k, b, h, kh, i, opt, pair, p);
+          const double l = lse(b, h, i), row = row_dots(b, h, i);
+          for (std::int64_t j = 0; j < S_kv; ++j) {
             p[j] = std::isinf(p[j]) || std::isinf(l) ? 0.0 : std::exp(p[j] - l);
             double dp = 0;
             for (std::int64_t d = 0; d < D; ++d) dp += double(to_float(dout(b, i, h, d))) * to_float(v(b, j, kh, d));
             ds[j] = p[j] * (dp - row);
           }
-          for (std::int64_t d = 0; d < D; ++d) {
-            double acc = 0;
-            for (std::int64_t j = 0; j < S; ++j) {
-              acc += ds[j] * to_float(k(b, j, kh, d));
-              gk[kv_at(b, j, kh, d)] += opt.scale * ds[j] * to_float(q(b, i, h, d));
-              gv[kv_at(b, j, kh, d)] += p[j] * to_float(dout(b, i, h, d));
+          for (std::int64_t d = 0; d < D; ++d)
+            for (std::int64_t j = 0; j < S_kv; ++j) {
+              gq(b, i, h, d) += opt.scale * ds[j] * to_float(k(b, j, kh, d));
+              gk(b, j, kh, d) += opt.scale * ds[j] * to_float(q(b, i, h, d));
+              gv(b, j, kh, d) += p[j] * to_float(dout(b, i, h, d));
             }
-            dq(b, i, h, d) = from_float<T>(static_cast<float>(opt.scale * acc));
-          }
         }
       }
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t j = 0; j < S; ++j)
-        for (std::int64_t kh = 0; kh < k.heads(); ++kh)
-          for (std::int64_t d = 0; d < D; ++d) {
-            dk(b, j, kh, d) = from_float<T>(static_cast<float>(gk[kv_at(b, j, kh, d)]));
-            dv(b, j, kh, d) = from_float<T>(static_cast<float>(gv[kv_at(b, j, kh, d)]));
-          }
   }
 
- private:
-  // Scaled scores of row i into p (-inf where masked); returns their maximum.
+  // Scaled scores of query row i against every key row into p (-inf where masked at the pair's
+  // positions); returns their maximum.
   template <class T>
   double scores(const tensor_view<const T>& q, const tensor_view<const T>& k, std::int64_t b, std::int64_t h, int kh,
-                std::int64_t i, attention_options opt, std::vector<double>& p) const {
+                std::int64_t i, attention_options opt, block_pair pair, std::vector<double>& p) const {
     double m = -std::numeric_limits<double>::infinity();
-    for (std::int64_t j = 0; j < q.seq(); ++j) {
-      if ((opt.causal && j > i) || !mask.allowed(i, j)) {
+    const std::int64_t qi = pair.q_first + i;
+    for (std::int64_t j = 0; j < k.seq(); ++j) {
+      const std::int64_t kj = pair.kv_first + j;
+      if ((opt.causal && kj > qi) || !mask.allowed(qi, kj)) {
         p[j] = -std::numeric_limits<double>::infinity();
         continue;
       }
@@ -127,6 +190,6 @@ struct masked_attention {
 //! Plain softmax attention on the host: the oracle every other policy is checked against.
 using reference_attention = masked_attention<no_mask>;
 
-static_assert(attention_policy<reference_attention>);
+static_assert(block_attention_policy<reference_attention>);
 
 SEQPAR_NAMESPACE_END

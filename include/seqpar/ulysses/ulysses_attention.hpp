@@ -207,12 +207,12 @@ class ulysses_attention {
       detail::check_extents("o", o, detail::seq_side_extents(plan_, 0));
       detail::check_workspace(workspace, forward_workspace_bytes(), "forward_workspace_bytes()");
       const memory_space where = comm_.memory();
-      saved.q_ = owned_bytes<Resource>(q_bytes(), where, resource_);
-      saved.k_ = owned_bytes<Resource>(kv_bytes(), where, resource_);
-      saved.v_ = owned_bytes<Resource>(kv_bytes(), where, resource_);
-      saved.o_ = owned_bytes<Resource>(q_bytes(), where, resource_);
-      saved.lse_ = owned_bytes<Resource>(lse_bytes(), where, resource_);
-      ws = detail::workspace_for(workspace, own, forward_workspace_bytes(), where, resource_);
+      saved.q_ = owned_bytes<Resource>(q_bytes(), where, resource_, stream);
+      saved.k_ = owned_bytes<Resource>(kv_bytes(), where, resource_, stream);
+      saved.v_ = owned_bytes<Resource>(kv_bytes(), where, resource_, stream);
+      saved.o_ = owned_bytes<Resource>(q_bytes(), where, resource_, stream);
+      saved.lse_ = owned_bytes<Resource>(lse_bytes(), where, resource_, stream);
+      ws = detail::workspace_for(workspace, own, forward_workspace_bytes(), where, resource_, stream);
     });
     if constexpr (detail::qkv_types_match<Q, K, V, O, O, O>) {
       const tensor_view<T> hq = heads_view<T>(saved.q_.span(), true), hk = heads_view<T>(saved.k_.span(), false),
@@ -249,7 +249,7 @@ class ulysses_attention {
       detail::check_extents("dk", dk, detail::seq_side_extents(plan_, 1));
       detail::check_extents("dv", dv, detail::seq_side_extents(plan_, 2));
       detail::check_workspace(workspace, workspace_bytes(), "workspace_bytes()");
-      ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_);
+      ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_, stream);
     });
     if constexpr (std::is_same_v<G, T>) {
       auto part = [&](int i, std::size_t bytes) { return ws.subspan(scratch_offset(i), bytes); };

@@ -92,6 +92,16 @@ inline std::mt19937_64& rng() {
   return engine;
 }
 
+//! n floats uniform in [-1, 1) from a generator of their own seeded with `seed` (safe on any thread;
+//! pass rng()() for fresh values).
+inline std::vector<float> uniform_floats(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 engine(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(n);
+  for (auto& e : x) e = u(engine);
+  return x;
+}
+
 //! Uniform random integer in [lo, hi].
 inline int random_int(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng()); }
 

@@ -1,0 +1,104 @@
+//! @file block_attention.hpp
+//! Block attention: softmax attention of one query block against one key/value block, as ring
+//! attention needs it. The policy computes a partial output and its fp32 log-sum-exp per block
+//! pair, and the backward of a pair given the final lse; merging partials is fp32 online-softmax
+//! algebra written once here.
+#pragma once
+
+#include <seqpar/policy/attention_policy.hpp>
+
+#include <cmath>
+#include <concepts>
+#include <cstdint>
+#include <limits>
+
+SEQPAR_NAMESPACE_BEGIN
+
+//! How a block pair relates to the causal mask.
+enum class block_relation {
+  visible,   //!< every key precedes (or equals) every query: no mask
+  diagonal,  //!< the blocks overlap in position: key position <= query position inside the pair
+  masked,    //!< every key follows every query: nothing to compute (the caller skips the pair)
+};
+
+//! Name of a relation ("visible", "diagonal", "masked").
+inline constexpr const char* to_string(block_relation r) noexcept {
+  return r == block_relation::visible ? "visible" : r == block_relation::diagonal ? "diagonal" : "masked";
+}
+
+//! Where a block pair sits in the global sequence: query local row i is position q_first + i, key
+//! local row j is position kv_first + j. Positions decide the causal mask (key <= query) and any
+//! position mask of the policy; `relation` says what that implies for the whole pair, so a kernel
+//! can skip the mask when the pair is visible.
+struct block_pair {
+  std::int64_t q_first = 0;                         //!< global position of the first query row
+  std::int64_t kv_first = 0;                        //!< global position of the first key row
+  block_relation relation = block_relation::visible;  //!< the pair's relation to the causal mask
+};
+
+//! The relation of query positions [q_first, q_first + q_len) to key positions [kv_first,
+//! kv_first + kv_len): visible when not causal or when the last key precedes the first query.
+SEQPAR_HOST_DEVICE block_relation causal_relation(std::int64_t q_first, std::int64_t q_len, std::int64_t kv_first,
+                                                  std::int64_t kv_len, bool causal) {
+  if (!causal || kv_first + kv_len - 1 <= q_first) return block_relation::visible;
+  if (kv_first > q_first + q_len - 1) return block_relation::masked;
+  return block_relation::diagonal;
+}
+
+//! The weights of merging two partials of the same query row with log-sum-exps a and b:
+//! lse = max(a, b) + log1p(exp(-|a - b|)), O = exp(a - lse) O_a + exp(b - lse) O_b. A row that saw
+//! nothing has lse = -inf and weight 0; two such rows stay -inf with both weights 0.
+struct softmax_merge {
+  float lse;       //!< the merged log-sum-exp
+  float weight_a;  //!< exp(a - lse)
+  float weight_b;  //!< exp(b - lse)
+};
+
+//! Merges log-sum-exps a and b (fp32, -inf allowed) into their weights.
+SEQPAR_HOST_DEVICE softmax_merge merge_lse(float a, float b) {
+  const float inf = std::numeric_limits<float>::infinity();
+  if (a == -inf && b == -inf) return {-inf, 0.0f, 0.0f};
+  if (a == -inf) return {b, 0.0f, 1.0f};
+  if (b == -inf) return {a, 1.0f, 0.0f};
+  const float hi = a > b ? a : b, lse = hi + log1pf(expf(-fabsf(a - b)));
+  return {lse, expf(a - lse), expf(b - lse)};
+}
+
+//! Merges a block pair's partial (o_part, lse_part) into the running (o_acc, lse_acc), all fp32,
+//! on the host; views [B, S_q, h, D] and lse [B, h, S_q].
+inline void merge_partial(tensor_view<float> o_acc, lse_view lse_acc, tensor_view<const float> o_part,
+                          const_lse_view lse_part) {
+  for (std::int64_t b = 0; b < o_acc.batch(); ++b)
+    for (std::int64_t h = 0; h < o_acc.heads(); ++h)
+      for (std::int64_t i = 0; i < o_acc.seq(); ++i) {
+        const softmax_merge m = merge_lse(lse_acc(b, h, i), lse_part(b, h, i));
+        for (std::int64_t d = 0; d < o_acc.head_dim(); ++d)
+          o_acc(b, i, h, d) = m.weight_a * o_acc(b, i, h, d) + m.weight_b * o_part(b, i, h, d);
+        lse_acc(b, h, i) = m.lse;
+      }
+}
+
+namespace detail {
+template <class P>
+concept computes_block_attention = requires(const P& p, tensor_view<const float> in, tensor_view<float> acc,
+                                            lse_view lse, const_lse_view clse, gqa_map map, attention_options opt,
+                                            block_pair pair, stream_t s) {
+  p.block_forward(in, in, in, map, opt, pair, acc, lse, s);
+  p.block_backward(in, in, in, in, clse, clse, map, opt, pair, acc, acc, acc, s);
+};
+}  // namespace detail
+
+//! An attention policy that also computes one block pair at a time (what ring attention runs):
+//! - block_forward(q, k, v, map, options, pair, o_part, lse_part): o_part (fp32) and lse_part (fp32)
+//!   of the query block against this key/value block alone, under the pair's positions; rows that
+//!   see nothing get o = 0 and lse = -inf;
+//! - block_backward(q, k, v, dout, lse, row_dots, map, options, pair, dq, dk, dv): with the FINAL
+//!   lse of each query row and row_dots = rowsum(dO * O), P = exp(s q k^T - lse), ADDS
+//!   s (P * (dO v^T - row_dots)) k to dq, its transpose times q (times s) to dk and P^T dO to dv; the
+//!   three are fp32 accumulators, dk and dv summed over the query heads that read each kv head.
+//! q, dout [B, S_q, h, D]; k, v [B, S_kv, k, D]; lse, row_dots [B, h, S_q]. A policy without these
+//! is refused by name: detail::computes_block_attention.
+template <class P>
+concept block_attention_policy = attention_policy<P> && detail::computes_block_attention<P>;
+
+SEQPAR_NAMESPACE_END
