@@ -125,6 +125,28 @@ inline bool strides_are_unique(const shape4& extents, const shape4& strides) {
 }
 }  // namespace detail
 
+namespace detail {
+//! N views of one element type kept without their type: what a layer's context holds of the
+//! caller's tensors for backward, which reads them back with the type forward saw.
+template <int N>
+struct erased_views {
+  const void* data[N] = {};                                       //!< each view's first element
+  typename tensor_view<const float>::mapping_type mapping[N] = {};  //!< each view's layout
+  //! Keeps `views` (N of them) in order.
+  template <class... V>
+  void keep(const V&... views) {
+    static_assert(sizeof...(V) == N, "erased_views::keep: pass exactly N views");
+    int i = 0;
+    ((data[i] = views.data(), mapping[i] = views.mapping(), ++i), ...);
+  }
+  //! View i as elements of type T (the type it was kept with).
+  template <class T>
+  tensor_view<const T> get(int i) const {
+    return tensor_view<const T>(static_cast<const T*>(data[i]), mapping[i]);
+  }
+};
+}  // namespace detail
+
 //! A checked view with explicit extents {B, S, H, D} and strides in elements; `name` labels errors.
 template <class T>
 tensor_view<T> make_strided(T* data, const shape4& extents, const shape4& strides,

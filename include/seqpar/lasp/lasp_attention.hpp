@@ -44,12 +44,8 @@ class lasp_attention {
 
    private:
     friend class lasp_attention;
-    using mapping = tensor_view<const float>::mapping_type;
     owned_bytes<Resource> state_;
-    const void* q_ = nullptr;
-    const void* k_ = nullptr;
-    const void* v_ = nullptr;
-    mapping q_map_, k_map_, v_map_;
+    detail::erased_views<3> inputs_;  // q, k, v
     std::array<std::int64_t, 4> shape_{};
     std::int64_t fingerprint_ = 0;
     dtype type_ = dtype::float32;
@@ -153,8 +149,7 @@ class lasp_attention {
     });
     // Checked and agreed above: the primitive repeats only its local checks.
     ring_.forward(policy_, comm_, q, k, v, decay_, o, state_of(saved), ws, stream, call_checks::local);
-    saved.q_ = q.data(), saved.k_ = k.data(), saved.v_ = v.data();
-    saved.q_map_ = q.mapping(), saved.k_map_ = k.mapping(), saved.v_map_ = v.mapping();
+    saved.inputs_.keep(q, k, v);
     saved.fingerprint_ = fingerprint_of();
     saved.type_ = dtype_of<T>;
     saved.filled_ = true;
@@ -175,21 +170,17 @@ class lasp_attention {
                                                                        << "; expected the forward's " << to_string(saved.type_));
       detail::check_workspace(workspace, workspace_bytes(), "workspace_bytes()");
       ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_, stream);
-      ring_.check_backward(policy_, comm_, saved_view<T>(saved.q_, saved.q_map_), saved_view<T>(saved.k_, saved.k_map_),
-                           saved_view<T>(saved.v_, saved.v_map_), dout, decay_, saved.state(), dq, dk, dv, ws);
+      ring_.check_backward(policy_, comm_, saved.inputs_.template get<T>(0), saved.inputs_.template get<T>(1),
+                           saved.inputs_.template get<T>(2), dout, decay_, saved.state(), dq, dk, dv, ws);
     });
-    ring_.backward(policy_, comm_, saved_view<T>(saved.q_, saved.q_map_), saved_view<T>(saved.k_, saved.k_map_),
-                   saved_view<T>(saved.v_, saved.v_map_), dout, decay_, saved.state(), dq, dk, dv, ws, stream,
+    ring_.backward(policy_, comm_, saved.inputs_.template get<T>(0), saved.inputs_.template get<T>(1),
+                   saved.inputs_.template get<T>(2), dout, decay_, saved.state(), dq, dk, dv, ws, stream,
                    call_checks::local);
   }
 
   state_view state_of(const context& c) const {
     return make_state(reinterpret_cast<float*>(c.state_.span().data()), c.shape_[0], c.shape_[1], c.shape_[2],
                       c.shape_[3]);
-  }
-  template <class T>
-  static tensor_view<const T> saved_view(const void* data, const typename context::mapping& m) {
-    return tensor_view<const T>(static_cast<const T*>(data), m);
   }
 
   Policy policy_;

@@ -87,11 +87,12 @@ double relative_gap(const std::vector<T>& got, const std::vector<T>& want) {
   return err / scale;
 }
 
-//! Runs ulysses_attention forward and backward on P ranks with `policy` and compares the gathered
-//! o, dq, dk, dv with `host_policy` on one device (and o with the dense definition).
-template <class T, class Policy, class HostPolicy, class Allowed>
-void check_ulysses_attention(const attention_case& c, seqpar::memory_space where, const Policy& policy,
-                             const HostPolicy& host_policy, Allowed allowed) {
+//! Runs a sequence-parallel attention layer, make_layer(comm, part, shape, dtype, options), forward
+//! and backward on P ranks and compares the gathered o, dq, dk, dv with `host_policy` on one device
+//! (and o with the dense definition).
+template <class T, class MakeLayer, class HostPolicy, class Allowed>
+void check_parallel_attention(const attention_case& c, seqpar::memory_space where, MakeLayer make_layer,
+                              const HostPolicy& host_policy, Allowed allowed) {
   INFO(c.name());
   const auto q = random_input<T>(c.B, c.S, c.H, c.D), dout = random_input<T>(c.B, c.S, c.H, c.D);
   const auto k = random_input<T>(c.B, c.S, c.H_kv, c.D), v = random_input<T>(c.B, c.S, c.H_kv, c.D);
@@ -123,7 +124,7 @@ void check_ulysses_attention(const attention_case& c, seqpar::memory_space where
     auto cv = [&](buffer<T>& x, std::int64_t h) { return seqpar::tensor_view<const T>(mv(x, h)); };
     rank_stream stream(where);
     const seqpar::attention_shape shape{.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D};
-    seqpar::ulysses_attention layer(policy, comm, part, shape, seqpar::dtype_of<T>, opt);
+    auto layer = make_layer(comm, part, shape, seqpar::dtype_of<T>, opt);
     const auto saved = layer.forward(cv(bq, c.H), cv(bk, c.H_kv), cv(bv, c.H_kv), mv(bo, c.H), stream);
     layer.backward(saved, cv(bdo, c.H), mv(bdq, c.H), mv(bdk, c.H_kv), mv(bdv, c.H_kv), stream);
     stream.sync();
@@ -148,6 +149,18 @@ void check_ulysses_attention(const attention_case& c, seqpar::memory_space where
   const auto dense = rows_of<T>(dense_attention(q, k, v, opt.scale, c.causal, allowed), 0, c.S);
   INFO("o against the dense definition");
   CHECK(relative_gap(got[0], dense) <= tol);
+}
+
+//! check_parallel_attention of ulysses_attention with `policy`.
+template <class T, class Policy, class HostPolicy, class Allowed>
+void check_ulysses_attention(const attention_case& c, seqpar::memory_space where, const Policy& policy,
+                             const HostPolicy& host_policy, Allowed allowed) {
+  check_parallel_attention<T>(
+      c, where,
+      [&](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+        return seqpar::ulysses_attention(policy, comm, part, shape, type, opt);
+      },
+      host_policy, allowed);
 }
 
 }  // namespace seqpar_test
