@@ -1,16 +1,19 @@
-// Both layers over the MPI backend, one process per rank: with one bad rank at a time, that rank
+// The layers over the MPI backend, one process per rank: with one bad rank at a time, that rank
 // throws an error naming the argument, every other rank throws peer_failed, and no rank has
-// written an output; with good arguments the layers run forward and backward.
+// written an output; ring attention against one device.
 #include <seqpar/comm/mpi.hpp>
 #include <seqpar/lasp/lasp_attention.hpp>
 #include <seqpar/policy/linear_reference.hpp>
 #include <seqpar/policy/reference_attention.hpp>
+#include <seqpar/ring/ring_attention.hpp>
+#include <seqpar/shard.hpp>
 #include <seqpar/ulysses/ulysses_attention.hpp>
 #include <seqpar_test/values.hpp>
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <string>
 #include <vector>
@@ -94,4 +97,50 @@ TEST_CASE("mpi: ulysses_attention and lasp_attention are all or nothing, one bad
       CHECK((all_sentinel(dq) && all_sentinel(dk) && all_sentinel(dv)));
     }
   }
+}
+
+TEST_CASE("mpi: ring_attention (zigzag, causal, GQA) equals one device, forward and backward") {
+  seqpar::mpi_communicator comm(MPI_COMM_WORLD);
+  const int P = comm.size(), r = comm.rank(), H = 2, H_kv = 1;
+  const std::int64_t B = 1, S = 4 * P, D = 4;
+  const auto part = seqpar::make_seq_partition(S, P, seqpar::shard_strategy::zigzag);
+  const seqpar::attention_options opt{.causal = true};
+  // The same global inputs on every process: a fixed function of the index.
+  auto global = [&](int heads, int which) {
+    std::vector<float> g(B * S * heads * D);
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = std::sin(0.37f * float(i) + 1.3f * float(which));
+    return g;
+  };
+  auto gq = global(H, 0), gk = global(H_kv, 1), gv = global(H_kv, 2), gdo = global(H, 3);
+  auto gview = [&](std::vector<float>& x, int h) { return seqpar::make_bshd(x.data(), B, S, h, D); };
+  std::vector<float> o(gq.size()), lse(B * H * S), dq(gq.size()), dk(gk.size()), dv(gk.size());
+  const seqpar::reference_attention ref;
+  const seqpar::gqa_map map{0, H / H_kv, 0};
+  using cv = seqpar::tensor_view<const float>;
+  ref.forward(cv(gview(gq, H)), cv(gview(gk, H_kv)), cv(gview(gv, H_kv)), map, opt, gview(o, H),
+              seqpar::lse_view(lse.data(), B, H, S));
+  ref.backward(cv(gview(gq, H)), cv(gview(gk, H_kv)), cv(gview(gv, H_kv)), cv(gview(o, H)),
+               seqpar::const_lse_view(lse.data(), B, H, S), cv(gview(gdo, H)), map, opt, gview(dq, H), gview(dk, H_kv),
+               gview(dv, H_kv));
+  // This rank's shards, through seq_shard, then the ring.
+  const std::int64_t n = part.size(r);
+  auto shard_of = [&](std::vector<float>& g, int h) {
+    std::vector<float> x(B * n * h * D);
+    seqpar::seq_shard(part, r, cv(gview(g, h)), seqpar::make_bshd(x.data(), B, n, h, D));
+    return x;
+  };
+  auto q = shard_of(gq, H), k = shard_of(gk, H_kv), v = shard_of(gv, H_kv), dout = shard_of(gdo, H);
+  std::vector<float> lo(q.size()), ldq(q.size()), ldk(k.size()), ldv(k.size());
+  auto lview = [&](std::vector<float>& x, int h) { return seqpar::make_bshd(x.data(), B, n, h, D); };
+  seqpar::ring_attention ring(ref, comm, part, {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
+                              seqpar::dtype::float32, opt);
+  const auto saved = ring.forward(cv(lview(q, H)), cv(lview(k, H_kv)), cv(lview(v, H_kv)), lview(lo, H));
+  ring.backward(saved, cv(lview(dout, H)), lview(ldq, H), lview(ldk, H_kv), lview(ldv, H_kv));
+  double gap = 0;
+  auto compare = [&](std::vector<float>& mine, std::vector<float>& whole, int h) {
+    const auto want = shard_of(whole, h);
+    for (std::size_t i = 0; i < want.size(); ++i) gap = std::max(gap, double(std::fabs(mine[i] - want[i])));
+  };
+  compare(lo, o, H), compare(ldq, dq, H), compare(ldk, dk, H_kv), compare(ldv, dv, H_kv);
+  CHECK(gap <= 1e-5);
 }

@@ -7,10 +7,11 @@
 
 #include <seqpar/policy/attention_policy.hpp>
 
+#include <cuda/std/limits>
+
 #include <cmath>
 #include <concepts>
 #include <cstdint>
-#include <limits>
 
 SEQPAR_NAMESPACE_BEGIN
 
@@ -56,7 +57,7 @@ struct softmax_merge {
 
 //! Merges log-sum-exps a and b (fp32, -inf allowed) into their weights.
 SEQPAR_HOST_DEVICE softmax_merge merge_lse(float a, float b) {
-  const float inf = std::numeric_limits<float>::infinity();
+  const float inf = cuda::std::numeric_limits<float>::infinity();
   if (a == -inf && b == -inf) return {-inf, 0.0f, 0.0f};
   if (a == -inf) return {b, 0.0f, 1.0f};
   if (b == -inf) return {a, 1.0f, 0.0f};
