@@ -24,6 +24,7 @@
 #include <seqpar/lasp/lasp_attention.hpp>
 #include <seqpar/lasp/linear_attention_ring.hpp>
 #include <seqpar/ring/ring_attention.hpp>
+#include <seqpar/ring/ulysses_ring_attention.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
 #include <seqpar/ulysses/all_to_all_heads_plan.hpp>
 #include <seqpar/ulysses/head_partition.hpp>

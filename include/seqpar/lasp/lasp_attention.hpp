@@ -6,6 +6,7 @@
 
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
+#include <seqpar/detail/context_stamp.hpp>
 #include <seqpar/lasp/linear_attention_ring.hpp>
 #include <seqpar/memory_resource.hpp>
 
@@ -33,7 +34,7 @@ class lasp_attention {
     //! An empty context (what backward refuses).
     context() = default;
     //! True until a forward fills it.
-    bool empty() const { return !filled_; }
+    bool empty() const { return !stamp_.filled; }
     //! Bytes it owns (the state).
     std::size_t bytes() const { return state_.span().size(); }
     //! KV_r, the fp32 state [B, H, D, E] of every token before this rank's chunk.
@@ -47,9 +48,7 @@ class lasp_attention {
     owned_bytes<Resource> state_;
     detail::erased_views<3> inputs_;  // q, k, v
     std::array<std::int64_t, 4> shape_{};
-    std::int64_t fingerprint_ = 0;
-    dtype type_ = dtype::float32;
-    bool filled_ = false;
+    detail::context_stamp stamp_;
   };
 
   //! The layer of rank comm.rank() over `seq` (contiguous shards of comm.size() ranks), with
@@ -150,9 +149,7 @@ class lasp_attention {
     // Checked and agreed above: the primitive repeats only its local checks.
     ring_.forward(policy_, comm_, q, k, v, decay_, o, state_of(saved), ws, stream, call_checks::local);
     saved.inputs_.keep(q, k, v);
-    saved.fingerprint_ = fingerprint_of();
-    saved.type_ = dtype_of<T>;
-    saved.filled_ = true;
+    saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     return saved;
   }
 
@@ -163,11 +160,7 @@ class lasp_attention {
     owned_bytes<Resource> own;
     std::span<std::byte> ws;
     agree_on_arguments(comm_, checks_, stream, [&] {
-      SEQPAR_EXPECTS(!saved.empty(), "saved: an empty context; expected the context a forward of this layer returned");
-      SEQPAR_EXPECTS(saved.fingerprint_ == fingerprint_of(),
-                     "saved: a context of a layer with other shapes; expected one a forward of this layer returned");
-      SEQPAR_EXPECTS(dtype_of<T> == saved.type_, "dout: element type " << to_string(dtype_of<T>)
-                                                                       << "; expected the forward's " << to_string(saved.type_));
+      saved.stamp_.check(fingerprint_of(), dtype_of<T>);
       detail::check_workspace(workspace, workspace_bytes(), "workspace_bytes()");
       ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_, stream);
       ring_.check_backward(policy_, comm_, saved.inputs_.template get<T>(0), saved.inputs_.template get<T>(1),

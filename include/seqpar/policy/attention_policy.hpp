@@ -3,6 +3,7 @@
 #pragma once
 
 #include <seqpar/detail/balanced_split.hpp>
+#include <seqpar/error.hpp>
 #include <seqpar/memory_space.hpp>
 #include <seqpar/tensor.hpp>
 #include <seqpar/types.hpp>
@@ -75,5 +76,20 @@ concept computes_attention = requires(const P& p, tensor_view<const float> in, t
 template <class P>
 concept attention_policy = detail::opts_into_attention_policy<P> && detail::states_attention_support<P> &&
                            detail::computes_attention<P>;
+
+namespace detail {
+//! Throws unless `policy` works on `memory`, supports `type` with `head_dim`, and can apply the
+//! causal mask when `options` asks for it: what every attention layer checks when it is built.
+template <attention_policy P>
+void check_policy_serves(const P& policy, memory_space memory, dtype type, std::int64_t head_dim,
+                         const attention_options& options) {
+  SEQPAR_EXPECTS(policy.memory() == memory, "policy: works on " << to_string(policy.memory()) << " memory; expected "
+                                                                << to_string(memory));
+  SEQPAR_EXPECTS(policy.supports(type, head_dim),
+                 "policy: does not support element type " << to_string(type) << " with head_dim " << head_dim);
+  SEQPAR_EXPECTS(!options.causal || policy.supports_causal(),
+                 "options.causal: the policy cannot apply a causal mask; expected causal = false");
+}
+}  // namespace detail
 
 SEQPAR_NAMESPACE_END

@@ -9,8 +9,10 @@
 
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
+#include <seqpar/detail/context_stamp.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/block_attention.hpp>
+#include <seqpar/ring/ring_pass.hpp>
 #include <seqpar/shard.hpp>
 
 #include <algorithm>
@@ -25,41 +27,6 @@
 
 SEQPAR_NAMESPACE_BEGIN
 
-namespace detail {
-//! A run of a rank's tokens that is contiguous in the global sequence.
-struct token_run {
-  std::int64_t local;   //!< first local row
-  std::int64_t global;  //!< its global position
-  std::int64_t length;  //!< tokens in the run
-};
-
-//! The runs of rank `rank`'s tokens: one for contiguous shards, two (blocks r and 2P-1-r) for zigzag.
-inline std::vector<token_run> token_runs(const seq_partition& part, int rank) {
-  if (part.strategy == shard_strategy::contiguous) return {{0, part.offset(rank), part.size(rank)}};
-  const std::int64_t chunk = part.tokens / (2 * part.ranks);
-  return {{0, rank * chunk, chunk}, {chunk, (2 * part.ranks - 1 - rank) * chunk, chunk}};
-}
-
-//! Rows [first, first + n) of a view, with its strides.
-template <class T>
-tensor_view<T> rows(const tensor_view<T>& v, std::int64_t first, std::int64_t n) {
-  using view = tensor_view<T>;
-  typename view::extents_type e(v.batch(), n, v.heads(), v.head_dim());
-  cuda::std::array<std::int64_t, 4> s{v.stride(axis::batch), v.stride(axis::seq), v.stride(axis::heads),
-                                      v.stride(axis::head_dim)};
-  return view(v.data() + first * v.stride(axis::seq), typename view::mapping_type(e, s));
-}
-
-//! Copies `from` into `to` element by element (same extents), converting the element type.
-template <class From, class To>
-void copy_view(const tensor_view<From>& from, const tensor_view<To>& to) {
-  for (std::int64_t b = 0; b < from.batch(); ++b)
-    for (std::int64_t s = 0; s < from.seq(); ++s)
-      for (std::int64_t h = 0; h < from.heads(); ++h)
-        for (std::int64_t d = 0; d < from.head_dim(); ++d)
-          to(b, s, h, d) = from_float<std::remove_const_t<To>>(to_float(from(b, s, h, d)));
-}
-}  // namespace detail
 
 //! A ring attention layer of one rank: q [B, S_r, H, D], k and v [B, S_r, H_kv, D] of this rank's
 //! tokens (contiguous or zigzag shards), any H and H_kv (only kv heads travel). Host memory in this
@@ -75,15 +42,13 @@ class ring_attention {
     //! An empty context (what backward refuses).
     context() = default;
     //! True until a forward fills it.
-    bool empty() const { return !filled_; }
+    bool empty() const { return !stamp_.filled; }
 
    private:
     friend class ring_attention;
     owned_bytes<Resource> lse_;
     detail::erased_views<4> views_;  // q, k, v, o
-    std::int64_t fingerprint_ = 0;
-    dtype type_ = dtype::float32;
-    bool filled_ = false;
+    detail::context_stamp stamp_;
   };
 
   //! The layer of rank comm.rank() over `seq` (comm.size() ranks; zigzag balances causal work),
@@ -91,7 +56,14 @@ class ring_attention {
   ring_attention(Policy policy, Comm& comm, const seq_partition& seq, const attention_shape& shape, dtype type,
                  attention_options options = {}, Resource resource = {})
       : policy_(std::move(policy)), comm_(comm), resource_(resource), seq_(seq), shape_(shape), type_(type),
-        options_(options.resolved(shape.head_dim)) {
+        options_(options.resolved(shape.head_dim)),
+        pass_{seq,
+              shape.batch,
+              shape.heads,
+              shape.kv(),
+              shape.head_dim,
+              gqa_map{0, shape.kv() > 0 ? shape.heads / shape.kv() : 1, 0},
+              options_} {
     agree_on_arguments(comm, call_checks::group, nullptr, [&] {
       check_attention_shape(shape);
       SEQPAR_EXPECTS(shape.values() == shape.head_dim, "shape.value_dim: expected head_dim = " << shape.head_dim
@@ -101,12 +73,7 @@ class ring_attention {
                                                                       << " ranks; expected the communicator's " << comm.size());
       if (comm.memory() != memory_space::host)
         SEQPAR_FAIL(errc::unsupported, "comm: ring_attention runs on host memory in this version; got device memory");
-      SEQPAR_EXPECTS(policy_.memory() == memory_space::host, "policy: works on " << to_string(policy_.memory())
-                                                                                 << " memory; expected host");
-      SEQPAR_EXPECTS(policy_.supports(type, shape.head_dim), "policy: does not support element type "
-                                                                 << to_string(type) << " with head_dim " << shape.head_dim);
-      SEQPAR_EXPECTS(!options.causal || policy_.supports_causal(),
-                     "options.causal: the policy cannot apply a causal mask; expected causal = false");
+      detail::check_policy_serves(policy_, memory_space::host, type, shape.head_dim, options);
     });
     std::ostringstream description;
     description << "shape " << shape << ", " << seq.tokens << " tokens (" << to_string(seq.strategy) << "), "
@@ -127,33 +94,10 @@ class ring_attention {
       check_views<T>({"q", "k", "v", "o"}, q, k, v, o);
       saved.lse_ = owned_bytes<Resource>(lse_floats() * sizeof(float), memory_space::host, resource_);
     });
-    const int P = comm_.size(), r = comm_.rank();
-    const auto runs = detail::token_runs(seq_, r);
-    std::vector<float> o_acc(elements(shape_.heads), 0.0f), part(o_acc.size()), part_lse(lse_floats());
-    float* lse = reinterpret_cast<float*>(saved.lse_.span().data());
-    std::fill(lse, lse + lse_floats(), -std::numeric_limits<float>::infinity());
-    std::vector<T> cur(2 * max_elements(kv())), next(cur.size());
-    pack_kv(k, v, cur.data());
-    for (int t = 0; t < P; ++t) {
-      const int s = (r - t + P) % P;
-      const auto [ks, vs] = kv_views<const T>(cur.data(), s);
-      for_each_pair(runs, s, [&](const detail::token_run& qr, std::int64_t lse_at, const detail::token_run& kr,
-                                 block_pair pair) {
-        const auto part_view = make_bshd(part.data(), shape_.batch, qr.length, shape_.heads, shape_.head_dim);
-        const lse_view part_l(part_lse.data(), shape_.batch, shape_.heads, qr.length);
-        policy_.block_forward(detail::rows(tensor_view<const T>(q), qr.local, qr.length), detail::rows(ks, kr.local, kr.length),
-                              detail::rows(vs, kr.local, kr.length), map(), options_, pair, part_view, part_l, stream);
-        merge_partial(detail::rows(acc_view(o_acc.data(), shape_.heads), qr.local, qr.length),
-                      lse_view(lse + lse_at, shape_.batch, shape_.heads, qr.length), tensor_view<const float>(part_view),
-                      const_lse_view(part_l));
-      });
-      if (t + 1 < P) rotate(cur, next, s);
-    }
-    detail::copy_view(tensor_view<const float>(acc_view(o_acc.data(), shape_.heads)), o);
+    pass_.forward(policy_, comm_, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v), o,
+                  reinterpret_cast<float*>(saved.lse_.span().data()), stream);
     saved.views_.keep(q, k, v, o);
-    saved.fingerprint_ = fingerprint_of();
-    saved.type_ = dtype_of<T>;
-    saved.filled_ = true;
+    saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     return saved;
   }
 
@@ -165,51 +109,12 @@ class ring_attention {
     static_assert(std::is_same_v<G, T>, "ring_attention::backward: dout, dq, dk and dv must share one element type, "
                                         "and the gradients must be writable");
     agree_on_arguments(comm_, checks_, stream, [&] {
-      SEQPAR_EXPECTS(!saved.empty(), "saved: an empty context; expected the context a forward of this layer returned");
-      SEQPAR_EXPECTS(saved.fingerprint_ == fingerprint_of(),
-                     "saved: a context of a layer with other shapes; expected one a forward of this layer returned");
-      SEQPAR_EXPECTS(dtype_of<T> == saved.type_, "dout: element type " << to_string(dtype_of<T>)
-                                                                       << "; expected the forward's " << to_string(saved.type_));
+      saved.stamp_.check(fingerprint_of(), dtype_of<T>);
       check_views<T>({"dq", "dk", "dv", "dout"}, dq, dk, dv, dout);
     });
-    const int P = comm_.size(), r = comm_.rank();
-    const auto runs = detail::token_runs(seq_, r);
     auto held = [&](int i) { return saved.views_.template get<T>(i); };
-    const tensor_view<const T> q = held(0), o = held(3);
-    const float* lse = reinterpret_cast<const float*>(saved.lse_.span().data());
-    std::vector<float> dots(lse_floats(), 0.0f), dq_acc(elements(shape_.heads), 0.0f);
-    for (const auto& run : runs)
-      for (std::int64_t b = 0; b < shape_.batch; ++b)
-        for (int h = 0; h < shape_.heads; ++h)
-          for (std::int64_t i = 0; i < run.length; ++i)
-            for (std::int64_t d = 0; d < shape_.head_dim; ++d)
-              dots[lse_offset(runs, run) + (b * shape_.heads + h) * run.length + i] +=
-                  to_float(dout(b, run.local + i, h, d)) * to_float(o(b, run.local + i, h, d));
-    std::vector<T> cur(2 * max_elements(kv())), next(cur.size());
-    std::vector<float> dkv(2 * max_elements(kv()), 0.0f), dkv_next(dkv.size());
-    pack_kv(held(1), held(2), cur.data());
-    for (int t = 0; t < P; ++t) {
-      const int s = (r - t + P) % P;
-      const auto [ks, vs] = kv_views<const T>(cur.data(), s);
-      const auto [dks, dvs] = kv_views<float>(dkv.data(), s);
-      for_each_pair(runs, s, [&](const detail::token_run& qr, std::int64_t lse_at, const detail::token_run& kr,
-                                 block_pair pair) {
-        const const_lse_view l(lse + lse_at, shape_.batch, shape_.heads, qr.length);
-        const const_lse_view rd(dots.data() + lse_at, shape_.batch, shape_.heads, qr.length);
-        policy_.block_backward(detail::rows(q, qr.local, qr.length), detail::rows(ks, kr.local, kr.length),
-                               detail::rows(vs, kr.local, kr.length),
-                               detail::rows(tensor_view<const T>(dout), qr.local, qr.length), l, rd, map(), options_, pair,
-                               detail::rows(acc_view(dq_acc.data(), shape_.heads), qr.local, qr.length),
-                               detail::rows(dks, kr.local, kr.length), detail::rows(dvs, kr.local, kr.length), stream);
-      });
-      if (P == 1) break;
-      if (t + 1 < P) rotate(cur, next, s);
-      rotate(dkv, dkv_next, s);  // after P turns each shard's gradients are home
-    }
-    detail::copy_view(tensor_view<const float>(acc_view(dq_acc.data(), shape_.heads)), dq);
-    const auto [dk_home, dv_home] = kv_views<const float>(dkv.data(), r);
-    detail::copy_view(dk_home, dk);
-    detail::copy_view(dv_home, dv);
+    pass_.backward(policy_, comm_, held(0), held(1), held(2), held(3), tensor_view<const T>(dout),
+                   reinterpret_cast<const float*>(saved.lse_.span().data()), dq, dk, dv, stream);
   }
 
   //! Sets what each call checks: call_checks::group (the default) or call_checks::local.
@@ -221,57 +126,7 @@ class ring_attention {
 
  private:
   int kv() const { return shape_.kv(); }
-  gqa_map map() const { return gqa_map{0, shape_.heads / kv(), 0}; }
-  std::size_t elements_of(int rank, int heads) const {
-    return static_cast<std::size_t>(shape_.batch * seq_.size(rank) * heads * shape_.head_dim);
-  }
-  std::size_t elements(int heads) const { return elements_of(comm_.rank(), heads); }
-  std::size_t max_elements(int heads) const { return elements_of(0, heads); }  // rank 0 holds the most tokens
-  std::size_t lse_floats() const { return static_cast<std::size_t>(shape_.batch * shape_.heads * seq_.size(comm_.rank())); }
-  std::int64_t lse_offset(const std::vector<detail::token_run>& runs, const detail::token_run& run) const {
-    std::int64_t at = 0;
-    for (const auto& x : runs) {
-      if (x.local == run.local) break;
-      at += shape_.batch * shape_.heads * x.length;
-    }
-    return at;
-  }
-  tensor_view<float> acc_view(float* p, int heads) const {
-    return make_bshd(p, shape_.batch, seq_.size(comm_.rank()), heads, shape_.head_dim);
-  }
-  // K and V of rank s's shard, packed one after the other in `p`.
-  template <class U>
-  std::pair<tensor_view<U>, tensor_view<U>> kv_views(std::remove_const_t<U>* p, int s) const {
-    const std::int64_t n = seq_.size(s);
-    const std::size_t half = elements_of(s, kv());
-    return {make_bshd<U>(p, shape_.batch, n, kv(), shape_.head_dim),
-            make_bshd<U>(p + half, shape_.batch, n, kv(), shape_.head_dim)};
-  }
-  template <class T, class K, class V>
-  void pack_kv(const tensor_view<K>& k, const tensor_view<V>& v, T* p) const {
-    const auto [kp, vp] = kv_views<T>(p, comm_.rank());
-    detail::copy_view(k, kp);
-    detail::copy_view(v, vp);
-  }
-  // Sends the shard of rank s that `cur` holds to the next rank and receives the one before it.
-  template <class U>
-  void rotate(std::vector<U>& cur, std::vector<U>& next, int s) {
-    const int P = comm_.size(), r = comm_.rank(), before = (s - 1 + P) % P;
-    comm_.template neighbor_exchange<U>(std::span<const U>(cur.data(), 2 * elements_of(s, kv())), (r + 1) % P,
-                                        std::span<U>(next.data(), 2 * elements_of(before, kv())), (r - 1 + P) % P);
-    std::swap(cur, next);
-  }
-  // Calls f(query run, its lse offset, key run, pair) for every pair of this rank's runs and rank
-  // s's runs that the causal mask leaves anything of.
-  template <class F>
-  void for_each_pair(const std::vector<detail::token_run>& runs, int s, F&& f) const {
-    for (const auto& qr : runs)
-      for (const auto& kr : detail::token_runs(seq_, s)) {
-        const block_relation rel = causal_relation(qr.global, qr.length, kr.global, kr.length, options_.causal);
-        if (rel == block_relation::masked || qr.length == 0 || kr.length == 0) continue;
-        f(qr, lse_offset(runs, qr), kr, block_pair{qr.global, kr.global, rel});
-      }
-  }
+  std::size_t lse_floats() const { return pass_.lse_floats(comm_.rank()); }
   template <class T, class A, class B, class C, class D>
   void check_views(const std::array<const char*, 4>& names, const tensor_view<A>& a, const tensor_view<B>& b,
                    const tensor_view<C>& c, const tensor_view<D>& d) const {
@@ -307,6 +162,7 @@ class ring_attention {
   attention_shape shape_;
   dtype type_;
   attention_options options_;
+  detail::ring_pass pass_;
   call_checks checks_ = call_checks::group;
 };
 

@@ -8,6 +8,7 @@
 
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
+#include <seqpar/detail/context_stamp.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
@@ -35,7 +36,7 @@ class ulysses_attention {
     //! An empty context (what backward refuses).
     context() = default;
     //! True until a forward fills it.
-    bool empty() const { return !filled_; }
+    bool empty() const { return !stamp_.filled; }
     //! Bytes it holds.
     std::size_t bytes() const {
       return q_.span().size() + k_.span().size() + v_.span().size() + o_.span().size() + lse_.span().size();
@@ -44,9 +45,7 @@ class ulysses_attention {
    private:
     friend class ulysses_attention;
     owned_bytes<Resource> q_, k_, v_, o_, lse_;
-    std::int64_t fingerprint_ = 0;
-    dtype type_ = dtype::float32;
-    bool filled_ = false;
+    detail::context_stamp stamp_;
   };
 
   //! The layer of rank comm.rank(): q [B, S_r, H, D], k and v [B, S_r, H_kv, D] of element `type`,
@@ -126,14 +125,7 @@ class ulysses_attention {
       SEQPAR_EXPECTS(seq.ranks == comm.size(), "seq: partition over " << seq.ranks << " ranks; expected the communicator's "
                                                                       << comm.size());
       plan.emplace(make_all_to_all_heads_plan(comm.rank(), seq, shape, type));
-      SEQPAR_EXPECTS(policy.memory() == comm.memory(), "policy: works on " << to_string(policy.memory())
-                                                                           << " memory; expected the communicator's "
-                                                                           << to_string(comm.memory()));
-      SEQPAR_EXPECTS(policy.supports(type, shape.head_dim), "policy: does not support element type "
-                                                                << to_string(type) << " with head_dim "
-                                                                << shape.head_dim);
-      SEQPAR_EXPECTS(!options.causal || policy.supports_causal(),
-                     "options.causal: the policy cannot apply a causal mask; expected causal = false");
+      detail::check_policy_serves(policy, comm.memory(), type, shape.head_dim, options);
     });
     return std::move(*plan);
   }
@@ -222,9 +214,7 @@ class ulysses_attention {
       policy_.forward(tensor_view<const T>(hq), tensor_view<const T>(hk), tensor_view<const T>(hv), map_, options_, ho,
                       lse_of(saved.lse_.span()), stream);
       detail::run_one_exchange(plan_, comm_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws, stream);
-      saved.fingerprint_ = fingerprint_of();
-      saved.type_ = dtype_of<T>;
-      saved.filled_ = true;
+      saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     }
     return saved;
   }
@@ -237,12 +227,8 @@ class ulysses_attention {
     owned_bytes<Resource> own;
     std::span<std::byte> ws;
     agree_on_arguments(comm_, checks_, stream, [&] {
-      SEQPAR_EXPECTS(!saved.empty(), "saved: an empty context; expected the context a forward of this layer returned");
-      SEQPAR_EXPECTS(saved.fingerprint_ == fingerprint_of(),
-                     "saved: a context of a layer with other shapes; expected one a forward of this layer returned");
+      saved.stamp_.check(fingerprint_of(), dtype_of<T>);
       check_type<T, DO>("dout");
-      SEQPAR_EXPECTS(dtype_of<T> == saved.type_, "dout: element type " << to_string(dtype_of<T>)
-                                                                       << "; expected the forward's " << to_string(saved.type_));
       check_type<T, G>("dq");
       detail::check_extents("dout", dout, detail::seq_side_extents(plan_, 0));
       detail::check_extents("dq", dq, detail::seq_side_extents(plan_, 0));

@@ -93,15 +93,17 @@ double relative_gap(const std::vector<T>& got, const std::vector<U>& want) {
 //! (and o with the dense definition).
 //! Returns the relative gaps of o, dq, dk, dv against one device and of o against the dense
 //! definition in double (not rounded to T: the error a user sees).
-template <class T, class MakeLayer, class HostPolicy, class Allowed>
-std::array<double, 5> check_parallel_attention(const attention_case& c, seqpar::memory_space where, MakeLayer make_layer,
-                              const HostPolicy& host_policy, Allowed allowed) {
+//! `part` says which tokens each rank holds: part.size(r) and part.global(r, s) (a seq_partition, or
+//! another layout), and is what make_layer receives.
+template <class T, class Layout, class MakeLayer, class HostPolicy, class Allowed>
+std::array<double, 5> check_parallel_attention_on(const attention_case& c, const Layout& part,
+                                                  seqpar::memory_space where, MakeLayer make_layer,
+                                                  const HostPolicy& host_policy, Allowed allowed) {
   INFO(c.name());
   const auto q = random_input<T>(c.B, c.S, c.H, c.D), dout = random_input<T>(c.B, c.S, c.H, c.D);
   const auto k = random_input<T>(c.B, c.S, c.H_kv, c.D), v = random_input<T>(c.B, c.S, c.H_kv, c.D);
   const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(c.D))), c.causal};
   const auto want = single_device<T>(host_policy, q, k, v, dout, opt);
-  const auto part = seqpar::make_seq_partition(c.S, c.P, c.strategy);
   // Global results, assembled from each rank's shard (every element written exactly once).
   std::vector<std::vector<T>> got{std::vector<T>(want[0].size(), poison<T>()), std::vector<T>(want[1].size(), poison<T>()),
                                   std::vector<T>(want[2].size(), poison<T>()), std::vector<T>(want[3].size(), poison<T>())};
@@ -156,6 +158,14 @@ std::array<double, 5> check_parallel_attention(const attention_case& c, seqpar::
   gaps[4] = relative_gap(got[0], dense.v);
   CHECK(gaps[4] <= tol);
   return gaps;
+}
+
+//! check_parallel_attention_on over the partition of c.S tokens by c.strategy.
+template <class T, class MakeLayer, class HostPolicy, class Allowed>
+std::array<double, 5> check_parallel_attention(const attention_case& c, seqpar::memory_space where, MakeLayer make_layer,
+                                               const HostPolicy& host_policy, Allowed allowed) {
+  return check_parallel_attention_on<T>(c, seqpar::make_seq_partition(c.S, c.P, c.strategy), where, make_layer,
+                                        host_policy, allowed);
 }
 
 //! check_parallel_attention of ulysses_attention with `policy`.
