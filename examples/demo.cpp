@@ -1,13 +1,15 @@
 // The demonstration: a Ulysses softmax-attention layer and a LASP linear-attention layer on four
 // ranks (threads of this process; on a GPU through its memory when one is present and this file is
-// built by nvcc), forward and backward, each checked against the same layer on one device, with
-// the bytes every rank sent (measured by the counting decorator) beside the formula.
+// built by nvcc), and the 2-D Ulysses x ring layer on the host, forward and backward, each checked
+// against one device, with the bytes every rank sent (measured by the counting decorator) beside
+// the formula.
 #include <seqpar/seqpar.hpp>
 #if SEQPAR_CUDA_COMPILER
 #include <seqpar/policy/attention_cuda.cuh>
 #include <seqpar/policy/linear_cuda.cuh>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -75,25 +77,39 @@ void report(const char* layer, const std::vector<double>& errors, double toleran
   std::printf("\n");
 }
 
+constexpr std::int64_t attention_D = 32;
+
+// A [1, s, h, D] view of a host vector, read-only or writable.
+seqpar::tensor_view<const float> cv(const std::vector<float>& x, std::int64_t s, std::int64_t h) {
+  return seqpar::make_bshd<const float>(x.data(), 1, s, h, attention_D);
+}
+seqpar::tensor_view<float> mv(std::vector<float>& x, std::int64_t s, std::int64_t h) {
+  return seqpar::make_bshd(x.data(), 1, s, h, attention_D);
+}
+
+// Softmax attention on one device (the host reference over all heads): o, dq, dk, dv.
+std::vector<std::vector<float>> one_device(const std::vector<float>& q, const std::vector<float>& k,
+                                           const std::vector<float>& v, const std::vector<float>& dout, int H, int H_kv,
+                                           std::int64_t S, const seqpar::attention_options& opt) {
+  std::vector<float> o(q.size()), dq(q.size()), dk(k.size()), dv(k.size()), lse(H * S);
+  const seqpar::gqa_map all{0, H / H_kv, 0};
+  const seqpar::reference_attention ref;
+  ref.forward(cv(q, S, H), cv(k, S, H_kv), cv(v, S, H_kv), all, opt, mv(o, S, H), seqpar::lse_view(lse.data(), 1, H, S));
+  ref.backward(cv(q, S, H), cv(k, S, H_kv), cv(v, S, H_kv), cv(o, S, H), seqpar::const_lse_view(lse.data(), 1, H, S),
+               cv(dout, S, H), all, opt, mv(dq, S, H), mv(dk, S, H_kv), mv(dv, S, H_kv));
+  return {o, dq, dk, dv};
+}
+
 template <class AttentionPolicy>
 void ulysses_layer(seqpar::memory_space where, const AttentionPolicy& policy) {
   const int H = 8, H_kv = 2;
-  const std::int64_t S = 512, D = 32;
+  const std::int64_t S = 512, D = attention_D;
   const seqpar::attention_options opt{1.0f / std::sqrt(float(D)), true};
   std::mt19937 gen(7);
   const auto q = random_vector(S * H * D, gen), k = random_vector(S * H_kv * D, gen), v = random_vector(S * H_kv * D, gen),
              dout = random_vector(S * H * D, gen);
-  // One device: the host reference on all heads.
-  std::vector<float> o1(q.size()), dq1(q.size()), dk1(k.size()), dv1(k.size()), lse(H * S);
-  auto cv = [](const std::vector<float>& x, std::int64_t s, std::int64_t h) {
-    return seqpar::make_bshd<const float>(x.data(), 1, s, h, D);
-  };
-  auto mv = [](std::vector<float>& x, std::int64_t s, std::int64_t h) { return seqpar::make_bshd(x.data(), 1, s, h, D); };
-  const seqpar::gqa_map all{0, H / H_kv, 0};
-  seqpar::reference_attention ref;
-  ref.forward(cv(q, S, H), cv(k, S, H_kv), cv(v, S, H_kv), all, opt, mv(o1, S, H), seqpar::lse_view(lse.data(), 1, H, S));
-  ref.backward(cv(q, S, H), cv(k, S, H_kv), cv(v, S, H_kv), cv(o1, S, H), seqpar::const_lse_view(lse.data(), 1, H, S),
-               cv(dout, S, H), all, opt, mv(dq1, S, H), mv(dk1, S, H_kv), mv(dv1, S, H_kv));
+  const auto want = one_device(q, k, v, dout, H, H_kv, S, opt);
+  const auto &o1 = want[0], &dq1 = want[1], &dk1 = want[2], &dv1 = want[3];
 
   const auto part = seqpar::make_seq_partition(S, P);
   std::vector<std::vector<float>> o(P), dq(P), dk(P), dv(P);
@@ -194,6 +210,65 @@ void lasp_layer(seqpar::memory_space where, const LinearPolicy& policy) {
                           max_relative_error(many[2], one[2]), max_relative_error(many[3], one[3])},
          1e-4, sent, formula, 8 * (P - 1) * (S / P) * H * D * 4, ms);
 }
+// The 2-D layer on the same four ranks as 2 x 2 (Ulysses pairs of ranks, a ring of two pairs),
+// over two query heads and one kv head: more ranks than heads, where Ulysses alone would leave
+// ranks idle. Host memory (the 2-D layer's device path is not written yet).
+void ulysses_ring_layer() {
+  const int H = 2, H_kv = 1, u = 2, r = 2;
+  const std::int64_t S = 512, D = attention_D;
+  const seqpar::attention_options opt{.causal = true};
+  std::mt19937 gen(13);
+  const auto q = random_vector(S * H * D, gen), k = random_vector(S * H_kv * D, gen), v = random_vector(S * H_kv * D, gen),
+             dout = random_vector(S * H * D, gen);
+  const auto want = one_device(q, k, v, dout, H, H_kv, S, opt);
+  const auto &o1 = want[0], &dq1 = want[1], &dk1 = want[2], &dv1 = want[3];
+
+  const auto layout = seqpar::make_token_layout_2d(S, {.ulysses = u, .ring = r});
+  // Global results, assembled from each rank's tokens wherever the layout puts them.
+  std::vector<float> o(q.size()), dq(q.size()), dk(k.size()), dv(k.size());
+  std::vector<std::size_t> sent(P), formula(P);
+  double ms = 0;
+  seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& inner) {
+    seqpar::counting_communicator world(inner);
+    const int rank = world.rank();
+    const std::int64_t n = layout.size(rank);
+    auto mine = [&](const std::vector<float>& g, int h) {
+      std::vector<float> x;
+      for (std::int64_t s = 0; s < n; ++s)
+        x.insert(x.end(), g.begin() + layout.global(rank, s) * h * D, g.begin() + (layout.global(rank, s) + 1) * h * D);
+      return x;
+    };
+    auto lq = mine(q, H), lk = mine(k, H_kv), lv = mine(v, H_kv), ldo = mine(dout, H);
+    std::vector<float> lo(lq.size()), ldq(lq.size()), ldk(lk.size()), ldv(lk.size());
+    seqpar::ulysses_ring_attention layer(seqpar::reference_attention{}, world, layout,
+                                         {.batch = 1, .heads = H, .kv_heads = H_kv, .head_dim = D},
+                                         seqpar::dtype::float32, opt);
+    world.barrier();
+    const auto start = clock_type::now();
+    const auto saved = layer.forward(cv(lq, n, H), cv(lk, n, H_kv), cv(lv, n, H_kv), mv(lo, n, H));
+    layer.backward(saved, cv(ldo, n, H), mv(ldq, n, H), mv(ldk, n, H_kv), mv(ldv, n, H_kv));
+    world.barrier();
+    if (rank == 0) ms = std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+    auto put = [&](const std::vector<float>& x, std::vector<float>& g, int h) {
+      for (std::int64_t s = 0; s < n; ++s)
+        std::copy(x.begin() + s * h * D, x.begin() + (s + 1) * h * D, g.begin() + layout.global(rank, s) * h * D);
+    };
+    put(lo, o, H), put(ldq, dq, H), put(ldk, dk, H_kv), put(ldv, dv, H_kv);
+    sent[rank] = layer.ulysses_group().bytes_sent() + layer.ring_group().bytes_sent();
+    // docs/architecture.md, 2-D: the Ulysses part within the pair (forward and backward), plus the
+    // ring part: (r-1) hops of this head subset's K and V each way, r hops of fp32 dK and dV.
+    const auto& hp = layer.plan().heads();
+    const int i = layout.mesh.ulysses_index(rank), j = 1 - i;
+    const std::int64_t n_j = layout.group_partition().size(j);
+    const std::size_t ulysses = D * (n * (hp.count(j) + 2 * hp.kv_count(j)) + n_j * hp.count(i) + n * hp.count(j) +
+                                     n_j * (hp.count(i) + 2 * hp.kv_count(i)));  // elements, fp32
+    const std::size_t shard = 2 * (S / r) * hp.kv_count(i) * D;                  // K and V, elements
+    formula[rank] = 4 * (ulysses + 2 * (r - 1) * shard + r * shard);
+  });
+  report("ulysses x ring (2 x 2, H = 2 < P = 4)", {max_relative_error(o, o1), max_relative_error(dq, dq1),
+                                                   max_relative_error(dk, dk1), max_relative_error(dv, dv1)},
+         1e-4, sent, formula, 8 * (P - 1) * (S / P) * H * D * 4, ms);
+}
 }  // namespace
 
 int main() {
@@ -204,6 +279,7 @@ int main() {
               SEQPAR_VERSION_MAJOR, SEQPAR_VERSION_MINOR, SEQPAR_VERSION_PATCH, P, gpu ? "GPU" : "host");
   std::printf("ulysses: causal softmax attention, S = 512, H = 8, H_kv = 2, D = 32\n");
   std::printf("lasp:    linear attention, S = 1024, H = 4, D = E = 32, decays 1, 0.999, 0.99, 0.9\n");
+  std::printf("2-D:     causal softmax attention, S = 512, H = 2, H_kv = 1, D = 32, host memory\n");
   std::printf("error: max |%d ranks - one device| / max |one device|\n\n", P);
 #if SEQPAR_CUDA_COMPILER
   if (gpu) {
@@ -215,6 +291,7 @@ int main() {
     ulysses_layer(where, seqpar::reference_attention{});
     lasp_layer(where, seqpar::linear_reference{});
   }
+  ulysses_ring_layer();
   std::printf("%s\n", failed ? "FAILED: an error or a byte count is off" : "every output matches one device; every byte count matches its formula");
   return failed ? 1 : 0;
 }

@@ -1,6 +1,7 @@
 // The 2-D layer (Ulysses groups x ring groups) on the host: every (u, r) against one device,
 // forward and backward, including u = 1 (pure ring), r = 1 (pure Ulysses), H_kv < u and P = 8 over
 // H = 4 heads; the token layout exactly; bad input on one rank at a time.
+#include <seqpar/comm/counting.hpp>
 #include <seqpar/policy/reference_attention.hpp>
 #include <seqpar/ring/ulysses_ring_attention.hpp>
 #include <seqpar_test/all_or_nothing.hpp>
@@ -95,4 +96,55 @@ TEST_CASE("all or nothing: ulysses_ring_attention construction and forward") {
     const auto in = seqpar::make_bshd<const float>(x.data(), 1, n, 2, 4);
     (void)layer.forward(in, in, in, seqpar::make_bshd(o.data(), 1, bad ? n + 1 : n, 2, 4));
   });
+}
+
+TEST_CASE("ulysses_ring_attention: bytes per rank equal the formula, Ulysses part and ring part") {
+  using bf16 = __nv_bfloat16;
+  const int H = 6, H_kv = 2;
+  const std::int64_t B = 2, D = 8;
+  for (auto [u, r] : std::vector<std::pair<int, int>>{{2, 2}, {4, 2}, {2, 3}}) {
+    const std::int64_t S = 2 * r * 5;
+    const auto layout = seqpar::make_token_layout_2d(S, {u, r});
+    const int P = u * r;
+    std::vector<std::size_t> ulysses_fwd(P), ring_fwd(P), ulysses_all(P), ring_all(P);
+    std::vector<seqpar::head_partition> heads(P);
+    seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& inner) {
+      seqpar::counting_communicator world(inner);
+      seqpar::ulysses_ring_attention layer(seqpar::reference_attention{}, world, layout,
+                                           {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
+                                           seqpar::dtype::bfloat16);
+      const int rank = world.rank();
+      const std::int64_t n = layout.size(rank);
+      std::vector<bf16> q(B * n * H * D, bf16(0.5f)), kv(B * n * H_kv * D, bf16(0.25f)), o(q.size()), dq(q.size()),
+          dk(kv.size()), dv(kv.size());
+      auto in = [&](std::vector<bf16>& x, int h) { return seqpar::make_bshd<const bf16>(x.data(), B, n, h, D); };
+      auto out = [&](std::vector<bf16>& x, int h) { return seqpar::make_bshd(x.data(), B, n, h, D); };
+      const auto saved = layer.forward(in(q, H), in(kv, H_kv), in(kv, H_kv), out(o, H));
+      ulysses_fwd[rank] = layer.ulysses_group().bytes_sent(), ring_fwd[rank] = layer.ring_group().bytes_sent();
+      layer.backward(saved, in(q, H), out(dq, H), out(dk, H_kv), out(dv, H_kv));
+      ulysses_all[rank] = layer.ulysses_group().bytes_sent(), ring_all[rank] = layer.ring_group().bytes_sent();
+      heads[rank] = layer.plan().heads();
+      CHECK(world.bytes_sent() == 0);  // everything moves in the two groups
+    });
+    for (int rank = 0; rank < P; ++rank) {
+      CAPTURE(u);
+      CAPTURE(r);
+      CAPTURE(rank);
+      const auto& h = heads[rank];
+      const int i = layout.mesh.ulysses_index(rank);
+      const std::int64_t n = layout.size(rank);
+      std::size_t qkv = 0, o = 0;  // elements: Q/K/V out and O back; the backward mirrors them
+      for (int p = 0; p < u; ++p)
+        if (p != i) {
+          const std::int64_t n_p = layout.group_partition().size(p);
+          qkv += B * D * (n * (h.count(p) + 2 * h.kv_count(p)) + n_p * h.count(i));
+          o += B * D * (n * h.count(p) + n_p * (h.count(i) + 2 * h.kv_count(i)));
+        }
+      CHECK(ulysses_fwd[rank] == qkv * sizeof(bf16));
+      CHECK(ulysses_all[rank] == (qkv + o) * sizeof(bf16));
+      const std::size_t shard = 2 * B * (S / r) * h.kv_count(i) * D;  // K and V of one ring group, head subset i
+      CHECK(ring_fwd[rank] == (r - 1) * shard * sizeof(bf16));
+      CHECK(ring_all[rank] == 2 * (r - 1) * shard * sizeof(bf16) + r * shard * sizeof(float));
+    }
+  }
 }

@@ -1,12 +1,12 @@
 // The layers over the MPI backend, one process per rank: with one bad rank at a time, that rank
 // throws an error naming the argument, every other rank throws peer_failed, and no rank has
-// written an output; ring attention against one device.
+// written an output; ring attention and the 2-D layer against one device.
 #include <seqpar/comm/mpi.hpp>
 #include <seqpar/lasp/lasp_attention.hpp>
 #include <seqpar/policy/linear_reference.hpp>
 #include <seqpar/policy/reference_attention.hpp>
 #include <seqpar/ring/ring_attention.hpp>
-#include <seqpar/shard.hpp>
+#include <seqpar/ring/ulysses_ring_attention.hpp>
 #include <seqpar/ulysses/ulysses_attention.hpp>
 #include <seqpar_test/values.hpp>
 
@@ -99,11 +99,13 @@ TEST_CASE("mpi: ulysses_attention and lasp_attention are all or nothing, one bad
   }
 }
 
-TEST_CASE("mpi: ring_attention (zigzag, causal, GQA) equals one device, forward and backward") {
-  seqpar::mpi_communicator comm(MPI_COMM_WORLD);
-  const int P = comm.size(), r = comm.rank(), H = 2, H_kv = 1;
-  const std::int64_t B = 1, S = 4 * P, D = 4;
-  const auto part = seqpar::make_seq_partition(S, P, seqpar::shard_strategy::zigzag);
+namespace {
+// Runs make_layer(comm, layout, shape, opt) forward and backward on this process's tokens of
+// `layout` (size(r), global(r, s)) and returns the largest gap to one device over o, dq, dk, dv.
+template <class Layout, class MakeLayer>
+double gap_to_one_device(seqpar::mpi_communicator& comm, const Layout& layout, std::int64_t S, MakeLayer make_layer) {
+  const int r = comm.rank(), H = 2, H_kv = 1;
+  const std::int64_t B = 1, D = 4;
   const seqpar::attention_options opt{.causal = true};
   // The same global inputs on every process: a fixed function of the index.
   auto global = [&](int heads, int which) {
@@ -122,25 +124,45 @@ TEST_CASE("mpi: ring_attention (zigzag, causal, GQA) equals one device, forward 
   ref.backward(cv(gview(gq, H)), cv(gview(gk, H_kv)), cv(gview(gv, H_kv)), cv(gview(o, H)),
                seqpar::const_lse_view(lse.data(), B, H, S), cv(gview(gdo, H)), map, opt, gview(dq, H), gview(dk, H_kv),
                gview(dv, H_kv));
-  // This rank's shards, through seq_shard, then the ring.
-  const std::int64_t n = part.size(r);
-  auto shard_of = [&](std::vector<float>& g, int h) {
-    std::vector<float> x(B * n * h * D);
-    seqpar::seq_shard(part, r, cv(gview(g, h)), seqpar::make_bshd(x.data(), B, n, h, D));
+  const std::int64_t n = layout.size(r);
+  auto shard_of = [&](const std::vector<float>& g, int h) {
+    std::vector<float> x;
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t s = 0; s < n; ++s)
+        for (std::int64_t e = 0; e < h * D; ++e) x.push_back(g[(b * S + layout.global(r, s)) * h * D + e]);
     return x;
   };
   auto q = shard_of(gq, H), k = shard_of(gk, H_kv), v = shard_of(gv, H_kv), dout = shard_of(gdo, H);
   std::vector<float> lo(q.size()), ldq(q.size()), ldk(k.size()), ldv(k.size());
   auto lview = [&](std::vector<float>& x, int h) { return seqpar::make_bshd(x.data(), B, n, h, D); };
-  seqpar::ring_attention ring(ref, comm, part, {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
-                              seqpar::dtype::float32, opt);
-  const auto saved = ring.forward(cv(lview(q, H)), cv(lview(k, H_kv)), cv(lview(v, H_kv)), lview(lo, H));
-  ring.backward(saved, cv(lview(dout, H)), lview(ldq, H), lview(ldk, H_kv), lview(ldv, H_kv));
+  auto layer = make_layer(comm, layout, seqpar::attention_shape{.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
+                          opt);
+  const auto saved = layer.forward(cv(lview(q, H)), cv(lview(k, H_kv)), cv(lview(v, H_kv)), lview(lo, H));
+  layer.backward(saved, cv(lview(dout, H)), lview(ldq, H), lview(ldk, H_kv), lview(ldv, H_kv));
   double gap = 0;
-  auto compare = [&](std::vector<float>& mine, std::vector<float>& whole, int h) {
+  auto compare = [&](const std::vector<float>& mine, const std::vector<float>& whole, int h) {
     const auto want = shard_of(whole, h);
     for (std::size_t i = 0; i < want.size(); ++i) gap = std::max(gap, double(std::fabs(mine[i] - want[i])));
   };
   compare(lo, o, H), compare(ldq, dq, H), compare(ldk, dk, H_kv), compare(ldv, dv, H_kv);
-  CHECK(gap <= 1e-5);
+  return gap;
+}
+}  // namespace
+
+TEST_CASE("mpi: ring_attention and the 2-D layer (causal, GQA) equal one device, forward and backward") {
+  seqpar::mpi_communicator comm(MPI_COMM_WORLD);
+  const int P = comm.size();
+  const std::int64_t S = 4 * P;
+  const auto part = seqpar::make_seq_partition(S, P, seqpar::shard_strategy::zigzag);
+  CHECK(gap_to_one_device(comm, part, S, [](auto& c, const auto& l, const auto& shape, const auto& opt) {
+          return seqpar::ring_attention(seqpar::reference_attention{}, c, l, shape, seqpar::dtype::float32, opt);
+        }) <= 1e-5);
+  for (int u : {1, 2, P}) {
+    if (P % u) continue;
+    CAPTURE(u);
+    const auto layout = seqpar::make_token_layout_2d(S, {u, P / u});
+    CHECK(gap_to_one_device(comm, layout, S, [](auto& c, const auto& l, const auto& shape, const auto& opt) {
+            return seqpar::ulysses_ring_attention(seqpar::reference_attention{}, c, l, shape, seqpar::dtype::float32, opt);
+          }) <= 1e-5);
+  }
 }

@@ -175,6 +175,10 @@ class ulysses_ring_attention {
   void set_call_checks(call_checks checks) { checks_ = checks; }
   //! The Ulysses exchange plan within this rank's Ulysses group.
   const all_to_all_heads_plan& plan() const { return plan_; }
+  //! This rank's Ulysses group (split from the world group).
+  const Comm& ulysses_group() const { return ulysses_; }
+  //! This rank's ring group (split from the world group).
+  const Comm& ring_group() const { return ring_; }
 
  private:
   static all_to_all_heads_plan agreed_plan(const Policy& policy, Comm& world, const token_layout_2d& layout,
