@@ -15,7 +15,9 @@ inline constexpr int ranks = 8, heads = 32;
 //! The plan of rank 0 for a tensor of `bytes` bytes per side with head dim `D`.
 inline seqpar::all_to_all_heads_plan pack_plan(std::int64_t bytes, std::int64_t D) {
   const std::int64_t tokens_per_rank = bytes / (heads * D * 2);
-  return seqpar::make_all_to_all_heads_plan(0, seqpar::make_seq_partition(tokens_per_rank * ranks, ranks), {.batch = 1, .heads = heads, .kv_heads = heads, .head_dim = D}, seqpar::dtype::bfloat16);
+  return seqpar::make_all_to_all_heads_plan(0, seqpar::make_seq_partition(tokens_per_rank * ranks, ranks),
+                                            {.batch = 1, .heads = heads, .kv_heads = heads, .head_dim = D},
+                                            seqpar::dtype::bfloat16);
 }
 
 //! Arguments: bytes per side from `min_mib` to `max_mib` MiB (x4 steps), head dim 64 and 128.

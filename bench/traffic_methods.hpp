@@ -64,7 +64,9 @@ step_fn ulysses_forward(Comm& comm, const shape& s) {
   const int r = comm.rank();
   const auto part = seqpar::make_seq_partition(s.S, s.P);
   auto plan = std::make_shared<seqpar::all_to_all_heads_plan>(
-      seqpar::make_all_to_all_heads_plan(r, part, {.batch = 1, .heads = int(s.H), .kv_heads = int(s.H), .head_dim = s.D}, seqpar::dtype::bfloat16));
+      seqpar::make_all_to_all_heads_plan(r, part,
+                                         {.batch = 1, .heads = int(s.H), .kv_heads = int(s.H), .head_dim = s.D},
+                                         seqpar::dtype::bfloat16));
   const std::int64_t n = part.size(r), h = plan->heads().count(r);
   auto in = buffer<bf16>(comm.memory(), 3 * n * s.H * s.D), out = buffer<bf16>(comm.memory(), 3 * s.S * h * s.D);
   auto ws = buffer<std::byte>(comm.memory(), plan->workspace_bytes());
@@ -81,7 +83,9 @@ step_fn ulysses_inverse(Comm& comm, const shape& s) {
   const int r = comm.rank();
   const auto part = seqpar::make_seq_partition(s.S, s.P);
   auto plan = std::make_shared<seqpar::all_to_all_heads_plan>(
-      seqpar::make_all_to_all_heads_plan(r, part, {.batch = 1, .heads = int(s.H), .kv_heads = int(s.H), .head_dim = s.D}, seqpar::dtype::bfloat16));
+      seqpar::make_all_to_all_heads_plan(r, part,
+                                         {.batch = 1, .heads = int(s.H), .kv_heads = int(s.H), .head_dim = s.D},
+                                         seqpar::dtype::bfloat16));
   const std::int64_t n = part.size(r), h = plan->heads().count(r);
   auto heads = buffer<bf16>(comm.memory(), s.S * h * s.D), seq = buffer<bf16>(comm.memory(), n * s.H * s.D);
   auto ws = buffer<std::byte>(comm.memory(), plan->workspace_bytes());

@@ -41,9 +41,9 @@ struct attention_shape {
 inline void check_attention_shape(const attention_shape& s) {
   SEQPAR_EXPECTS(s.batch >= 1, "shape.batch: expected at least 1, got " << s.batch);
   SEQPAR_EXPECTS(s.heads >= 1, "shape.heads: expected at least 1 query head, got " << s.heads);
-  SEQPAR_EXPECTS(s.kv() >= 1 && s.kv() <= s.heads && s.heads % s.kv() == 0,
-                 "shape.kv_heads: expected a divisor of heads = " << s.heads << " (GQA groups of equal size), got "
-                                                                  << s.kv_heads);
+  SEQPAR_EXPECTS(
+      s.kv() >= 1 && s.kv() <= s.heads && s.heads % s.kv() == 0,
+      "shape.kv_heads: expected a divisor of heads = " << s.heads << " (GQA groups of equal size), got " << s.kv_heads);
   SEQPAR_EXPECTS(s.head_dim >= 1, "shape.head_dim: expected at least 1, got " << s.head_dim);
   SEQPAR_EXPECTS(s.values() >= 1, "shape.value_dim: expected at least 1 (or 0 for head_dim), got " << s.value_dim);
 }

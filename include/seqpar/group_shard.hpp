@@ -14,22 +14,26 @@ void group_shard_copy(memory_space where, const seq_partition& part, int rank, t
                       tensor_view<T> to, stream_t stream) {
 #if SEQPAR_CUDA_COMPILER
   if (where == memory_space::device) {
-    if constexpr (to_shard) seq_shard(part, rank, from, to, stream);
-    else seq_unshard(part, rank, from, to, stream);
+    if constexpr (to_shard)
+      seq_shard(part, rank, from, to, stream);
+    else
+      seq_unshard(part, rank, from, to, stream);
     return;
   }
 #endif
   (void)where, (void)stream;
-  if constexpr (to_shard) seq_shard(part, rank, from, to);
-  else seq_unshard(part, rank, from, to);
+  if constexpr (to_shard)
+    seq_shard(part, rank, from, to);
+  else
+    seq_unshard(part, rank, from, to);
 }
 
 //! The checks of a group copy: the views against the partition, and device memory only under nvcc.
 template <class Comm, class A, class B>
 void check_group_shard(const Comm& comm, const seq_partition& part, const tensor_view<A>& global,
                        const tensor_view<B>& shard) {
-  SEQPAR_EXPECTS(part.ranks == comm.size(), "part: partition over " << part.ranks << " ranks; expected the communicator's "
-                                                                    << comm.size());
+  SEQPAR_EXPECTS(part.ranks == comm.size(),
+                 "part: partition over " << part.ranks << " ranks; expected the communicator's " << comm.size());
   check_shard_views(part, comm.rank(), global, shard);
   SEQPAR_EXPECTS(SEQPAR_CUDA_COMPILER || comm.memory() == memory_space::host,
                  "comm: device memory needs the calling file compiled by nvcc (the copy kernels are CUDA)");

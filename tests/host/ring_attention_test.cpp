@@ -182,15 +182,15 @@ TEST_CASE("all or nothing: ring_attention forward and backward") {
         auto& q = s.input(n * 2 * 4, 1.f);
         auto& kv = s.input(n * 4, 1.f);
         auto& o = s.input(n * 2 * 4, 0.f);
-        const auto saved = layer.forward(seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4),
-                                         seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4),
-                                         seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4),
-                                         seqpar::make_bshd(o.data(), 1, n, 2, 4));
+        const auto saved = layer.forward(
+            seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4), seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4),
+            seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4), seqpar::make_bshd(o.data(), 1, n, 2, 4));
         auto& dq = s.make(n * 2 * 4);
         auto& dk = s.make(n * 2 * 4);
         auto& dv = s.make(n * 4);
-        layer.backward(saved, seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4), seqpar::make_bshd(dq.data(), 1, n, 2, 4),
-                       seqpar::make_bshd(dk.data(), 1, n, bad ? 2 : 1, 4), seqpar::make_bshd(dv.data(), 1, n, 1, 4));
+        layer.backward(saved, seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4),
+                       seqpar::make_bshd(dq.data(), 1, n, 2, 4), seqpar::make_bshd(dk.data(), 1, n, bad ? 2 : 1, 4),
+                       seqpar::make_bshd(dv.data(), 1, n, 1, 4));
       });
 }
 
@@ -205,7 +205,7 @@ TEST_CASE("ring_attention: partials merge in fp32, so bf16 error at P = 8 is no 
     seqpar_test::rng().seed(seed);
     const auto eight = seqpar_test::check_parallel_attention<__nv_bfloat16>(
         {8, 2, 1, 2, 64, 8, causal, shard_strategy::zigzag}, memory_space::host, ring_of(policy), policy, everything);
-    CHECK(two[4] > 0);               // bf16 outputs do differ from the exact result
+    CHECK(two[4] > 0);              // bf16 outputs do differ from the exact result
     CHECK(eight[4] <= 2 * two[4]);  // o against the dense definition in double
   }
 }

@@ -35,9 +35,10 @@ void check_2d(int u, int r, int H, int H_kv, std::int64_t S, bool causal) {
 TEST_CASE("token_layout_2d: ring groups own zigzag block pairs, split in order over their Ulysses group") {
   // S = 16, u = 2, r = 2: blocks of 4; ring group 0 owns blocks 0 and 3, ring group 1 blocks 1 and 2.
   const auto layout = seqpar::make_token_layout_2d(16, {2, 2});
-  const std::vector<std::vector<std::int64_t>> want{
-      {0, 1, 2, 3}, {12, 13, 14, 15},  // ranks 0 and 1: Ulysses group 0 (ring index 0)
-      {4, 5, 6, 7}, {8, 9, 10, 11}};   // ranks 2 and 3: Ulysses group 1 (ring index 1)
+  const std::vector<std::vector<std::int64_t>> want{{0, 1, 2, 3},
+                                                    {12, 13, 14, 15},  // ranks 0 and 1: Ulysses group 0 (ring index 0)
+                                                    {4, 5, 6, 7},
+                                                    {8, 9, 10, 11}};  // ranks 2 and 3: Ulysses group 1 (ring index 1)
   for (int rank = 0; rank < 4; ++rank) {
     CAPTURE(rank);
     REQUIRE(layout.size(rank) == 4);

@@ -57,7 +57,9 @@ TEST_CASE("all_to_all_heads: bytes per peer equal the formulas of docs/architect
     seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& inner) {
       seqpar::counting_communicator comm(inner);
       const int r = comm.rank();
-      const auto plan = seqpar::make_all_to_all_heads_plan(r, seqpar::make_seq_partition(S, P), {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float16);
+      const auto plan = seqpar::make_all_to_all_heads_plan(r, seqpar::make_seq_partition(S, P),
+                                                           {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
+                                                           seqpar::dtype::float16);
       std::vector<__half> q(B * tok.sizes[r] * H * D), k(B * tok.sizes[r] * H_kv * D), v(k.size());
       std::vector<__half> q2(B * S * heads.count[r] * D), k2(B * S * heads.kv_count[r] * D), v2(k2.size());
       std::vector<std::byte> ws(plan.workspace_bytes());
@@ -114,7 +116,9 @@ TEST_CASE("all_to_all_heads: bad input names the argument before anything moves"
     std::fill(messages.begin(), messages.end(), "");
     seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& comm) {
       const int r = comm.rank();
-      const auto plan = seqpar::make_all_to_all_heads_plan(r, seqpar::make_seq_partition(S, P), {.batch = B, .heads = H, .kv_heads = 2, .head_dim = D}, seqpar::dtype::float32);
+      const auto plan = seqpar::make_all_to_all_heads_plan(r, seqpar::make_seq_partition(S, P),
+                                                           {.batch = B, .heads = H, .kv_heads = 2, .head_dim = D},
+                                                           seqpar::dtype::float32);
       std::vector<float> q(B * S / P * H * D, 1.0f), kv(B * S / P * 2 * D, 1.0f);
       std::vector<__half> kv_half(kv.size());
       std::vector<float> q2(B * S * 2 * D, seqpar_test::poison<float>()), kv2(B * S * 1 * D, seqpar_test::poison<float>());
@@ -161,7 +165,9 @@ TEST_CASE("all_to_all_heads: bad input names the argument before anything moves"
 
   // A plan made for another group size than the communicator's.
   run([&](auto&, auto& comm, auto& q, auto&, auto&, auto& q2, auto&, ws_t& ws) {
-    const auto plan3 = seqpar::make_all_to_all_heads_plan(comm.rank(), seqpar::make_seq_partition(S, 3), {.batch = B, .heads = H, .kv_heads = 2, .head_dim = D}, seqpar::dtype::float32);
+    const auto plan3 = seqpar::make_all_to_all_heads_plan(comm.rank(), seqpar::make_seq_partition(S, 3),
+                                                          {.batch = B, .heads = H, .kv_heads = 2, .head_dim = D},
+                                                          seqpar::dtype::float32);
     seqpar::all_to_all_heads(plan3, comm, cviews(q, S / P, H), views(q2, S, 2), ws);
   });
   for (int r = 0; r < P; ++r) CHECK(messages[r].find("comm: a group of 2 ranks; expected the plan's 3") != std::string::npos);
@@ -176,7 +182,9 @@ TEST_CASE("all_to_all_heads: any strides (fused QKV input, head_dim-major output
   seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& comm) {
     const int r = comm.rank();
     const std::int64_t S_r = tok.sizes[r];
-    const auto plan = seqpar::make_all_to_all_heads_plan(r, seqpar::make_seq_partition(S, P), {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32);
+    const auto plan = seqpar::make_all_to_all_heads_plan(r, seqpar::make_seq_partition(S, P),
+                                                         {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
+                                                         seqpar::dtype::float32);
     // Input: one fused [B, S_r, H + 2 H_kv, D] buffer; q, k, v are head slices of it.
     std::vector<float> fused(B * S_r * F * D);
     const seqpar::shape4 fused_strides{S_r * F * D, F * D, D, 1};

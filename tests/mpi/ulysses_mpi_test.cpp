@@ -23,7 +23,9 @@ TEST_CASE("mpi: all_to_all_heads forward (Q/K/V, H = 7, H_kv = 7 and 1, uneven S
     const int H = 7;
     const seqpar_test::token_owners tok(S, P, seqpar::shard_strategy::contiguous);
     const seqpar_test::head_owners heads(H, H_kv, P);
-    const auto plan = seqpar::make_all_to_all_heads_plan(r, seqpar::make_seq_partition(S, P), {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32);
+    const auto plan = seqpar::make_all_to_all_heads_plan(r, seqpar::make_seq_partition(S, P),
+                                                         {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
+                                                         seqpar::dtype::float32);
     const std::int64_t S_r = tok.sizes[r];
     std::vector<std::vector<float>> in(3), out(3);
     for (int w = 0; w < 3; ++w) {

@@ -92,7 +92,8 @@ void agree_on_arguments(Comm& comm, call_checks mode, stream_t stream, Checks&& 
   for (std::size_t j = 0; j < status.size(); ++j)
     if (status[j]) failed << (failed.tellp() > 0 ? ", " : "") << j;
   if (failed.tellp() > 0)
-    SEQPAR_FAIL(errc::peer_failed, "rank(s) " << failed.str() << " rejected their arguments; nothing was written or moved");
+    SEQPAR_FAIL(errc::peer_failed,
+                "rank(s) " << failed.str() << " rejected their arguments; nothing was written or moved");
 }
 
 //! A 64-bit FNV-1a hash of a sequence of integers: what a layer's shapes look like to its peers.
@@ -100,7 +101,8 @@ class fingerprint {
  public:
   //! Mixes `x` in; returns *this for chaining.
   fingerprint& add(std::int64_t x) {
-    for (int i = 0; i < 8; ++i) hash_ = (hash_ ^ ((static_cast<std::uint64_t>(x) >> (8 * i)) & 0xffu)) * 1099511628211ull;
+    for (int i = 0; i < 8; ++i)
+      hash_ = (hash_ ^ ((static_cast<std::uint64_t>(x) >> (8 * i)) & 0xffu)) * 1099511628211ull;
     return *this;
   }
   //! The hash so far, as the signed value all_gather_value carries.

@@ -32,8 +32,8 @@ inline constexpr const char* to_string(block_relation r) noexcept {
 //! position mask of the policy; `relation` says what that implies for the whole pair, so a kernel
 //! can skip the mask when the pair is visible.
 struct block_pair {
-  std::int64_t q_first = 0;                         //!< global position of the first query row
-  std::int64_t kv_first = 0;                        //!< global position of the first key row
+  std::int64_t q_first = 0;                           //!< global position of the first query row
+  std::int64_t kv_first = 0;                          //!< global position of the first key row
   block_relation relation = block_relation::visible;  //!< the pair's relation to the causal mask
 };
 

@@ -27,7 +27,6 @@
 
 SEQPAR_NAMESPACE_BEGIN
 
-
 //! A ring attention layer of one rank: q [B, S_r, H, D], k and v [B, S_r, H_kv, D] of this rank's
 //! tokens (contiguous or zigzag shards), any H and H_kv (only kv heads travel). Host memory in this
 //! version. forward returns a context: the fp32 log-sum-exp of this rank's rows (owned) and views
@@ -55,22 +54,23 @@ class ring_attention {
   //! with `shape` = {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}. Collective.
   ring_attention(Policy policy, Comm& comm, const seq_partition& seq, const attention_shape& shape, dtype type,
                  attention_options options = {}, Resource resource = {})
-      : policy_(std::move(policy)), comm_(comm), resource_(resource), seq_(seq), shape_(shape), type_(type),
+      : policy_(std::move(policy)),
+        comm_(comm),
+        resource_(resource),
+        seq_(seq),
+        shape_(shape),
+        type_(type),
         options_(options.resolved(shape.head_dim)),
-        pass_{seq,
-              shape.batch,
-              shape.heads,
-              shape.kv(),
-              shape.head_dim,
-              gqa_map{0, shape.kv() > 0 ? shape.heads / shape.kv() : 1, 0},
+        pass_{seq,        shape.batch,    shape.heads,
+              shape.kv(), shape.head_dim, gqa_map{0, shape.kv() > 0 ? shape.heads / shape.kv() : 1, 0},
               options_} {
     agree_on_arguments(comm, call_checks::group, nullptr, [&] {
       check_attention_shape(shape);
-      SEQPAR_EXPECTS(shape.values() == shape.head_dim, "shape.value_dim: expected head_dim = " << shape.head_dim
-                                                                                               << ", got " << shape.value_dim);
+      SEQPAR_EXPECTS(shape.values() == shape.head_dim,
+                     "shape.value_dim: expected head_dim = " << shape.head_dim << ", got " << shape.value_dim);
       (void)make_seq_partition(seq.tokens, seq.ranks, seq.strategy);
-      SEQPAR_EXPECTS(seq.ranks == comm.size(), "seq: partition over " << seq.ranks
-                                                                      << " ranks; expected the communicator's " << comm.size());
+      SEQPAR_EXPECTS(seq.ranks == comm.size(),
+                     "seq: partition over " << seq.ranks << " ranks; expected the communicator's " << comm.size());
       if (comm.memory() != memory_space::host)
         SEQPAR_FAIL(errc::unsupported, "comm: ring_attention runs on host memory in this version; got device memory");
       detail::check_policy_serves(policy_, memory_space::host, type, shape.head_dim, options);
@@ -86,9 +86,9 @@ class ring_attention {
   [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
                                 stream_t stream = nullptr) {
     using T = std::remove_const_t<Q>;
-    static_assert(std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> &&
-                      std::is_same_v<O, T>,
-                  "ring_attention::forward: q, k, v and o must share one element type, and o must be writable");
+    static_assert(
+        std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> && std::is_same_v<O, T>,
+        "ring_attention::forward: q, k, v and o must share one element type, and o must be writable");
     context saved;
     agree_on_arguments(comm_, checks_, stream, [&] {
       check_views<T>({"q", "k", "v", "o"}, q, k, v, o);
@@ -106,8 +106,9 @@ class ring_attention {
   void backward(const context& saved, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
                 stream_t stream = nullptr) {
     using T = std::remove_const_t<DO>;
-    static_assert(std::is_same_v<G, T>, "ring_attention::backward: dout, dq, dk and dv must share one element type, "
-                                        "and the gradients must be writable");
+    static_assert(std::is_same_v<G, T>,
+                  "ring_attention::backward: dout, dq, dk and dv must share one element type, "
+                  "and the gradients must be writable");
     agree_on_arguments(comm_, checks_, stream, [&] {
       saved.stamp_.check(fingerprint_of(), dtype_of<T>);
       check_views<T>({"dq", "dk", "dv", "dout"}, dq, dk, dv, dout);
@@ -133,12 +134,13 @@ class ring_attention {
     SEQPAR_EXPECTS(dtype_of<T> == type_, names[0] << ": element type " << to_string(dtype_of<T>)
                                                   << "; expected the layer's " << to_string(type_));
     const std::int64_t n = seq_.size(comm_.rank());
-    const shape4 q_shape{shape_.batch, n, shape_.heads, shape_.head_dim}, kv_shape{shape_.batch, n, kv(), shape_.head_dim};
+    const shape4 q_shape{shape_.batch, n, shape_.heads, shape_.head_dim},
+        kv_shape{shape_.batch, n, kv(), shape_.head_dim};
     auto check = [](const char* name, const shape4& want, const auto& view) {
       const shape4 got{view.batch(), view.seq(), view.heads(), view.head_dim()};
       SEQPAR_EXPECTS(got == want, name << ": expected extents {batch, seq, heads, head_dim} = {" << want[0] << ", "
-                                       << want[1] << ", " << want[2] << ", " << want[3] << "}, got {" << got[0]
-                                       << ", " << got[1] << ", " << got[2] << ", " << got[3] << "}");
+                                       << want[1] << ", " << want[2] << ", " << want[3] << "}, got {" << got[0] << ", "
+                                       << got[1] << ", " << got[2] << ", " << got[3] << "}");
     };
     check(names[0], q_shape, a);
     check(names[1], kv_shape, b);
@@ -149,9 +151,16 @@ class ring_attention {
     std::uint32_t scale_bits = 0;
     std::memcpy(&scale_bits, &options_.scale, sizeof scale_bits);
     return fingerprint{}
-        .add(seq_.tokens).add(seq_.ranks).add(static_cast<int>(seq_.strategy))
-        .add(shape_.batch).add(shape_.heads).add(kv()).add(shape_.head_dim)
-        .add(static_cast<int>(type_)).add(options_.causal).add(scale_bits)
+        .add(seq_.tokens)
+        .add(seq_.ranks)
+        .add(static_cast<int>(seq_.strategy))
+        .add(shape_.batch)
+        .add(shape_.heads)
+        .add(kv())
+        .add(shape_.head_dim)
+        .add(static_cast<int>(type_))
+        .add(options_.causal)
+        .add(scale_bits)
         .value();
   }
 

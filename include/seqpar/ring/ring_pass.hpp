@@ -59,21 +59,21 @@ void copy_view(const tensor_view<From>& from, const tensor_view<To>& to) {
 //! this rank's rows (one [B, heads, length] block per token run, runs in order); backward walks
 //! again with the final lse, dK/dV travelling home with their shard.
 struct ring_pass {
-  seq_partition seq;           //!< the tokens over the ring group
-  std::int64_t batch = 1;      //!< B
-  int heads = 0;               //!< this rank's query heads
-  int kv_heads = 0;            //!< this rank's kv heads (those its query heads read)
-  std::int64_t head_dim = 0;   //!< D
-  gqa_map map;                 //!< which local kv head each local query head reads
-  attention_options options;   //!< scale resolved
+  seq_partition seq;          //!< the tokens over the ring group
+  std::int64_t batch = 1;     //!< B
+  int heads = 0;              //!< this rank's query heads
+  int kv_heads = 0;           //!< this rank's kv heads (those its query heads read)
+  std::int64_t head_dim = 0;  //!< D
+  gqa_map map;                //!< which local kv head each local query head reads
+  attention_options options;  //!< scale resolved
 
   //! Floats of the lse of `rank`'s rows.
   std::size_t lse_floats(int rank) const { return static_cast<std::size_t>(batch * heads * seq.size(rank)); }
 
   //! o and lse (lse_floats(comm.rank()) floats) of this rank's queries against every shard.
   template <class Policy, class Comm, class T>
-  void forward(const Policy& policy, Comm& comm, tensor_view<const T> q, tensor_view<const T> k,
-               tensor_view<const T> v, tensor_view<T> o, float* lse, stream_t stream) const {
+  void forward(const Policy& policy, Comm& comm, tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+               tensor_view<T> o, float* lse, stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
     const auto runs = token_runs(seq, r);
     std::vector<float> o_acc(elements_of(r, heads), 0.0f), part(o_acc.size()), part_lse(lse_floats(r));
@@ -122,10 +122,10 @@ struct ring_pass {
       for_each_pair(runs, s, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
         const const_lse_view l(lse + lse_at, batch, heads, qr.length);
         const const_lse_view rd(dots.data() + lse_at, batch, heads, qr.length);
-        policy.block_backward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length), rows(vs, kr.local, kr.length),
-                              rows(dout, qr.local, qr.length), l, rd, map, options, pair,
-                              rows(acc_view(dq_acc.data(), r, heads), qr.local, qr.length), rows(dks, kr.local, kr.length),
-                              rows(dvs, kr.local, kr.length), stream);
+        policy.block_backward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length),
+                              rows(vs, kr.local, kr.length), rows(dout, qr.local, qr.length), l, rd, map, options, pair,
+                              rows(acc_view(dq_acc.data(), r, heads), qr.local, qr.length),
+                              rows(dks, kr.local, kr.length), rows(dvs, kr.local, kr.length), stream);
       });
       if (P == 1) break;
       if (t + 1 < P) rotate(comm, cur, next, s);
@@ -149,12 +149,15 @@ struct ring_pass {
     }
     return at;
   }
-  tensor_view<float> acc_view(float* p, int rank, int h) const { return make_bshd(p, batch, seq.size(rank), h, head_dim); }
+  tensor_view<float> acc_view(float* p, int rank, int h) const {
+    return make_bshd(p, batch, seq.size(rank), h, head_dim);
+  }
   // K and V of rank s's shard, packed one after the other in `p`.
   template <class U>
   std::pair<tensor_view<U>, tensor_view<U>> kv_views(std::remove_const_t<U>* p, int s) const {
     const std::int64_t n = seq.size(s);
-    return {make_bshd<U>(p, batch, n, kv_heads, head_dim), make_bshd<U>(p + elements_of(s, kv_heads), batch, n, kv_heads, head_dim)};
+    return {make_bshd<U>(p, batch, n, kv_heads, head_dim),
+            make_bshd<U>(p + elements_of(s, kv_heads), batch, n, kv_heads, head_dim)};
   }
   template <class T>
   void pack_kv(const tensor_view<const T>& k, const tensor_view<const T>& v, T* p, int rank) const {

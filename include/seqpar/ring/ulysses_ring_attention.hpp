@@ -59,8 +59,8 @@ inline token_layout_2d make_token_layout_2d(std::int64_t tokens, mesh_2d mesh) {
   SEQPAR_EXPECTS(mesh.ulysses >= 1 && mesh.ring >= 1,
                  "mesh: expected ulysses >= 1 and ring >= 1, got " << mesh.ulysses << " and " << mesh.ring);
   SEQPAR_EXPECTS(tokens >= 0 && tokens % (2 * mesh.ring) == 0,
-                 "tokens: the 2-D layout deals 2 * ring = " << 2 * mesh.ring << " equal blocks; expected a multiple, got "
-                                                            << tokens);
+                 "tokens: the 2-D layout deals 2 * ring = " << 2 * mesh.ring
+                                                            << " equal blocks; expected a multiple, got " << tokens);
   return {tokens, mesh};
 }
 
@@ -94,15 +94,23 @@ class ulysses_ring_attention {
   //! the arguments everywhere and splits `world` into the Ulysses and ring groups.
   ulysses_ring_attention(Policy policy, Comm& world, const token_layout_2d& layout, const attention_shape& shape,
                          dtype type, attention_options options = {}, Resource resource = {})
-      : policy_(std::move(policy)), world_(world), resource_(resource), layout_(layout),
+      : policy_(std::move(policy)),
+        world_(world),
+        resource_(resource),
+        layout_(layout),
         options_(options.resolved(shape.head_dim)),
         plan_(agreed_plan(policy_, world, layout, shape, type, options)),
         ulysses_(world.split(layout.mesh.ring_index(world.rank()), layout.mesh.ulysses_index(world.rank()))),
         ring_(world.split(layout.mesh.ulysses_index(world.rank()), layout.mesh.ring_index(world.rank()))) {
     const auto& h = plan_.heads();
     const int i = plan_.rank();
-    pass_ = detail::ring_pass{layout.ring_partition(), shape.batch, h.count(i), h.kv_count(i), shape.head_dim,
-                              gqa_map{h.first(i), h.group(), h.kv_first(i)}, options_};
+    pass_ = detail::ring_pass{layout.ring_partition(),
+                              shape.batch,
+                              h.count(i),
+                              h.kv_count(i),
+                              shape.head_dim,
+                              gqa_map{h.first(i), h.group(), h.kv_first(i)},
+                              options_};
     std::ostringstream description;
     description << "shape " << shape << ", " << layout.tokens << " tokens, mesh " << layout.mesh.ulysses << " x "
                 << layout.mesh.ring << ", " << to_string(type) << ", causal = " << options_.causal;
@@ -136,8 +144,8 @@ class ulysses_ring_attention {
                              qkv_views{hq, hk, hv}, ws.span(), stream);
     pass_.forward(policy_, ring_, tensor_view<const T>(hq), tensor_view<const T>(hk), tensor_view<const T>(hv), ho,
                   reinterpret_cast<float*>(saved.lse_.span().data()), stream);
-    detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::inverse, tensor_view<const T>(ho), o,
-                             ws.span(), stream);
+    detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws.span(),
+                             stream);
     saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     return saved;
   }
@@ -147,8 +155,9 @@ class ulysses_ring_attention {
   void backward(const context& saved, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
                 stream_t stream = nullptr) {
     using T = std::remove_const_t<DO>;
-    static_assert(std::is_same_v<G, T>, "ulysses_ring_attention::backward: dout, dq, dk and dv must share one "
-                                        "element type, and the gradients must be writable");
+    static_assert(std::is_same_v<G, T>,
+                  "ulysses_ring_attention::backward: dout, dq, dk and dv must share one "
+                  "element type, and the gradients must be writable");
     agree_on_arguments(world_, checks_, stream, [&] {
       saved.stamp_.check(fingerprint_of(), dtype_of<T>);
       detail::check_extents("dout", dout, detail::seq_side_extents(plan_, 0));
@@ -156,7 +165,9 @@ class ulysses_ring_attention {
       detail::check_extents("dk", dk, detail::seq_side_extents(plan_, 1));
       detail::check_extents("dv", dv, detail::seq_side_extents(plan_, 2));
     });
-    auto scratch = [&](std::size_t bytes) { return owned_bytes<Resource>(bytes, memory_space::host, resource_, stream); };
+    auto scratch = [&](std::size_t bytes) {
+      return owned_bytes<Resource>(bytes, memory_space::host, resource_, stream);
+    };
     const owned_bytes<Resource> ws = scratch(plan_.workspace_bytes()), hdo = scratch(head_bytes(true)),
                                 hdq = scratch(head_bytes(true)), hdk = scratch(head_bytes(false)),
                                 hdv = scratch(head_bytes(false));
@@ -191,8 +202,8 @@ class ulysses_ring_attention {
                                                << "; expected the world group's " << world.size() << " ranks");
       if (world.memory() != memory_space::host)
         SEQPAR_FAIL(errc::unsupported, "world: the 2-D layer runs on host memory in this version; got device memory");
-      plan.emplace(make_all_to_all_heads_plan(checked.mesh.ulysses_index(world.rank()), checked.group_partition(),
-                                              shape, type));
+      plan.emplace(
+          make_all_to_all_heads_plan(checked.mesh.ulysses_index(world.rank()), checked.group_partition(), shape, type));
       detail::check_policy_serves(policy, memory_space::host, type, shape.head_dim, options);
     });
     return std::move(*plan);
@@ -219,9 +230,16 @@ class ulysses_ring_attention {
     std::memcpy(&scale_bits, &options_.scale, sizeof scale_bits);
     const auto& h = plan_.heads();
     return fingerprint{}
-        .add(layout_.tokens).add(layout_.mesh.ulysses).add(layout_.mesh.ring)
-        .add(plan_.batch()).add(h.heads).add(h.kv_heads).add(plan_.head_dim())
-        .add(static_cast<int>(plan_.type())).add(options_.causal).add(scale_bits)
+        .add(layout_.tokens)
+        .add(layout_.mesh.ulysses)
+        .add(layout_.mesh.ring)
+        .add(plan_.batch())
+        .add(h.heads)
+        .add(h.kv_heads)
+        .add(plan_.head_dim())
+        .add(static_cast<int>(plan_.type()))
+        .add(options_.causal)
+        .add(scale_bits)
         .value();
   }
 

@@ -69,7 +69,9 @@ void check_exact_maps(const ulysses_case& c, seqpar::memory_space where) {
   seqpar::run_in_process(c.P, where, [&](seqpar::in_process_communicator& comm) {
     const int r = comm.rank();
     const auto part = seqpar::make_seq_partition(c.S, c.P, c.strategy);
-    const auto plan = seqpar::make_all_to_all_heads_plan(r, part, {.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D}, seqpar::dtype_of<T>);
+    const auto plan = seqpar::make_all_to_all_heads_plan(r, part,
+                                                         {.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D},
+                                                         seqpar::dtype_of<T>);
     std::vector<case_tensor<T>> in{case_tensor<T>(c, tok.sizes[r], c.H, T{}), case_tensor<T>(c, tok.sizes[r], c.H_kv, T{}),
                                    case_tensor<T>(c, tok.sizes[r], c.H_kv, T{})};
     for (int w = 0; w < 3; ++w)
@@ -155,7 +157,9 @@ inline void check_adjoint(const ulysses_case& c, seqpar::memory_space where) {
   seqpar::run_in_process(c.P, where, [&](seqpar::in_process_communicator& comm) {
     const int r = comm.rank();
     const auto part = seqpar::make_seq_partition(c.S, c.P, c.strategy);
-    const auto plan = seqpar::make_all_to_all_heads_plan(r, part, {.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D}, seqpar::dtype::float32);
+    const auto plan = seqpar::make_all_to_all_heads_plan(r, part,
+                                                         {.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D},
+                                                         seqpar::dtype::float32);
     buffer<std::byte> workspace(where, std::vector<std::byte>(plan.workspace_bytes()));
     rank_stream stream(where);
     std::vector<std::unique_ptr<buffer<float>>> xb, yb, axb, atyb;
