@@ -147,6 +147,17 @@ struct erased_views {
 };
 }  // namespace detail
 
+namespace detail {
+//! Throws unless `view` has extents {B, S, H, D} = `want`, naming the view as the caller knows it.
+template <class T>
+void check_extents(const char* name, const tensor_view<T>& view, const shape4& want) {
+  const shape4 got{view.batch(), view.seq(), view.heads(), view.head_dim()};
+  SEQPAR_EXPECTS(got == want, name << ": expected extents {batch, seq, heads, head_dim} = {" << want[0] << ", " << want[1]
+                                   << ", " << want[2] << ", " << want[3] << "}, got {" << got[0] << ", " << got[1]
+                                   << ", " << got[2] << ", " << got[3] << "}");
+}
+}  // namespace detail
+
 //! A checked view with explicit extents {B, S, H, D} and strides in elements; `name` labels errors.
 template <class T>
 tensor_view<T> make_strided(T* data, const shape4& extents, const shape4& strides,

@@ -233,10 +233,7 @@ class linear_attention_ring {
   }
   template <class A>
   void check_view(const char* name, const tensor_view<A>& t, std::int64_t dim, std::int64_t tokens) const {
-    SEQPAR_EXPECTS(t.batch() == batch_ && t.seq() == tokens && t.heads() == heads_ && t.head_dim() == dim,
-                   name << ": expected extents {batch, seq, heads, head_dim} = {" << batch_ << ", " << tokens << ", "
-                        << heads_ << ", " << dim << "}, got {" << t.batch() << ", " << t.seq() << ", " << t.heads()
-                        << ", " << t.head_dim() << "}");
+    detail::check_extents(name, t, {batch_, tokens, heads_, dim});
   }
   template <class S>
   void check_state(const char* name, const S& s) const {

@@ -11,6 +11,7 @@
 #include <cuda/std/mdspan>
 
 #include <cmath>
+#include <cstring>
 #include <concepts>
 #include <cstdint>
 
@@ -78,6 +79,13 @@ concept attention_policy = detail::opts_into_attention_policy<P> && detail::stat
                            detail::computes_attention<P>;
 
 namespace detail {
+//! The options as one integer (causal flag and the scale's bits), for a layer's fingerprint.
+inline std::int64_t options_key(const attention_options& options) {
+  std::uint32_t scale_bits = 0;
+  std::memcpy(&scale_bits, &options.scale, sizeof scale_bits);
+  return static_cast<std::int64_t>(scale_bits) * 2 + (options.causal ? 1 : 0);
+}
+
 //! Throws unless `policy` works on `memory`, supports `type` with `head_dim`, and can apply the
 //! causal mask when `options` asks for it: what every attention layer checks when it is built.
 template <attention_policy P>

@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <limits>
 #include <optional>
 #include <sstream>
@@ -136,20 +135,12 @@ class ring_attention {
     const std::int64_t n = seq_.size(comm_.rank());
     const shape4 q_shape{shape_.batch, n, shape_.heads, shape_.head_dim},
         kv_shape{shape_.batch, n, kv(), shape_.head_dim};
-    auto check = [](const char* name, const shape4& want, const auto& view) {
-      const shape4 got{view.batch(), view.seq(), view.heads(), view.head_dim()};
-      SEQPAR_EXPECTS(got == want, name << ": expected extents {batch, seq, heads, head_dim} = {" << want[0] << ", "
-                                       << want[1] << ", " << want[2] << ", " << want[3] << "}, got {" << got[0] << ", "
-                                       << got[1] << ", " << got[2] << ", " << got[3] << "}");
-    };
-    check(names[0], q_shape, a);
-    check(names[1], kv_shape, b);
-    check(names[2], kv_shape, c);
-    check(names[3], q_shape, d);
+    detail::check_extents(names[0], a, q_shape);
+    detail::check_extents(names[1], b, kv_shape);
+    detail::check_extents(names[2], c, kv_shape);
+    detail::check_extents(names[3], d, q_shape);
   }
   std::int64_t fingerprint_of() const {
-    std::uint32_t scale_bits = 0;
-    std::memcpy(&scale_bits, &options_.scale, sizeof scale_bits);
     return fingerprint{}
         .add(seq_.tokens)
         .add(seq_.ranks)
@@ -159,8 +150,7 @@ class ring_attention {
         .add(kv())
         .add(shape_.head_dim)
         .add(static_cast<int>(type_))
-        .add(options_.causal)
-        .add(scale_bits)
+        .add(detail::options_key(options_))
         .value();
   }
 

@@ -13,7 +13,6 @@
 #include <seqpar/ring/ring_pass.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
 
-#include <cstring>
 #include <optional>
 #include <sstream>
 #include <type_traits>
@@ -214,20 +213,12 @@ class ulysses_ring_attention {
     SEQPAR_EXPECTS(dtype_of<T> == plan_.type(), name << ": element type " << to_string(dtype_of<T>)
                                                      << "; expected the layer's " << to_string(plan_.type()));
   }
-  std::size_t head_bytes(bool query) const {
-    const auto& h = plan_.heads();
-    const int n = query ? h.count(plan_.rank()) : h.kv_count(plan_.rank());
-    return static_cast<std::size_t>(plan_.batch() * plan_.seq().tokens * n * plan_.head_dim()) * size_of(plan_.type());
-  }
+  std::size_t head_bytes(bool query) const { return detail::heads_side_bytes(plan_, query ? 0 : 1); }
   template <class T>
   tensor_view<T> heads(const owned_bytes<Resource>& b, bool query) const {
-    const auto& h = plan_.heads();
-    const int n = query ? h.count(plan_.rank()) : h.kv_count(plan_.rank());
-    return make_bshd(reinterpret_cast<T*>(b.span().data()), plan_.batch(), plan_.seq().tokens, n, plan_.head_dim());
+    return detail::heads_side_view<T>(plan_, b.span(), query ? 0 : 1);
   }
   std::int64_t fingerprint_of() const {
-    std::uint32_t scale_bits = 0;
-    std::memcpy(&scale_bits, &options_.scale, sizeof scale_bits);
     const auto& h = plan_.heads();
     return fingerprint{}
         .add(layout_.tokens)
@@ -238,8 +229,7 @@ class ulysses_ring_attention {
         .add(h.kv_heads)
         .add(plan_.head_dim())
         .add(static_cast<int>(plan_.type()))
-        .add(options_.causal)
-        .add(scale_bits)
+        .add(detail::options_key(options_))
         .value();
   }
 

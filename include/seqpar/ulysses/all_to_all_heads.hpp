@@ -37,15 +37,6 @@ namespace detail {
 
 enum class heads_direction { forward, inverse };
 
-//! Throws unless `view` has extents {B, S, H, D} = `want`; names the view.
-template <class T>
-void check_extents(const char* name, const tensor_view<T>& view, const shape4& want) {
-  const shape4 got{view.batch(), view.seq(), view.heads(), view.head_dim()};
-  SEQPAR_EXPECTS(got == want, name << ": expected extents {batch, seq, heads, head_dim} = {" << want[0] << ", " << want[1]
-                                   << ", " << want[2] << ", " << want[3] << "}, got {" << got[0] << ", " << got[1]
-                                   << ", " << got[2] << ", " << got[3] << "}");
-}
-
 //! Throws unless element type U is T (the first view's), naming the view.
 template <class T, class U>
 void check_same_type(const char* name) {
@@ -63,6 +54,19 @@ inline shape4 seq_side_extents(const all_to_all_heads_plan& plan, int t) {
 inline shape4 heads_side_extents(const all_to_all_heads_plan& plan, int t) {
   const auto& h = plan.heads();
   return {plan.batch(), plan.seq().tokens, t ? h.kv_count(plan.rank()) : h.count(plan.rank()), plan.head_dim()};
+}
+
+//! Bytes of one head-sharded tensor of segment t (0: query-headed, else kv-headed).
+inline std::size_t heads_side_bytes(const all_to_all_heads_plan& plan, int t) {
+  const shape4 e = heads_side_extents(plan, t);
+  return static_cast<std::size_t>(e[0] * e[1] * e[2] * e[3]) * size_of(plan.type());
+}
+
+//! A packed head-sharded view of segment t over `bytes` (at least heads_side_bytes(plan, t)).
+template <class T>
+tensor_view<T> heads_side_view(const all_to_all_heads_plan& plan, std::span<std::byte> bytes, int t) {
+  const shape4 e = heads_side_extents(plan, t);
+  return make_bshd(reinterpret_cast<T*>(bytes.data()), e[0], e[1], e[2], e[3]);
 }
 
 //! True when a head-sharded view is laid out exactly as the heads-side exchange buffer (tokens,

@@ -13,7 +13,6 @@
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
 
-#include <cstring>
 #include <optional>
 #include <sstream>
 #include <type_traits>
@@ -133,20 +132,15 @@ class ulysses_attention {
   std::int64_t fingerprint_of() const {
     const auto& s = plan_.seq();
     const auto& h = plan_.heads();
-    std::uint32_t scale_bits = 0;
-    std::memcpy(&scale_bits, &options_.scale, sizeof scale_bits);
     return fingerprint{}
         .add(s.tokens).add(s.ranks).add(static_cast<int>(s.strategy))
         .add(plan_.batch()).add(h.heads).add(h.kv_heads).add(plan_.head_dim())
-        .add(static_cast<int>(plan_.type())).add(options_.causal).add(scale_bits)
+        .add(static_cast<int>(plan_.type())).add(detail::options_key(options_))
         .value();
   }
 
-  std::size_t elements(int heads) const {
-    return static_cast<std::size_t>(plan_.batch() * plan_.seq().tokens * heads * plan_.head_dim());
-  }
-  std::size_t q_bytes() const { return elements(plan_.heads().count(plan_.rank())) * size_of(plan_.type()); }
-  std::size_t kv_bytes() const { return elements(plan_.heads().kv_count(plan_.rank())) * size_of(plan_.type()); }
+  std::size_t q_bytes() const { return detail::heads_side_bytes(plan_, 0); }
+  std::size_t kv_bytes() const { return detail::heads_side_bytes(plan_, 1); }
   std::size_t lse_bytes() const {
     return static_cast<std::size_t>(plan_.batch() * plan_.heads().count(plan_.rank()) * plan_.seq().tokens) * sizeof(float);
   }
@@ -165,9 +159,7 @@ class ulysses_attention {
   // A view of this rank's heads over the whole sequence, over `bytes`.
   template <class T>
   tensor_view<T> heads_view(std::span<std::byte> bytes, bool query) const {
-    const auto& h = plan_.heads();
-    const int n = query ? h.count(plan_.rank()) : h.kv_count(plan_.rank());
-    return make_bshd(reinterpret_cast<T*>(bytes.data()), plan_.batch(), plan_.seq().tokens, n, plan_.head_dim());
+    return detail::heads_side_view<T>(plan_, bytes, query ? 0 : 1);
   }
   lse_view lse_of(std::span<std::byte> bytes) const {
     return lse_view(reinterpret_cast<float*>(bytes.data()), plan_.batch(), plan_.heads().count(plan_.rank()),
@@ -199,11 +191,12 @@ class ulysses_attention {
       detail::check_extents("o", o, detail::seq_side_extents(plan_, 0));
       detail::check_workspace(workspace, forward_workspace_bytes(), "forward_workspace_bytes()");
       const memory_space where = comm_.memory();
-      saved.q_ = owned_bytes<Resource>(q_bytes(), where, resource_, stream);
-      saved.k_ = owned_bytes<Resource>(kv_bytes(), where, resource_, stream);
-      saved.v_ = owned_bytes<Resource>(kv_bytes(), where, resource_, stream);
-      saved.o_ = owned_bytes<Resource>(q_bytes(), where, resource_, stream);
-      saved.lse_ = owned_bytes<Resource>(lse_bytes(), where, resource_, stream);
+      // Plain allocations: a context may outlive the stream of the forward that made it.
+      saved.q_ = owned_bytes<Resource>(q_bytes(), where, resource_);
+      saved.k_ = owned_bytes<Resource>(kv_bytes(), where, resource_);
+      saved.v_ = owned_bytes<Resource>(kv_bytes(), where, resource_);
+      saved.o_ = owned_bytes<Resource>(q_bytes(), where, resource_);
+      saved.lse_ = owned_bytes<Resource>(lse_bytes(), where, resource_);
       ws = detail::workspace_for(workspace, own, forward_workspace_bytes(), where, resource_, stream);
     });
     if constexpr (detail::qkv_types_match<Q, K, V, O, O, O>) {
