@@ -22,23 +22,21 @@ void register_process_sweep(int size, std::int64_t S_max, int iterations, MakeCo
   using counted = seqpar::counting_communicator<Inner>;
   for (const auto& m : methods<counted>())
     for (const shape& s : sweep_shapes(size, S_max)) {
-      if (s.P != size) continue;
+      if (s.P != size || !m.runs_at(s)) continue;
       benchmark::RegisterBenchmark(bench_name(m.name, s).c_str(), [m, s, make_comm, finish](benchmark::State& state) {
         counted comm{make_comm()};
-        const step_fn step = m.setup(comm, s);
-        step();  // one untimed iteration: its traffic is what is reported
+        const rank_run run = m.setup(comm, s);
+        run.step();  // one untimed iteration: its traffic is what is reported
         finish();
-        std::size_t per_peer = 0;
-        for (int j = 0; j < s.P; ++j) per_peer = std::max(per_peer, comm.bytes_sent_to(j));
-        const std::size_t sent = comm.bytes_sent();
+        const traffic sent = run.sent();
         for (auto _ : state) {
           comm.inner().barrier();
           const auto start = std::chrono::steady_clock::now();
-          step();
+          run.step();
           finish();
           state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         }
-        report(state, m, s, sent, per_peer);
+        report(state, m, s, sent);
       })->Iterations(iterations)->UseManualTime()->Unit(benchmark::kMillisecond);
     }
 }

@@ -44,14 +44,17 @@ for f in "$tmp"/*.dat; do
   sort -n -o "$f" "$f"
 done
 
-methods="ulysses_forward ulysses_inverse lasp_chain lasp2_all_gather megatron_sp ring_attention"
-plot_lines() {  # $1: S or P; every second line dashed, so lines with equal values stay visible
-  local first=1 dash=2
+methods="ulysses_forward ulysses_inverse lasp_chain lasp2_all_gather megatron_sp ring_attention ulysses_ring_u2
+ulysses_ring_u4 ulysses_ring_u8"
+colors=(9400d3 009e73 56b4e9 e69f00 f0e442 0072b2 e51e10 000000 a0522d)
+plot_lines() {  # $1: S or P; one colour per method, every second line dashed
+  local first=1 dash=2 i=0
   for m in $methods; do
-    dash=$((3 - dash))
+    dash=$((3 - dash)) i=$((i + 1))
     [ -s "$tmp/$1_$m.dat" ] || continue
     [ $first -eq 1 ] || printf ', '
-    printf '"%s" using 1:2 with linespoints linewidth 2 dashtype %d title "%s"' "$tmp/$1_$m.dat" $dash "${m//_/ }"
+    printf '"%s" using 1:2 with linespoints linewidth 2 dashtype %d linecolor rgb "#%s" pointtype %d title "%s"' \
+      "$tmp/$1_$m.dat" $dash "${colors[i - 1]}" $i "${m//_/ }"
     first=0
   done
 }
@@ -63,10 +66,10 @@ else
   ylabel="$counter per layer (forward)" what=$counter
 fi
 gnuplot <<GNUPLOT
-set terminal pngcairo size 900,600 noenhanced
+set terminal pngcairo size 1100,600 noenhanced
 set grid
-set key top left
 set logscale y 2
+set key outside right
 set format y "%.0s %cB"
 set offsets 0, 0, graph 0.05, graph 0.05
 set ylabel "$ylabel"
@@ -79,7 +82,7 @@ set output "$out/traffic_vs_P.png"
 set title "$what against P at S / P = 8K tokens (the sequence grows with the GPUs)"
 unset logscale x
 set xlabel "P (ranks)"
-set xtics (2, 4, 8)
+set xtics (2, 4, 8, 16)
 plot $(plot_lines P)
 GNUPLOT
 echo "wrote $out/traffic_vs_S.png and $out/traffic_vs_P.png"

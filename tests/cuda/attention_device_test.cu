@@ -1,11 +1,17 @@
-// ulysses_attention on the GPU with the device attention policies, over the in-process backend on
-// device memory, against the host reference policy on one device.
+// ulysses_attention, ring_attention and the 2-D layer on the GPU with the device attention
+// policies, over the in-process backend on device memory, against the host reference policy on one
+// device.
 #include <seqpar_test/attention_cases.hpp>
 
 #include <seqpar/policy/attention_cuda.cuh>
 #include <seqpar/policy/flash_attention.cuh>
 #include <seqpar/policy/block_sparse_attention.hpp>
 #include <seqpar/policy/reference_attention.hpp>
+#include <seqpar/ring/ring_attention.hpp>
+#include <seqpar/ring/ulysses_ring_attention.hpp>
+
+#include <utility>
+#include <vector>
 
 using seqpar::memory_space;
 
@@ -50,6 +56,41 @@ TEST_CASE_TEMPLATE("ulysses_attention with flash_attention equals the host refer
     seqpar_test::check_ulysses_attention<T>({2, 4, 1, 1, 133, 128, causal}, memory_space::device,
                                             seqpar::flash_attention{}, seqpar::reference_attention{}, everything);
   }
+}
+
+// Ring and 2-D layers on device memory: flash_attention's block functions, the merge and the
+// element-wise steps as device launches, each next shard arriving on a side stream.
+TEST_CASE_TEMPLATE("ring_attention with flash_attention on the GPU equals the host reference", T, __half,
+                   __nv_bfloat16) {
+  const auto ring = [](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+    return seqpar::ring_attention(seqpar::flash_attention{}, comm, part, shape, type, opt);
+  };
+  for (int P : {1, 2, 4, 8})
+    for (bool causal : {false, true})
+      for (int H_kv : {1, 2}) {
+        (void)seqpar_test::check_parallel_attention<T>({P, 2, H_kv, 2, 64 * P + 5, 64, causal}, memory_space::device,
+                                                       ring, seqpar::reference_attention{}, everything);
+        (void)seqpar_test::check_parallel_attention<T>(
+            {P, 2, H_kv, 1, 80 * P, 128, causal, seqpar::shard_strategy::zigzag}, memory_space::device, ring,
+            seqpar::reference_attention{}, everything);
+      }
+}
+
+TEST_CASE_TEMPLATE("ulysses_ring_attention with flash_attention on the GPU equals the host reference", T, __half,
+                   __nv_bfloat16) {
+  for (auto [u, r] : std::vector<std::pair<int, int>>{{2, 2}, {2, 4}, {4, 2}, {1, 4}, {4, 1}})
+    for (bool causal : {false, true})
+      for (int H_kv : {1, 2, 4}) {
+        CAPTURE(u);
+        CAPTURE(r);
+        const auto layout = seqpar::make_token_layout_2d(2 * r * 70, {u, r});
+        (void)seqpar_test::check_parallel_attention_on<T>(
+            {u * r, 4, H_kv, 2, layout.tokens, 64, causal}, layout, memory_space::device,
+            [](auto& comm, const auto& l, const auto& shape, seqpar::dtype type, const auto& opt) {
+              return seqpar::ulysses_ring_attention(seqpar::flash_attention{}, comm, l, shape, type, opt);
+            },
+            seqpar::reference_attention{}, everything);
+      }
 }
 
 namespace {

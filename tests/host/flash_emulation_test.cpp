@@ -7,12 +7,15 @@
 
 #include <seqpar/policy/flash_attention.cuh>
 #include <seqpar/policy/reference_attention.hpp>
+#include <seqpar/ring/ring_pass.hpp>
 #include <seqpar_test/host_tensor.hpp>
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -27,6 +30,22 @@ struct flash_case {
   std::int64_t pad;
   float q_amp;  // > 1 sharpens the softmax, so the running max moves between key tiles
 };
+
+// o, dq, dk, dv (of element type T, or fp32 accumulators) against the reference's, within
+// 2e-3 (half) or 2e-2 (bfloat16) of the largest reference magnitude; lse within 1e-4.
+template <class T, class Got>
+void check_outputs(const std::array<const tensor<Got>*, 4>& got, const std::array<const tensor<T>*, 4>& want,
+                   const std::vector<float>& lse, const std::vector<float>& lse_ref) {
+  const double tol = std::is_same_v<T, __half> ? 2e-3 : 2e-2;
+  const char* names[] = {"o", "dq", "dk", "dv"};
+  for (int w = 0; w < 4; ++w) {
+    INFO(names[w]);
+    CHECK(relative_gap(got[w]->view, want[w]->view) <= tol);
+  }
+  double lse_gap = 0;
+  for (std::size_t i = 0; i < lse.size(); ++i) lse_gap = std::max(lse_gap, double(std::abs(lse[i] - lse_ref[i])));
+  CHECK(lse_gap <= 1e-4);
+}
 
 template <class T, int D>
 void check_flash(const flash_case& c) {
@@ -54,14 +73,7 @@ void check_flash(const flash_case& c) {
                  dk.view, dv.view);
   CHECK(flash.launcher.within_shared);
 
-  const double tol = std::is_same_v<T, __half> ? 2e-3 : 2e-2;
-  CHECK(relative_gap(o.view, o_ref.view) <= tol);
-  CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
-  CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
-  CHECK(relative_gap(dv.view, dv_ref.view) <= tol);
-  double lse_gap = 0;
-  for (std::size_t i = 0; i < lse.size(); ++i) lse_gap = std::max(lse_gap, double(std::abs(lse[i] - lse_ref[i])));
-  CHECK(lse_gap <= 1e-4);
+  check_outputs<T, T>({&o, &dq, &dk, &dv}, {&o_ref, &dq_ref, &dk_ref, &dv_ref}, lse, lse_ref);
   // Padding between tokens stays poison: nothing was written outside the views.
   for (const auto* t : {&o, &dq, &dk, &dv}) CHECK(t->padding_untouched());
 }
@@ -75,4 +87,107 @@ TEST_CASE("flash_attention kernels under an emulated warp equal reference_attent
   check_flash<__nv_bfloat16, 64>({1, 33, 3, 1, false, 0, 3.0f});
   check_flash<__half, 128>({1, 150, 4, 1, true, 0, 2.0f});
   check_flash<__nv_bfloat16, 64>({2, 130, 2, 2, false, 3, 1.0f});
+}
+
+namespace {
+// Cuts [0, n) at the given interior points into (first, length) blocks.
+std::vector<std::pair<std::int64_t, std::int64_t>> cut(std::int64_t n, std::vector<std::int64_t> at) {
+  std::vector<std::pair<std::int64_t, std::int64_t>> out;
+  std::int64_t from = 0;
+  at.push_back(n);
+  for (std::int64_t c : at) out.emplace_back(from, c - from), from = c;
+  return out;
+}
+
+template <class T>
+void fill(const seqpar::tensor_view<T>& x, float value) {
+  for (std::int64_t b = 0; b < x.batch(); ++b)
+    for (std::int64_t s = 0; s < x.seq(); ++s)
+      for (std::int64_t h = 0; h < x.heads(); ++h)
+        for (std::int64_t d = 0; d < x.head_dim(); ++d) x(b, s, h, d) = seqpar::from_float<T>(value);
+}
+
+// The flash policy's block functions over every pair of query and key blocks the causal mask leaves,
+// merged with the library's fp32 algebra, against reference_attention over the whole sequence.
+template <class T, int D>
+void check_flash_blocks(const flash_case& c, const std::vector<std::int64_t>& q_cuts,
+                        const std::vector<std::int64_t>& kv_cuts) {
+  INFO("D=" << D << " B=" << c.B << " S=" << c.S << " H=" << c.H << " H_kv=" << c.H_kv << " causal=" << c.causal
+            << " pad=" << c.pad);
+  using seqpar::detail::rows;
+  const tensor<T> q(c.B, c.S, c.H, D, c.pad, c.q_amp), k(c.B, c.S, c.H_kv, D, c.pad, 1), v(c.B, c.S, c.H_kv, D, c.pad, 1),
+      dout(c.B, c.S, c.H, D, c.pad, 1);
+  tensor<T> o_ref(c.B, c.S, c.H, D, 0, 0), dq_ref(c.B, c.S, c.H, D, 0, 0), dk_ref(c.B, c.S, c.H_kv, D, 0, 0),
+      dv_ref(c.B, c.S, c.H_kv, D, 0, 0), o_rounded(c.B, c.S, c.H, D, 0, 0);
+  tensor<float> o(c.B, c.S, c.H, D, c.pad, 0), dq(c.B, c.S, c.H, D, c.pad, 0), dk(c.B, c.S, c.H_kv, D, c.pad, 0),
+      dv(c.B, c.S, c.H_kv, D, c.pad, 0);
+  for (auto* t : {&dq, &dk, &dv}) fill(t->view, 0.0f);
+  std::vector<float> lse_ref(c.B * c.H * c.S), lse(lse_ref.size(), NAN);
+  const seqpar::gqa_map map{0, c.H / c.H_kv, 0};
+  const seqpar::attention_options opt{.causal = c.causal};
+
+  const seqpar::reference_attention ref;
+  ref.forward(q.cview(), k.cview(), v.cview(), map, opt, o_ref.view, seqpar::lse_view(lse_ref.data(), c.B, c.H, c.S));
+  ref.backward(q.cview(), k.cview(), v.cview(), o_ref.cview(), seqpar::const_lse_view(lse_ref.data(), c.B, c.H, c.S),
+               dout.cview(), map, opt, dq_ref.view, dk_ref.view, dv_ref.view);
+
+  const seqpar::basic_flash_attention<seqpar_emulation::launcher> flash;
+  int pairs = 0, diagonal = 0;
+  for (auto [q0, nq] : cut(c.S, q_cuts)) {
+    std::vector<float> lse_q(c.B * c.H * nq, -INFINITY), part_lse(lse_q.size());
+    tensor<float> part(c.B, nq, c.H, D, 0, 0);
+    const auto o_q = rows(o.view, q0, nq);
+    fill(o_q, 0.0f);
+    for (auto [k0, nk] : cut(c.S, kv_cuts)) {
+      const auto relation = seqpar::causal_relation(q0, nq, k0, nk, c.causal);
+      if (relation == seqpar::block_relation::masked) continue;
+      ++pairs, diagonal += relation == seqpar::block_relation::diagonal;
+      flash.block_forward(rows(q.cview(), q0, nq), rows(k.cview(), k0, nk), rows(v.cview(), k0, nk), map, opt,
+                          {q0, k0, relation}, part.view, seqpar::lse_view(part_lse.data(), c.B, c.H, nq));
+      seqpar::merge_partial(o_q, seqpar::lse_view(lse_q.data(), c.B, c.H, nq), part.cview(),
+                            seqpar::const_lse_view(part_lse.data(), c.B, c.H, nq));
+    }
+    for (std::int64_t b = 0; b < c.B; ++b)
+      for (int h = 0; h < c.H; ++h)
+        for (std::int64_t i = 0; i < nq; ++i) lse[(b * c.H + h) * c.S + q0 + i] = lse_q[(b * c.H + h) * nq + i];
+  }
+  // Backward from the merged lse and the row dots of the output rounded to T, as the ring runs it.
+  seqpar::detail::copy_view(o.cview(), o_rounded.view);
+  std::vector<float> dots(lse.size(), 0.0f);
+  for (std::int64_t b = 0; b < c.B; ++b)
+    for (std::int64_t i = 0; i < c.S; ++i)
+      for (int h = 0; h < c.H; ++h)
+        for (int d = 0; d < D; ++d)
+          dots[(b * c.H + h) * c.S + i] +=
+              seqpar::to_float(dout.view(b, i, h, d)) * seqpar::to_float(o_rounded.view(b, i, h, d));
+  for (auto [q0, nq] : cut(c.S, q_cuts)) {
+    std::vector<float> lse_q(c.B * c.H * nq), dots_q(lse_q.size());
+    for (std::int64_t b = 0; b < c.B; ++b)
+      for (int h = 0; h < c.H; ++h)
+        for (std::int64_t i = 0; i < nq; ++i) {
+          lse_q[(b * c.H + h) * nq + i] = lse[(b * c.H + h) * c.S + q0 + i];
+          dots_q[(b * c.H + h) * nq + i] = dots[(b * c.H + h) * c.S + q0 + i];
+        }
+    for (auto [k0, nk] : cut(c.S, kv_cuts)) {
+      const auto relation = seqpar::causal_relation(q0, nq, k0, nk, c.causal);
+      if (relation == seqpar::block_relation::masked) continue;
+      flash.block_backward(rows(q.cview(), q0, nq), rows(k.cview(), k0, nk), rows(v.cview(), k0, nk),
+                           rows(dout.cview(), q0, nq), seqpar::const_lse_view(lse_q.data(), c.B, c.H, nq),
+                           seqpar::const_lse_view(dots_q.data(), c.B, c.H, nq), map, opt, {q0, k0, relation},
+                           rows(dq.view, q0, nq), rows(dk.view, k0, nk), rows(dv.view, k0, nk));
+    }
+  }
+  CHECK(flash.launcher.within_shared);
+  CHECK(pairs > 2);
+  if (c.causal) CHECK(diagonal > 0);
+  check_outputs<T, float>({&o, &dq, &dk, &dv}, {&o_ref, &dq_ref, &dk_ref, &dv_ref}, lse, lse_ref);
+  for (const auto* t : {&o, &dq, &dk, &dv}) CHECK(t->padding_untouched());
+}
+}  // namespace
+
+TEST_CASE("flash_attention block functions under an emulated warp: block pairs merged equal reference_attention") {
+  // Cuts off the 64-row tiles, a key block straddling the diagonal, blocks shorter than a tile.
+  check_flash_blocks<__half, 64>({1, 150, 2, 1, true, 0, 3.0f}, {70, 100}, {40, 100, 130});
+  check_flash_blocks<__half, 64>({2, 90, 2, 2, false, 1, 1.0f}, {30}, {50, 61});
+  check_flash_blocks<__nv_bfloat16, 128>({1, 96, 4, 2, true, 0, 2.0f}, {24, 48, 72}, {24, 48, 72});  // zigzag-like
 }

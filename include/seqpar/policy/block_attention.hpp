@@ -65,18 +65,33 @@ SEQPAR_HOST_DEVICE softmax_merge merge_lse(float a, float b) {
   return {lse, expf(a - lse), expf(b - lse)};
 }
 
+//! Merges rows of a block pair's partial (o_part, lse_part) into the running (o_acc, lse_acc), all
+//! fp32; views [B, S_q, h, D] and lse [B, h, S_q]. One call per row, row = (b * h + head) * S_q + i:
+//! a host loop (merge_partial) or a device launch runs the same body.
+struct merge_partial_rows {
+  tensor_view<float> o_acc;         //!< the running output
+  lse_view lse_acc;                 //!< the running log-sum-exp
+  tensor_view<const float> o_part;  //!< the pair's partial output
+  const_lse_view lse_part;          //!< the pair's log-sum-exp
+  //! Rows to merge: B * h * S_q.
+  SEQPAR_HOST_DEVICE std::int64_t rows() const { return o_acc.batch() * o_acc.heads() * o_acc.seq(); }
+  //! Merges one row.
+  SEQPAR_HOST_DEVICE void operator()(std::int64_t row) const {
+    const std::int64_t i = row % o_acc.seq(), h = row / o_acc.seq() % o_acc.heads(),
+                       b = row / o_acc.seq() / o_acc.heads();
+    const softmax_merge m = merge_lse(lse_acc(b, h, i), lse_part(b, h, i));
+    for (std::int64_t d = 0; d < o_acc.head_dim(); ++d)
+      o_acc(b, i, h, d) = m.weight_a * o_acc(b, i, h, d) + m.weight_b * o_part(b, i, h, d);
+    lse_acc(b, h, i) = m.lse;
+  }
+};
+
 //! Merges a block pair's partial (o_part, lse_part) into the running (o_acc, lse_acc), all fp32,
 //! on the host; views [B, S_q, h, D] and lse [B, h, S_q].
 inline void merge_partial(tensor_view<float> o_acc, lse_view lse_acc, tensor_view<const float> o_part,
                           const_lse_view lse_part) {
-  for (std::int64_t b = 0; b < o_acc.batch(); ++b)
-    for (std::int64_t h = 0; h < o_acc.heads(); ++h)
-      for (std::int64_t i = 0; i < o_acc.seq(); ++i) {
-        const softmax_merge m = merge_lse(lse_acc(b, h, i), lse_part(b, h, i));
-        for (std::int64_t d = 0; d < o_acc.head_dim(); ++d)
-          o_acc(b, i, h, d) = m.weight_a * o_acc(b, i, h, d) + m.weight_b * o_part(b, i, h, d);
-        lse_acc(b, h, i) = m.lse;
-      }
+  const merge_partial_rows merge{o_acc, lse_acc, o_part, lse_part};
+  for (std::int64_t row = 0; row < merge.rows(); ++row) merge(row);
 }
 
 namespace detail {

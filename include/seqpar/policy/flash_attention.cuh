@@ -1,7 +1,8 @@
 //! @file flash_attention.cuh
 //! flash_attention: the tensor-core attention policy (nvcc only, sm_80 and newer). FlashAttention-2
 //! tiling with mma.sync m16n8k16: fp16 or bf16 in, fp32 accumulation and softmax statistics, head
-//! dims 64 and 128, causal or not, GQA; forward and backward never materialise S x S. The host code
+//! dims 64 and 128, causal or not, GQA; forward and backward never materialise S x S. The same
+//! kernels compute one block pair of ring attention (block_forward, block_backward). The host code
 //! here plans every launch and hands it to a launcher (launcher.cuh), so the kernel-emulation tests
 //! run it too.
 #pragma once
@@ -9,6 +10,7 @@
 #include <seqpar/cuda_check.hpp>
 #include <seqpar/detail/vector_copy.cuh>
 #include <seqpar/policy/attention_policy.hpp>
+#include <seqpar/policy/block_attention.hpp>
 #include <seqpar/policy/detail/flash_backward.cuh>
 #include <seqpar/policy/detail/flash_forward.cuh>
 #include <seqpar/policy/detail/launcher.cuh>
@@ -43,16 +45,7 @@ struct basic_flash_attention {
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
     check<T>(q, k, v, o);
     check_lse(lse, q);
-    opt = opt.resolved(q.head_dim());
-    if constexpr (detail::mma::input<T>) {
-      if (q.size() == 0) return;
-      const bool vec = detail::device::rows_are_vectorizable(q) && detail::device::rows_are_vectorizable(k) &&
-                       detail::device::rows_are_vectorizable(v);
-      with_head_dim(q.head_dim(), [&]<int D>() {
-        namespace fk = detail::flash_kernels;
-        launch<fk::forward_shared<T, D>>(fk::forward<T, D>, grid(q), stream, q, k, v, map, opt, o, lse, vec);
-      });
-    }
+    run_forward(q, k, v, map, opt, whole_sequence(opt), o, lse, stream);
   }
 
   //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
@@ -62,26 +55,103 @@ struct basic_flash_attention {
                 tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
     check<T>(q, k, v, o);
     check_lse(lse, q);
-    SEQPAR_EXPECTS(same_shape(dout, q) && same_shape(dq, q) && same_shape(dk, k) && same_shape(dv, k),
-                   "dout, dq, dk, dv: extents differ from q's and k's; expected dout and dq shaped like q, dk and dv "
-                   "like k");
+    check_gradients(q, k, dout, dq, dk, dv);
+    run_backward(q, k, v, o, lse, const_lse_view{}, dout, map, opt, whole_sequence(opt), dq, dk, dv, stream);
+  }
+
+  //! o_part and lse_part (fp32) of the query block q against the key/value block k, v alone, at
+  //! the pair's positions (block_attention_policy); the causal mask is applied to diagonal pairs.
+  template <class T>
+  void block_forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
+                     attention_options opt, block_pair pair, tensor_view<float> o_part, lse_view lse_part,
+                     stream_t stream = nullptr) const {
+    check_block<T>(q, k, v);
+    SEQPAR_EXPECTS(same_shape(o_part, q), "o_part: extents differ from q's; expected the same extents");
+    check_lse(lse_part, q);
+    run_forward(q, k, v, map, opt, pair, o_part, lse_part, stream);
+  }
+
+  //! Adds the block pair's share of dq, dk, dv (fp32 accumulators) from the final lse and the row
+  //! dots rowsum(dO * O) (block_attention_policy).
+  template <class T>
+  void block_backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                      tensor_view<const T> dout, const_lse_view lse, const_lse_view row_dots, gqa_map map,
+                      attention_options opt, block_pair pair, tensor_view<float> dq, tensor_view<float> dk,
+                      tensor_view<float> dv, stream_t stream = nullptr) const {
+    check_block<T>(q, k, v);
+    check_lse(lse, q);
+    check_lse(row_dots, q);
+    check_gradients(q, k, dout, dq, dk, dv);
+    run_backward(q, k, v, tensor_view<const T>{}, lse, row_dots, dout, map, opt, pair, dq, dk, dv, stream);
+  }
+
+ private:
+  // The whole sequence as one block pair: both blocks start at 0, diagonal when causal.
+  static block_pair whole_sequence(attention_options opt) {
+    return {0, 0, opt.causal ? block_relation::diagonal : block_relation::visible};
+  }
+
+  // Where the rows of q and k sit: a whole sequence or a block pair, whose causal mask only a
+  // diagonal pair needs.
+  template <class T>
+  static detail::flash_kernels::score_positions positions(const tensor_view<T>& q, const tensor_view<T>& k,
+                                                          attention_options opt, block_pair pair) {
+    return {q.seq(), k.seq(), pair.q_first, pair.kv_first, opt.causal && pair.relation != block_relation::visible};
+  }
+
+  // Launches the forward kernel writing o (T, or fp32 for a partial).
+  template <class T, class O>
+  void run_forward(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                   gqa_map map, attention_options opt, block_pair pair, const tensor_view<O>& o, lse_view lse,
+                   stream_t stream) const {
     opt = opt.resolved(q.head_dim());
     if constexpr (detail::mma::input<T>) {
+      if (q.size() == 0) return;
       const bool vec = detail::device::rows_are_vectorizable(q) && detail::device::rows_are_vectorizable(k) &&
-                       detail::device::rows_are_vectorizable(v) && detail::device::rows_are_vectorizable(o) &&
-                       detail::device::rows_are_vectorizable(dout);
+                       detail::device::rows_are_vectorizable(v);
+      const auto pos = positions(q, k, opt, pair);
       with_head_dim(q.head_dim(), [&]<int D>() {
         namespace fk = detail::flash_kernels;
-        if (q.size() != 0)
-          launch<fk::dq_shared<T, D>>(fk::backward_dq<T, D>, grid(q), stream, q, k, v, o, lse, dout, map, opt, dq, vec);
-        if (k.size() != 0)
-          launch<fk::dkdv_shared<T, D>>(fk::backward_dkdv<T, D>, grid(k), stream, q, k, v, o, lse, dout, map, opt, dk,
-                                        dv, vec);
+        launch<fk::forward_shared<T, D>>(fk::forward<T, D, O>, grid(q), stream, q, k, v, map, opt.scale, pos, o, lse,
+                                         vec);
       });
     }
   }
 
- private:
+  // Launches the two backward kernels: gradients G = T written (row dots from dout and o), or
+  // G = float added to (row dots given).
+  template <class T, class G>
+  void run_backward(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                    const tensor_view<const T>& o, const_lse_view lse, const_lse_view dots,
+                    const tensor_view<const T>& dout, gqa_map map, attention_options opt, block_pair pair,
+                    const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv,
+                    stream_t stream) const {
+    opt = opt.resolved(q.head_dim());
+    if constexpr (detail::mma::input<T>) {
+      const bool vec = detail::device::rows_are_vectorizable(q) && detail::device::rows_are_vectorizable(k) &&
+                       detail::device::rows_are_vectorizable(v) && detail::device::rows_are_vectorizable(dout) &&
+                       (o.data() == nullptr || detail::device::rows_are_vectorizable(o));
+      const auto pos = positions(q, k, opt, pair);
+      with_head_dim(q.head_dim(), [&]<int D>() {
+        namespace fk = detail::flash_kernels;
+        if (q.size() != 0)
+          launch<fk::dq_shared<T, D>>(fk::backward_dq<T, D, G>, grid(q), stream, q, k, v, o, lse, dots, dout, map,
+                                      opt.scale, pos, dq, vec);
+        if (k.size() != 0)
+          launch<fk::dkdv_shared<T, D>>(fk::backward_dkdv<T, D, G>, grid(k), stream, q, k, v, o, lse, dots, dout, map,
+                                        opt.scale, pos, dk, dv, vec);
+      });
+    }
+  }
+
+  template <class T, class DO, class G>
+  static void check_gradients(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<DO>& dout,
+                              const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv) {
+    SEQPAR_EXPECTS(same_shape(dout, q) && same_shape(dq, q) && same_shape(dk, k) && same_shape(dv, k),
+                   "dout, dq, dk, dv: extents differ from q's and k's; expected dout and dq shaped like q, dk and dv "
+                   "like k");
+  }
+
   template <class A, class B>
   static bool same_shape(const tensor_view<A>& a, const tensor_view<B>& b) {
     return a.batch() == b.batch() && a.seq() == b.seq() && a.heads() == b.heads() && a.head_dim() == b.head_dim();
@@ -91,14 +161,29 @@ struct basic_flash_attention {
   template <class T, class O>
   void check(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
              const tensor_view<O>& o) const {
-    SEQPAR_EXPECTS(supports(dtype_of<T>, q.head_dim()),
-                   "flash_attention: element type " << to_string(dtype_of<T>) << " with head_dim " << q.head_dim()
-                                                    << "; expected float16 or bfloat16 with head_dim 64 or 128");
+    check_supported<T>(q.head_dim());
     SEQPAR_EXPECTS(same_shape(k, v) && k.batch() == q.batch() && k.seq() == q.seq() && k.head_dim() == q.head_dim(),
                    "k, v: extents {" << k.batch() << ", " << k.seq() << ", " << k.heads() << ", " << k.head_dim()
                                      << "}; expected q's batch, seq and head_dim (" << q.batch() << ", " << q.seq()
                                      << ", " << q.head_dim() << ") and equal k and v");
     SEQPAR_EXPECTS(same_shape(o, q), "o: extents differ from q's; expected the same extents");
+  }
+
+  template <class T>
+  void check_supported(std::int64_t head_dim) const {
+    SEQPAR_EXPECTS(supports(dtype_of<T>, head_dim),
+                   "flash_attention: element type " << to_string(dtype_of<T>) << " with head_dim " << head_dim
+                                                    << "; expected float16 or bfloat16 with head_dim 64 or 128");
+  }
+
+  // A block pair's checks: its key block may hold any number of rows.
+  template <class T>
+  void check_block(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v) const {
+    check_supported<T>(q.head_dim());
+    SEQPAR_EXPECTS(same_shape(k, v) && k.batch() == q.batch() && k.head_dim() == q.head_dim(),
+                   "k, v: extents {" << k.batch() << ", " << k.seq() << ", " << k.heads() << ", " << k.head_dim()
+                                     << "}; expected q's batch and head_dim (" << q.batch() << ", " << q.head_dim()
+                                     << ") and equal k and v");
   }
 
   template <class L, class T>
@@ -135,7 +220,7 @@ struct basic_flash_attention {
 #if SEQPAR_CUDA_COMPILER
 //! Tiled softmax attention on tensor cores (basic_flash_attention on the current CUDA device).
 using flash_attention = basic_flash_attention<detail::cuda_launcher>;
-static_assert(attention_policy<flash_attention>);
+static_assert(block_attention_policy<flash_attention>);
 #endif
 
 SEQPAR_KERNEL_NAMESPACE_END

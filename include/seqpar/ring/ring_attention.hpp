@@ -4,7 +4,8 @@
 //! neighbor_exchange, and each rank merges the partial outputs of its queries against every shard
 //! (fp32 online softmax). Backward: dQ accumulates at home, dK/dV accumulate in fp32 as they travel
 //! with their shard and come home after a full turn. With zigzag shards the causal work is the
-//! same on every rank at every step.
+//! same on every rank at every step. Host or device memory (the communicator's); on a device the
+//! next shard's exchange runs on a side stream while the current block pairs compute.
 #pragma once
 
 #include <seqpar/attention_shape.hpp>
@@ -15,20 +16,19 @@
 #include <seqpar/ring/ring_pass.hpp>
 #include <seqpar/shard.hpp>
 
-#include <algorithm>
 #include <array>
-#include <limits>
-#include <optional>
+#include <memory>
 #include <sstream>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
-SEQPAR_NAMESPACE_BEGIN
+SEQPAR_KERNEL_NAMESPACE_BEGIN
 
 //! A ring attention layer of one rank: q [B, S_r, H, D], k and v [B, S_r, H_kv, D] of this rank's
-//! tokens (contiguous or zigzag shards), any H and H_kv (only kv heads travel). Host memory in this
-//! version. forward returns a context: the fp32 log-sum-exp of this rank's rows (owned) and views
+//! tokens (contiguous or zigzag shards), any H and H_kv (only kv heads travel), in the
+//! communicator's memory (device memory needs the calling file compiled by nvcc). forward returns a
+//! context: the fp32 log-sum-exp of this rank's rows (owned) and views
 //! of q, k, v and o (keep them alive and unchanged until backward). Every call agrees across the
 //! group before any rank writes an output or moves a byte.
 template <block_attention_policy Policy, communicator Comm, memory_resource Resource = default_memory_resource>
@@ -70,9 +70,10 @@ class ring_attention {
       (void)make_seq_partition(seq.tokens, seq.ranks, seq.strategy);
       SEQPAR_EXPECTS(seq.ranks == comm.size(),
                      "seq: partition over " << seq.ranks << " ranks; expected the communicator's " << comm.size());
-      if (comm.memory() != memory_space::host)
-        SEQPAR_FAIL(errc::unsupported, "comm: ring_attention runs on host memory in this version; got device memory");
-      detail::check_policy_serves(policy_, memory_space::host, type, shape.head_dim, options);
+      SEQPAR_EXPECTS(SEQPAR_CUDA_COMPILER || comm.memory() == memory_space::host,
+                     "comm: device memory needs the calling file compiled by nvcc (the ring's element-wise steps "
+                     "are CUDA)");
+      detail::check_policy_serves(policy_, comm.memory(), type, shape.head_dim, options);
     });
     std::ostringstream description;
     description << "shape " << shape << ", " << seq.tokens << " tokens (" << to_string(seq.strategy) << "), "
@@ -91,10 +92,10 @@ class ring_attention {
     context saved;
     agree_on_arguments(comm_, checks_, stream, [&] {
       check_views<T>({"q", "k", "v", "o"}, q, k, v, o);
-      saved.lse_ = owned_bytes<Resource>(lse_floats() * sizeof(float), memory_space::host, resource_);
+      saved.lse_ = owned_bytes<Resource>(lse_floats() * sizeof(float), comm_.memory(), resource_);
     });
-    pass_.forward(policy_, comm_, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v), o,
-                  reinterpret_cast<float*>(saved.lse_.span().data()), stream);
+    pass_.forward(policy_, comm_, resource_, *fork_, tensor_view<const T>(q), tensor_view<const T>(k),
+                  tensor_view<const T>(v), o, reinterpret_cast<float*>(saved.lse_.span().data()), stream);
     saved.views_.keep(q, k, v, o);
     saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     return saved;
@@ -113,7 +114,7 @@ class ring_attention {
       check_views<T>({"dq", "dk", "dv", "dout"}, dq, dk, dv, dout);
     });
     auto held = [&](int i) { return saved.views_.template get<T>(i); };
-    pass_.backward(policy_, comm_, held(0), held(1), held(2), held(3), tensor_view<const T>(dout),
+    pass_.backward(policy_, comm_, resource_, *fork_, held(0), held(1), held(2), held(3), tensor_view<const T>(dout),
                    reinterpret_cast<const float*>(saved.lse_.span().data()), dq, dk, dv, stream);
   }
 
@@ -162,7 +163,8 @@ class ring_attention {
   dtype type_;
   attention_options options_;
   detail::ring_pass pass_;
+  std::unique_ptr<detail::stream_fork> fork_ = std::make_unique<detail::stream_fork>();
   call_checks checks_ = call_checks::group;
 };
 
-SEQPAR_NAMESPACE_END
+SEQPAR_KERNEL_NAMESPACE_END

@@ -1,9 +1,13 @@
 //! @file ring_pass.hpp
 //! The ring walk shared by ring_attention and the 2-D layer: K/V shards travel the ring group with
 //! neighbor_exchange while each rank merges its queries' partials in fp32; in backward dK/dV travel
-//! with their shard and come home.
+//! with their shard and come home. The element-wise steps are SEQPAR_HOST_DEVICE functors, run by a
+//! host loop or a device launch (for_each_index.hpp).
 #pragma once
 
+#include <seqpar/detail/for_each_index.hpp>
+#include <seqpar/detail/stream_fork.hpp>
+#include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/block_attention.hpp>
 #include <seqpar/shard.hpp>
 #include <seqpar/tensor.hpp>
@@ -43,21 +47,59 @@ tensor_view<T> rows(const tensor_view<T>& v, std::int64_t first, std::int64_t n)
   return view(v.data() + first * v.stride(axis::seq), typename view::mapping_type(e, s));
 }
 
-//! Copies `from` into `to` element by element (same extents), converting the element type.
+//! Copies one element of `from` into `to` (equal extents) per call, converting the element type;
+//! index i runs over the extents in [b, s, h, d] order. A host loop or a device launch runs it.
+template <class From, class To>
+struct copy_elements {
+  tensor_view<const From> from;  //!< the source
+  tensor_view<To> to;            //!< the destination
+  //! Elements to copy.
+  SEQPAR_HOST_DEVICE std::int64_t size() const { return to.batch() * to.seq() * to.heads() * to.head_dim(); }
+  //! Copies element i.
+  SEQPAR_HOST_DEVICE void operator()(std::int64_t i) const {
+    const std::int64_t d = i % to.head_dim(), h = i / to.head_dim() % to.heads(),
+                       s = i / to.head_dim() / to.heads() % to.seq(), b = i / to.head_dim() / to.heads() / to.seq();
+    to(b, s, h, d) = from_float<To>(to_float(from(b, s, h, d)));
+  }
+};
+
+//! Copies `from` into `to` (equal extents) on the host, converting the element type.
 template <class From, class To>
 void copy_view(const tensor_view<From>& from, const tensor_view<To>& to) {
-  for (std::int64_t b = 0; b < from.batch(); ++b)
-    for (std::int64_t s = 0; s < from.seq(); ++s)
-      for (std::int64_t h = 0; h < from.heads(); ++h)
-        for (std::int64_t d = 0; d < from.head_dim(); ++d)
-          to(b, s, h, d) = from_float<std::remove_const_t<To>>(to_float(from(b, s, h, d)));
+  const copy_elements<std::remove_const_t<From>, To> copy{from, to};
+  for (std::int64_t i = 0; i < copy.size(); ++i) copy(i);
 }
+
+//! rowsum(dO * O) in fp32 of one row per call, row = (b * h + head) * n + i, into dots [B, h, n].
+template <class T>
+struct row_dots_of {
+  tensor_view<const T> dout;  //!< dO [B, n, h, D]
+  tensor_view<const T> o;     //!< O [B, n, h, D]
+  lse_view dots;              //!< the row dots [B, h, n]
+  //! Rows: B * h * n.
+  SEQPAR_HOST_DEVICE std::int64_t rows() const { return o.batch() * o.heads() * o.seq(); }
+  //! The dot of one row.
+  SEQPAR_HOST_DEVICE void operator()(std::int64_t row) const {
+    const std::int64_t i = row % o.seq(), h = row / o.seq() % o.heads(), b = row / o.seq() / o.heads();
+    float sum = 0.0f;
+    for (std::int64_t d = 0; d < o.head_dim(); ++d) sum += to_float(dout(b, i, h, d)) * to_float(o(b, i, h, d));
+    dots(b, h, i) = sum;
+  }
+};
+}  // namespace detail
+
+SEQPAR_NAMESPACE_END
+
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 
 //! The ring walk of one rank for fixed shapes, unchecked (its callers check and agree first):
 //! `heads` query heads read `kv_heads` kv heads through `map`, tokens dealt over the ring group by
-//! `seq`. Host memory. forward merges the partials of every block pair into o and the fp32 lse of
-//! this rank's rows (one [B, heads, length] block per token run, runs in order); backward walks
-//! again with the final lse, dK/dV travelling home with their shard.
+//! `seq`, in the ring communicator's memory. forward merges the partials of every block pair into o
+//! and the fp32 lse of this rank's rows (one [B, heads, length] block per token run, runs in order).
+//! backward walks again with the final lse; dK/dV travel home with their shard. On a device the
+//! exchanges run on a side stream (`fork`) beside the block pairs, into double buffers: step t
+//! computes with shard buffer t % 2 while the next shard arrives in the other, and the gradients a
+//! rank adds to a shard travel on while it computes the next step.
 struct ring_pass {
   seq_partition seq;          //!< the tokens over the ring group
   std::int64_t batch = 1;     //!< B
@@ -71,76 +113,117 @@ struct ring_pass {
   std::size_t lse_floats(int rank) const { return static_cast<std::size_t>(batch * heads * seq.size(rank)); }
 
   //! o and lse (lse_floats(comm.rank()) floats) of this rank's queries against every shard.
-  template <class Policy, class Comm, class T>
-  void forward(const Policy& policy, Comm& comm, tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-               tensor_view<T> o, float* lse, stream_t stream) const {
+  template <class Policy, class Comm, class Resource, class T>
+  void forward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork, tensor_view<const T> q,
+               tensor_view<const T> k, tensor_view<const T> v, tensor_view<T> o, float* lse, stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
+    const memory_space where = comm.memory();
     const auto runs = token_runs(seq, r);
-    std::vector<float> o_acc(elements_of(r, heads), 0.0f), part(o_acc.size()), part_lse(lse_floats(r));
-    std::fill(lse, lse + lse_floats(r), -std::numeric_limits<float>::infinity());
-    std::vector<T> cur(2 * elements_of(0, kv_heads)), next(cur.size());  // rank 0 holds the most tokens
-    pack_kv(k, v, cur.data(), r);
+    const buffers<Resource> kv(2 * kv_elements() * sizeof(T), 2, where, resource, stream);
+    const buffers<Resource> acc(elements_of(r, heads) * sizeof(float), 2, where, resource, stream);  // o, a partial
+    const buffers<Resource> part_lse(lse_floats(r) * sizeof(float), 1, where, resource, stream);
+    float* const o_acc = acc.template get<float>(0);
+    for_each_index(where, lse_floats(r), fill_floats{lse, -std::numeric_limits<float>::infinity()}, stream);
+    for_each_index(where, elements_of(r, heads), fill_floats{o_acc, 0.0f}, stream);
+    pack_kv(where, k, v, kv.template get<T>(0), r, stream);
     for (int t = 0; t < P; ++t) {
       const int s = (r - t + P) % P;
-      const auto [ks, vs] = kv_views<const T>(cur.data(), s);
+      const stream_t side = t + 1 < P ? fork.fork(where, stream) : stream;
+      const auto [ks, vs] = kv_views<const T>(kv.template get<T>(t % 2), s);
       for_each_pair(runs, s, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
-        const auto part_view = make_bshd(part.data(), batch, qr.length, heads, head_dim);
-        const lse_view part_l(part_lse.data(), batch, heads, qr.length);
+        const auto part = make_bshd(acc.template get<float>(1), batch, qr.length, heads, head_dim);
+        const lse_view part_l(part_lse.template get<float>(0), batch, heads, qr.length);
         policy.block_forward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length), rows(vs, kr.local, kr.length),
-                             map, options, pair, part_view, part_l, stream);
-        merge_partial(rows(acc_view(o_acc.data(), r, heads), qr.local, qr.length),
-                      lse_view(lse + lse_at, batch, heads, qr.length), tensor_view<const float>(part_view),
-                      const_lse_view(part_l));
+                             map, options, pair, part, part_l, stream);
+        const merge_partial_rows merge{rows(acc_view(o_acc, r, heads), qr.local, qr.length),
+                                       lse_view(lse + lse_at, batch, heads, qr.length), tensor_view<const float>(part),
+                                       const_lse_view(part_l)};
+        for_each_index(where, merge.rows(), merge, stream);
       });
-      if (t + 1 < P) rotate(comm, cur, next, s);
+      if (t + 1 == P) break;
+      send_on(comm, kv.template get<T>(t % 2), kv.template get<T>((t + 1) % 2), s, side);
+      fork.join(where, stream);
     }
-    copy_view(tensor_view<const float>(acc_view(o_acc.data(), r, heads)), o);
+    copy(where, tensor_view<const float>(acc_view(o_acc, r, heads)), o, stream);
   }
 
   //! dq, dk, dv of this rank's rows from dO, the forward's o and its lse.
-  template <class Policy, class Comm, class T>
-  void backward(const Policy& policy, Comm& comm, tensor_view<const T> q, tensor_view<const T> k,
-                tensor_view<const T> v, tensor_view<const T> o, tensor_view<const T> dout, const float* lse,
-                tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, stream_t stream) const {
+  template <class Policy, class Comm, class Resource, class T>
+  void backward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork, tensor_view<const T> q,
+                tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o, tensor_view<const T> dout,
+                const float* lse, tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
+    const memory_space where = comm.memory();
     const auto runs = token_runs(seq, r);
-    std::vector<float> dots(lse_floats(r), 0.0f), dq_acc(elements_of(r, heads), 0.0f);
-    for (const auto& run : runs)
-      for (std::int64_t b = 0; b < batch; ++b)
-        for (int h = 0; h < heads; ++h)
-          for (std::int64_t i = 0; i < run.length; ++i)
-            for (std::int64_t d = 0; d < head_dim; ++d)
-              dots[lse_offset(runs, run) + (b * heads + h) * run.length + i] +=
-                  to_float(dout(b, run.local + i, h, d)) * to_float(o(b, run.local + i, h, d));
-    std::vector<T> cur(2 * elements_of(0, kv_heads)), next(cur.size());
-    std::vector<float> dkv(cur.size(), 0.0f), dkv_next(dkv.size());
-    pack_kv(k, v, cur.data(), r);
+    const std::int64_t kv_n = 2 * kv_elements();
+    const buffers<Resource> kv(kv_n * sizeof(T), 2, where, resource, stream);
+    // This rank's share of the gradients of the shard it holds (two, by step parity), and the
+    // gradients of the next shard from the ranks before it.
+    const buffers<Resource> grads(kv_n * sizeof(float), 3, where, resource, stream);
+    const buffers<Resource> row_terms(std::max(lse_floats(r), elements_of(r, heads)) * sizeof(float), 2, where,
+                                      resource, stream);
+    float* const dots = row_terms.template get<float>(0);
+    float* const dq_acc = row_terms.template get<float>(1);
+    float* const incoming = grads.template get<float>(2);
+    for (const auto& run : runs) {
+      const row_dots_of<T> dot{rows(dout, run.local, run.length), rows(o, run.local, run.length),
+                               lse_view(dots + lse_offset(runs, run), batch, heads, run.length)};
+      for_each_index(where, dot.rows(), dot, stream);
+    }
+    for_each_index(where, elements_of(r, heads), fill_floats{dq_acc, 0.0f}, stream);
+    pack_kv(where, k, v, kv.template get<T>(0), r, stream);
     for (int t = 0; t < P; ++t) {
       const int s = (r - t + P) % P;
-      const auto [ks, vs] = kv_views<const T>(cur.data(), s);
-      const auto [dks, dvs] = kv_views<float>(dkv.data(), s);
+      const stream_t side = P > 1 ? fork.fork(where, stream) : stream;
+      float* const mine = grads.template get<float>(t % 2);
+      for_each_index(where, kv_n, fill_floats{mine, 0.0f}, stream);
+      const auto [ks, vs] = kv_views<const T>(kv.template get<T>(t % 2), s);
+      const auto [dks, dvs] = kv_views<float>(mine, s);
       for_each_pair(runs, s, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
-        const const_lse_view l(lse + lse_at, batch, heads, qr.length);
-        const const_lse_view rd(dots.data() + lse_at, batch, heads, qr.length);
+        const const_lse_view l(lse + lse_at, batch, heads, qr.length), rd(dots + lse_at, batch, heads, qr.length);
         policy.block_backward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length),
                               rows(vs, kr.local, kr.length), rows(dout, qr.local, qr.length), l, rd, map, options, pair,
-                              rows(acc_view(dq_acc.data(), r, heads), qr.local, qr.length),
-                              rows(dks, kr.local, kr.length), rows(dvs, kr.local, kr.length), stream);
+                              rows(acc_view(dq_acc, r, heads), qr.local, qr.length), rows(dks, kr.local, kr.length),
+                              rows(dvs, kr.local, kr.length), stream);
       });
       if (P == 1) break;
-      if (t + 1 < P) rotate(comm, cur, next, s);
-      rotate(comm, dkv, dkv_next, s);  // after P turns each shard's gradients are home
+      if (t > 0) send_grads(comm, grads.template get<float>((t - 1) % 2), incoming, t - 1, where, side);
+      if (t + 1 < P) send_on(comm, kv.template get<T>(t % 2), kv.template get<T>((t + 1) % 2), s, side);
+      fork.join(where, stream);
     }
-    copy_view(tensor_view<const float>(acc_view(dq_acc.data(), r, heads)), dq);
-    const auto [dk_home, dv_home] = kv_views<const float>(dkv.data(), r);
-    copy_view(dk_home, dk);
-    copy_view(dv_home, dv);
+    // After P hops each shard's gradients are home.
+    float* home = grads.template get<float>(0);
+    if (P > 1) {
+      send_grads(comm, grads.template get<float>((P - 1) % 2), incoming, P - 1, where, stream);
+      home = incoming;
+    }
+    copy(where, tensor_view<const float>(acc_view(dq_acc, r, heads)), dq, stream);
+    const auto [dk_home, dv_home] = kv_views<const float>(home, r);
+    copy(where, dk_home, dk, stream);
+    copy(where, dv_home, dv, stream);
   }
 
  private:
+  // `count` buffers of `bytes` each (16-byte aligned) in one stream-ordered allocation.
+  template <class Resource>
+  class buffers {
+   public:
+    buffers(std::size_t bytes, int count, memory_space where, const Resource& resource, stream_t stream)
+        : stride_((bytes + 15) / 16 * 16), own_(stride_ * count, where, resource, stream) {}
+    template <class U>
+    U* get(int i) const {
+      return reinterpret_cast<U*>(own_.span().data() + stride_ * i);
+    }
+
+   private:
+    std::size_t stride_;
+    owned_bytes<Resource> own_;
+  };
+
   std::size_t elements_of(int rank, int h) const {
     return static_cast<std::size_t>(batch * seq.size(rank) * h * head_dim);
   }
+  std::size_t kv_elements() const { return elements_of(0, kv_heads); }  // rank 0 holds the most tokens
   std::int64_t lse_offset(const std::vector<token_run>& runs, const token_run& run) const {
     std::int64_t at = 0;
     for (const auto& x : runs) {
@@ -152,26 +235,41 @@ struct ring_pass {
   tensor_view<float> acc_view(float* p, int rank, int h) const {
     return make_bshd(p, batch, seq.size(rank), h, head_dim);
   }
-  // K and V of rank s's shard, packed one after the other in `p`.
+  // K and V of rank s's shard, packed one after the other at `p`.
   template <class U>
   std::pair<tensor_view<U>, tensor_view<U>> kv_views(std::remove_const_t<U>* p, int s) const {
     const std::int64_t n = seq.size(s);
     return {make_bshd<U>(p, batch, n, kv_heads, head_dim),
             make_bshd<U>(p + elements_of(s, kv_heads), batch, n, kv_heads, head_dim)};
   }
-  template <class T>
-  void pack_kv(const tensor_view<const T>& k, const tensor_view<const T>& v, T* p, int rank) const {
-    const auto [kp, vp] = kv_views<T>(p, rank);
-    copy_view(k, kp);
-    copy_view(v, vp);
+  template <class From, class To>
+  static void copy(memory_space where, const tensor_view<const From>& from, const tensor_view<To>& to,
+                   stream_t stream) {
+    const copy_elements<From, To> c{from, to};
+    for_each_index(where, c.size(), c, stream);
   }
-  // Sends the shard of rank s that `cur` holds to the next rank and receives the one before it.
+  template <class T>
+  void pack_kv(memory_space where, const tensor_view<const T>& k, const tensor_view<const T>& v, T* p, int rank,
+               stream_t stream) const {
+    const auto [kp, vp] = kv_views<T>(p, rank);
+    copy(where, k, kp, stream);
+    copy(where, v, vp, stream);
+  }
+  // Sends rank s's shard (K and V, or their gradients) from `from` to the next rank and receives the
+  // one before it into `to`, on `stream`.
   template <class Comm, class U>
-  void rotate(Comm& comm, std::vector<U>& cur, std::vector<U>& next, int s) const {
+  void send_on(Comm& comm, const U* from, U* to, int s, stream_t stream) const {
     const int P = comm.size(), r = comm.rank(), before = (s - 1 + P) % P;
-    comm.template neighbor_exchange<U>(std::span<const U>(cur.data(), 2 * elements_of(s, kv_heads)), (r + 1) % P,
-                                       std::span<U>(next.data(), 2 * elements_of(before, kv_heads)), (r - 1 + P) % P);
-    std::swap(cur, next);
+    comm.template neighbor_exchange<U>(std::span<const U>(from, 2 * elements_of(s, kv_heads)), (r + 1) % P,
+                                       std::span<U>(to, 2 * elements_of(before, kv_heads)), (r - 1 + P) % P, stream);
+  }
+  // Adds the gradients of the shard held at step t that arrived from the ranks before (none at
+  // step 0) to this rank's share `mine`, and sends the sum on; the next shard's arrive in `incoming`.
+  template <class Comm>
+  void send_grads(Comm& comm, float* mine, float* incoming, int t, memory_space where, stream_t stream) const {
+    const int P = comm.size(), s = (comm.rank() - t + P) % P;
+    if (t > 0) for_each_index(where, 2 * elements_of(s, kv_heads), add_floats{mine, incoming}, stream);
+    send_on(comm, mine, incoming, s, stream);
   }
   // Calls f(query run, its lse offset, key run, pair) for every pair of `runs` and rank s's runs
   // that the causal mask leaves anything of.
@@ -186,6 +284,4 @@ struct ring_pass {
   }
 };
 
-}  // namespace detail
-
-SEQPAR_NAMESPACE_END
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END

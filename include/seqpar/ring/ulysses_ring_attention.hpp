@@ -2,7 +2,7 @@
 //! ulysses_ring_attention<Policy, Comm>: the 2-D layer. P = u * r ranks: Ulysses groups of u
 //! contiguous ranks (meant to share a node) exchange sequence shards for head shards; ring groups of
 //! r ranks, one rank of each Ulysses group, then run ring attention on those heads; the Ulysses
-//! inverse brings the outputs back. u = 1 is pure ring, r = 1 pure Ulysses.
+//! inverse brings the outputs back. u = 1 is pure ring, r = 1 pure Ulysses. Host or device memory.
 #pragma once
 
 #include <seqpar/attention_shape.hpp>
@@ -13,6 +13,7 @@
 #include <seqpar/ring/ring_pass.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
 
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <type_traits>
@@ -68,9 +69,10 @@ SEQPAR_NAMESPACE_END
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
 //! The 2-D layer of one rank of `world` (P = u * r ranks): q [B, n, H, D], k and v [B, n, H_kv, D]
-//! with this rank's n = layout.size(rank) tokens of token_layout_2d. Host memory in this version.
-//! forward returns a context owning this rank's head-sharded q, k, v, o over its ring group's
-//! tokens and their fp32 lse. Every call agrees across the world group before anything moves.
+//! with this rank's n = layout.size(rank) tokens of token_layout_2d, in the communicator's memory
+//! (device memory needs the calling file compiled by nvcc). forward returns a context owning this
+//! rank's head-sharded q, k, v, o over its ring group's tokens and their fp32 lse. Every call agrees
+//! across the world group before anything moves.
 template <block_attention_policy Policy, communicator Comm, memory_resource Resource = default_memory_resource>
 class ulysses_ring_attention {
  public:
@@ -123,6 +125,7 @@ class ulysses_ring_attention {
     using T = std::remove_const_t<Q>;
     static_assert(detail::qkv_types_match<Q, K, V, O, O, O>,
                   "ulysses_ring_attention::forward: q, k, v and o must share one element type, and o must be writable");
+    const memory_space where = world_.memory();
     context saved;
     agree_on_arguments(world_, checks_, stream, [&] {
       check_type<T>("q");
@@ -130,19 +133,19 @@ class ulysses_ring_attention {
       detail::check_extents("k", k, detail::seq_side_extents(plan_, 1));
       detail::check_extents("v", v, detail::seq_side_extents(plan_, 2));
       detail::check_extents("o", o, detail::seq_side_extents(plan_, 0));
-      saved.q_ = owned_bytes<Resource>(head_bytes(true), memory_space::host, resource_);
-      saved.k_ = owned_bytes<Resource>(head_bytes(false), memory_space::host, resource_);
-      saved.v_ = owned_bytes<Resource>(head_bytes(false), memory_space::host, resource_);
-      saved.o_ = owned_bytes<Resource>(head_bytes(true), memory_space::host, resource_);
-      saved.lse_ = owned_bytes<Resource>(pass_.lse_floats(ring_.rank()) * sizeof(float), memory_space::host, resource_);
+      saved.q_ = owned_bytes<Resource>(head_bytes(true), where, resource_);
+      saved.k_ = owned_bytes<Resource>(head_bytes(false), where, resource_);
+      saved.v_ = owned_bytes<Resource>(head_bytes(false), where, resource_);
+      saved.o_ = owned_bytes<Resource>(head_bytes(true), where, resource_);
+      saved.lse_ = owned_bytes<Resource>(pass_.lse_floats(ring_.rank()) * sizeof(float), where, resource_);
     });
-    owned_bytes<Resource> ws(plan_.workspace_bytes(), memory_space::host, resource_, stream);
+    owned_bytes<Resource> ws(plan_.workspace_bytes(), where, resource_, stream);
     const tensor_view<T> hq = heads<T>(saved.q_, true), hk = heads<T>(saved.k_, false), hv = heads<T>(saved.v_, false),
                          ho = heads<T>(saved.o_, true);
     detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::forward, qkv_views{q, k, v},
                              qkv_views{hq, hk, hv}, ws.span(), stream);
-    pass_.forward(policy_, ring_, tensor_view<const T>(hq), tensor_view<const T>(hk), tensor_view<const T>(hv), ho,
-                  reinterpret_cast<float*>(saved.lse_.span().data()), stream);
+    pass_.forward(policy_, ring_, resource_, *fork_, tensor_view<const T>(hq), tensor_view<const T>(hk),
+                  tensor_view<const T>(hv), ho, reinterpret_cast<float*>(saved.lse_.span().data()), stream);
     detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws.span(),
                              stream);
     saved.stamp_.set(fingerprint_of(), dtype_of<T>);
@@ -164,8 +167,8 @@ class ulysses_ring_attention {
       detail::check_extents("dk", dk, detail::seq_side_extents(plan_, 1));
       detail::check_extents("dv", dv, detail::seq_side_extents(plan_, 2));
     });
-    auto scratch = [&](std::size_t bytes) {
-      return owned_bytes<Resource>(bytes, memory_space::host, resource_, stream);
+    auto scratch = [&, where = world_.memory()](std::size_t bytes) {
+      return owned_bytes<Resource>(bytes, where, resource_, stream);
     };
     const owned_bytes<Resource> ws = scratch(plan_.workspace_bytes()), hdo = scratch(head_bytes(true)),
                                 hdq = scratch(head_bytes(true)), hdk = scratch(head_bytes(false)),
@@ -173,9 +176,10 @@ class ulysses_ring_attention {
     auto held = [&](const owned_bytes<Resource>& b, bool query) { return tensor_view<const T>(heads<T>(b, query)); };
     detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::forward, dout, heads<T>(hdo, true), ws.span(),
                              stream);
-    pass_.backward(policy_, ring_, held(saved.q_, true), held(saved.k_, false), held(saved.v_, false),
-                   held(saved.o_, true), held(hdo, true), reinterpret_cast<const float*>(saved.lse_.span().data()),
-                   heads<T>(hdq, true), heads<T>(hdk, false), heads<T>(hdv, false), stream);
+    pass_.backward(policy_, ring_, resource_, *fork_, held(saved.q_, true), held(saved.k_, false),
+                   held(saved.v_, false), held(saved.o_, true), held(hdo, true),
+                   reinterpret_cast<const float*>(saved.lse_.span().data()), heads<T>(hdq, true), heads<T>(hdk, false),
+                   heads<T>(hdv, false), stream);
     detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::inverse,
                              qkv_views{held(hdq, true), held(hdk, false), held(hdv, false)}, qkv_views{dq, dk, dv},
                              ws.span(), stream);
@@ -199,11 +203,12 @@ class ulysses_ring_attention {
       SEQPAR_EXPECTS(checked.mesh.ulysses * checked.mesh.ring == world.size(),
                      "mesh: ulysses * ring = " << checked.mesh.ulysses * checked.mesh.ring
                                                << "; expected the world group's " << world.size() << " ranks");
-      if (world.memory() != memory_space::host)
-        SEQPAR_FAIL(errc::unsupported, "world: the 2-D layer runs on host memory in this version; got device memory");
+      SEQPAR_EXPECTS(SEQPAR_CUDA_COMPILER || world.memory() == memory_space::host,
+                     "world: device memory needs the calling file compiled by nvcc (the exchanges' kernels are "
+                     "CUDA)");
       plan.emplace(
           make_all_to_all_heads_plan(checked.mesh.ulysses_index(world.rank()), checked.group_partition(), shape, type));
-      detail::check_policy_serves(policy, memory_space::host, type, shape.head_dim, options);
+      detail::check_policy_serves(policy, world.memory(), type, shape.head_dim, options);
     });
     return std::move(*plan);
   }
@@ -241,6 +246,7 @@ class ulysses_ring_attention {
   all_to_all_heads_plan plan_;
   Comm ulysses_, ring_;
   detail::ring_pass pass_;
+  std::unique_ptr<detail::stream_fork> fork_ = std::make_unique<detail::stream_fork>();
   call_checks checks_ = call_checks::group;
 };
 

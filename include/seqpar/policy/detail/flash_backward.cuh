@@ -2,13 +2,16 @@
 //! The flash_attention backward kernels (nvcc only). Two kernels recompute P = exp(scale q k - lse)
 //! tile by tile from the saved log-sum-exp: one owns query rows and writes dQ, the other owns key
 //! rows and writes dK and dV summed over the query heads of its kv head. Neither needs atomics or
-//! workspace, so results are deterministic.
+//! workspace, so results are deterministic. The same kernels compute one block pair of ring
+//! attention: gradients of type T are written (the whole sequence, row dots from dO and O), fp32
+//! gradients are accumulators the pair adds to (row dots given).
 #pragma once
 
 #include <seqpar/policy/detail/flash_tiles.cuh>
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace flash_kernels {
@@ -47,7 +50,13 @@ struct dkdv_shared {
         delta(carver.template take<float>(backward_step_rows)) {}
 };
 
-//! Writes scale * acc, the 16 x D block of this warp, to rows row0.. of head h, batch b of x.
+//! Whether gradients of type G are fp32 accumulators of a block pair (added to, row dots given)
+//! rather than a whole sequence's gradients of the input type (written, row dots computed).
+template <class G>
+inline constexpr bool accumulates = std::is_same_v<G, float>;
+
+//! Stores scale * acc, the 16 x D block of this warp, at rows row0.. of head h, batch b of x: added
+//! to an fp32 accumulator, written to any other type.
 template <int d_tiles, class T>
 __device__ inline void store_rows(const tensor_view<T>& x, std::int64_t b, std::int64_t h, std::int64_t row0,
                                   const float (&acc)[d_tiles][4], float scale) {
@@ -56,29 +65,46 @@ __device__ inline void store_rows(const tensor_view<T>& x, std::int64_t b, std::
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const std::int64_t i = row0 + mma::c_row(e);
-      if (i < x.seq()) x(b, i, h, dn * 8 + mma::c_col(e)) = from_float<T>(scale * acc[dn][e]);
+      if (i >= x.seq()) continue;
+      T& out = x(b, i, h, dn * 8 + mma::c_col(e));
+      if constexpr (accumulates<T>) out += scale * acc[dn][e];
+      else out = from_float<T>(scale * acc[dn][e]);
     }
 }
 
+//! delta[r] of query rows row0 .. row0 + rows - 1 (of S) of head h, batch b: the given `dots` when
+//! G accumulates, else dO_r . O_r from the loaded dO tile and the O rows it loads into `o_tile`.
+//! The caller synchronizes the block before reading delta.
+template <int D, class G, class T>
+__device__ inline void row_terms(float* delta, const const_lse_view& dots, mma::smem_tile<T> o_tile,
+                                 mma::smem_tile<T> dout_tile, const tensor_view<const T>& o, std::int64_t b,
+                                 std::int64_t h, std::int64_t row0, int rows, std::int64_t S, bool vec) {
+  if constexpr (accumulates<G>) {
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) delta[r] = row0 + r < S ? dots(b, h, row0 + r) : 0.0f;
+  } else {
+    load_rows<D>(o_tile, o, b, h, row0, rows, vec);
+    __syncthreads();
+    row_dots<D>(delta, dout_tile, o_tile, rows);
+  }
+}
+
 //! One block per (64 query rows, query head, batch): dQ = scale sum_j P_ij (dO_i . v_j - delta_i) k_j
-//! with delta_i = dO_i . O_i, over 32-key steps.
-template <class T, int D>
+//! with delta_i = dO_i . O_i (from the O tile, or `dots` when G accumulates), over 32-key steps.
+template <class T, int D, class G>
 __global__ void __launch_bounds__(threads)
     backward_dq(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                bool vec) {
+                const_lse_view lse, const_lse_view dots, tensor_view<const T> dout, gqa_map map, float scale,
+                score_positions pos, tensor_view<G> dq, bool vec) {
   constexpr int Bc = backward_step_rows, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
   const auto [q_s, do_s, k_s, v_s, o_s, delta_s] = carve_shared<dq_shared<T, D>>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
-  const std::int64_t S = q.seq();
+  const std::int64_t S = pos.q_rows;
   const int kh = map.kv_head(static_cast<int>(h));
 
   load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
   load_rows<D>(do_s, dout, b, h, q0, block_rows, vec);
-  load_rows<D>(o_s, o, b, h, q0, block_rows, vec);
-  __syncthreads();
-  row_dots<D>(delta_s, do_s, o_s, block_rows);
+  row_terms<D, G>(delta_s, dots, o_s, do_s, o, b, h, q0, block_rows, S, vec);
   __syncthreads();
 
   const int w0 = warp * warp_rows;
@@ -91,7 +117,7 @@ __global__ void __launch_bounds__(threads)
   }
   float acc[d_tiles][4];
   mma::zero(acc);
-  const std::int64_t end = opt.causal && q0 + block_rows < S ? q0 + block_rows : S;
+  const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
   for (std::int64_t j0 = 0; j0 < end; j0 += Bc) {
     __syncthreads();
     load_rows<D>(k_s, k, b, kh, j0, Bc, vec);
@@ -107,29 +133,29 @@ __global__ void __launch_bounds__(threads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2;
-        const bool on = visible(row[r], j0 + n * 8 + mma::c_col(e), S, opt.causal) && row_lse[r] != -INFINITY;
-        const float p = on ? __expf(s[n][e] * opt.scale - row_lse[r]) : 0.0f;
+        const bool on = pos.visible(row[r], j0 + n * 8 + mma::c_col(e)) && row_lse[r] != -INFINITY;
+        const float p = on ? __expf(s[n][e] * scale - row_lse[r]) : 0.0f;
         s[n][e] = p * (dp[n][e] - row_delta[r]);  // dS
       }
     product_from_accumulators<Bc / 16>(acc, s, k_s);
   }
-  store_rows(dq, b, h, q0 + w0, acc, opt.scale);
+  store_rows(dq, b, h, q0 + w0, acc, scale);
 }
 
 //! One block per (64 key rows, kv head, batch): for every query head that reads this kv head and
 //! every 32-query step, P^T and dS^T = P^T * (V dO^T - delta) from the key side, then
-//! dV += P^T dO and dK += scale dS^T Q.
-template <class T, int D>
+//! dV += P^T dO and dK += scale dS^T Q (delta from O tiles, or `dots` when G accumulates).
+template <class T, int D, class G>
 __global__ void __launch_bounds__(threads)
     backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                  const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt,
-                  tensor_view<T> dk, tensor_view<T> dv, bool vec) {
+                  const_lse_view lse, const_lse_view dots, tensor_view<const T> dout, gqa_map map, float scale,
+                  score_positions pos, tensor_view<G> dk, tensor_view<G> dv, bool vec) {
   constexpr int Br = backward_step_rows, n_tiles = Br / 8, d_tiles = D / 8, k_steps = D / 16;
   const auto [k_s, v_s, q_s, do_s, o_s, lse_s, delta_s] = carve_shared<dkdv_shared<T, D>>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, b = blockIdx.z;
   const int kh = static_cast<int>(blockIdx.y);
-  const std::int64_t S = q.seq();
+  const std::int64_t S = pos.q_rows;
 
   load_rows<D>(k_s, k, b, kh, j0, block_rows, vec);
   load_rows<D>(v_s, v, b, kh, j0, block_rows, vec);
@@ -138,17 +164,15 @@ __global__ void __launch_bounds__(threads)
   float dk_acc[d_tiles][4], dv_acc[d_tiles][4];
   mma::zero(dk_acc);
   mma::zero(dv_acc);
-  const std::int64_t first = opt.causal ? j0 / Br * Br : 0;  // earlier queries see none of these keys
+  const std::int64_t first = pos.query_begin(j0) / Br * Br;  // earlier queries see none of these keys
   for (std::int64_t h = 0; h < q.heads(); ++h) {
     if (map.kv_head(static_cast<int>(h)) != kh) continue;
     for (std::int64_t i0 = first; i0 < S; i0 += Br) {
       __syncthreads();
       load_rows<D>(q_s, q, b, h, i0, Br, vec);
       load_rows<D>(do_s, dout, b, h, i0, Br, vec);
-      load_rows<D>(o_s, o, b, h, i0, Br, vec);
       for (int r = threadIdx.x; r < Br; r += blockDim.x) lse_s[r] = i0 + r < S ? lse(b, h, i0 + r) : -INFINITY;
-      __syncthreads();
-      row_dots<D>(delta_s, do_s, o_s, Br);
+      row_terms<D, G>(delta_s, dots, o_s, do_s, o, b, h, i0, Br, S, vec);
       __syncthreads();
       float pt[n_tiles][4], dst[n_tiles][4];
       mma::zero(pt);
@@ -160,8 +184,8 @@ __global__ void __launch_bounds__(threads)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int c = n * 8 + mma::c_col(e);
-          const bool on = visible(i0 + c, key[e / 2], S, opt.causal) && lse_s[c] != -INFINITY;
-          const float p = on ? __expf(pt[n][e] * opt.scale - lse_s[c]) : 0.0f;
+          const bool on = pos.visible(i0 + c, key[e / 2]) && lse_s[c] != -INFINITY;
+          const float p = on ? __expf(pt[n][e] * scale - lse_s[c]) : 0.0f;
           pt[n][e] = p;
           dst[n][e] = p * (dst[n][e] - delta_s[c]);
         }
@@ -169,7 +193,7 @@ __global__ void __launch_bounds__(threads)
       product_from_accumulators<Br / 16>(dk_acc, dst, q_s);
     }
   }
-  store_rows(dk, b, kh, j0 + w0, dk_acc, opt.scale);
+  store_rows(dk, b, kh, j0 + w0, dk_acc, scale);
   store_rows(dv, b, kh, j0 + w0, dv_acc, 1.0f);
 }
 

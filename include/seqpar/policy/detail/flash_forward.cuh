@@ -27,16 +27,17 @@ struct forward_shared {
 //! One block per (64 query rows, query head, batch); each warp owns 16 query rows and keeps them in
 //! registers. For every 64-key tile: S = Q K^T on tensor cores, online softmax in fp32 (running row
 //! max m and sum l, the accumulators rescaled when m grows), O += P V with P reused from the S
-//! accumulators. Writes O = acc / l and lse = m + log l. S x S is never stored.
-template <class T, int D>
+//! accumulators. Writes O = acc / l (as T for a whole sequence, fp32 for a block pair's partial) and
+//! lse = m + log l; a row that sees no key gets O = 0 and lse = -inf. S x S is never stored.
+template <class T, int D, class O>
 __global__ void __launch_bounds__(threads)
-    forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-            attention_options opt, tensor_view<T> o, lse_view lse, bool vec) {
+    forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map, float scale,
+            score_positions pos, tensor_view<O> o, lse_view lse, bool vec) {
   constexpr int Bc = forward_key_rows, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
   const auto [q_s, k_s, v_s] = carve_shared<forward_shared<T, D>>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
-  const std::int64_t S = q.seq();
+  const std::int64_t S = pos.q_rows;
   const int kh = map.kv_head(static_cast<int>(h));
 
   load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
@@ -49,7 +50,7 @@ __global__ void __launch_bounds__(threads)
   const std::int64_t row[2] = {q0 + warp * warp_rows + lane / 4, q0 + warp * warp_rows + lane / 4 + 8};
   float acc[d_tiles][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   mma::zero(acc);
-  const std::int64_t end = opt.causal && q0 + block_rows < S ? q0 + block_rows : S;
+  const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
   for (std::int64_t j0 = 0; j0 < end; j0 += Bc) {
     __syncthreads();  // every warp is done with the previous key and value tiles
     load_rows<D>(k_s, k, b, kh, j0, Bc, vec);
@@ -73,7 +74,7 @@ __global__ void __launch_bounds__(threads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2;
-        s[n][e] = visible(row[r], j0 + n * 8 + mma::c_col(e), S, opt.causal) ? s[n][e] * opt.scale : -INFINITY;
+        s[n][e] = pos.visible(row[r], j0 + n * 8 + mma::c_col(e)) ? s[n][e] * scale : -INFINITY;
         tile_max[r] = fmaxf(tile_max[r], s[n][e]);
       }
     float shift[2], rescale[2];
@@ -107,7 +108,7 @@ __global__ void __launch_bounds__(threads)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = e / 2;
-      if (row[r] < S) o(b, row[r], h, dn * 8 + mma::c_col(e)) = from_float<T>(l[r] > 0.0f ? acc[dn][e] / l[r] : 0.0f);
+      if (row[r] < S) o(b, row[r], h, dn * 8 + mma::c_col(e)) = from_float<O>(l[r] > 0.0f ? acc[dn][e] / l[r] : 0.0f);
     }
   if (lane % 4 == 0)
 #pragma unroll

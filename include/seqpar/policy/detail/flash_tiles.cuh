@@ -51,10 +51,32 @@ __device__ inline void load_rows(mma::smem_tile<T> s, const tensor_view<const T>
   }
 }
 
-//! Whether query token i may attend key token j of a sequence of S tokens.
-__device__ inline bool visible(std::int64_t i, std::int64_t j, std::int64_t S, bool causal) {
-  return i < S && j < S && !(causal && j > i);
-}
+//! Where a kernel's rows sit in the sequence: query row i is position q_first + i (q_rows rows), key
+//! row j position kv_first + j (kv_rows rows); under `causal` a key past its query is hidden. A
+//! whole-sequence call has both firsts 0; a block pair of ring attention has its own positions.
+struct score_positions {
+  std::int64_t q_rows = 0;    //!< query rows
+  std::int64_t kv_rows = 0;   //!< key rows
+  std::int64_t q_first = 0;   //!< position of query row 0
+  std::int64_t kv_first = 0;  //!< position of key row 0
+  bool causal = false;        //!< hide keys past their query
+
+  //! Whether query row i may attend key row j.
+  SEQPAR_HOST_DEVICE bool visible(std::int64_t i, std::int64_t j) const {
+    return i < q_rows && j < kv_rows && !(causal && kv_first + j > q_first + i);
+  }
+  //! One past the last key row that any of query rows [0, i_end) sees.
+  SEQPAR_HOST_DEVICE std::int64_t key_end(std::int64_t i_end) const {
+    if (!causal) return kv_rows;
+    const std::int64_t e = q_first + i_end - kv_first;
+    return e < 0 ? 0 : e > kv_rows ? kv_rows : e;
+  }
+  //! The first query row that sees key row j.
+  SEQPAR_HOST_DEVICE std::int64_t query_begin(std::int64_t j) const {
+    const std::int64_t i = kv_first + j - q_first;
+    return !causal || i < 0 ? 0 : i;
+  }
+};
 
 //! delta[r] = dO_r . O_r in fp32 for the first `rows` rows of two tiles (the softmax backward's
 //! row term); rows past the sequence are zeros in both tiles and give 0.
