@@ -76,6 +76,39 @@ TEST_CASE_TEMPLATE("ring_attention with flash_attention on the GPU equals the ho
       }
 }
 
+TEST_CASE("ring and 2-D layers with the device oracles (fp32, block-sparse) equal the host policies") {
+  const auto ring = [](const auto& policy) {
+    return [policy](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+      return seqpar::ring_attention(policy, comm, part, shape, type, opt);
+    };
+  };
+  for (int P : {2, 3, 4, 8})
+    for (bool causal : {false, true})
+      for (int H_kv : {1, 2}) {
+        (void)seqpar_test::check_parallel_attention<float>({P, 2, H_kv, 2, 4 * P + 3, 16, causal},
+                                                           memory_space::device, ring(seqpar::reference_attention_cuda{}),
+                                                           seqpar::reference_attention{}, everything);
+        (void)seqpar_test::check_parallel_attention<float>(
+            {P, 2, H_kv, 2, 6 * P, 16, causal, seqpar::shard_strategy::zigzag}, memory_space::device,
+            ring(seqpar::reference_attention_cuda{}), seqpar::reference_attention{}, everything);
+      }
+  const seqpar::block_mask mask{4, 1, 1};
+  const auto allowed = [&](std::int64_t i, std::int64_t j) { return mask.allowed(i, j); };
+  (void)seqpar_test::check_parallel_attention<float>({4, 4, 2, 1, 48, 8, true, seqpar::shard_strategy::zigzag},
+                                                     memory_space::device, ring(seqpar::block_sparse_attention_cuda{mask}),
+                                                     seqpar::block_sparse_attention{mask}, allowed);
+  for (auto [u, r] : std::vector<std::pair<int, int>>{{2, 2}, {2, 4}, {4, 2}, {2, 3}})
+    for (bool causal : {false, true}) {
+      const auto layout = seqpar::make_token_layout_2d(2 * r * 5, {u, r});
+      (void)seqpar_test::check_parallel_attention_on<float>(
+          {u * r, 4, 2, 2, layout.tokens, 16, causal}, layout, memory_space::device,
+          [](auto& comm, const auto& l, const auto& shape, seqpar::dtype type, const auto& opt) {
+            return seqpar::ulysses_ring_attention(seqpar::reference_attention_cuda{}, comm, l, shape, type, opt);
+          },
+          seqpar::reference_attention{}, everything);
+    }
+}
+
 TEST_CASE_TEMPLATE("ulysses_ring_attention with flash_attention on the GPU equals the host reference", T, __half,
                    __nv_bfloat16) {
   for (auto [u, r] : std::vector<std::pair<int, int>>{{2, 2}, {2, 4}, {4, 2}, {1, 4}, {4, 1}})

@@ -33,7 +33,7 @@ auto ring_of(const Policy& policy) {
 
 TEST_CASE_TEMPLATE("ring_attention equals one device, forward and backward", T, float, __nv_bfloat16) {
   const seqpar::reference_attention policy;
-  for (int P : {1, 2, 3, 4})
+  for (int P : {1, 2, 3, 4, 8})
     for (bool causal : {false, true})
       for (int H_kv : {1, 2}) {
         seqpar_test::check_parallel_attention<T>({P, 2, H_kv, 2, 2 * P + 1, 4, causal}, memory_space::host,

@@ -2,11 +2,13 @@
 //! Simple CUDA attention policies (nvcc only): reference_attention_cuda and
 //! block_sparse_attention_cuda. One thread per output row, fp32 accumulation, scores recomputed in
 //! backward from the saved log-sum-exp; O(S^2) work without materialising S x S. They are the
-//! device-side oracles and the block-sparse device path, not the fast path.
+//! device-side oracles and the block-sparse device path, not the fast path. They also compute one
+//! block pair of ring attention (block_forward, block_backward) at the pair's global positions.
 #pragma once
 
 #include <seqpar/cuda_check.hpp>
 #include <seqpar/policy/attention_policy.hpp>
+#include <seqpar/policy/block_attention.hpp>
 #include <seqpar/policy/block_sparse_attention.hpp>
 #include <seqpar/policy/detail/launcher.cuh>
 
@@ -19,10 +21,19 @@ namespace attention_kernels {
 //! The largest head dim the row-per-thread kernels take (their accumulators live per thread).
 inline constexpr int max_head_dim = 256;
 
-//! Whether query token i may attend key token j: allowed by `mask` and, when causal, j <= i.
-template <class T, class Mask>
-__device__ inline bool visible(const Mask& mask, bool causal, std::int64_t i, std::int64_t j) {
-  return !(causal && j > i) && mask.allowed(i, j);
+//! Whether query row i may attend key row j of a block pair (a whole sequence: both at 0), at
+//! positions q_first + i and kv_first + j: allowed by `mask` and, when causal, key <= query.
+template <class Mask>
+__device__ inline bool visible(const Mask& mask, bool causal, const block_pair& pair, std::int64_t i, std::int64_t j) {
+  const std::int64_t qi = pair.q_first + i, kj = pair.kv_first + j;
+  return !(causal && kj > qi) && mask.allowed(qi, kj);
+}
+
+//! Stores a gradient element: added to an fp32 accumulator for a block pair (Add), else written.
+template <bool Add, class G>
+__device__ inline void store(G& out, float value) {
+  if constexpr (Add) out += value;
+  else out = from_float<G>(value);
 }
 
 //! scale * (q_i . k_j) for batch b, query head h and its kv head kh, accumulated in fp32.
@@ -34,26 +45,27 @@ __device__ inline float score(const tensor_view<const T>& q, const tensor_view<c
   return scale * s;
 }
 
-//! One thread per (query row, head, batch): online softmax over the visible keys.
-template <class T, class Mask>
+//! One thread per (query row, head, batch): online softmax over the visible keys; o of the input
+//! type, or an fp32 partial for a block pair.
+template <class T, class Mask, class O>
 __global__ void forward_rows(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-                             attention_options opt, Mask mask, tensor_view<T> o, lse_view lse) {
+                             attention_options opt, Mask mask, block_pair pair, tensor_view<O> o, lse_view lse) {
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  const std::int64_t h = blockIdx.y, b = blockIdx.z, S = q.seq(), D = q.head_dim();
-  if (i >= S) return;
+  const std::int64_t h = blockIdx.y, b = blockIdx.z, S = k.seq(), D = q.head_dim();
+  if (i >= q.seq()) return;
   const int kh = map.kv_head(static_cast<int>(h));
   float acc[max_head_dim];
   for (std::int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   for (std::int64_t j = 0; j < S; ++j) {
-    if (!visible<T>(mask, opt.causal, i, j)) continue;
+    if (!visible(mask, opt.causal, pair, i, j)) continue;
     const float s = score(q, k, b, h, kh, i, j, opt.scale);
     const float m_new = fmaxf(m, s), correction = expf(m - m_new), p = expf(s - m_new);
     l = l * correction + p;
     for (std::int64_t d = 0; d < D; ++d) acc[d] = acc[d] * correction + p * to_float(v(b, j, kh, d));
     m = m_new;
   }
-  for (std::int64_t d = 0; d < D; ++d) o(b, i, h, d) = from_float<T>(l > 0.0f ? acc[d] / l : 0.0f);
+  for (std::int64_t d = 0; d < D; ++d) o(b, i, h, d) = from_float<O>(l > 0.0f ? acc[d] / l : 0.0f);
   lse(b, h, i) = l > 0.0f ? m + logf(l) : -INFINITY;
 }
 
@@ -66,49 +78,60 @@ __device__ inline float row_delta(const tensor_view<const T>& dout, const tensor
   return delta;
 }
 
-//! One thread per (query row, head, batch): dq_i = scale sum_j p_ij (dO_i . v_j - delta_i) k_j.
-template <class T, class Mask>
+//! The softmax-backward row term of row i: the given dots for a block pair (Add), else dO_i . O_i.
+template <bool Add, class T>
+__device__ inline float row_term(const const_lse_view& dots, const tensor_view<const T>& dout,
+                                 const tensor_view<const T>& o, std::int64_t b, std::int64_t h, std::int64_t i) {
+  if constexpr (Add) return dots(b, h, i);
+  else return row_delta(dout, o, b, h, i);
+}
+
+//! One thread per (query row, head, batch): dq_i = scale sum_j p_ij (dO_i . v_j - delta_i) k_j,
+//! written (a whole sequence) or added to an fp32 accumulator (a block pair: Add, dots given).
+template <class T, class Mask, class G, bool Add>
 __global__ void backward_dq(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                            tensor_view<const T> o, const_lse_view lse, tensor_view<const T> dout, gqa_map map,
-                            attention_options opt, Mask mask, tensor_view<T> dq) {
+                            tensor_view<const T> o, const_lse_view lse, const_lse_view dots, tensor_view<const T> dout,
+                            gqa_map map, attention_options opt, Mask mask, block_pair pair, tensor_view<G> dq) {
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  const std::int64_t h = blockIdx.y, b = blockIdx.z, S = q.seq(), D = q.head_dim();
-  if (i >= S) return;
+  const std::int64_t h = blockIdx.y, b = blockIdx.z, S = k.seq(), D = q.head_dim();
+  if (i >= q.seq()) return;
   const int kh = map.kv_head(static_cast<int>(h));
-  const float l = lse(b, h, i), delta = row_delta(dout, o, b, h, i);
+  const float l = lse(b, h, i), delta = row_term<Add>(dots, dout, o, b, h, i);
   float acc[max_head_dim];
   for (std::int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
   for (std::int64_t j = 0; j < S && isfinite(l); ++j) {
-    if (!visible<T>(mask, opt.causal, i, j)) continue;
+    if (!visible(mask, opt.causal, pair, i, j)) continue;
     const float p = expf(score(q, k, b, h, kh, i, j, opt.scale) - l);
     float dp = 0.0f;
     for (std::int64_t d = 0; d < D; ++d) dp += to_float(dout(b, i, h, d)) * to_float(v(b, j, kh, d));
     const float ds = p * (dp - delta);
     for (std::int64_t d = 0; d < D; ++d) acc[d] += ds * to_float(k(b, j, kh, d));
   }
-  for (std::int64_t d = 0; d < D; ++d) dq(b, i, h, d) = from_float<T>(opt.scale * acc[d]);
+  for (std::int64_t d = 0; d < D; ++d) store<Add>(dq(b, i, h, d), opt.scale * acc[d]);
 }
 
-//! One thread per (key row, kv head, batch): sums over every query head that reads this kv head.
-template <class T, class Mask>
+//! One thread per (key row, kv head, batch): sums over every query head that reads this kv head;
+//! written, or added to fp32 accumulators for a block pair (Add, dots given).
+template <class T, class Mask, class G, bool Add>
 __global__ void backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                              tensor_view<const T> o, const_lse_view lse, tensor_view<const T> dout, gqa_map map,
-                              attention_options opt, Mask mask, tensor_view<T> dk, tensor_view<T> dv) {
+                              tensor_view<const T> o, const_lse_view lse, const_lse_view dots,
+                              tensor_view<const T> dout, gqa_map map, attention_options opt, Mask mask, block_pair pair,
+                              tensor_view<G> dk, tensor_view<G> dv) {
   const std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   const int kh = static_cast<int>(blockIdx.y);
   const std::int64_t b = blockIdx.z, S = q.seq(), D = q.head_dim();
-  if (j >= S) return;
+  if (j >= k.seq()) return;
   float gk[max_head_dim], gv[max_head_dim];
   for (std::int64_t d = 0; d < D; ++d) gk[d] = gv[d] = 0.0f;
   for (std::int64_t h = 0; h < q.heads(); ++h) {
     if (map.kv_head(static_cast<int>(h)) != kh) continue;
     for (std::int64_t i = 0; i < S; ++i) {
       const float l = lse(b, h, i);
-      if (!visible<T>(mask, opt.causal, i, j) || !isfinite(l)) continue;
+      if (!visible(mask, opt.causal, pair, i, j) || !isfinite(l)) continue;
       const float p = expf(score(q, k, b, h, kh, i, j, opt.scale) - l);
       float dp = 0.0f;
       for (std::int64_t d = 0; d < D; ++d) dp += to_float(dout(b, i, h, d)) * to_float(v(b, j, kh, d));
-      const float ds = p * (dp - row_delta(dout, o, b, h, i));
+      const float ds = p * (dp - row_term<Add>(dots, dout, o, b, h, i));
       for (std::int64_t d = 0; d < D; ++d) {
         gk[d] += ds * to_float(q(b, i, h, d));
         gv[d] += p * to_float(dout(b, i, h, d));
@@ -116,8 +139,8 @@ __global__ void backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, te
     }
   }
   for (std::int64_t d = 0; d < D; ++d) {
-    dk(b, j, kh, d) = from_float<T>(opt.scale * gk[d]);
-    dv(b, j, kh, d) = from_float<T>(gv[d]);
+    store<Add>(dk(b, j, kh, d), opt.scale * gk[d]);
+    store<Add>(dv(b, j, kh, d), gv[d]);
   }
 }
 
@@ -148,21 +171,54 @@ struct device_masked_attention {
   void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
     if (q.size() == 0) return;
-    launch(detail::attention_kernels::forward_rows<T, Mask>, q, stream, q, k, v, map, opt.resolved(q.head_dim()), mask,
-           o, lse);
+    launch(detail::attention_kernels::forward_rows<T, Mask, T>, q, stream, q, k, v, map, opt.resolved(q.head_dim()),
+           mask, block_pair{}, o, lse);
   }
   //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
   template <class T>
   void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
                 tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
-    namespace ak = detail::attention_kernels;
-    opt = opt.resolved(q.head_dim());
-    if (q.size() != 0) launch(ak::backward_dq<T, Mask>, q, stream, q, k, v, o, lse, dout, map, opt, mask, dq);
-    if (k.size() != 0) launch(ak::backward_dkdv<T, Mask>, k, stream, q, k, v, o, lse, dout, map, opt, mask, dk, dv);
+    run_backward<false>(q, k, v, o, lse, const_lse_view{}, dout, map, opt, block_pair{}, dq, dk, dv, stream);
+  }
+
+  //! o_part and lse_part (fp32) of the query block q against the key/value block k, v alone, at
+  //! the pair's positions (block_attention_policy).
+  template <class T>
+  void block_forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
+                     attention_options opt, block_pair pair, tensor_view<float> o_part, lse_view lse_part,
+                     stream_t stream = nullptr) const {
+    if (q.size() == 0) return;
+    launch(detail::attention_kernels::forward_rows<T, Mask, float>, q, stream, q, k, v, map,
+           opt.resolved(q.head_dim()), mask, pair, o_part, lse_part);
+  }
+
+  //! Adds the block pair's share of dq, dk, dv (fp32 accumulators) from the final lse and the row
+  //! dots rowsum(dO * O) (block_attention_policy).
+  template <class T>
+  void block_backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                      tensor_view<const T> dout, const_lse_view lse, const_lse_view row_dots, gqa_map map,
+                      attention_options opt, block_pair pair, tensor_view<float> dq, tensor_view<float> dk,
+                      tensor_view<float> dv, stream_t stream = nullptr) const {
+    run_backward<true>(q, k, v, tensor_view<const T>{}, lse, row_dots, dout, map, opt, pair, dq, dk, dv, stream);
   }
 
  private:
+  // The two backward kernels: gradients written, or (Add) added to fp32 accumulators.
+  template <bool Add, class T, class G>
+  void run_backward(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                    const tensor_view<const T>& o, const_lse_view lse, const_lse_view dots,
+                    const tensor_view<const T>& dout, gqa_map map, attention_options opt, block_pair pair,
+                    const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv,
+                    stream_t stream) const {
+    namespace ak = detail::attention_kernels;
+    opt = opt.resolved(q.head_dim());
+    if (q.size() != 0)
+      launch(ak::backward_dq<T, Mask, G, Add>, q, stream, q, k, v, o, lse, dots, dout, map, opt, mask, pair, dq);
+    if (k.size() != 0)
+      launch(ak::backward_dkdv<T, Mask, G, Add>, k, stream, q, k, v, o, lse, dots, dout, map, opt, mask, pair, dk, dv);
+  }
+
   // Launches `kernel` with a thread per token row of `rows`: blocks of 128, one block row per head and batch.
   template <class Kernel, class T, class... Args>
   static void launch(Kernel kernel, const tensor_view<T>& rows, stream_t stream, const Args&... args) {
@@ -174,10 +230,10 @@ struct device_masked_attention {
 
 //! Dense softmax attention on the device, row by row (the device oracle).
 using reference_attention_cuda = device_masked_attention<no_mask>;
-static_assert(attention_policy<reference_attention_cuda>);
+static_assert(block_attention_policy<reference_attention_cuda>);
 
 //! Block-sparse softmax attention on the device (the block_mask of block_sparse_attention).
 using block_sparse_attention_cuda = device_masked_attention<block_mask>;
-static_assert(attention_policy<block_sparse_attention_cuda>);
+static_assert(block_attention_policy<block_sparse_attention_cuda>);
 
 SEQPAR_KERNEL_NAMESPACE_END
