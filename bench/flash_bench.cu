@@ -2,7 +2,11 @@
 // head dims 64 and 128, causal or not, bf16. Hidden size 2048 (H = 2048 / D) and B * S = 32K
 // tokens, the shapes bench/sdpa_bench.py times for PyTorch's scaled_dot_product_attention.
 // FLOPs: forward 4 B H S^2 D (half when causal), backward 2.5 times forward.
+// BM_flash_documents: one causal sequence of 32K tokens (D = 128) packed with a long-tailed
+// document mix (document_mix.hpp) against one document: tiles of other documents are skipped, so
+// time falls with the work fraction; TFLOP/s counts the useful pairs only.
 // Without a GPU it says so and exits 77.
+#include "document_mix.hpp"
 #include "gpu_support.cuh"
 
 #include <seqpar/policy/flash_attention.cuh>
@@ -43,6 +47,39 @@ void BM_flash_attention(benchmark::State& state, bool backward) {
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void BM_flash_documents(benchmark::State& state, bool backward) {
+  const std::int64_t S = tokens, D = 128, H = hidden / D, B = 1;
+  const bool packed = state.range(0) != 0;
+  const auto docs = packed ? seqpar_bench::long_tailed_documents(S) : seqpar::document_layout{};
+  const std::size_t n = static_cast<std::size_t>(B * S * H * D);
+  device_array<bf16> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n);
+  device_array<float> lse(static_cast<std::size_t>(B * H * S));
+  device_array<std::int32_t> ids(static_cast<std::size_t>(S));
+  if (packed)
+    SEQPAR_CUDA_TRY(cudaMemcpy(ids.p, docs.token_ids().data(), S * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+  for (auto* a : {&q, &k, &v, &dout}) SEQPAR_CUDA_TRY(cudaMemset(a->p, 0, n * sizeof(bf16)));
+  auto in = [&](device_array<bf16>& a) { return seqpar::make_bshd<const bf16>(a.p, B, S, H, D); };
+  auto out = [&](device_array<bf16>& a) { return seqpar::make_bshd(a.p, B, S, H, D); };
+  const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), true,
+                                      {packed ? ids.p : nullptr}};
+  const seqpar::gqa_map map{};
+  const seqpar::lse_view l(lse.p, B, H, S);
+  const seqpar::flash_attention flash;
+  flash.forward(in(q), in(k), in(v), map, opt, out(o), l);
+  seqpar_bench::timed_on_gpu(state, [&] {
+    if (backward)
+      flash.backward(in(q), in(k), in(v), in(o), seqpar::const_lse_view(l), in(dout), map, opt, out(dq), out(dk),
+                     out(dv));
+    else
+      flash.forward(in(q), in(k), in(v), map, opt, out(o), l);
+  });
+  const double pairs = seqpar_bench::score_pairs(docs, S, true);
+  state.counters["documents"] = docs.count();
+  state.counters["work_fraction"] = pairs / seqpar_bench::score_pairs({}, S, true);
+  state.counters["TFLOP/s"] = benchmark::Counter((backward ? 2.5 : 1.0) * 4.0 * B * H * pairs * D / 1e12,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"Ktokens", "D", "causal"});
   for (std::int64_t causal : {0, 1})
@@ -54,5 +91,7 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_flash_attention, forward, false)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_flash_attention, backward, true)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_flash_documents, forward, false)->ArgName("packed")->Arg(0)->Arg(1)->UseManualTime();
+BENCHMARK_CAPTURE(BM_flash_documents, backward, true)->ArgName("packed")->Arg(0)->Arg(1)->UseManualTime();
 
 int main(int argc, char** argv) { return seqpar_bench::run_if_gpu(argc, argv); }

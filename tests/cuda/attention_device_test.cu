@@ -109,6 +109,25 @@ TEST_CASE("ring and 2-D layers with the device oracles (fp32, block-sparse) equa
     }
 }
 
+TEST_CASE("packed documents on the GPU: ids from a device scan, each document alone as the reference") {
+  const std::vector<std::int32_t> lengths{1, 60, 3, 64, 1, 63};  // S = 192
+  const auto docs = seqpar::documents_of_lengths(lengths);
+  for (bool causal : {false, true}) {
+    (void)seqpar_test::check_parallel_attention<float>(
+        {4, 4, 2, 1, 192, 16, causal}, memory_space::device,
+        [](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+          return seqpar::ulysses_attention(seqpar::reference_attention_cuda{}, comm, part, shape, type, opt);
+        },
+        seqpar::reference_attention{}, everything, docs);
+    (void)seqpar_test::check_parallel_attention<__half>(
+        {4, 2, 1, 1, 192, 64, causal, seqpar::shard_strategy::zigzag}, memory_space::device,
+        [](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+          return seqpar::ring_attention(seqpar::flash_attention{}, comm, part, shape, type, opt);
+        },
+        seqpar::reference_attention{}, everything, docs);
+  }
+}
+
 TEST_CASE_TEMPLATE("ulysses_ring_attention with flash_attention on the GPU equals the host reference", T, __half,
                    __nv_bfloat16) {
   for (auto [u, r] : std::vector<std::pair<int, int>>{{2, 2}, {2, 4}, {4, 2}, {1, 4}, {4, 1}})

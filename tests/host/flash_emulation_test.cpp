@@ -5,6 +5,7 @@
 // Tolerances: 2e-3 (half) and 2e-2 (bfloat16) of the largest reference magnitude; lse 1e-4.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
+#include <seqpar/documents.hpp>
 #include <seqpar/policy/flash_attention.cuh>
 #include <seqpar/policy/reference_attention.hpp>
 #include <seqpar/ring/ring_pass.hpp>
@@ -48,7 +49,7 @@ void check_outputs(const std::array<const tensor<Got>*, 4>& got, const std::arra
 }
 
 template <class T, int D>
-void check_flash(const flash_case& c) {
+void check_flash(const flash_case& c, const seqpar::document_layout& docs = {}) {
   INFO("D=" << D << " B=" << c.B << " S=" << c.S << " H=" << c.H << " H_kv=" << c.H_kv << " causal=" << c.causal
             << " pad=" << c.pad);
   const tensor<T> q(c.B, c.S, c.H, D, c.pad, c.q_amp), k(c.B, c.S, c.H_kv, D, c.pad, 1), v(c.B, c.S, c.H_kv, D, c.pad, 1),
@@ -59,7 +60,7 @@ void check_flash(const flash_case& c) {
   std::vector<float> lse(c.B * c.H * c.S, NAN), lse_ref(lse.size());
   const seqpar::lse_view l(lse.data(), c.B, c.H, c.S), l_ref(lse_ref.data(), c.B, c.H, c.S);
   const seqpar::gqa_map map{0, c.H / c.H_kv, 0};
-  const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), c.causal};
+  const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), c.causal, docs.host_ids()};
 
   const seqpar::reference_attention ref;
   ref.forward(q.cview(), k.cview(), v.cview(), map, opt, o_ref.view, l_ref);
@@ -110,8 +111,8 @@ void fill(const seqpar::tensor_view<T>& x, float value) {
 // The flash policy's block functions over every pair of query and key blocks the causal mask leaves,
 // merged with the library's fp32 algebra, against reference_attention over the whole sequence.
 template <class T, int D>
-void check_flash_blocks(const flash_case& c, const std::vector<std::int64_t>& q_cuts,
-                        const std::vector<std::int64_t>& kv_cuts) {
+void check_flash_blocks(const flash_case& c, const seqpar::document_layout& docs,
+                        const std::vector<std::int64_t>& q_cuts, const std::vector<std::int64_t>& kv_cuts) {
   INFO("D=" << D << " B=" << c.B << " S=" << c.S << " H=" << c.H << " H_kv=" << c.H_kv << " causal=" << c.causal
             << " pad=" << c.pad);
   using seqpar::detail::rows;
@@ -124,7 +125,7 @@ void check_flash_blocks(const flash_case& c, const std::vector<std::int64_t>& q_
   for (auto* t : {&dq, &dk, &dv}) fill(t->view, 0.0f);
   std::vector<float> lse_ref(c.B * c.H * c.S), lse(lse_ref.size(), NAN);
   const seqpar::gqa_map map{0, c.H / c.H_kv, 0};
-  const seqpar::attention_options opt{.causal = c.causal};
+  const seqpar::attention_options opt{.causal = c.causal, .documents = docs.host_ids()};
 
   const seqpar::reference_attention ref;
   ref.forward(q.cview(), k.cview(), v.cview(), map, opt, o_ref.view, seqpar::lse_view(lse_ref.data(), c.B, c.H, c.S));
@@ -187,7 +188,16 @@ void check_flash_blocks(const flash_case& c, const std::vector<std::int64_t>& q_
 
 TEST_CASE("flash_attention block functions under an emulated warp: block pairs merged equal reference_attention") {
   // Cuts off the 64-row tiles, a key block straddling the diagonal, blocks shorter than a tile.
-  check_flash_blocks<__half, 64>({1, 150, 2, 1, true, 0, 3.0f}, {70, 100}, {40, 100, 130});
-  check_flash_blocks<__half, 64>({2, 90, 2, 2, false, 1, 1.0f}, {30}, {50, 61});
-  check_flash_blocks<__nv_bfloat16, 128>({1, 96, 4, 2, true, 0, 2.0f}, {24, 48, 72}, {24, 48, 72});  // zigzag-like
+  check_flash_blocks<__half, 64>({1, 150, 2, 1, true, 0, 3.0f}, {}, {70, 100}, {40, 100, 130});
+  check_flash_blocks<__half, 64>({2, 90, 2, 2, false, 1, 1.0f}, {}, {30}, {50, 61});
+  check_flash_blocks<__nv_bfloat16, 128>({1, 96, 4, 2, true, 0, 2.0f}, {}, {24, 48, 72}, {24, 48, 72});  // zigzag-like
+}
+
+TEST_CASE("flash_attention under an emulated warp with packed documents: masked, other documents' tiles skipped") {
+  // The reference masks by document too (checked against each document alone in documents_test).
+  const std::vector<std::int32_t> lengths{64, 1, 63, 22};  // whole 64-row tiles of one document: skipped pairs
+  const auto docs = seqpar::documents_of_lengths(lengths);
+  check_flash<__half, 64>({1, 150, 2, 1, true, 0, 2.0f}, docs);
+  check_flash<__nv_bfloat16, 64>({1, 150, 2, 2, false, 0, 1.0f}, docs);
+  check_flash_blocks<__half, 64>({1, 150, 2, 1, true, 0, 2.0f}, docs, {70, 100}, {40, 100, 130});
 }

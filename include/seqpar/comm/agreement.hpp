@@ -8,9 +8,11 @@
 #include <seqpar/cuda_check.hpp>
 #include <seqpar/error.hpp>
 
+#include <algorithm>
 #include <concepts>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -68,13 +70,22 @@ std::vector<std::int64_t> all_gather_value(Comm& comm, std::int64_t value, strea
   }
 }
 
+//! A value every rank of a call must pass alike (a fingerprint of per-call arguments such as packed
+//! documents), with what to call it when a rank's differs.
+struct agreed_value {
+  std::int64_t print = 0;   //!< this rank's fingerprint of the arguments
+  const char* what = "";    //!< the argument's name
+  std::string description;  //!< this rank's value, in words
+};
+
 //! Runs `checks` (which throw seqpar::error on bad input) on this rank and, with
 //! call_checks::group, lets the group agree: if any rank failed, the ranks at fault rethrow their
-//! own error and every other rank throws errc::peer_failed naming them; otherwise every rank
-//! returns. Call it before the first output is written or the first byte is sent; the rank is
-//! attributed from comm.rank().
+//! own error and every other rank throws errc::peer_failed naming them; if every rank passed but
+//! `same.print` differs between ranks, those that differ from the most common value throw
+//! invalid_argument and the others peer_failed; otherwise every rank returns. One collective of one value per rank. Call it before
+//! the first output is written or the first byte is sent; the rank is attributed from comm.rank().
 template <communicator Comm, class Checks>
-void agree_on_arguments(Comm& comm, call_checks mode, stream_t stream, Checks&& checks) {
+void agree_on_arguments(Comm& comm, call_checks mode, stream_t stream, Checks&& checks, const agreed_value& same = {}) {
   scoped_rank attribute(comm.rank());
   std::exception_ptr failure;
   try {
@@ -86,14 +97,30 @@ void agree_on_arguments(Comm& comm, call_checks mode, stream_t stream, Checks&& 
     if (failure) std::rethrow_exception(failure);
     return;
   }
-  const auto status = all_gather_value(comm, failure ? 1 : 0, stream);
+  constexpr std::int64_t failed = std::numeric_limits<std::int64_t>::min();
+  const std::int64_t mine = failure ? failed : same.print == failed ? failed + 1 : same.print;
+  const auto all = all_gather_value(comm, mine, stream);
   if (failure) std::rethrow_exception(failure);
-  std::ostringstream failed;
-  for (std::size_t j = 0; j < status.size(); ++j)
-    if (status[j]) failed << (failed.tellp() > 0 ? ", " : "") << j;
-  if (failed.tellp() > 0)
+  std::ostringstream at_fault;
+  for (std::size_t j = 0; j < all.size(); ++j)
+    if (all[j] == failed) at_fault << (at_fault.tellp() > 0 ? ", " : "") << j;
+  if (at_fault.tellp() > 0)
     SEQPAR_FAIL(errc::peer_failed,
-                "rank(s) " << failed.str() << " rejected their arguments; nothing was written or moved");
+                "rank(s) " << at_fault.str() << " rejected their arguments; nothing was written or moved");
+  // The value most ranks passed (the lowest rank's on a tie) is the agreed one; the others are at fault.
+  std::int64_t agreed = all[0];
+  std::ptrdiff_t most = 0;
+  for (std::int64_t x : all)
+    if (const auto n = std::count(all.begin(), all.end(), x); n > most) agreed = x, most = n;
+  std::ostringstream differ;
+  for (std::size_t j = 0; j < all.size(); ++j)
+    if (all[j] != agreed) differ << (differ.tellp() > 0 ? ", " : "") << j;
+  if (differ.tellp() == 0) return;
+  if (mine != agreed)
+    SEQPAR_FAIL(errc::invalid_argument, same.what << ": this rank's " << same.description
+                                                  << " differ from the other ranks'; expected the same on every rank");
+  SEQPAR_FAIL(errc::peer_failed, "rank(s) " << differ.str() << " rejected their arguments (" << same.what
+                                            << " differs from the other ranks'); nothing was written or moved");
 }
 
 //! A 64-bit FNV-1a hash of a sequence of integers: what a layer's shapes look like to its peers.

@@ -22,11 +22,13 @@ namespace attention_kernels {
 inline constexpr int max_head_dim = 256;
 
 //! Whether query row i may attend key row j of a block pair (a whole sequence: both at 0), at
-//! positions q_first + i and kv_first + j: allowed by `mask` and, when causal, key <= query.
+//! positions q_first + i and kv_first + j: allowed by `mask`, in one document and, when causal,
+//! key <= query.
 template <class Mask>
-__device__ inline bool visible(const Mask& mask, bool causal, const block_pair& pair, std::int64_t i, std::int64_t j) {
+__device__ inline bool visible(const Mask& mask, const attention_options& opt, const block_pair& pair, std::int64_t i,
+                               std::int64_t j) {
   const std::int64_t qi = pair.q_first + i, kj = pair.kv_first + j;
-  return !(causal && kj > qi) && mask.allowed(qi, kj);
+  return !(opt.causal && kj > qi) && opt.documents.same(qi, kj) && mask.allowed(qi, kj);
 }
 
 //! Stores a gradient element: added to an fp32 accumulator for a block pair (Add), else written.
@@ -58,7 +60,7 @@ __global__ void forward_rows(tensor_view<const T> q, tensor_view<const T> k, ten
   for (std::int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   for (std::int64_t j = 0; j < S; ++j) {
-    if (!visible(mask, opt.causal, pair, i, j)) continue;
+    if (!visible(mask, opt, pair, i, j)) continue;
     const float s = score(q, k, b, h, kh, i, j, opt.scale);
     const float m_new = fmaxf(m, s), correction = expf(m - m_new), p = expf(s - m_new);
     l = l * correction + p;
@@ -100,7 +102,7 @@ __global__ void backward_dq(tensor_view<const T> q, tensor_view<const T> k, tens
   float acc[max_head_dim];
   for (std::int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
   for (std::int64_t j = 0; j < S && isfinite(l); ++j) {
-    if (!visible(mask, opt.causal, pair, i, j)) continue;
+    if (!visible(mask, opt, pair, i, j)) continue;
     const float p = expf(score(q, k, b, h, kh, i, j, opt.scale) - l);
     float dp = 0.0f;
     for (std::int64_t d = 0; d < D; ++d) dp += to_float(dout(b, i, h, d)) * to_float(v(b, j, kh, d));
@@ -127,7 +129,7 @@ __global__ void backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, te
     if (map.kv_head(static_cast<int>(h)) != kh) continue;
     for (std::int64_t i = 0; i < S; ++i) {
       const float l = lse(b, h, i);
-      if (!visible(mask, opt.causal, pair, i, j) || !isfinite(l)) continue;
+      if (!visible(mask, opt, pair, i, j) || !isfinite(l)) continue;
       const float p = expf(score(q, k, b, h, kh, i, j, opt.scale) - l);
       float dp = 0.0f;
       for (std::int64_t d = 0; d < D; ++d) dp += to_float(dout(b, i, h, d)) * to_float(v(b, j, kh, d));

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <seqpar/detail/balanced_split.hpp>
+#include <seqpar/documents.hpp>
 #include <seqpar/error.hpp>
 #include <seqpar/memory_space.hpp>
 #include <seqpar/tensor.hpp>
@@ -24,8 +25,10 @@ using const_lse_view = cuda::std::mdspan<const float, cuda::std::dextents<std::i
 
 //! What every attention call is told besides the tensors.
 struct attention_options {
-  float scale = 0.0f;   //!< softmax scale; 0, the default, means 1 / sqrt(head_dim)
-  bool causal = false;  //!< token i attends tokens j <= i (positions are the view's seq indices)
+  float scale = 0.0f;        //!< softmax scale; 0, the default, means 1 / sqrt(head_dim)
+  bool causal = false;       //!< token i attends tokens j <= i (positions are the view's seq indices)
+  document_ids documents{};  //!< packed documents: a token attends only its own document's (a layer
+                             //!< sets these per call, by global position, in the policy's memory)
 
   //! These options with the scale resolved for heads of `head_dim` elements (what kernels get).
   attention_options resolved(std::int64_t head_dim) const {

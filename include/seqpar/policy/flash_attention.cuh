@@ -96,7 +96,8 @@ struct basic_flash_attention {
   template <class T>
   static detail::flash_kernels::score_positions positions(const tensor_view<T>& q, const tensor_view<T>& k,
                                                           attention_options opt, block_pair pair) {
-    return {q.seq(), k.seq(), pair.q_first, pair.kv_first, opt.causal && pair.relation != block_relation::visible};
+    return {q.seq(), k.seq(), pair.q_first, pair.kv_first, opt.causal && pair.relation != block_relation::visible,
+            opt.documents};
   }
 
   // Launches the forward kernel writing o (T, or fp32 for a partial).

@@ -20,7 +20,7 @@ struct no_mask {
 };
 
 //! Dense softmax attention on the host, in double, under `mask.allowed(i, j)` (and the causal mask
-//! when asked): every element type and head dim, GQA. A row with nothing allowed outputs zeros and
+//! and the documents when asked): every element type and head dim, GQA. A row with nothing allowed outputs zeros and
 //! lse = -infinity. reference_attention and block_sparse_attention are this with their masks.
 template <class Mask>
 struct masked_attention {
@@ -174,7 +174,7 @@ struct masked_attention {
     const std::int64_t qi = pair.q_first + i;
     for (std::int64_t j = 0; j < k.seq(); ++j) {
       const std::int64_t kj = pair.kv_first + j;
-      if ((opt.causal && kj > qi) || !mask.allowed(qi, kj)) {
+      if ((opt.causal && kj > qi) || !opt.documents.same(qi, kj) || !mask.allowed(qi, kj)) {
         p[j] = -std::numeric_limits<double>::infinity();
         continue;
       }

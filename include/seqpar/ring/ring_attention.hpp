@@ -10,6 +10,7 @@
 
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
+#include <seqpar/detail/call_documents.hpp>
 #include <seqpar/detail/context_stamp.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/block_attention.hpp>
@@ -46,6 +47,7 @@ class ring_attention {
     friend class ring_attention;
     owned_bytes<Resource> lse_;
     detail::erased_views<4> views_;  // q, k, v, o
+    detail::call_documents<Resource> docs_;
     detail::context_stamp stamp_;
   };
 
@@ -85,6 +87,15 @@ class ring_attention {
   template <class Q, class K, class V, class O>
   [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
                                 stream_t stream = nullptr) {
+    return forward(q, k, v, o, document_layout{}, stream);
+  }
+
+  //! As forward above, for a packed sequence: attention stays inside each document of `docs` (over
+  //! the global sequence, the same on every rank), and block pairs with no document in common are
+  //! skipped. The context keeps the documents for backward.
+  template <class Q, class K, class V, class O>
+  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                                const document_layout& docs, stream_t stream = nullptr) {
     using T = std::remove_const_t<Q>;
     static_assert(
         std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> && std::is_same_v<O, T>,
@@ -92,10 +103,13 @@ class ring_attention {
     context saved;
     agree_on_arguments(comm_, checks_, stream, [&] {
       check_views<T>({"q", "k", "v", "o"}, q, k, v, o);
+      detail::check_documents(docs, seq_.tokens);
       saved.lse_ = owned_bytes<Resource>(lse_floats() * sizeof(float), comm_.memory(), resource_);
-    });
-    pass_.forward(policy_, comm_, resource_, *fork_, tensor_view<const T>(q), tensor_view<const T>(k),
-                  tensor_view<const T>(v), o, reinterpret_cast<float*>(saved.lse_.span().data()), stream);
+      saved.docs_ = detail::call_documents<Resource>(docs, comm_.memory(), resource_, stream);
+    }, detail::documents_agreement(docs));
+    pass_.forward(policy_, comm_, resource_, *fork_, documents_of(saved), tensor_view<const T>(q),
+                  tensor_view<const T>(k), tensor_view<const T>(v), o,
+                  reinterpret_cast<float*>(saved.lse_.span().data()), stream);
     saved.views_.keep(q, k, v, o);
     saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     return saved;
@@ -114,8 +128,9 @@ class ring_attention {
       check_views<T>({"dq", "dk", "dv", "dout"}, dq, dk, dv, dout);
     });
     auto held = [&](int i) { return saved.views_.template get<T>(i); };
-    pass_.backward(policy_, comm_, resource_, *fork_, held(0), held(1), held(2), held(3), tensor_view<const T>(dout),
-                   reinterpret_cast<const float*>(saved.lse_.span().data()), dq, dk, dv, stream);
+    pass_.backward(policy_, comm_, resource_, *fork_, documents_of(saved), held(0), held(1), held(2), held(3),
+                   tensor_view<const T>(dout), reinterpret_cast<const float*>(saved.lse_.span().data()), dq, dk, dv,
+                   stream);
   }
 
   //! Sets what each call checks: call_checks::group (the default) or call_checks::local.
@@ -126,6 +141,9 @@ class ring_attention {
   const attention_options& options() const { return options_; }
 
  private:
+  static detail::ring_documents documents_of(const context& saved) {
+    return {saved.docs_.ids(), saved.docs_.host_ids()};
+  }
   int kv() const { return shape_.kv(); }
   std::size_t lse_floats() const { return pass_.lse_floats(comm_.rank()); }
   template <class T, class A, class B, class C, class D>

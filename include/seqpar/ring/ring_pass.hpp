@@ -6,6 +6,7 @@
 #pragma once
 
 #include <seqpar/detail/for_each_index.hpp>
+#include <seqpar/documents.hpp>
 #include <seqpar/detail/stream_fork.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/block_attention.hpp>
@@ -92,6 +93,13 @@ SEQPAR_NAMESPACE_END
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 
+//! The packed documents of one ring call: the ids the policy reads (in the call's memory) and the
+//! host copy the walk plans with (a block pair with no document in common is skipped).
+struct ring_documents {
+  document_ids policy;  //!< for the policy's mask
+  document_ids host;    //!< for skipping pairs
+};
+
 //! The ring walk of one rank for fixed shapes, unchecked (its callers check and agree first):
 //! `heads` query heads read `kv_heads` kv heads through `map`, tokens dealt over the ring group by
 //! `seq`, in the ring communicator's memory. forward merges the partials of every block pair into o
@@ -114,8 +122,9 @@ struct ring_pass {
 
   //! o and lse (lse_floats(comm.rank()) floats) of this rank's queries against every shard.
   template <class Policy, class Comm, class Resource, class T>
-  void forward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork, tensor_view<const T> q,
-               tensor_view<const T> k, tensor_view<const T> v, tensor_view<T> o, float* lse, stream_t stream) const {
+  void forward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork, ring_documents docs,
+               tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<T> o, float* lse,
+               stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
     const memory_space where = comm.memory();
     const auto runs = token_runs(seq, r);
@@ -130,11 +139,11 @@ struct ring_pass {
       const int s = (r - t + P) % P;
       const stream_t side = t + 1 < P ? fork.fork(where, stream) : stream;
       const auto [ks, vs] = kv_views<const T>(kv.template get<T>(t % 2), s);
-      for_each_pair(runs, s, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
+      for_each_pair(runs, s, docs, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
         const auto part = make_bshd(acc.template get<float>(1), batch, qr.length, heads, head_dim);
         const lse_view part_l(part_lse.template get<float>(0), batch, heads, qr.length);
         policy.block_forward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length), rows(vs, kr.local, kr.length),
-                             map, options, pair, part, part_l, stream);
+                             map, with(docs), pair, part, part_l, stream);
         const merge_partial_rows merge{rows(acc_view(o_acc, r, heads), qr.local, qr.length),
                                        lse_view(lse + lse_at, batch, heads, qr.length), tensor_view<const float>(part),
                                        const_lse_view(part_l)};
@@ -149,9 +158,10 @@ struct ring_pass {
 
   //! dq, dk, dv of this rank's rows from dO, the forward's o and its lse.
   template <class Policy, class Comm, class Resource, class T>
-  void backward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork, tensor_view<const T> q,
-                tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o, tensor_view<const T> dout,
-                const float* lse, tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, stream_t stream) const {
+  void backward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork, ring_documents docs,
+                tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
+                tensor_view<const T> dout, const float* lse, tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv,
+                stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
     const memory_space where = comm.memory();
     const auto runs = token_runs(seq, r);
@@ -179,12 +189,12 @@ struct ring_pass {
       for_each_index(where, kv_n, fill_floats{mine, 0.0f}, stream);
       const auto [ks, vs] = kv_views<const T>(kv.template get<T>(t % 2), s);
       const auto [dks, dvs] = kv_views<float>(mine, s);
-      for_each_pair(runs, s, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
+      for_each_pair(runs, s, docs, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
         const const_lse_view l(lse + lse_at, batch, heads, qr.length), rd(dots + lse_at, batch, heads, qr.length);
         policy.block_backward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length),
-                              rows(vs, kr.local, kr.length), rows(dout, qr.local, qr.length), l, rd, map, options, pair,
-                              rows(acc_view(dq_acc, r, heads), qr.local, qr.length), rows(dks, kr.local, kr.length),
-                              rows(dvs, kr.local, kr.length), stream);
+                              rows(vs, kr.local, kr.length), rows(dout, qr.local, qr.length), l, rd, map, with(docs),
+                              pair, rows(acc_view(dq_acc, r, heads), qr.local, qr.length),
+                              rows(dks, kr.local, kr.length), rows(dvs, kr.local, kr.length), stream);
       });
       if (P == 1) break;
       if (t > 0) send_grads(comm, grads.template get<float>((t - 1) % 2), incoming, t - 1, where, side);
@@ -271,14 +281,21 @@ struct ring_pass {
     if (t > 0) for_each_index(where, 2 * elements_of(s, kv_heads), add_floats{mine, incoming}, stream);
     send_on(comm, mine, incoming, s, stream);
   }
+  // The options the policy gets: the walk's, with the call's documents.
+  attention_options with(const ring_documents& docs) const {
+    attention_options opt = options;
+    opt.documents = docs.policy;
+    return opt;
+  }
   // Calls f(query run, its lse offset, key run, pair) for every pair of `runs` and rank s's runs
-  // that the causal mask leaves anything of.
+  // that the causal mask and the documents leave anything of.
   template <class F>
-  void for_each_pair(const std::vector<token_run>& runs, int s, F&& f) const {
+  void for_each_pair(const std::vector<token_run>& runs, int s, const ring_documents& docs, F&& f) const {
     for (const auto& qr : runs)
       for (const auto& kr : token_runs(seq, s)) {
         const block_relation rel = causal_relation(qr.global, qr.length, kr.global, kr.length, options.causal);
         if (rel == block_relation::masked || qr.length == 0 || kr.length == 0) continue;
+        if (!docs.host.overlap(qr.global, qr.global + qr.length - 1, kr.global, kr.global + kr.length - 1)) continue;
         f(qr, lse_offset(runs, qr), kr, block_pair{qr.global, kr.global, rel});
       }
   }

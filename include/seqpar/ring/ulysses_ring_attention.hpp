@@ -7,6 +7,7 @@
 
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
+#include <seqpar/detail/call_documents.hpp>
 #include <seqpar/detail/context_stamp.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/block_attention.hpp>
@@ -87,6 +88,7 @@ class ulysses_ring_attention {
    private:
     friend class ulysses_ring_attention;
     owned_bytes<Resource> q_, k_, v_, o_, lse_;
+    detail::call_documents<Resource> docs_;
     detail::context_stamp stamp_;
   };
 
@@ -122,6 +124,15 @@ class ulysses_ring_attention {
   template <class Q, class K, class V, class O>
   [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
                                 stream_t stream = nullptr) {
+    return forward(q, k, v, o, document_layout{}, stream);
+  }
+
+  //! As forward above, for a packed sequence: attention stays inside each document of `docs` (over
+  //! the global sequence, the same on every rank), and ring block pairs with no document in common
+  //! are skipped. The context keeps the documents for backward.
+  template <class Q, class K, class V, class O>
+  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                                const document_layout& docs, stream_t stream = nullptr) {
     using T = std::remove_const_t<Q>;
     static_assert(detail::qkv_types_match<Q, K, V, O, O, O>,
                   "ulysses_ring_attention::forward: q, k, v and o must share one element type, and o must be writable");
@@ -138,14 +149,17 @@ class ulysses_ring_attention {
       saved.v_ = owned_bytes<Resource>(head_bytes(false), where, resource_);
       saved.o_ = owned_bytes<Resource>(head_bytes(true), where, resource_);
       saved.lse_ = owned_bytes<Resource>(pass_.lse_floats(ring_.rank()) * sizeof(float), where, resource_);
-    });
+      detail::check_documents(docs, layout_.tokens);
+      saved.docs_ = detail::call_documents<Resource>(docs, where, resource_, stream);
+    }, detail::documents_agreement(docs));
     owned_bytes<Resource> ws(plan_.workspace_bytes(), where, resource_, stream);
     const tensor_view<T> hq = heads<T>(saved.q_, true), hk = heads<T>(saved.k_, false), hv = heads<T>(saved.v_, false),
                          ho = heads<T>(saved.o_, true);
     detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::forward, qkv_views{q, k, v},
                              qkv_views{hq, hk, hv}, ws.span(), stream);
-    pass_.forward(policy_, ring_, resource_, *fork_, tensor_view<const T>(hq), tensor_view<const T>(hk),
-                  tensor_view<const T>(hv), ho, reinterpret_cast<float*>(saved.lse_.span().data()), stream);
+    pass_.forward(policy_, ring_, resource_, *fork_, documents_of(saved), tensor_view<const T>(hq),
+                  tensor_view<const T>(hk), tensor_view<const T>(hv), ho,
+                  reinterpret_cast<float*>(saved.lse_.span().data()), stream);
     detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws.span(),
                              stream);
     saved.stamp_.set(fingerprint_of(), dtype_of<T>);
@@ -176,8 +190,8 @@ class ulysses_ring_attention {
     auto held = [&](const owned_bytes<Resource>& b, bool query) { return tensor_view<const T>(heads<T>(b, query)); };
     detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::forward, dout, heads<T>(hdo, true), ws.span(),
                              stream);
-    pass_.backward(policy_, ring_, resource_, *fork_, held(saved.q_, true), held(saved.k_, false),
-                   held(saved.v_, false), held(saved.o_, true), held(hdo, true),
+    pass_.backward(policy_, ring_, resource_, *fork_, documents_of(saved), held(saved.q_, true),
+                   held(saved.k_, false), held(saved.v_, false), held(saved.o_, true), held(hdo, true),
                    reinterpret_cast<const float*>(saved.lse_.span().data()), heads<T>(hdq, true), heads<T>(hdk, false),
                    heads<T>(hdv, false), stream);
     detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::inverse,
@@ -195,6 +209,9 @@ class ulysses_ring_attention {
   const Comm& ring_group() const { return ring_; }
 
  private:
+  static detail::ring_documents documents_of(const context& saved) {
+    return {saved.docs_.ids(), saved.docs_.host_ids()};
+  }
   static all_to_all_heads_plan agreed_plan(const Policy& policy, Comm& world, const token_layout_2d& layout,
                                            const attention_shape& shape, dtype type, const attention_options& options) {
     std::optional<all_to_all_heads_plan> plan;

@@ -8,6 +8,7 @@
 
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
+#include <seqpar/detail/call_documents.hpp>
 #include <seqpar/detail/context_stamp.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/attention_policy.hpp>
@@ -44,6 +45,7 @@ class ulysses_attention {
    private:
     friend class ulysses_attention;
     owned_bytes<Resource> q_, k_, v_, o_, lse_;
+    detail::call_documents<Resource> docs_;
     detail::context_stamp stamp_;
   };
 
@@ -82,13 +84,27 @@ class ulysses_attention {
   template <class Q, class K, class V, class O>
   [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
                                 stream_t stream = nullptr) {
-    return forward_impl(q, k, v, o, std::nullopt, stream);
+    return forward_impl(q, k, v, o, document_layout{}, std::nullopt, stream);
   }
   //! As forward above, with the exchange buffers in `workspace` (forward_workspace_bytes(), 16-byte aligned).
   template <class Q, class K, class V, class O>
   [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
                                 std::span<std::byte> workspace, stream_t stream = nullptr) {
-    return forward_impl(q, k, v, o, std::optional(workspace), stream);
+    return forward_impl(q, k, v, o, document_layout{}, std::optional(workspace), stream);
+  }
+  //! As forward above, for a packed sequence: attention stays inside each document of `docs` (over
+  //! the global sequence, the same on every rank). The context keeps the documents for backward.
+  template <class Q, class K, class V, class O>
+  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                                const document_layout& docs, stream_t stream = nullptr) {
+    return forward_impl(q, k, v, o, docs, std::nullopt, stream);
+  }
+  //! As the forward with documents, with the exchange buffers in `workspace`.
+  template <class Q, class K, class V, class O>
+  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                                const document_layout& docs, std::span<std::byte> workspace,
+                                stream_t stream = nullptr) {
+    return forward_impl(q, k, v, o, docs, std::optional(workspace), stream);
   }
 
   //! dq, dk, dv of this rank's tokens from dO and the context of a forward of this layer. Scratch
@@ -172,9 +188,16 @@ class ulysses_attention {
     SEQPAR_EXPECTS(dtype_of<T> == plan_.type(), name << ": element type " << to_string(dtype_of<T>)
                                                      << "; expected the layer's " << to_string(plan_.type()));
   }
+  // The options the policy gets for the call that `saved` belongs to: the layer's, with its documents.
+  attention_options options_for(const context& saved) const {
+    attention_options opt = options_;
+    opt.documents = saved.docs_.ids();
+    return opt;
+  }
+
   template <class Q, class K, class V, class O>
   context forward_impl(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
-                       const detail::optional_workspace& workspace, stream_t stream) {
+                       const document_layout& docs, const detail::optional_workspace& workspace, stream_t stream) {
     using T = std::remove_const_t<Q>;
     static_assert(!std::is_const_v<O>, "ulysses_attention::forward: o must be writable (tensor_view<T>)");
     context saved;
@@ -190,6 +213,7 @@ class ulysses_attention {
       detail::check_extents("v", v, detail::seq_side_extents(plan_, 2));
       detail::check_extents("o", o, detail::seq_side_extents(plan_, 0));
       detail::check_workspace(workspace, forward_workspace_bytes(), "forward_workspace_bytes()");
+      detail::check_documents(docs, plan_.seq().tokens);
       const memory_space where = comm_.memory();
       // Plain allocations: a context may outlive the stream of the forward that made it.
       saved.q_ = owned_bytes<Resource>(q_bytes(), where, resource_);
@@ -198,14 +222,15 @@ class ulysses_attention {
       saved.o_ = owned_bytes<Resource>(q_bytes(), where, resource_);
       saved.lse_ = owned_bytes<Resource>(lse_bytes(), where, resource_);
       ws = detail::workspace_for(workspace, own, forward_workspace_bytes(), where, resource_, stream);
-    });
+      saved.docs_ = detail::call_documents<Resource>(docs, where, resource_, stream);
+    }, detail::documents_agreement(docs));
     if constexpr (detail::qkv_types_match<Q, K, V, O, O, O>) {
       const tensor_view<T> hq = heads_view<T>(saved.q_.span(), true), hk = heads_view<T>(saved.k_.span(), false),
                            hv = heads_view<T>(saved.v_.span(), false), ho = heads_view<T>(saved.o_.span(), true);
       detail::run_qkv_exchange(plan_, comm_, detail::heads_direction::forward, qkv_views{q, k, v},
                                qkv_views{hq, hk, hv}, ws, stream);
-      policy_.forward(tensor_view<const T>(hq), tensor_view<const T>(hk), tensor_view<const T>(hv), map_, options_, ho,
-                      lse_of(saved.lse_.span()), stream);
+      policy_.forward(tensor_view<const T>(hq), tensor_view<const T>(hk), tensor_view<const T>(hv), map_,
+                      options_for(saved), ho, lse_of(saved.lse_.span()), stream);
       detail::run_one_exchange(plan_, comm_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws, stream);
       saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     }
@@ -240,8 +265,8 @@ class ulysses_attention {
       const std::span<std::byte> exchange = ws.first(plan_.workspace_bytes());
       detail::run_one_exchange(plan_, comm_, detail::heads_direction::forward, dout, hdo, exchange, stream);
       policy_.backward(held(saved.q_, true), held(saved.k_, false), held(saved.v_, false), held(saved.o_, true),
-                       const_lse_view(lse_of(saved.lse_.span())), tensor_view<const T>(hdo), map_, options_, hdq, hdk,
-                       hdv, stream);
+                       const_lse_view(lse_of(saved.lse_.span())), tensor_view<const T>(hdo), map_,
+                       options_for(saved), hdq, hdk, hdv, stream);
       detail::run_qkv_exchange(plan_, comm_, detail::heads_direction::inverse,
                                qkv_views{tensor_view<const T>(hdq), tensor_view<const T>(hdk), tensor_view<const T>(hdv)},
                                qkv_views{dq, dk, dv}, exchange, stream);

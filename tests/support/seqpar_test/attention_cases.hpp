@@ -4,12 +4,14 @@
 #pragma once
 
 #include <seqpar/comm/in_process.hpp>
+#include <seqpar/policy/block_attention.hpp>
 #include <seqpar/ulysses/ulysses_attention.hpp>
 #include <seqpar_test/buffers.hpp>
 #include <seqpar_test/lasp_cases.hpp>
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <array>
@@ -75,6 +77,66 @@ std::vector<std::vector<T>> single_device(const Policy& policy, const dense4& q,
   return {o, dq, dk, dv};
 }
 
+//! `policy`'s block functions on rows [first, first + n) of the full tensors as one block pair at
+//! their own positions (so a position mask still sees global positions): o, dq, dk, dv of those rows
+//! against those keys alone, each [B, n, heads, D].
+template <class T, class Policy>
+std::vector<std::vector<T>> rows_alone(const Policy& policy, const dense4& q, const dense4& k, const dense4& v,
+                                       const dense4& dout, seqpar::attention_options opt, std::int64_t first,
+                                       std::int64_t n) {
+  const std::int64_t B = q.B, H = q.H, Hk = k.H, D = q.X;
+  auto cut = [&](const dense4& a) { return rows_of<T>(a, first, n); };
+  const std::vector<T> hq = cut(q), hk = cut(k), hv = cut(v), hdo = cut(dout);
+  auto cv = [&](const std::vector<T>& x, std::int64_t h) { return seqpar::make_bshd<const T>(x.data(), B, n, h, D); };
+  std::vector<float> o(hq.size()), lse(B * H * n), dots(lse.size(), 0.0f), dq(hq.size(), 0.0f), dk(hk.size(), 0.0f),
+      dv(hk.size(), 0.0f);
+  const seqpar::gqa_map map{0, static_cast<int>(H / Hk), 0};
+  const seqpar::block_pair pair{first, first,
+                                opt.causal ? seqpar::block_relation::diagonal : seqpar::block_relation::visible};
+  policy.block_forward(cv(hq, H), cv(hk, Hk), cv(hv, Hk), map, opt, pair, seqpar::make_bshd(o.data(), B, n, H, D),
+                       seqpar::lse_view(lse.data(), B, H, n));
+  std::vector<T> ho(o.size());
+  for (std::size_t i = 0; i < o.size(); ++i) ho[i] = seqpar::from_float<T>(o[i]);
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t s = 0; s < n; ++s)
+      for (std::int64_t h = 0; h < H; ++h)
+        for (std::int64_t d = 0; d < D; ++d) {
+          const std::size_t at = static_cast<std::size_t>(((b * n + s) * H + h) * D + d);
+          dots[(b * H + h) * n + s] += seqpar::to_float(hdo[at]) * seqpar::to_float(ho[at]);
+        }
+  policy.block_backward(cv(hq, H), cv(hk, Hk), cv(hv, Hk), cv(hdo, H), seqpar::const_lse_view(lse.data(), B, H, n),
+                        seqpar::const_lse_view(dots.data(), B, H, n), map, opt, pair,
+                        seqpar::make_bshd(dq.data(), B, n, H, D), seqpar::make_bshd(dk.data(), B, n, Hk, D),
+                        seqpar::make_bshd(dv.data(), B, n, Hk, D));
+  auto as_t = [](const std::vector<float>& x) {
+    std::vector<T> out(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) out[i] = seqpar::from_float<T>(x[i]);
+    return out;
+  };
+  return {ho, as_t(dq), as_t(dk), as_t(dv)};
+}
+
+//! Each document of `docs` alone (its rows cut out, no document mask, at its own positions), the
+//! results put back in place: the packed-sequence reference.
+template <class T, class Policy>
+std::vector<std::vector<T>> per_document(const Policy& policy, const dense4& q, const dense4& k, const dense4& v,
+                                         const dense4& dout, seqpar::attention_options opt,
+                                         const seqpar::document_layout& docs) {
+  std::vector<std::vector<T>> all{std::vector<T>(q.v.size()), std::vector<T>(q.v.size()), std::vector<T>(k.v.size()),
+                                  std::vector<T>(k.v.size())};
+  for (int d = 0; d < docs.count(); ++d) {
+    const std::int64_t first = docs.begin(d), n = docs.end(d) - first;
+    const auto one = rows_alone<T>(policy, q, k, v, dout, opt, first, n);
+    for (int w = 0; w < 4; ++w) {
+      const std::int64_t H = w < 2 ? q.H : k.H, row = H * q.X;
+      for (std::int64_t b = 0; b < q.B; ++b)
+        for (std::int64_t s = 0; s < n; ++s)
+          std::copy_n(one[w].begin() + (b * n + s) * row, row, all[w].begin() + (b * q.S + first + s) * row);
+    }
+  }
+  return all;
+}
+
 //! max |got - want| / max |want| between two arrays of the same global layout (T or double).
 template <class T, class U>
 double relative_gap(const std::vector<T>& got, const std::vector<U>& want) {
@@ -94,16 +156,19 @@ double relative_gap(const std::vector<T>& got, const std::vector<U>& want) {
 //! Returns the relative gaps of o, dq, dk, dv against one device and of o against the dense
 //! definition in double (not rounded to T: the error a user sees).
 //! `part` says which tokens each rank holds: part.size(r) and part.global(r, s) (a seq_partition, or
-//! another layout), and is what make_layer receives.
+//! another layout), and is what make_layer receives. With packed documents `docs`, the layer runs
+//! with them and the reference is each document alone (per_document).
 template <class T, class Layout, class MakeLayer, class HostPolicy, class Allowed>
 std::array<double, 5> check_parallel_attention_on(const attention_case& c, const Layout& part,
                                                   seqpar::memory_space where, MakeLayer make_layer,
-                                                  const HostPolicy& host_policy, Allowed allowed) {
-  INFO(c.name());
+                                                  const HostPolicy& host_policy, Allowed allowed,
+                                                  const seqpar::document_layout& docs = {}) {
+  INFO(c.name() << (docs.split() ? " documents=" + std::to_string(docs.count()) : std::string()));
   const auto q = random_input<T>(c.B, c.S, c.H, c.D), dout = random_input<T>(c.B, c.S, c.H, c.D);
   const auto k = random_input<T>(c.B, c.S, c.H_kv, c.D), v = random_input<T>(c.B, c.S, c.H_kv, c.D);
   const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(c.D))), c.causal};
-  const auto want = single_device<T>(host_policy, q, k, v, dout, opt);
+  const auto want = docs.split() ? per_document<T>(host_policy, q, k, v, dout, opt, docs)
+                                 : single_device<T>(host_policy, q, k, v, dout, opt);
   // Global results, assembled from each rank's shard (every element written exactly once).
   std::vector<std::vector<T>> got{std::vector<T>(want[0].size(), poison<T>()), std::vector<T>(want[1].size(), poison<T>()),
                                   std::vector<T>(want[2].size(), poison<T>()), std::vector<T>(want[3].size(), poison<T>())};
@@ -130,7 +195,9 @@ std::array<double, 5> check_parallel_attention_on(const attention_case& c, const
     rank_stream stream(where);
     const seqpar::attention_shape shape{.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D};
     auto layer = make_layer(comm, part, shape, seqpar::dtype_of<T>, opt);
-    const auto saved = layer.forward(cv(bq, c.H), cv(bk, c.H_kv), cv(bv, c.H_kv), mv(bo, c.H), stream);
+    const auto saved = docs.split()
+                           ? layer.forward(cv(bq, c.H), cv(bk, c.H_kv), cv(bv, c.H_kv), mv(bo, c.H), docs, stream)
+                           : layer.forward(cv(bq, c.H), cv(bk, c.H_kv), cv(bv, c.H_kv), mv(bo, c.H), stream);
     layer.backward(saved, cv(bdo, c.H), mv(bdq, c.H), mv(bdk, c.H_kv), mv(bdv, c.H_kv), stream);
     stream.sync();
     const std::vector<std::vector<T>> local{bo.values(), bdq.values(), bdk.values(), bdv.values()};
@@ -153,7 +220,9 @@ std::array<double, 5> check_parallel_attention_on(const attention_case& c, const
     gaps[w] = relative_gap(got[w], want[w]);
     CHECK(gaps[w] <= tol);
   }
-  const auto dense = dense_attention(q, k, v, opt.scale, c.causal, allowed);
+  const auto ids = docs.host_ids();
+  const auto dense = dense_attention(q, k, v, opt.scale, c.causal,
+                                     [&](std::int64_t i, std::int64_t j) { return allowed(i, j) && ids.same(i, j); });
   INFO("o against the dense definition, in double");
   gaps[4] = relative_gap(got[0], dense.v);
   CHECK(gaps[4] <= tol);
@@ -163,9 +232,10 @@ std::array<double, 5> check_parallel_attention_on(const attention_case& c, const
 //! check_parallel_attention_on over the partition of c.S tokens by c.strategy.
 template <class T, class MakeLayer, class HostPolicy, class Allowed>
 std::array<double, 5> check_parallel_attention(const attention_case& c, seqpar::memory_space where, MakeLayer make_layer,
-                                               const HostPolicy& host_policy, Allowed allowed) {
+                                               const HostPolicy& host_policy, Allowed allowed,
+                                               const seqpar::document_layout& docs = {}) {
   return check_parallel_attention_on<T>(c, seqpar::make_seq_partition(c.S, c.P, c.strategy), where, make_layer,
-                                        host_policy, allowed);
+                                        host_policy, allowed, docs);
 }
 
 //! check_parallel_attention of ulysses_attention with `policy`.

@@ -119,6 +119,7 @@ __global__ void __launch_bounds__(threads)
   mma::zero(acc);
   const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
   for (std::int64_t j0 = 0; j0 < end; j0 += Bc) {
+    if (!pos.share_document(q0, q0 + block_rows, j0, j0 + Bc)) continue;  // the same for the whole block
     __syncthreads();
     load_rows<D>(k_s, k, b, kh, j0, Bc, vec);
     load_rows<D>(v_s, v, b, kh, j0, Bc, vec);
@@ -168,6 +169,7 @@ __global__ void __launch_bounds__(threads)
   for (std::int64_t h = 0; h < q.heads(); ++h) {
     if (map.kv_head(static_cast<int>(h)) != kh) continue;
     for (std::int64_t i0 = first; i0 < S; i0 += Br) {
+      if (!pos.share_document(i0, i0 + Br, j0, j0 + block_rows)) continue;  // the same for the whole block
       __syncthreads();
       load_rows<D>(q_s, q, b, h, i0, Br, vec);
       load_rows<D>(do_s, dout, b, h, i0, Br, vec);

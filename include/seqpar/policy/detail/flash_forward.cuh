@@ -52,6 +52,7 @@ __global__ void __launch_bounds__(threads)
   mma::zero(acc);
   const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
   for (std::int64_t j0 = 0; j0 < end; j0 += Bc) {
+    if (!pos.share_document(q0, q0 + block_rows, j0, j0 + Bc)) continue;  // the same for the whole block
     __syncthreads();  // every warp is done with the previous key and value tiles
     load_rows<D>(k_s, k, b, kh, j0, Bc, vec);
     load_rows<D>(v_s, v, b, kh, j0, Bc, vec);

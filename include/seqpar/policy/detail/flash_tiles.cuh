@@ -60,10 +60,19 @@ struct score_positions {
   std::int64_t q_first = 0;   //!< position of query row 0
   std::int64_t kv_first = 0;  //!< position of key row 0
   bool causal = false;        //!< hide keys past their query
+  document_ids documents{};   //!< hide keys of other documents (by global position)
 
   //! Whether query row i may attend key row j.
   SEQPAR_HOST_DEVICE bool visible(std::int64_t i, std::int64_t j) const {
-    return i < q_rows && j < kv_rows && !(causal && kv_first + j > q_first + i);
+    return i < q_rows && j < kv_rows && !(causal && kv_first + j > q_first + i) &&
+           documents.same(q_first + i, kv_first + j);
+  }
+  //! Whether query rows [i0, i1) and key rows [j0, j1) (clipped to the rows there are) share a
+  //! document: a tile pair that does not is skipped.
+  SEQPAR_HOST_DEVICE bool share_document(std::int64_t i0, std::int64_t i1, std::int64_t j0, std::int64_t j1) const {
+    i1 = i1 < q_rows ? i1 : q_rows;
+    j1 = j1 < kv_rows ? j1 : kv_rows;
+    return i0 >= i1 || j0 >= j1 || documents.overlap(q_first + i0, q_first + i1 - 1, kv_first + j0, kv_first + j1 - 1);
   }
   //! One past the last key row that any of query rows [0, i_end) sees.
   SEQPAR_HOST_DEVICE std::int64_t key_end(std::int64_t i_end) const {
