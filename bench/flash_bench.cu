@@ -21,16 +21,16 @@ using seqpar_bench::device_array;
 
 constexpr std::int64_t hidden = 2048, tokens = 32 * 1024;
 
-void BM_flash_attention(benchmark::State& state, bool backward) {
-  const std::int64_t S = state.range(0) << 10, D = state.range(1), B = tokens / S, H = hidden / D;
-  const bool causal = state.range(2) != 0;
+// Times flash_attention forward (or backward) on zero-filled [B, S, H, D] tensors under `opt`
+// and reports TFLOP/s for `pairs` query-key pairs per head and batch row.
+void time_flash(benchmark::State& state, bool backward, std::int64_t B, std::int64_t S, std::int64_t H,
+                std::int64_t D, const seqpar::attention_options& opt, double pairs) {
   const std::size_t n = static_cast<std::size_t>(B * S * H * D);
   device_array<bf16> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n);
   device_array<float> lse(static_cast<std::size_t>(B * H * S));
   for (auto* a : {&q, &k, &v, &dout}) SEQPAR_CUDA_TRY(cudaMemset(a->p, 0, n * sizeof(bf16)));
   auto in = [&](device_array<bf16>& a) { return seqpar::make_bshd<const bf16>(a.p, B, S, H, D); };
   auto out = [&](device_array<bf16>& a) { return seqpar::make_bshd(a.p, B, S, H, D); };
-  const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), causal};
   const seqpar::gqa_map map{};
   const seqpar::lse_view l(lse.p, B, H, S);
   const seqpar::flash_attention flash;
@@ -42,42 +42,30 @@ void BM_flash_attention(benchmark::State& state, bool backward) {
     else
       flash.forward(in(q), in(k), in(v), map, opt, out(o), l);
   });
-  const double forward_flops = 4.0 * B * H * S * S * D * (causal ? 0.5 : 1.0);
-  state.counters["TFLOP/s"] = benchmark::Counter((backward ? 2.5 : 1.0) * forward_flops / 1e12,
+  state.counters["TFLOP/s"] = benchmark::Counter((backward ? 2.5 : 1.0) * 4.0 * B * H * pairs * D / 1e12,
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void BM_flash_attention(benchmark::State& state, bool backward) {
+  const std::int64_t S = state.range(0) << 10, D = state.range(1), B = tokens / S, H = hidden / D;
+  const bool causal = state.range(2) != 0;
+  const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), causal};
+  time_flash(state, backward, B, S, H, D, opt, double(S) * S * (causal ? 0.5 : 1.0));
+}
+
 void BM_flash_documents(benchmark::State& state, bool backward) {
-  const std::int64_t S = tokens, D = 128, H = hidden / D, B = 1;
+  const std::int64_t S = tokens, D = 128, H = hidden / D;
   const bool packed = state.range(0) != 0;
   const auto docs = packed ? seqpar_bench::long_tailed_documents(S) : seqpar::document_layout{};
-  const std::size_t n = static_cast<std::size_t>(B * S * H * D);
-  device_array<bf16> q(n), k(n), v(n), o(n), dout(n), dq(n), dk(n), dv(n);
-  device_array<float> lse(static_cast<std::size_t>(B * H * S));
   device_array<std::int32_t> ids(static_cast<std::size_t>(S));
   if (packed)
     SEQPAR_CUDA_TRY(cudaMemcpy(ids.p, docs.token_ids().data(), S * sizeof(std::int32_t), cudaMemcpyHostToDevice));
-  for (auto* a : {&q, &k, &v, &dout}) SEQPAR_CUDA_TRY(cudaMemset(a->p, 0, n * sizeof(bf16)));
-  auto in = [&](device_array<bf16>& a) { return seqpar::make_bshd<const bf16>(a.p, B, S, H, D); };
-  auto out = [&](device_array<bf16>& a) { return seqpar::make_bshd(a.p, B, S, H, D); };
   const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), true,
                                       {packed ? ids.p : nullptr}};
-  const seqpar::gqa_map map{};
-  const seqpar::lse_view l(lse.p, B, H, S);
-  const seqpar::flash_attention flash;
-  flash.forward(in(q), in(k), in(v), map, opt, out(o), l);
-  seqpar_bench::timed_on_gpu(state, [&] {
-    if (backward)
-      flash.backward(in(q), in(k), in(v), in(o), seqpar::const_lse_view(l), in(dout), map, opt, out(dq), out(dk),
-                     out(dv));
-    else
-      flash.forward(in(q), in(k), in(v), map, opt, out(o), l);
-  });
   const double pairs = seqpar_bench::score_pairs(docs, S, true);
+  time_flash(state, backward, 1, S, H, D, opt, pairs);
   state.counters["documents"] = docs.count();
   state.counters["work_fraction"] = pairs / seqpar_bench::score_pairs({}, S, true);
-  state.counters["TFLOP/s"] = benchmark::Counter((backward ? 2.5 : 1.0) * 4.0 * B * H * pairs * D / 1e12,
-                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
