@@ -148,6 +148,16 @@ struct erased_views {
 }  // namespace detail
 
 namespace detail {
+//! Rows [first, first + n) of a view, with its strides.
+template <class T>
+tensor_view<T> rows(const tensor_view<T>& v, std::int64_t first, std::int64_t n) {
+  using view = tensor_view<T>;
+  typename view::extents_type e(v.batch(), n, v.heads(), v.head_dim());
+  cuda::std::array<std::int64_t, 4> s{v.stride(axis::batch), v.stride(axis::seq), v.stride(axis::heads),
+                                      v.stride(axis::head_dim)};
+  return view(v.data() + first * v.stride(axis::seq), typename view::mapping_type(e, s));
+}
+
 //! Throws unless `view` has extents {B, S, H, D} = `want`, naming the view as the caller knows it.
 template <class T>
 void check_extents(const char* name, const tensor_view<T>& view, const shape4& want) {

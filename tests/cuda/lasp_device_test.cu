@@ -1,9 +1,13 @@
 // LASP on the GPU: the CUDA linear-attention policy through lasp_attention over the in-process
 // backend on device memory, against the single-device reference; chunks long enough to span
-// several sub-blocks and segments, with partial last ones; both the tensor-core and CUDA-core paths.
+// several sub-blocks and segments, with partial last ones; both the tensor-core and CUDA-core paths;
+// packed documents.
 #include <seqpar_test/lasp_cases.hpp>
 
+#include <seqpar/documents.hpp>
 #include <seqpar/policy/linear_cuda.cuh>
+
+#include <vector>
 
 using seqpar::lasp_strategy;
 using seqpar::memory_space;
@@ -15,6 +19,14 @@ TEST_CASE_TEMPLATE("lasp_attention with linear_cuda: o, dq, dk, dv equal the sin
       for (auto strategy : {lasp_strategy::chain, lasp_strategy::all_gather})
         seqpar_test::check_lasp<T>({P, 2, 37 * P + 5, 2, 3, 5, lambda, strategy}, memory_space::device,
                                    seqpar::linear_cuda{});
+}
+
+TEST_CASE_TEMPLATE("lasp_attention with linear_cuda over packed documents: the state resets at each start", T, float,
+                   __half) {
+  const std::vector<std::int32_t> lengths{1, 150, 64, 3, 40, 42};  // S = 300 over 4 ranks of 75
+  for (auto strategy : {lasp_strategy::chain, lasp_strategy::all_gather})
+    seqpar_test::check_lasp<T>({4, 1, 300, 2, 16, 16, 0.97f, strategy}, memory_space::device, seqpar::linear_cuda{},
+                               seqpar::documents_of_lengths(lengths));
 }
 
 TEST_CASE("lasp_attention with linear_cuda: head dims 64 and 128, a normalised variant") {

@@ -1,14 +1,18 @@
-// Packed documents: the layout's checks, what each rank holds of which document, and softmax
-// attention through the Ulysses, ring and 2-D layers against each document computed alone (its rows
-// cut out, no mask) and put back in place; changing one document changes nothing in the others;
-// documents that differ between ranks fail on every rank before anything moves.
+// Packed documents: the layout's checks, what each rank holds of which document, softmax attention
+// through the Ulysses, ring and 2-D layers and linear attention through LASP (chain and LASP-2,
+// with decay) against each document computed alone (its rows cut out, no mask) and put back in
+// place; changing one document changes nothing in the others; documents that differ between ranks
+// fail on every rank before anything moves.
 #include <seqpar/documents.hpp>
+#include <seqpar/lasp/lasp_attention.hpp>
+#include <seqpar/policy/linear_reference.hpp>
 #include <seqpar/policy/block_sparse_attention.hpp>
 #include <seqpar/policy/reference_attention.hpp>
 #include <seqpar/ring/ring_attention.hpp>
 #include <seqpar/ring/ulysses_ring_attention.hpp>
 #include <seqpar_test/all_or_nothing.hpp>
 #include <seqpar_test/attention_cases.hpp>
+#include <seqpar_test/lasp_cases.hpp>
 
 #include <doctest/doctest.h>
 
@@ -190,6 +194,26 @@ inputs random_inputs(std::int64_t elements) {
 }
 }  // namespace
 
+TEST_CASE_TEMPLATE("packed documents through lasp_attention: the state resets at every document start", T, float,
+                   __nv_bfloat16) {
+  using seqpar_test::lasp_case;
+  for (auto strategy : {seqpar::lasp_strategy::chain, seqpar::lasp_strategy::all_gather})
+    for (float lambda : {1.0f, 0.9f}) {
+      // S = 23 over 4 ranks (6, 6, 6, 5): a length-1 document, one spanning three ranks (1 .. 15),
+      // short ones on the last rank, a rank boundary on a document boundary (18).
+      seqpar_test::check_lasp<T>(lasp_case{4, 2, 23, 2, 3, 4, lambda, strategy}, memory_space::host,
+                                 seqpar::linear_reference{}, lengths({1, 14, 3, 1, 2, 1, 1}));
+      // P = 8: documents that start and end inside ranks and cross several.
+      seqpar_test::check_lasp<T>(lasp_case{8, 1, 37, 2, 3, 2, lambda, strategy}, memory_space::host,
+                                 seqpar::linear_reference{}, lengths({9, 2, 20, 6}));
+      // One document per rank, and one document over everything.
+      seqpar_test::check_lasp<T>(lasp_case{3, 1, 12, 1, 2, 3, lambda, strategy}, memory_space::host,
+                                 seqpar::linear_reference{}, lengths({4, 4, 4}));
+      seqpar_test::check_lasp<T>(lasp_case{3, 1, 12, 1, 2, 3, lambda, strategy}, memory_space::host,
+                                 seqpar::linear_reference{}, lengths({12}));
+    }
+}
+
 TEST_CASE("packed documents: one document equals the unpacked call exactly") {
   const std::int64_t S = 20, H = 3, D = 4;
   const auto x = random_inputs(S * H * D);
@@ -207,6 +231,11 @@ TEST_CASE("packed documents: one document equals the unpacked call exactly") {
     CHECK(run_layer(3, S, H, D, ring, x, &one) == run_layer(3, S, H, D, ring, x, nullptr));
     CHECK(run_layer(3, S, H, D, ulysses, x, &one) == run_layer(3, S, H, D, ulysses, x, nullptr));
   }
+  auto lasp = [&](auto& comm, const auto& part) {
+    return seqpar::lasp_attention(seqpar::linear_reference{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
+                                  std::vector<float>(H, 0.9f));
+  };
+  CHECK(run_layer(3, S, H, D, lasp, x, &one) == run_layer(3, S, H, D, lasp, x, nullptr));
 }
 
 namespace {
@@ -250,7 +279,8 @@ TEST_CASE("packed documents: changing one document changes nothing in the others
   const auto x = random_inputs(S * H * D);
   auto changed = x;
   for (std::int64_t t = docs.begin(2); t < docs.end(2); ++t)
-    for (std::int64_t e = 0; e < H * D; ++e) changed.q[t * H * D + e] += 1.0f;
+    for (std::int64_t e = 0; e < H * D; ++e)
+      for (auto* x : {&changed.q, &changed.k, &changed.v}) (*x)[t * H * D + e] += 1.0f;
   auto ulysses = [&](auto& comm, const auto& part) {
     return seqpar::ulysses_attention(seqpar::reference_attention{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
                                      seqpar::dtype::float32, {.causal = true});
@@ -259,9 +289,14 @@ TEST_CASE("packed documents: changing one document changes nothing in the others
     return seqpar::ring_attention(seqpar::reference_attention{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
                                   seqpar::dtype::float32, {.causal = true});
   };
-  for (int layer = 0; layer < 2; ++layer) {
+  auto lasp = [&](auto& comm, const auto& part) {
+    return seqpar::lasp_attention(seqpar::linear_reference{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
+                                  std::vector<float>(H, 0.95f), seqpar::lasp_strategy::all_gather);
+  };
+  for (int layer = 0; layer < 3; ++layer) {
     CAPTURE(layer);
     auto run = [&](const inputs& in) {
+      if (layer == 2) return run_layer(4, S, H, D, lasp, in, &docs);
       return layer ? run_layer(3, S, H, D, ring, in, &docs) : run_layer(2, S, H, D, ulysses, in, &docs);
     };
     const auto before = run(x), after = run(changed);

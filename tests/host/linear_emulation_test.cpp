@@ -3,18 +3,23 @@
 // linear_reference in float: the policy's own launch planning (segment plans, grids, the choice of
 // kernels for the device it is told of), the segment states and their scan, the decayed causal
 // products forwards and backwards, the hi + lo state products, ragged sub-blocks, padded D and E,
-// several E tiles, and the CUDA-core kernels (float, D beyond the tensor cores, older GPUs).
+// several E tiles, and the CUDA-core kernels (float, D beyond the tensor cores, older GPUs); and a
+// whole LASP layer over packed documents with these kernels as its policy.
 // Tolerances: 1e-5 (float), 3e-3 (half) and 2.5e-2 (bfloat16) of the largest reference magnitude.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
 #include <seqpar/policy/linear_cuda.cuh>
 #include <seqpar/policy/linear_reference.hpp>
+#include <seqpar/documents.hpp>
 #include <seqpar_test/host_tensor.hpp>
+#include <seqpar_test/lasp_cases.hpp>
 
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <mutex>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -163,4 +168,33 @@ TEST_CASE("plan_segments covers the chunk with sub-block multiples and fills the
         // Enough blocks to fill the GPU twice, or as many segments as 256 tokens each allow.
         CHECK((p.count * blocks >= 2 * sms || p.count * 256 >= C));
       }
+}
+
+namespace {
+// The emulated launcher, one launch at a time: the emulation's block state is global, and the
+// ranks of an in-process group launch from their own threads.
+std::mutex one_launch_at_a_time;
+struct serial_launcher : seqpar_emulation::launcher {
+  template <class... A>
+  void operator()(A&&... a) const {
+    std::lock_guard lock(one_launch_at_a_time);
+    seqpar_emulation::launcher::operator()(std::forward<A>(a)...);
+  }
+};
+
+// linear_cuda's kernels under the emulated warp as a host-memory policy, for a whole LASP layer.
+struct emulated_host_linear : seqpar::basic_linear_cuda<serial_launcher> {
+  seqpar::memory_space memory() const { return seqpar::memory_space::host; }
+};
+static_assert(seqpar::linear_attention_policy<emulated_host_linear>);
+}  // namespace
+
+TEST_CASE("lasp_attention with linear_cuda under an emulated warp: packed documents, chain and LASP-2") {
+  // S = 150 over 3 ranks (50 each): a document across all three, one ending on a rank boundary,
+  // short ones inside a rank; decays 1 and 0.9; D = 16, E = 16 on tensor cores.
+  const std::vector<std::int32_t> lengths{30, 70, 1, 19, 30};
+  const auto docs = seqpar::documents_of_lengths(lengths);
+  for (auto strategy : {seqpar::lasp_strategy::chain, seqpar::lasp_strategy::all_gather})
+    seqpar_test::check_lasp<__half>({3, 1, 150, 2, 16, 16, 1.0f, strategy}, seqpar::memory_space::host,
+                                    emulated_host_linear{}, docs);
 }

@@ -1,10 +1,10 @@
 //! @file call_documents.hpp
 //! What a layer call keeps of a packed-document layout: the document of every global token in the
 //! call's memory (its context keeps them for backward), built on a device from cu_seqlens with a
-//! CUB scan, and the check that every rank of the group passed the same layout.
+//! CUB scan, and the check of a call's layout against the layer's sequence.
 #pragma once
 
-#include <seqpar/comm/agreement.hpp>
+#include <seqpar/detail/document_agreement.hpp>
 #include <seqpar/detail/for_each_index.hpp>
 #include <seqpar/documents.hpp>
 #include <seqpar/memory_resource.hpp>
@@ -14,7 +14,6 @@
 #endif
 
 #include <cstdint>
-#include <sstream>
 #include <vector>
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
@@ -79,17 +78,6 @@ class call_documents {
 inline void check_documents(const document_layout& docs, std::int64_t tokens) {
   SEQPAR_EXPECTS(!docs.split() || docs.tokens() == tokens,
                  "docs: the layout covers " << docs.tokens() << " tokens; expected the layer's " << tokens);
-}
-
-//! What the group agrees on for a call's documents: a fingerprint of cu_seqlens (the same for every
-//! call without documents), so a rank that passed other documents, or none, fails with the others.
-inline agreed_value documents_agreement(const document_layout& docs) {
-  fingerprint print;
-  for (std::int32_t x : docs.cu_seqlens()) print.add(x);
-  std::ostringstream description;
-  if (docs.split()) description << "documents (" << docs.count() << " over " << docs.tokens() << " tokens)";
-  else description << "documents (none: one sequence)";
-  return {print.value(), "docs", description.str()};
 }
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_END

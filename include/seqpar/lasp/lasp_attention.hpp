@@ -7,6 +7,7 @@
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
 #include <seqpar/detail/context_stamp.hpp>
+#include <seqpar/detail/document_agreement.hpp>
 #include <seqpar/lasp/linear_attention_ring.hpp>
 #include <seqpar/memory_resource.hpp>
 
@@ -47,6 +48,7 @@ class lasp_attention {
     friend class lasp_attention;
     owned_bytes<Resource> state_;
     detail::erased_views<3> inputs_;  // q, k, v
+    document_layout docs_;
     std::array<std::int64_t, 4> shape_{};
     detail::context_stamp stamp_;
   };
@@ -76,13 +78,20 @@ class lasp_attention {
   template <class Q, class K, class V, class O>
   [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
                                 stream_t stream = nullptr) {
-    return forward_impl(q, k, v, o, std::nullopt, stream);
+    return forward_impl(q, k, v, o, document_layout{}, std::nullopt, stream);
+  }
+  //! As forward above, for a packed sequence: the state resets at every document start of `docs`
+  //! (over the global sequence, the same on every rank). The context keeps the documents.
+  template <class Q, class K, class V, class O>
+  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
+                                const document_layout& docs, stream_t stream = nullptr) {
+    return forward_impl(q, k, v, o, docs, std::nullopt, stream);
   }
   //! As forward above, with the workspace the caller passes (workspace_bytes(), 16-byte aligned).
   template <class Q, class K, class V, class O>
   [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
                                 std::span<std::byte> workspace, stream_t stream = nullptr) {
-    return forward_impl(q, k, v, o, std::optional(workspace), stream);
+    return forward_impl(q, k, v, o, document_layout{}, std::optional(workspace), stream);
   }
 
   //! dq, dk, dv of this rank's tokens from dO and the context of a forward of this layer.
@@ -133,7 +142,7 @@ class lasp_attention {
 
   template <class Q, class K, class V, class O>
   context forward_impl(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
-                       const detail::optional_workspace& workspace, stream_t stream) {
+                       const document_layout& docs, const detail::optional_workspace& workspace, stream_t stream) {
     using T = std::remove_const_t<Q>;
     context saved;
     owned_bytes<Resource> own;
@@ -145,9 +154,11 @@ class lasp_attention {
       saved.shape_ = {s.batch, s.heads, s.head_dim, s.value_dim};
       ws = detail::workspace_for(workspace, own, workspace_bytes(), comm_.memory(), resource_, stream);
       ring_.check_forward(policy_, comm_, q, k, v, decay_, o, state_of(saved), ws);
-    });
+      ring_.check_documents(docs);
+      saved.docs_ = docs;
+    }, detail::documents_agreement(docs));
     // Checked and agreed above: the primitive repeats only its local checks.
-    ring_.forward(policy_, comm_, q, k, v, decay_, o, state_of(saved), ws, stream, call_checks::local);
+    ring_.forward(policy_, comm_, q, k, v, decay_, docs, o, state_of(saved), ws, stream, call_checks::local);
     saved.inputs_.keep(q, k, v);
     saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     return saved;
@@ -167,7 +178,7 @@ class lasp_attention {
                            saved.inputs_.template get<T>(2), dout, decay_, saved.state(), dq, dk, dv, ws);
     });
     ring_.backward(policy_, comm_, saved.inputs_.template get<T>(0), saved.inputs_.template get<T>(1),
-                   saved.inputs_.template get<T>(2), dout, decay_, saved.state(), dq, dk, dv, ws, stream,
+                   saved.inputs_.template get<T>(2), dout, decay_, saved.docs_, saved.state(), dq, dk, dv, ws, stream,
                    call_checks::local);
   }
 

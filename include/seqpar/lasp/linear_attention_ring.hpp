@@ -6,8 +6,10 @@
 
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
+#include <seqpar/detail/document_agreement.hpp>
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/detail/stream_fork.hpp>
+#include <seqpar/documents.hpp>
 #include <seqpar/error.hpp>
 #include <seqpar/policy/linear_attention_policy.hpp>
 #include <seqpar/policy/linear_state.hpp>
@@ -20,6 +22,7 @@
 #include <memory>
 #include <span>
 #include <type_traits>
+#include <vector>
 
 SEQPAR_NAMESPACE_BEGIN
 
@@ -33,7 +36,11 @@ enum class lasp_strategy {
 inline constexpr const char* to_string(lasp_strategy s) noexcept { return s == lasp_strategy::chain ? "chain" : "all_gather"; }
 
 //! The LASP primitive for one rank and fixed shapes: q, k [B, C, H, D] and v, o [B, C, H, E] with
-//! C = S_r tokens of this rank's chunk, states fp32 [B, H, D, E]. Forward writes this rank's output
+//! C = S_r tokens of this rank's chunk, states fp32 [B, H, D, E]. With packed documents the state
+//! resets at every document start: the incoming state reaches only the tokens before this rank's
+//! first document start, and what a rank passes on holds only its last document's tokens when that
+//! document continues past it (each piece of a document on the rank is its own intra-chunk call).
+//! Forward writes this rank's output
 //! and keeps the incoming state KV_r (needed by backward) in a state the caller owns; backward uses
 //! it without communicating it again. Workspace: workspace_bytes(); nothing else is allocated
 //! (on a GPU, one side stream and two events are made on first use and kept). Every call checks
@@ -83,13 +90,29 @@ class linear_attention_ring {
   void forward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
                std::span<const float> decay, tensor_view<O> o, state_view saved, std::span<std::byte> workspace,
                stream_t stream = nullptr, call_checks checks = call_checks::group) {
+    forward(policy, comm, q, k, v, decay, document_layout{}, o, saved, workspace, stream, checks);
+  }
+
+  //! As forward above, over packed documents `docs` (the global layout, the same on every rank):
+  //! `saved` receives the state of the earlier tokens of this rank's first document.
+  template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class O>
+  void forward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
+               std::span<const float> decay, const document_layout& docs, tensor_view<O> o, state_view saved,
+               std::span<std::byte> workspace, stream_t stream = nullptr, call_checks checks = call_checks::group) {
     using T = std::remove_const_t<Q>;
     static_assert(std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> &&
                       std::is_same_v<O, T>,
                   "linear_attention_ring::forward: q, k, v and o must share one element type, and o must be writable");
     const memory_space where = comm.memory();
-    agree_on_arguments(comm, checks, stream, [&] { check_forward(policy, comm, q, k, v, decay, o, saved, workspace); });
+    agree_on_arguments(
+        comm, checks, stream,
+        [&] {
+          check_forward(policy, comm, q, k, v, decay, o, saved, workspace);
+          check_documents(docs);
+        },
+        detail::documents_agreement(docs));
     const tensor_view<const T> cq = q, ck = k, cv = v;
+    const pieces_plan plan = plan_of(docs);
 
     float* ws = reinterpret_cast<float*>(workspace.data());
     const std::size_t n = state_elements();
@@ -97,21 +120,28 @@ class linear_attention_ring {
     // Fork first, so the side stream's state work does not queue behind the intra-chunk product;
     // that product needs no message and runs on `stream` meanwhile.
     const stream_t side = fork_->fork(where, stream);
-    policy.forward_intra(cq, ck, cv, decay, o, stream);
-    policy.state_contribution(ck, cv, decay, m, side);
+    for (const document_piece& piece : plan.pieces)
+      policy.forward_intra(rows(cq, piece), rows(ck, piece), rows(cv, piece), decay, rows(o, piece), stream);
+    const document_piece& last = plan.pieces.back();
+    policy.state_contribution(rows(ck, last), rows(cv, last), decay, m, side);
+    // The state passed on: the incoming one decayed through the chunk when one document runs
+    // through it, plus the last piece's tokens.
+    const bool carry = rank_ > 0 && plan.pieces.size() == 1 && plan.first_continues;
     if (strategy_ == lasp_strategy::chain) {
       if (rank_ == 0) detail::zero_state(saved, where, side);
       for (int s = 0; s + 1 < seq_.ranks; ++s) {  // hop s: rank s sends KV_{s+1} to rank s+1
-        if (rank_ == s) policy.state_update(decay, chunk(), rank_ ? const_state_view(saved) : const_state_view(), m, next, side);
+        if (rank_ == s)
+          policy.state_update(decay, chunk(), carry ? const_state_view(saved) : const_state_view(), m, next, side);
         comm.template neighbor_exchange<float>(span_if(rank_ == s, next), rank_ == s ? s + 1 : no_rank, span_if(rank_ == s + 1, saved),
                                rank_ == s + 1 ? s : no_rank, side);
       }
     } else {
       comm.all_gather(span_of(m), std::span<float>(gathered.data_handle(), n * seq_.ranks), side);
-      prefix_of_gathered(policy, decay, ws + n, saved, where, side, /*forward=*/true);
+      prefix_of_gathered(policy, decay, ws + n, saved, plan.first_rank, where, side, /*forward=*/true);
     }
     fork_->join(where, stream);
-    if (rank_ > 0) policy.forward_inter(cq, decay, saved, o, stream);
+    const document_piece& first = plan.pieces.front();
+    if (rank_ > 0 && plan.first_continues) policy.forward_inter(rows(cq, first), decay, saved, rows(o, first), stream);
   }
 
   //! LASP backward: dq, dk, dv of this rank's chunk from dout and the `saved` KV_r of forward.
@@ -120,37 +150,72 @@ class linear_attention_ring {
                 tensor_view<DO> dout, std::span<const float> decay, const_state_view saved, tensor_view<G> dq,
                 tensor_view<G> dk, tensor_view<G> dv, std::span<std::byte> workspace, stream_t stream = nullptr,
                 call_checks checks = call_checks::group) {
+    backward(policy, comm, q, k, v, dout, decay, document_layout{}, saved, dq, dk, dv, workspace, stream, checks);
+  }
+
+  //! As backward above, over the packed documents `docs` of the forward.
+  template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class DO, class G>
+  void backward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
+                tensor_view<DO> dout, std::span<const float> decay, const document_layout& docs,
+                const_state_view saved, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
+                std::span<std::byte> workspace, stream_t stream = nullptr, call_checks checks = call_checks::group) {
     using T = std::remove_const_t<Q>;
     static_assert(std::is_same_v<std::remove_const_t<K>, T> && std::is_same_v<std::remove_const_t<V>, T> &&
                       std::is_same_v<std::remove_const_t<DO>, T> && std::is_same_v<G, T>,
                   "linear_attention_ring::backward: all views must share one element type, and the gradients must be writable");
     const memory_space where = comm.memory();
-    agree_on_arguments(comm, checks, stream,
-                       [&] { check_backward(policy, comm, q, k, v, dout, decay, saved, dq, dk, dv, workspace); });
+    agree_on_arguments(
+        comm, checks, stream,
+        [&] {
+          check_backward(policy, comm, q, k, v, dout, decay, saved, dq, dk, dv, workspace);
+          check_documents(docs);
+        },
+        detail::documents_agreement(docs));
     const tensor_view<const T> cq = q, ck = k, cv = v, cdo = dout;
+    const pieces_plan plan = plan_of(docs);
+    const document_piece &first = plan.pieces.front(), &last = plan.pieces.back();
+    const bool single = plan.pieces.size() == 1;
 
     float* ws = reinterpret_cast<float*>(workspace.data());
     const std::size_t n = state_elements();
     const state_view gq = state(ws), g_in = state(ws + n), g_out = state(ws + 2 * n), gathered = state(ws + n);
     const stream_t side = fork_->fork(where, stream);  // before the intra-chunk work, as in forward
-    policy.backward_intra(cq, ck, cv, cdo, decay, dq, dk, dv, stream);
-    policy.backward_state_contribution(cq, cdo, decay, gq, side);
+    for (const document_piece& piece : plan.pieces)
+      policy.backward_intra(rows(cq, piece), rows(ck, piece), rows(cv, piece), rows(cdo, piece), decay,
+                            rows(dq, piece), rows(dk, piece), rows(dv, piece), stream);
+    // gq: the gradient of the incoming state from the first piece, the only one that reads it.
+    if (plan.first_continues) policy.backward_state_contribution(rows(cq, first), rows(cdo, first), decay, gq, side);
+    else detail::zero_state(gq, where, side);
     state_view g = g_in;  // G_r: gradient of the state this rank sent forward
     if (strategy_ == lasp_strategy::chain) {
-      const int last = seq_.ranks - 1;
-      if (rank_ == last) detail::zero_state(g_in, where, side);
-      for (int s = last; s > 0; --s) {  // hop s: rank s sends G_{s-1} to rank s-1
-        if (rank_ == s) policy.state_update(decay, chunk(), g_in, gq, g_out, side);
+      const int last_rank = seq_.ranks - 1;
+      if (rank_ == last_rank) detail::zero_state(g_in, where, side);
+      for (int s = last_rank; s > 0; --s) {  // hop s: rank s sends G_{s-1} to rank s-1
+        if (rank_ == s)
+          policy.state_update(decay, chunk(), single && plan.first_continues ? const_state_view(g_in)
+                                                                              : const_state_view(),
+                              gq, g_out, side);
         comm.template neighbor_exchange<float>(span_if(rank_ == s, g_out), rank_ == s ? s - 1 : no_rank, span_if(rank_ == s - 1, g_in),
                                rank_ == s - 1 ? s : no_rank, side);
       }
     } else {
       comm.all_gather(span_of(gq), std::span<float>(gathered.data_handle(), n * seq_.ranks), side);
       g = state(ws + n * (seq_.ranks + 1));
-      prefix_of_gathered(policy, decay, ws + n, g, where, side, /*forward=*/false);
+      prefix_of_gathered(policy, decay, ws + n, g, plan.last_rank, where, side, /*forward=*/false);
     }
     fork_->join(where, stream);
-    policy.backward_inter(cq, ck, cv, cdo, decay, saved, g, dq, dk, dv, stream);
+    if (single) {
+      policy.backward_inter(cq, ck, cv, cdo, decay, plan.first_continues ? saved : zero(gq, where, stream),
+                            plan.last_continues ? const_state_view(g) : zero(gq, where, stream), dq, dk, dv, stream);
+      return;
+    }
+    // Several pieces: the incoming state reaches the first, the state passed on holds the last.
+    if (plan.first_continues)
+      policy.backward_inter(rows(cq, first), rows(ck, first), rows(cv, first), rows(cdo, first), decay, saved,
+                            zero(gq, where, stream), rows(dq, first), rows(dk, first), rows(dv, first), stream);
+    if (plan.last_continues)
+      policy.backward_inter(rows(cq, last), rows(ck, last), rows(cv, last), rows(cdo, last), decay,
+                            zero(gq, where, stream), g, rows(dq, last), rows(dk, last), rows(dv, last), stream);
   }
 
   //! The checks forward makes on this rank (it throws what forward would), without running it:
@@ -162,6 +227,15 @@ class linear_attention_ring {
     check_call<std::remove_const_t<Q>>(policy, comm, decay, workspace);
     check_views({"q", "k", "v", "o"}, q, k, v, o);
     check_state("saved", saved);
+  }
+  //! The checks of a call's documents: the default layout, or one over the partition's tokens
+  //! with at least one token on every rank.
+  void check_documents(const document_layout& docs) const {
+    if (!docs.split()) return;
+    SEQPAR_EXPECTS(docs.tokens() == seq_.tokens,
+                   "docs: the layout covers " << docs.tokens() << " tokens; expected the partition's " << seq_.tokens);
+    SEQPAR_EXPECTS(seq_.tokens >= seq_.ranks, "docs: packed documents need a token on every rank; "
+                                                  << seq_.tokens << " tokens over " << seq_.ranks << " ranks");
   }
   //! The checks backward makes on this rank, without running it.
   template <class Policy, class Comm, class Q, class K, class V, class DO, class G>
@@ -176,6 +250,45 @@ class linear_attention_ring {
   }
 
  private:
+  // What this rank holds of the documents: its pieces (one, the whole chunk, without documents),
+  // whether the first continues a document from earlier ranks and the last one past this rank,
+  // and the ranks where those documents begin and end (what LASP-2 folds over).
+  struct pieces_plan {
+    std::vector<document_piece> pieces;
+    bool first_continues = true, last_continues = true;
+    int first_rank = 0, last_rank = 0;
+  };
+  pieces_plan plan_of(const document_layout& docs) const {
+    pieces_plan plan;
+    const int P = seq_.ranks;
+    plan.last_rank = P - 1;
+    if (!docs.split()) {
+      plan.pieces = {{0, 0, seq_.offset(rank_), chunk()}};
+      return plan;
+    }
+    plan.pieces = documents_of_rank(docs, seq_, rank_).pieces;
+    const document_piece &first = plan.pieces.front(), &last = plan.pieces.back();
+    plan.first_continues = first.global > docs.begin(first.document);
+    plan.last_continues = last.global + last.length < docs.end(last.document);
+    auto owner = [&](std::int64_t token) {
+      int r = 0;
+      while (r + 1 < P && seq_.offset(r + 1) <= token) ++r;
+      return r;
+    };
+    plan.first_rank = owner(docs.begin(first.document));
+    plan.last_rank = owner(docs.end(last.document) - 1);
+    return plan;
+  }
+  // The rows of a piece.
+  template <class T>
+  static tensor_view<T> rows(const tensor_view<T>& v, const document_piece& piece) {
+    return detail::rows(v, piece.local, piece.length);
+  }
+  // `scratch` zeroed on `stream`, as a state: the missing side of an inter-chunk term.
+  const_state_view zero(const state_view& scratch, memory_space where, stream_t stream) const {
+    detail::zero_state(scratch, where, stream);
+    return scratch;
+  }
   state_view state(float* p) const { return make_state(p, batch_, heads_, dk_, dv_); }
   std::span<const float> span_of(const state_view& s) const { return {s.data_handle(), state_elements()}; }
   std::span<float> span_if(bool active, const state_view& s) const {
@@ -187,15 +300,16 @@ class linear_attention_ring {
   // sum_{j>r} lambda^(C_{r+1} + ... + C_{j-1}) g_j), folded one contribution at a time.
   template <class Policy>
   void prefix_of_gathered(const Policy& policy, std::span<const float> decay, float* gathered, state_view out,
-                          memory_space where, stream_t side, bool forward) const {
+                          int bound, memory_space where, stream_t side, bool forward) const {
     const std::size_t n = state_elements();
     auto part = [&](int j) { return const_state_view(state(gathered + n * j)); };
-    const int P = seq_.ranks;
-    if (forward ? rank_ == 0 : rank_ == P - 1) {
+    // Contributions fold from `bound` (the rank where this rank's first document begins, forward;
+    // where its last one ends, backward) up to this rank, exclusive.
+    if (forward ? bound >= rank_ : bound <= rank_) {
       detail::zero_state(out, where, side);
       return;
     }
-    const int first = forward ? 0 : P - 1, end = forward ? rank_ : rank_;
+    const int first = bound, end = rank_;
     policy.state_update(decay, 0, const_state_view(), part(first), out, side);
     if (forward)
       for (int j = first + 1; j < end; ++j) policy.state_update(decay, seq_.size(j), out, part(j), out, side);

@@ -38,16 +38,6 @@ inline std::vector<token_run> token_runs(const seq_partition& part, int rank) {
   return {{0, rank * chunk, chunk}, {chunk, (2 * part.ranks - 1 - rank) * chunk, chunk}};
 }
 
-//! Rows [first, first + n) of a view, with its strides.
-template <class T>
-tensor_view<T> rows(const tensor_view<T>& v, std::int64_t first, std::int64_t n) {
-  using view = tensor_view<T>;
-  typename view::extents_type e(v.batch(), n, v.heads(), v.head_dim());
-  cuda::std::array<std::int64_t, 4> s{v.stride(axis::batch), v.stride(axis::seq), v.stride(axis::heads),
-                                      v.stride(axis::head_dim)};
-  return view(v.data() + first * v.stride(axis::seq), typename view::mapping_type(e, s));
-}
-
 //! Copies one element of `from` into `to` (equal extents) per call, converting the element type;
 //! index i runs over the extents in [b, s, h, d] order. A host loop or a device launch runs it.
 template <class From, class To>

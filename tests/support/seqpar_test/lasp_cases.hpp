@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 
 namespace seqpar_test {
 
@@ -115,10 +116,44 @@ double normalised_error(const std::vector<T>& o, const dense4& q, const dense4& 
   return err / scale;
 }
 
-//! Runs lasp_attention forward and backward on P ranks and checks o, dq, dk, dv of every rank.
+//! Rows [first, first + n) of a dense array, as one of their own.
+inline dense4 dense_rows(const dense4& a, std::int64_t first, std::int64_t n) {
+  dense4 out(a.B, n, a.H, a.X);
+  for (std::int64_t b = 0; b < a.B; ++b)
+    for (std::int64_t s = 0; s < n; ++s)
+      for (std::int64_t h = 0; h < a.H; ++h)
+        for (std::int64_t x = 0; x < a.X; ++x) out(b, s, h, x) = a(b, first + s, h, x);
+  return out;
+}
+
+//! linear_attention_reference of each document of `docs` alone (its rows cut out), put back in
+//! place: the packed-sequence reference, with no state crossing a document start.
+inline linear_attention_result per_document_reference(const dense4& q, const dense4& k, const dense4& v,
+                                                      const dense4& dout, const std::vector<float>& decay,
+                                                      const seqpar::document_layout& docs) {
+  linear_attention_result all{dense4(q.B, q.S, q.H, v.X), dense4(q.B, q.S, q.H, q.X), dense4(q.B, q.S, q.H, q.X),
+                              dense4(q.B, q.S, q.H, v.X)};
+  for (int d = 0; d < docs.count(); ++d) {
+    const std::int64_t first = docs.begin(d), n = docs.end(d) - first;
+    const auto one = linear_attention_reference(dense_rows(q, first, n), dense_rows(k, first, n),
+                                                dense_rows(v, first, n), dense_rows(dout, first, n), decay);
+    const std::pair<const dense4*, dense4*> parts[] = {{&one.o, &all.o}, {&one.dq, &all.dq}, {&one.dk, &all.dk},
+                                                       {&one.dv, &all.dv}};
+    for (auto [from, to] : parts)
+      for (std::int64_t b = 0; b < q.B; ++b)
+        for (std::int64_t s = 0; s < n; ++s)
+          for (std::int64_t h = 0; h < q.H; ++h)
+            for (std::int64_t x = 0; x < from->X; ++x) (*to)(b, first + s, h, x) = (*from)(b, s, h, x);
+  }
+  return all;
+}
+
+//! Runs lasp_attention forward and backward on P ranks (with packed documents `docs` when given)
+//! and checks o, dq, dk, dv of every rank.
 template <class T, class Policy = seqpar::linear_reference>
-void check_lasp(const lasp_case& c, seqpar::memory_space where, Policy policy = {}) {
-  INFO(c.name());
+void check_lasp(const lasp_case& c, seqpar::memory_space where, Policy policy = {},
+                const seqpar::document_layout& docs = {}) {
+  INFO(c.name() << (docs.split() ? " documents=" + std::to_string(docs.count()) : std::string()));
   const std::int64_t E = c.E + (c.normalised ? 1 : 0);
   auto q = random_input<T>(c.B, c.S, c.H, c.D), k = random_input<T>(c.B, c.S, c.H, c.D);
   auto v = random_input<T>(c.B, c.S, c.H, E);
@@ -130,7 +165,8 @@ void check_lasp(const lasp_case& c, seqpar::memory_space where, Policy policy = 
         for (std::int64_t h = 0; h < c.H; ++h) v(b, s, h, E - 1) = 1.0;
   }
   const auto dout = random_input<T>(c.B, c.S, c.H, E);
-  const auto ref = linear_attention_reference(q, k, v, dout, c.decay());
+  const auto ref = docs.split() ? per_document_reference(q, k, v, dout, c.decay(), docs)
+                                : linear_attention_reference(q, k, v, dout, c.decay());
   const auto part = seqpar::make_seq_partition(c.S, c.P);
   std::vector<std::vector<std::vector<T>>> got(c.P);  // per rank: o, dq, dk, dv
   seqpar::run_in_process(c.P, where, [&](seqpar::in_process_communicator& comm) {
@@ -147,7 +183,9 @@ void check_lasp(const lasp_case& c, seqpar::memory_space where, Policy policy = 
     rank_stream stream(where);
     const seqpar::attention_shape shape{.batch = c.B, .heads = int(c.H), .head_dim = c.D, .value_dim = E};
     seqpar::lasp_attention layer(policy, comm, part, shape, c.decay(), c.strategy);
-    const auto saved = layer.forward(cview(bq, c.D), cview(bk, c.D), cview(bv, E), view(bo, E), stream);
+    const auto q_r = cview(bq, c.D), k_r = cview(bk, c.D), v_r = cview(bv, E);
+    const auto saved = docs.split() ? layer.forward(q_r, k_r, v_r, view(bo, E), docs, stream)
+                                    : layer.forward(q_r, k_r, v_r, view(bo, E), stream);
     layer.backward(saved, cview(bdo, E), view(bdq, c.D), view(bdk, c.D), view(bdv, E), stream);
     stream.sync();
     got[r] = {bo.values(), bdq.values(), bdk.values(), bdv.values()};
