@@ -82,8 +82,9 @@ struct agreed_value {
 //! call_checks::group, lets the group agree: if any rank failed, the ranks at fault rethrow their
 //! own error and every other rank throws errc::peer_failed naming them; if every rank passed but
 //! `same.print` differs between ranks, those that differ from the most common value throw
-//! invalid_argument and the others peer_failed; otherwise every rank returns. One collective of one value per rank. Call it before
-//! the first output is written or the first byte is sent; the rank is attributed from comm.rank().
+//! invalid_argument and the others peer_failed; otherwise every rank returns. One collective of one
+//! value per rank. Call it before the first output is written or the first byte is sent; the rank
+//! is attributed from comm.rank().
 template <communicator Comm, class Checks>
 void agree_on_arguments(Comm& comm, call_checks mode, stream_t stream, Checks&& checks, const agreed_value& same = {}) {
   scoped_rank attribute(comm.rank());
@@ -107,6 +108,7 @@ void agree_on_arguments(Comm& comm, call_checks mode, stream_t stream, Checks&& 
   if (at_fault.tellp() > 0)
     SEQPAR_FAIL(errc::peer_failed,
                 "rank(s) " << at_fault.str() << " rejected their arguments; nothing was written or moved");
+  if (std::all_of(all.begin(), all.end(), [&](std::int64_t x) { return x == all[0]; })) return;
   // The value most ranks passed (the lowest rank's on a tie) is the agreed one; the others are at fault.
   std::int64_t agreed = all[0];
   std::ptrdiff_t most = 0;
