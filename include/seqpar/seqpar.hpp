@@ -22,6 +22,7 @@
 #include <seqpar/policy/linear_state.hpp>
 #include <seqpar/policy/reference_attention.hpp>
 #include <seqpar/lasp/lasp_attention.hpp>
+#include <seqpar/mesh.hpp>
 #include <seqpar/lasp/linear_attention_ring.hpp>
 #include <seqpar/ring/ring_attention.hpp>
 #include <seqpar/ring/ulysses_ring_attention.hpp>

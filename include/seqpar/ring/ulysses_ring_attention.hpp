@@ -10,6 +10,7 @@
 #include <seqpar/detail/call_documents.hpp>
 #include <seqpar/detail/context_stamp.hpp>
 #include <seqpar/memory_resource.hpp>
+#include <seqpar/mesh.hpp>
 #include <seqpar/policy/block_attention.hpp>
 #include <seqpar/ring/ring_pass.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
@@ -21,17 +22,6 @@
 #include <utility>
 
 SEQPAR_NAMESPACE_BEGIN
-
-//! How P = ulysses * ring ranks are arranged: rank = j * ulysses + i, with i the index in its
-//! Ulysses group (contiguous ranks) and j its index in its ring group (ranks i, i + u, ...).
-struct mesh_2d {
-  int ulysses = 1;  //!< u, ranks per Ulysses group
-  int ring = 1;     //!< r, ranks per ring group
-  //! i: the rank's index in its Ulysses group.
-  int ulysses_index(int rank) const { return rank % ulysses; }
-  //! j: the rank's index in its ring group.
-  int ring_index(int rank) const { return rank / ulysses; }
-};
 
 //! The token layout of the 2-D layer, which keeps causal work balanced at every ring step: the
 //! sequence in 2r equal blocks, ring group j owns blocks j and 2r-1-j (zigzag over the ring), in
