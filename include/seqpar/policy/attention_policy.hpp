@@ -30,6 +30,12 @@ struct attention_options {
   document_ids documents{};  //!< packed documents: a token attends only its own document's (a layer
                              //!< sets these per call, by global position, in the policy's memory)
 
+  //! These options with packed documents `ids` (what a layer hands its policy for one call).
+  attention_options with_documents(document_ids ids) const {
+    attention_options r = *this;
+    r.documents = ids;
+    return r;
+  }
   //! These options with the scale resolved for heads of `head_dim` elements (what kernels get).
   attention_options resolved(std::int64_t head_dim) const {
     attention_options r = *this;

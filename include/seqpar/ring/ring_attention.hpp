@@ -107,7 +107,7 @@ class ring_attention {
       saved.lse_ = owned_bytes<Resource>(lse_floats() * sizeof(float), comm_.memory(), resource_);
       saved.docs_ = detail::call_documents<Resource>(docs, comm_.memory(), resource_, stream);
     }, detail::documents_agreement(docs));
-    pass_.forward(policy_, comm_, resource_, *fork_, documents_of(saved), tensor_view<const T>(q),
+    pass_.forward(policy_, comm_, resource_, *fork_, saved.docs_, tensor_view<const T>(q),
                   tensor_view<const T>(k), tensor_view<const T>(v), o,
                   reinterpret_cast<float*>(saved.lse_.span().data()), stream);
     saved.views_.keep(q, k, v, o);
@@ -128,7 +128,7 @@ class ring_attention {
       check_views<T>({"dq", "dk", "dv", "dout"}, dq, dk, dv, dout);
     });
     auto held = [&](int i) { return saved.views_.template get<T>(i); };
-    pass_.backward(policy_, comm_, resource_, *fork_, documents_of(saved), held(0), held(1), held(2), held(3),
+    pass_.backward(policy_, comm_, resource_, *fork_, saved.docs_, held(0), held(1), held(2), held(3),
                    tensor_view<const T>(dout), reinterpret_cast<const float*>(saved.lse_.span().data()), dq, dk, dv,
                    stream);
   }
@@ -141,9 +141,6 @@ class ring_attention {
   const attention_options& options() const { return options_; }
 
  private:
-  static detail::ring_documents documents_of(const context& saved) {
-    return {saved.docs_.ids(), saved.docs_.host_ids()};
-  }
   int kv() const { return shape_.kv(); }
   std::size_t lse_floats() const { return pass_.lse_floats(comm_.rank()); }
   template <class T, class A, class B, class C, class D>

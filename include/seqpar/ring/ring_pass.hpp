@@ -5,6 +5,7 @@
 //! host loop or a device launch (for_each_index.hpp).
 #pragma once
 
+#include <seqpar/detail/call_documents.hpp>
 #include <seqpar/detail/for_each_index.hpp>
 #include <seqpar/documents.hpp>
 #include <seqpar/detail/stream_fork.hpp>
@@ -83,13 +84,6 @@ SEQPAR_NAMESPACE_END
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 
-//! The packed documents of one ring call: the ids the policy reads (in the call's memory) and the
-//! host copy the walk plans with (a block pair with no document in common is skipped).
-struct ring_documents {
-  document_ids policy;  //!< for the policy's mask
-  document_ids host;    //!< for skipping pairs
-};
-
 //! The ring walk of one rank for fixed shapes, unchecked (its callers check and agree first):
 //! `heads` query heads read `kv_heads` kv heads through `map`, tokens dealt over the ring group by
 //! `seq`, in the ring communicator's memory. forward merges the partials of every block pair into o
@@ -97,7 +91,8 @@ struct ring_documents {
 //! backward walks again with the final lse; dK/dV travel home with their shard. On a device the
 //! exchanges run on a side stream (`fork`) beside the block pairs, into double buffers: step t
 //! computes with shard buffer t % 2 while the next shard arrives in the other, and the gradients a
-//! rank adds to a shard travel on while it computes the next step.
+//! rank adds to a shard travel on while it computes the next step. With a call's packed documents
+//! the policy masks by them and block pairs with no document in common are skipped.
 struct ring_pass {
   seq_partition seq;          //!< the tokens over the ring group
   std::int64_t batch = 1;     //!< B
@@ -112,12 +107,13 @@ struct ring_pass {
 
   //! o and lse (lse_floats(comm.rank()) floats) of this rank's queries against every shard.
   template <class Policy, class Comm, class Resource, class T>
-  void forward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork, ring_documents docs,
-               tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<T> o, float* lse,
-               stream_t stream) const {
+  void forward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork,
+               const call_documents<Resource>& docs, tensor_view<const T> q, tensor_view<const T> k,
+               tensor_view<const T> v, tensor_view<T> o, float* lse, stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
     const memory_space where = comm.memory();
     const auto runs = token_runs(seq, r);
+    const attention_options opt = options.with_documents(docs.ids());  // what the policy gets
     const buffers<Resource> kv(2 * kv_elements() * sizeof(T), 2, where, resource, stream);
     const buffers<Resource> acc(elements_of(r, heads) * sizeof(float), 2, where, resource, stream);  // o, a partial
     const buffers<Resource> part_lse(lse_floats(r) * sizeof(float), 1, where, resource, stream);
@@ -133,7 +129,7 @@ struct ring_pass {
         const auto part = make_bshd(acc.template get<float>(1), batch, qr.length, heads, head_dim);
         const lse_view part_l(part_lse.template get<float>(0), batch, heads, qr.length);
         policy.block_forward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length), rows(vs, kr.local, kr.length),
-                             map, with(docs), pair, part, part_l, stream);
+                             map, opt, pair, part, part_l, stream);
         const merge_partial_rows merge{rows(acc_view(o_acc, r, heads), qr.local, qr.length),
                                        lse_view(lse + lse_at, batch, heads, qr.length), tensor_view<const float>(part),
                                        const_lse_view(part_l)};
@@ -148,13 +144,14 @@ struct ring_pass {
 
   //! dq, dk, dv of this rank's rows from dO, the forward's o and its lse.
   template <class Policy, class Comm, class Resource, class T>
-  void backward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork, ring_documents docs,
-                tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                tensor_view<const T> dout, const float* lse, tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv,
-                stream_t stream) const {
+  void backward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork,
+                const call_documents<Resource>& docs, tensor_view<const T> q, tensor_view<const T> k,
+                tensor_view<const T> v, tensor_view<const T> o, tensor_view<const T> dout, const float* lse,
+                tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
     const memory_space where = comm.memory();
     const auto runs = token_runs(seq, r);
+    const attention_options opt = options.with_documents(docs.ids());  // what the policy gets
     const std::int64_t kv_n = 2 * kv_elements();
     const buffers<Resource> kv(kv_n * sizeof(T), 2, where, resource, stream);
     // This rank's share of the gradients of the shard it holds (two, by step parity), and the
@@ -182,9 +179,9 @@ struct ring_pass {
       for_each_pair(runs, s, docs, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
         const const_lse_view l(lse + lse_at, batch, heads, qr.length), rd(dots + lse_at, batch, heads, qr.length);
         policy.block_backward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length),
-                              rows(vs, kr.local, kr.length), rows(dout, qr.local, qr.length), l, rd, map, with(docs),
-                              pair, rows(acc_view(dq_acc, r, heads), qr.local, qr.length),
-                              rows(dks, kr.local, kr.length), rows(dvs, kr.local, kr.length), stream);
+                              rows(vs, kr.local, kr.length), rows(dout, qr.local, qr.length), l, rd, map, opt, pair,
+                              rows(acc_view(dq_acc, r, heads), qr.local, qr.length), rows(dks, kr.local, kr.length),
+                              rows(dvs, kr.local, kr.length), stream);
       });
       if (P == 1) break;
       if (t > 0) send_grads(comm, grads.template get<float>((t - 1) % 2), incoming, t - 1, where, side);
@@ -271,21 +268,16 @@ struct ring_pass {
     if (t > 0) for_each_index(where, 2 * elements_of(s, kv_heads), add_floats{mine, incoming}, stream);
     send_on(comm, mine, incoming, s, stream);
   }
-  // The options the policy gets: the walk's, with the call's documents.
-  attention_options with(const ring_documents& docs) const {
-    attention_options opt = options;
-    opt.documents = docs.policy;
-    return opt;
-  }
   // Calls f(query run, its lse offset, key run, pair) for every pair of `runs` and rank s's runs
   // that the causal mask and the documents leave anything of.
-  template <class F>
-  void for_each_pair(const std::vector<token_run>& runs, int s, const ring_documents& docs, F&& f) const {
+  template <class Resource, class F>
+  void for_each_pair(const std::vector<token_run>& runs, int s, const call_documents<Resource>& docs, F&& f) const {
     for (const auto& qr : runs)
       for (const auto& kr : token_runs(seq, s)) {
         const block_relation rel = causal_relation(qr.global, qr.length, kr.global, kr.length, options.causal);
         if (rel == block_relation::masked || qr.length == 0 || kr.length == 0) continue;
-        if (!docs.host.overlap(qr.global, qr.global + qr.length - 1, kr.global, kr.global + kr.length - 1)) continue;
+        const document_ids ids = docs.host_ids();
+        if (!ids.overlap(qr.global, qr.global + qr.length - 1, kr.global, kr.global + kr.length - 1)) continue;
         f(qr, lse_offset(runs, qr), kr, block_pair{qr.global, kr.global, rel});
       }
   }

@@ -147,7 +147,7 @@ class ulysses_ring_attention {
                          ho = heads<T>(saved.o_, true);
     detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::forward, qkv_views{q, k, v},
                              qkv_views{hq, hk, hv}, ws.span(), stream);
-    pass_.forward(policy_, ring_, resource_, *fork_, documents_of(saved), tensor_view<const T>(hq),
+    pass_.forward(policy_, ring_, resource_, *fork_, saved.docs_, tensor_view<const T>(hq),
                   tensor_view<const T>(hk), tensor_view<const T>(hv), ho,
                   reinterpret_cast<float*>(saved.lse_.span().data()), stream);
     detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws.span(),
@@ -180,7 +180,7 @@ class ulysses_ring_attention {
     auto held = [&](const owned_bytes<Resource>& b, bool query) { return tensor_view<const T>(heads<T>(b, query)); };
     detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::forward, dout, heads<T>(hdo, true), ws.span(),
                              stream);
-    pass_.backward(policy_, ring_, resource_, *fork_, documents_of(saved), held(saved.q_, true),
+    pass_.backward(policy_, ring_, resource_, *fork_, saved.docs_, held(saved.q_, true),
                    held(saved.k_, false), held(saved.v_, false), held(saved.o_, true), held(hdo, true),
                    reinterpret_cast<const float*>(saved.lse_.span().data()), heads<T>(hdq, true), heads<T>(hdk, false),
                    heads<T>(hdv, false), stream);
@@ -199,9 +199,6 @@ class ulysses_ring_attention {
   const Comm& ring_group() const { return ring_; }
 
  private:
-  static detail::ring_documents documents_of(const context& saved) {
-    return {saved.docs_.ids(), saved.docs_.host_ids()};
-  }
   static all_to_all_heads_plan agreed_plan(const Policy& policy, Comm& world, const token_layout_2d& layout,
                                            const attention_shape& shape, dtype type, const attention_options& options) {
     std::optional<all_to_all_heads_plan> plan;

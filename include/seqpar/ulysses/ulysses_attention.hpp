@@ -188,13 +188,6 @@ class ulysses_attention {
     SEQPAR_EXPECTS(dtype_of<T> == plan_.type(), name << ": element type " << to_string(dtype_of<T>)
                                                      << "; expected the layer's " << to_string(plan_.type()));
   }
-  // The options the policy gets for the call that `saved` belongs to: the layer's, with its documents.
-  attention_options options_for(const context& saved) const {
-    attention_options opt = options_;
-    opt.documents = saved.docs_.ids();
-    return opt;
-  }
-
   template <class Q, class K, class V, class O>
   context forward_impl(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
                        const document_layout& docs, const detail::optional_workspace& workspace, stream_t stream) {
@@ -230,7 +223,7 @@ class ulysses_attention {
       detail::run_qkv_exchange(plan_, comm_, detail::heads_direction::forward, qkv_views{q, k, v},
                                qkv_views{hq, hk, hv}, ws, stream);
       policy_.forward(tensor_view<const T>(hq), tensor_view<const T>(hk), tensor_view<const T>(hv), map_,
-                      options_for(saved), ho, lse_of(saved.lse_.span()), stream);
+                      options_.with_documents(saved.docs_.ids()), ho, lse_of(saved.lse_.span()), stream);
       detail::run_one_exchange(plan_, comm_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws, stream);
       saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     }
@@ -266,7 +259,7 @@ class ulysses_attention {
       detail::run_one_exchange(plan_, comm_, detail::heads_direction::forward, dout, hdo, exchange, stream);
       policy_.backward(held(saved.q_, true), held(saved.k_, false), held(saved.v_, false), held(saved.o_, true),
                        const_lse_view(lse_of(saved.lse_.span())), tensor_view<const T>(hdo), map_,
-                       options_for(saved), hdq, hdk, hdv, stream);
+                       options_.with_documents(saved.docs_.ids()), hdq, hdk, hdv, stream);
       detail::run_qkv_exchange(plan_, comm_, detail::heads_direction::inverse,
                                qkv_views{tensor_view<const T>(hdq), tensor_view<const T>(hdk), tensor_view<const T>(hdv)},
                                qkv_views{dq, dk, dv}, exchange, stream);
