@@ -23,6 +23,9 @@
 #include <seqpar/policy/reference_attention.hpp>
 #include <seqpar/lasp/lasp_attention.hpp>
 #include <seqpar/mesh.hpp>
+#include <seqpar/zero/adamw.hpp>
+#include <seqpar/zero/parameter_partition.hpp>
+#include <seqpar/zero/sharded_parameters.hpp>
 #include <seqpar/lasp/linear_attention_ring.hpp>
 #include <seqpar/ring/ring_attention.hpp>
 #include <seqpar/ring/ulysses_ring_attention.hpp>

@@ -3,6 +3,8 @@
 #include <seqpar_test/collective_cases.hpp>
 
 #include <seqpar/tensor.hpp>
+#include <seqpar/zero/adamw.hpp>
+#include <seqpar/zero/sharded_parameters.hpp>
 
 using seqpar::memory_space;
 
@@ -38,4 +40,64 @@ TEST_CASE("kernels compiled by nvcc live in a namespace that names the target ar
   const std::string name = SEQPAR_DETAIL_STR(SEQPAR_KERNEL_NAMESPACE);
   CHECK(name.rfind("kernels_sm", 0) == 0);
   CHECK(name != "kernels_host");
+}
+
+TEST_CASE_TEMPLATE("sharded_parameters over device memory: gather, reduce_scatter and AdamW match the host", T, float,
+                   __half, __nv_bfloat16) {
+  const std::vector<std::vector<seqpar::parameter_spec>> units{{{13}, {7, false}}, {{5}}, {{67}}};
+  for (int P : {1, 3, 4}) {
+    CAPTURE(P);
+    const seqpar::parameter_partition part(units, P);
+    // Host and device runs of the same calls (the host run is checked against plain references in
+    // tests/host/zero_test.cpp); they agree to rounding (nvcc may fuse AdamW's multiply-adds).
+    auto run = [&](memory_space where) {
+      std::vector<std::vector<float>> out(P);
+      seqpar::run_in_process(P, where, [&](seqpar::in_process_communicator& comm) {
+        seqpar_test::rank_stream stream(where);
+        seqpar::sharded_parameters params(comm, part);
+        seqpar::adamw opt(params, {.learning_rate = 0.1f, .weight_decay = 0.5f});
+        std::vector<float> gathered;
+        for (int u = 0; u < part.units(); ++u) {
+          std::vector<float> full(part.unit_elements(u));
+          for (std::size_t i = 0; i < full.size(); ++i) full[i] = 0.01f * float(i) - 0.2f * float(u);
+          seqpar_test::buffer<float> f(where, full);
+          params.load(u, f.cspan(), stream);
+          auto grads = params.template gradient_buffer<T>(u, stream);
+          std::vector<T> g(grads.elements().size());
+          for (std::size_t i = 0; i < g.size(); ++i) g[i] = seqpar::from_float<T>(float(comm.rank() + 1) * float(i % 5));
+          seqpar_test::buffer<T> gb(where, g);
+          if (where == memory_space::device)
+            SEQPAR_CUDA_TRY(cudaMemcpyAsync(grads.elements().data(), gb.data(), g.size() * sizeof(T), cudaMemcpyDefault,
+                                            stream));
+          else std::copy(g.begin(), g.end(), grads.elements().begin());
+          params.reduce_scatter(std::move(grads), stream);
+        }
+        opt.step(stream);
+        for (int u = 0; u < part.units(); ++u) {
+          const auto unit = params.template gather<T>(u, stream);
+          std::vector<T> host(unit.elements().size());
+          if (where == memory_space::device) {
+            SEQPAR_CUDA_TRY(cudaMemcpyAsync(host.data(), unit.elements().data(), host.size() * sizeof(T),
+                                            cudaMemcpyDefault, stream));
+            stream.sync();
+          } else {
+            std::copy(unit.elements().begin(), unit.elements().end(), host.begin());
+          }
+          for (T x : host) gathered.push_back(seqpar::to_float(x));
+        }
+        stream.sync();
+        out[comm.rank()] = gathered;
+      });
+      return out;
+    };
+    const auto host = run(memory_space::host), device = run(memory_space::device);
+    const double tolerance = std::is_same_v<T, float> ? 1e-5 : 1e-2;
+    for (int r = 0; r < P; ++r) {
+      REQUIRE(device[r].size() == host[r].size());
+      double worst = 0;
+      for (std::size_t i = 0; i < host[r].size(); ++i)
+        worst = std::max(worst, std::fabs(double(device[r][i]) - host[r][i]) / std::max(1e-3, std::fabs(double(host[r][i]))));
+      CHECK(worst < tolerance);
+    }
+  }
 }
