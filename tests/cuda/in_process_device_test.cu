@@ -42,7 +42,7 @@ TEST_CASE("kernels compiled by nvcc live in a namespace that names the target ar
   CHECK(name != "kernels_host");
 }
 
-TEST_CASE_TEMPLATE("sharded_parameters over device memory: gather, reduce_scatter and AdamW match the host", T, float,
+TEST_CASE_TEMPLATE("sharded_parameters over device memory: gather, reduce_scatter, the gradient norm and AdamW match the host", T, float,
                    __half, __nv_bfloat16) {
   const std::vector<std::vector<seqpar::parameter_spec>> units{{{13}, {7, false}}, {{5}}, {{67}}};
   for (int P : {1, 3, 4}) {
@@ -72,6 +72,8 @@ TEST_CASE_TEMPLATE("sharded_parameters over device memory: gather, reduce_scatte
           else std::copy(g.begin(), g.end(), grads.elements().begin());
           params.reduce_scatter(std::move(grads), stream);
         }
+        gathered.push_back(static_cast<float>(params.gradient_norm(stream)));
+        params.scale_gradients(0.5f, stream);
         opt.step(stream);
         for (int u = 0; u < part.units(); ++u) {
           const auto unit = params.template gather<T>(u, stream);

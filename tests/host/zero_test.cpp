@@ -188,6 +188,39 @@ TEST_CASE("sharded_parameters: what a rank holds, and the largest gathered worki
   });
 }
 
+TEST_CASE("sharded_parameters: the gradient norm sums every rank's shard; scale_gradients scales this rank's") {
+  for (int P : {1, 2, 3, 8}) {
+    CAPTURE(P);
+    const seqpar::parameter_partition part(uneven_units(), P);
+    // Element i of unit u has gradient small_value(u, i) / 8 once reduced: the norm is that of
+    // every element of the model, whatever the padding.
+    double want = 0;
+    for (int u = 0; u < part.units(); ++u)
+      for (std::int64_t i = 0; i < part.unit_elements(u); ++i) want += std::pow(small_value(u, i) / 8.0, 2);
+    want = std::sqrt(want);
+    std::mutex m;
+    std::vector<double> norms, scaled;
+    seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& world) {
+      seqpar::sharded_parameters params(world, part);
+      for (int u = 0; u < part.units(); ++u) {
+        auto grads = params.gradient_buffer<float>(u);
+        for (std::size_t i = 0; i < grads.elements().size(); ++i)
+          grads.elements()[i] = world.rank() == 0 ? small_value(u, static_cast<std::int64_t>(i)) / 8.0f : 0.0f;
+        params.reduce_scatter(std::move(grads));
+      }
+      const double norm = params.gradient_norm();
+      params.scale_gradients(0.25f);
+      const double after = params.gradient_norm();
+      std::lock_guard lock(m);
+      norms.push_back(norm), scaled.push_back(after);
+    });
+    for (int r = 0; r < P; ++r) {
+      CHECK(norms[r] == doctest::Approx(want).epsilon(1e-12));
+      CHECK(scaled[r] == doctest::Approx(want / 4).epsilon(1e-12));
+    }
+  }
+}
+
 namespace {
 // Plain AdamW (torch.optim.AdamW) over the whole model in double: the reference for the shards.
 struct plain_adamw {

@@ -15,10 +15,12 @@
 #include <seqpar/comm/agreement.hpp>
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/detail/for_each_index.hpp>
+#include <seqpar/detail/sum_of_squares.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/types.hpp>
 #include <seqpar/zero/parameter_partition.hpp>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -46,6 +48,14 @@ struct accumulate_elements {
   const From* from;  //!< what to add
   //! Adds element i.
   SEQPAR_HOST_DEVICE void operator()(std::int64_t i) const { to[i] += to_float(from[i]); }
+};
+
+//! p[i] *= factor.
+struct scale_floats {
+  float* p;      //!< the first float
+  float factor;  //!< what to multiply by
+  //! Scales element i.
+  SEQPAR_HOST_DEVICE void operator()(std::int64_t i) const { p[i] *= factor; }
 };
 
 //! p[i] = 0.
@@ -241,6 +251,32 @@ class sharded_parameters {
 
   //! Sets every gradient of this rank's shard to zero (local).
   void zero_gradients(stream_t stream = nullptr) { fill(gradient_span(), stream); }
+
+  //! The 2-norm of the whole model's gradient: each rank's shard squared and summed in double, then
+  //! summed over the group (collective; waits for `stream`). With scale_gradients: clipping.
+  double gradient_norm(stream_t stream = nullptr) {
+    const auto g = gradient_span();
+    double total = 0;
+    if (group_.memory() == memory_space::host) {
+      double mine = 0;
+      detail::sum_of_squares(memory_space::host, g.data(), static_cast<std::int64_t>(g.size()), &mine, stream);
+      group_.all_reduce(std::span<const double>(&mine, 1), std::span<double>(&total, 1), stream);
+    } else {
+      owned_bytes<Resource> sums(2 * sizeof(double), memory_space::device, resource_, stream);
+      auto* mine = reinterpret_cast<double*>(sums.span().data());
+      detail::sum_of_squares(memory_space::device, g.data(), static_cast<std::int64_t>(g.size()), mine, stream);
+      group_.all_reduce(std::span<const double>(mine, 1), std::span<double>(mine + 1, 1), stream);
+      SEQPAR_CUDA_TRY(cudaMemcpyAsync(&total, mine + 1, sizeof total, cudaMemcpyDeviceToHost, stream));
+      SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
+    }
+    return std::sqrt(total);
+  }
+  //! Multiplies this rank's gradient shard by `factor` (local).
+  void scale_gradients(float factor, stream_t stream = nullptr) {
+    const auto g = gradient_span();
+    detail::for_each_index(group_.memory(), static_cast<std::int64_t>(g.size()), detail::scale_floats{g.data(), factor},
+                           stream);
+  }
 
   //! Bytes this rank holds now and the largest gathered working set so far.
   sharded_memory memory() const {
