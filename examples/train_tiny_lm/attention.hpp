@@ -7,6 +7,7 @@
 #include <seqpar/seqpar.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -29,10 +30,11 @@ inline attention_kind attention_kind_of(const std::string& name) {
   throw std::invalid_argument("--attention: expected ulysses, lasp or ring2d, got " + name);
 }
 
-//! The per-head decays of the linear attention: heads forget at different rates.
+//! The per-head decays of the linear attention: head h remembers about 2^(h + 2) tokens
+//! (1 - 2^-(h + 2): 0.75, 0.875, ...), so its output stays a sum of a bounded number of terms.
 inline std::vector<float> lasp_decays(int heads) {
   std::vector<float> decay(heads);
-  for (int h = 0; h < heads; ++h) decay[h] = 1.0f - 0.25f / static_cast<float>(1 << (2 * h % 8));
+  for (int h = 0; h < heads; ++h) decay[h] = 1.0f - 1.0f / static_cast<float>(1 << std::min(h + 2, 20));
   return decay;
 }
 
@@ -42,13 +44,16 @@ inline std::vector<float> lasp_decays(int heads) {
 template <class Layer>
 class layer_attention final : public attention_ops<float> {
  public:
-  //! Over `layer`, for `blocks` blocks of `batch` sequences of `tokens` local tokens.
-  layer_attention(Layer& layer, const config& c, std::int64_t batch, std::int64_t tokens)
-      : layer_(layer), c_(c), batch_(batch), tokens_(tokens), saved_(c.layers) {}
+  //! Over `layer`, for c.layers blocks of `batch` sequences of `tokens` local tokens; q is
+  //! multiplied by `q_scale` on its way in (and dq on its way out).
+  layer_attention(Layer& layer, const config& c, std::int64_t batch, std::int64_t tokens, float q_scale = 1.0f)
+      : layer_(layer), c_(c), batch_(batch), tokens_(tokens), q_scale_(q_scale), saved_(c.layers) {}
   void forward(int layer, const float* q, const float* k, const float* v, float* o) override {
     auto& s = saved_.at(layer);
     const std::int64_t rows = batch_ * tokens_;
-    s.q.assign(q, q + rows * c_.q_width()), s.k.assign(k, k + rows * c_.kv_width());
+    s.q.resize(rows * c_.q_width());
+    std::transform(q, q + s.q.size(), s.q.begin(), [&](float x) { return x * q_scale_; });
+    s.k.assign(k, k + rows * c_.kv_width());
     s.v.assign(v, v + rows * c_.kv_width()), s.o.resize(rows * c_.q_width());
     s.context = layer_.forward(in(s.q.data(), c_.heads), in(s.k.data(), c_.kv_heads), in(s.v.data(), c_.kv_heads),
                                out(s.o.data(), c_.heads));
@@ -57,6 +62,7 @@ class layer_attention final : public attention_ops<float> {
   void backward(int layer, const float* dout, float* dq, float* dk, float* dv) override {
     auto& s = saved_.at(layer);
     layer_.backward(s.context, in(dout, c_.heads), out(dq, c_.heads), out(dk, c_.kv_heads), out(dv, c_.kv_heads));
+    std::transform(dq, dq + s.q.size(), dq, [&](float x) { return x * q_scale_; });
     s = {};
   }
 
@@ -71,6 +77,7 @@ class layer_attention final : public attention_ops<float> {
   Layer& layer_;
   config c_;
   std::int64_t batch_, tokens_;
+  float q_scale_;
   struct saved {
     std::vector<float> q, k, v, o;
     typename Layer::context context;
@@ -87,9 +94,9 @@ void with_attention(attention_kind kind, Comm& sp, seqpar::mesh_2d sp_mesh, cons
   const seqpar::attention_shape shape{.batch = batch, .heads = c.heads, .kv_heads = c.kv_heads, .head_dim = c.head_dim};
   const seqpar::attention_options causal{.causal = true};
   std::vector<std::int64_t> positions;  // this rank's tokens' global positions
-  auto run = [&](auto& layer, std::int64_t tokens, auto&& global) {
+  auto run = [&](auto& layer, std::int64_t tokens, auto&& global, float q_scale = 1.0f) {
     for (std::int64_t s = 0; s < tokens; ++s) positions.push_back(global(s));
-    layer_attention ops(layer, c, batch, tokens);
+    layer_attention ops(layer, c, batch, tokens, q_scale);
     body(static_cast<attention_ops<float>&>(ops), std::span<const std::int64_t>(positions));
   };
   const int r = sp.rank();
@@ -102,8 +109,9 @@ void with_attention(attention_kind kind, Comm& sp, seqpar::mesh_2d sp_mesh, cons
   }
   const auto part = seqpar::make_seq_partition(S, sp.size());
   if (kind == attention_kind::lasp) {
+    // Linear attention has no softmax scale of its own: q takes softmax's 1 / sqrt(head_dim).
     seqpar::lasp_attention layer(seqpar::linear_reference{}, sp, part, shape, lasp_decays(c.heads));
-    run(layer, part.size(r), [&](std::int64_t s) { return part.global(r, s); });
+    run(layer, part.size(r), [&](std::int64_t s) { return part.global(r, s); }, 1.0f / std::sqrt(float(c.head_dim)));
   } else {
     seqpar::ulysses_attention layer(seqpar::reference_attention{}, sp, part, shape, seqpar::dtype::float32, causal);
     run(layer, part.size(r), [&](std::int64_t s) { return part.global(r, s); });

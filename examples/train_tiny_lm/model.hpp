@@ -8,7 +8,9 @@
 //! heads * head_dim, the layout the attention callback reads and writes.
 //!
 //! A block is pre-norm: h = x + Attn(RMSNorm(x)), out = h + W2 silu(W1 RMSNorm(h)). Attn projects
-//! q, k and v, turns q and k by the rotary embedding of their global positions (ops.hpp: rope), lets
+//! q, k and v, normalises each head of q and k to unit RMS (QK-norm, config::qk_norm: attention
+//! scores stay bounded, which keeps training stable), turns q and k by the rotary embedding of their
+//! global positions (ops.hpp: rope), lets
 //! the attention callback mix tokens, and projects its output with Wo. The head's loss is
 //! loss_scale times the summed cross-entropy of the local tokens; the backward starts from
 //! d(loss) = 1. Backward functions add into the gradient views (zeroed by the caller) and return
@@ -46,6 +48,8 @@ struct block_activations {
   std::vector<Real> x;            //!< input [n, dim]
   std::vector<Real> attn_rstd;    //!< [n], the attention norm's 1 / rms
   std::vector<Real> attn_normed;  //!< [n, dim], the attention norm's output
+  std::vector<Real> q_raw, k_raw;    //!< q and k before their per-head RMSNorm (config::qk_norm)
+  std::vector<Real> q_rstd, k_rstd;  //!< [n * heads], [n * kv_heads]: their 1 / rms
   std::vector<Real> attn_out;     //!< [n, heads * head_dim], the callback's output
   std::vector<Real> h;            //!< [n, dim], x + attention
   std::vector<Real> mlp_rstd;     //!< [n], the MLP norm's 1 / rms
@@ -113,6 +117,14 @@ class model {
     matmul(saved.attn_normed.data(), p.wq, q.data(), n, d, qw);
     matmul(saved.attn_normed.data(), p.wk, k.data(), n, d, kw);
     matmul(saved.attn_normed.data(), p.wv, v.data(), n, d, kw);
+    if (c_.qk_norm) {
+      const std::vector<Real> ones(c_.head_dim, Real(1));
+      saved.q_raw = q, saved.k_raw = k;
+      saved.q_rstd.resize(n * c_.heads), saved.k_rstd.resize(n * c_.kv_heads);
+      rms_norm(saved.q_raw.data(), ones.data(), c_.norm_eps, q.data(), saved.q_rstd.data(), n * c_.heads, c_.head_dim);
+      rms_norm(saved.k_raw.data(), ones.data(), c_.norm_eps, k.data(), saved.k_rstd.data(), n * c_.kv_heads,
+               c_.head_dim);
+    }
     const auto angles = make_rope_table<Real>(positions, c_.head_dim, c_.rope_base);
     rope(angles, q.data(), batch, c_.heads);
     rope(angles, k.data(), batch, c_.kv_heads);
@@ -162,6 +174,15 @@ class model {
     const auto angles = make_rope_table<Real>(positions, c_.head_dim, c_.rope_base);
     rope(angles, dq.data(), batch, c_.heads, /*inverse=*/true);
     rope(angles, dk.data(), batch, c_.kv_heads, /*inverse=*/true);
+    if (c_.qk_norm) {
+      const std::vector<Real> ones(c_.head_dim, Real(1));
+      std::vector<Real> unused(c_.head_dim), dq_raw(n * qw, Real(0)), dk_raw(n * kw, Real(0));
+      rms_norm_backward(saved.q_raw.data(), ones.data(), saved.q_rstd.data(), dq.data(), dq_raw.data(), unused.data(),
+                        n * c_.heads, c_.head_dim);
+      rms_norm_backward(saved.k_raw.data(), ones.data(), saved.k_rstd.data(), dk.data(), dk_raw.data(), unused.data(),
+                        n * c_.kv_heads, c_.head_dim);
+      dq = std::move(dq_raw), dk = std::move(dk_raw);
+    }
     std::fill(dnormed.begin(), dnormed.end(), Real(0));
     const Real* normed = saved.attn_normed.data();
     matmul_backward(normed, p.wq, dq.data(), dnormed.data(), grads.wq, n, d, qw);

@@ -27,6 +27,7 @@ struct config {
   int hidden = 192;          //!< MLP width
   double rope_base = 10000;  //!< rotary frequency base
   double norm_eps = 1e-5;    //!< RMSNorm epsilon
+  bool qk_norm = true;       //!< RMSNorm (no gain) on each head of q and k before the rotary embedding
 
   //! Width of q (and of the attention output): heads * head_dim.
   int q_width() const { return heads * head_dim; }
