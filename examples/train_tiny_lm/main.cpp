@@ -37,8 +37,8 @@ struct program_options {
   std::fprintf(stderr,
                "%s\nusage: train_tiny_lm [--attention ulysses|lasp|ring2d] [--dp N] [--sp N] [--ranks N] [--steps N]\n"
                "       [--batch B] [--seq S] [--dim D] [--layers L] [--heads H] [--kv-heads K] [--head-dim E]\n"
-               "       [--hidden F] [--qk-norm on|off] [--lr X] [--clip X] [--seed N] [--text DIR] [--parity DPxSP,...] [--tolerance X]\n"
-               "       [--log FILE] [--mpi] [--quiet]\n",
+               "       [--hidden F] [--qk-norm on|off] [--lr X] [--clip X] [--seed N] [--text DIR]\n"
+               "       [--parity DPxSP,...] [--tolerance X] [--log FILE] [--mpi] [--quiet]\n",
                why);
   std::exit(2);
 }
@@ -103,10 +103,11 @@ double kib(std::size_t bytes) { return static_cast<double>(bytes) / 1024.0; }
 // The progress line of one step.
 void print_step(const run_options& o, const step_record& s) {
   const double tokens = static_cast<double>(o.batch * o.seq);
-  std::printf("%-7s dp=%d sp=%d step %4d  loss %.6f  |g| %.3f  tokens/s %7.0f  held/rank KiB: params %.1f grads %.1f "
-              "adamw %.1f gathered-peak %.1f\n",
-              name_of(o.attention), o.dp, o.sp, s.step, s.loss, s.gradient_norm, tokens / s.seconds, kib(s.held.parameters),
-              kib(s.held.gradients), kib(s.optimizer_bytes), kib(s.held.gathered_peak));
+  std::printf(
+      "%-7s dp=%d sp=%d step %4d  loss %.6f  |g| %.3f  tokens/s %7.0f  held/rank KiB: params %.1f grads %.1f "
+      "adamw %.1f gathered-peak %.1f\n",
+      name_of(o.attention), o.dp, o.sp, s.step, s.loss, s.gradient_norm, tokens / s.seconds, kib(s.held.parameters),
+      kib(s.held.gradients), kib(s.optimizer_bytes), kib(s.held.gathered_peak));
   std::fflush(stdout);
 }
 

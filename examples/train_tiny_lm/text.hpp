@@ -43,8 +43,8 @@ inline double unigram_entropy(const std::vector<std::uint8_t>& bytes) {
 
 //! Where sequence b of step t's global batch starts: windows of S + 1 bytes (inputs and the next
 //! byte as targets), drawn the same way on every rank.
-inline std::int64_t window_start(const std::vector<std::uint8_t>& text, std::int64_t S, std::int64_t step, std::int64_t b,
-                                 std::uint64_t seed) {
+inline std::int64_t window_start(const std::vector<std::uint8_t>& text, std::int64_t S, std::int64_t step,
+                                 std::int64_t b, std::uint64_t seed) {
   const auto span = static_cast<std::uint64_t>(text.size()) - static_cast<std::uint64_t>(S) - 1;
   return static_cast<std::int64_t>(unit_seed(unit_seed(seed, static_cast<int>(step)), static_cast<int>(b)) % span);
 }

@@ -95,7 +95,9 @@ void train(Comm& world, const run_options& o, const std::vector<std::uint8_t>& t
     std::vector<std::int32_t> tokens(batch * n), targets(batch * n);
     std::vector<block_activations<float>> saved(c.layers);
     head_activations<float> head_saved;
-    auto as_const = [](const seqpar::gathered_unit<float>& unit) { return static_cast<const float*>(unit.elements().data()); };
+    auto as_const = [](const seqpar::gathered_unit<float>& unit) {
+      return static_cast<const float*>(unit.elements().data());
+    };
     for (int t = 1; t <= o.steps; ++t) {
       const auto start = std::chrono::steady_clock::now();
       for (std::int64_t b = 0; b < batch; ++b) {

@@ -42,8 +42,9 @@ TEST_CASE("kernels compiled by nvcc live in a namespace that names the target ar
   CHECK(name != "kernels_host");
 }
 
-TEST_CASE_TEMPLATE("sharded_parameters over device memory: gather, reduce_scatter, the gradient norm and AdamW match the host", T, float,
-                   __half, __nv_bfloat16) {
+TEST_CASE_TEMPLATE(
+    "sharded_parameters over device memory: gather, reduce_scatter, the gradient norm and AdamW match the host", T,
+    float, __half, __nv_bfloat16) {
   const std::vector<std::vector<seqpar::parameter_spec>> units{{{13}, {7, false}}, {{5}}, {{67}}};
   for (int P : {1, 3, 4}) {
     CAPTURE(P);
@@ -64,7 +65,8 @@ TEST_CASE_TEMPLATE("sharded_parameters over device memory: gather, reduce_scatte
           params.load(u, f.cspan(), stream);
           auto grads = params.template gradient_buffer<T>(u, stream);
           std::vector<T> g(grads.elements().size());
-          for (std::size_t i = 0; i < g.size(); ++i) g[i] = seqpar::from_float<T>(float(comm.rank() + 1) * float(i % 5));
+          for (std::size_t i = 0; i < g.size(); ++i)
+            g[i] = seqpar::from_float<T>(float(comm.rank() + 1) * float(i % 5));
           seqpar_test::buffer<T> gb(where, g);
           if (where == memory_space::device)
             SEQPAR_CUDA_TRY(cudaMemcpyAsync(grads.elements().data(), gb.data(), g.size() * sizeof(T), cudaMemcpyDefault,
@@ -98,7 +100,8 @@ TEST_CASE_TEMPLATE("sharded_parameters over device memory: gather, reduce_scatte
       REQUIRE(device[r].size() == host[r].size());
       double worst = 0;
       for (std::size_t i = 0; i < host[r].size(); ++i)
-        worst = std::max(worst, std::fabs(double(device[r][i]) - host[r][i]) / std::max(1e-3, std::fabs(double(host[r][i]))));
+        worst = std::max(worst,
+                         std::fabs(double(device[r][i]) - host[r][i]) / std::max(1e-3, std::fabs(double(host[r][i]))));
       CHECK(worst < tolerance);
     }
   }

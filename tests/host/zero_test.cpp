@@ -432,7 +432,8 @@ TEST_CASE("gradient rule: the mesh's reduce-scattered gradient equals one rank's
       const auto [first, count] = part.owned(0, world.rank());
       double err = 0;
       for (std::int64_t i = 0; i < count; ++i)
-        err = std::max(err, std::fabs(params.gradients(0)[i] - want[first + i]) / std::max(1e-3, double(std::fabs(want[first + i]))));
+        err = std::max(err, std::fabs(params.gradients(0)[i] - want[first + i]) /
+                                std::max(1e-3, double(std::fabs(want[first + i]))));
       std::lock_guard lock(m);
       worst = std::max(worst, err), pieces += count > 0;
     });
@@ -472,9 +473,9 @@ TEST_CASE("all or nothing: sharded_parameters' collective calls, one bad rank at
   seqpar_test::expect_all_or_nothing(
       4, "grads: expected a gradient_buffer of these sharded parameters, got an empty one",
       call([](auto& params) { params.reduce_scatter(seqpar::gathered_unit<float>{}); }, good_reduce));
-  seqpar_test::expect_all_or_nothing(4, "grads: this rank's unit 3 in float32 differ",
-                                     call([](auto& params) { params.reduce_scatter(params.template gradient_buffer<float>(3)); },
-                                          good_reduce));
+  seqpar_test::expect_all_or_nothing(
+      4, "grads: this rank's unit 3 in float32 differ",
+      call([](auto& params) { params.reduce_scatter(params.template gradient_buffer<float>(3)); }, good_reduce));
   seqpar_test::expect_all_or_nothing(
       4, "full: expected unit 1's 5 elements, got 4",
       call([](auto& params) { params.load(1, std::vector<float>(4, 1.0f)); },
@@ -498,5 +499,6 @@ TEST_CASE("all or nothing: a partition over another rank count, or another parti
     }
   });
   INFO(mismatch);
-  CHECK(mismatch.find("sharded_parameters: this rank's 4 units, 134 elements differs from rank 0's") != std::string::npos);
+  CHECK(mismatch.find("sharded_parameters: this rank's 4 units, 134 elements differs from rank 0's") !=
+        std::string::npos);
 }

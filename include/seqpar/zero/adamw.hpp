@@ -67,13 +67,14 @@ class adamw {
       for (int p = 0; p < part.parameters(u); ++p) {
         const std::int64_t begin = std::max(first, part.offset(u, p));
         const std::int64_t end = std::min(first + count, part.offset(u, p) + part.parameter(u, p).elements);
-        if (begin < end) runs_.push_back({part.shard_offset(u) + begin - first, end - begin, part.parameter(u, p).decay});
+        if (begin < end)
+          runs_.push_back({part.shard_offset(u) + begin - first, end - begin, part.parameter(u, p).decay});
       }
     }
     const auto n = static_cast<std::size_t>(part.shard_elements());
     moments_ = owned_bytes<Resource>(2 * n * sizeof(float), params.group().memory(), resource);
-    detail::for_each_index(params.group().memory(), static_cast<std::int64_t>(2 * n), detail::fill_floats{moment(0), 0.0f},
-                           nullptr);
+    detail::for_each_index(params.group().memory(), static_cast<std::int64_t>(2 * n),
+                           detail::fill_floats{moment(0), 0.0f}, nullptr);
   }
 
   //! One update of the shard from its gradients, ordered on `stream`.

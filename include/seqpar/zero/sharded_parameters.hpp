@@ -120,7 +120,8 @@ class gathered_unit {
  private:
   template <communicator, memory_resource>
   friend class sharded_parameters;
-  gathered_unit(const parameter_partition& partition, detail::working_set_bytes& counter, int unit, owned_bytes<Resource> b)
+  gathered_unit(const parameter_partition& partition, detail::working_set_bytes& counter, int unit,
+                owned_bytes<Resource> b)
       : partition_(&partition), counter_(&counter), unit_(unit), bytes_(std::move(b)) {
     counter_->add(bytes_.span().size());
   }
@@ -188,8 +189,8 @@ class sharded_parameters {
                                             << full.size());
     });
     const auto [first, count] = partition_.owned(u, group_.rank());
-    detail::for_each_index(group_.memory(), count, detail::convert_elements<float, float>{full.data() + first, master(u).data()},
-                   stream);
+    detail::for_each_index(group_.memory(), count,
+                           detail::convert_elements<float, float>{full.data() + first, master(u).data()}, stream);
   }
 
   //! Unit u in full, in compute type T, gathered from every rank's master piece (collective; every
@@ -208,8 +209,8 @@ class sharded_parameters {
     } else {
       owned_bytes<Resource> staging(n * sizeof(T), group_.memory(), resource_, stream);
       auto* send = reinterpret_cast<T*>(staging.span().data());
-      detail::for_each_index(group_.memory(), static_cast<std::int64_t>(n), detail::convert_elements<float, T>{master(u).data(), send},
-                     stream);
+      detail::for_each_index(group_.memory(), static_cast<std::int64_t>(n),
+                             detail::convert_elements<float, T>{master(u).data(), send}, stream);
       group_.all_gather(std::span<const T>(send, n), out.padded(), stream);
     }
     return out;
@@ -221,8 +222,8 @@ class sharded_parameters {
     scoped_rank attribute(group_.rank());
     check_unit(u);
     auto out = make_unit<T>(u, stream);
-    detail::for_each_index(group_.memory(), static_cast<std::int64_t>(out.padded().size()), detail::zero_elements<T>{out.data()},
-                   stream);
+    detail::for_each_index(group_.memory(), static_cast<std::int64_t>(out.padded().size()),
+                           detail::zero_elements<T>{out.data()}, stream);
     return out;
   }
 
@@ -245,8 +246,8 @@ class sharded_parameters {
     owned_bytes<Resource> reduced(n * sizeof(T), group_.memory(), resource_, stream);
     auto* sum = reinterpret_cast<T*>(reduced.span().data());
     group_.reduce_scatter(std::span<const T>(grads.padded()), std::span<T>(sum, n), stream);
-    detail::for_each_index(group_.memory(), static_cast<std::int64_t>(n), detail::accumulate_elements<T>{gradients(u).data(), sum},
-                   stream);
+    detail::for_each_index(group_.memory(), static_cast<std::int64_t>(n),
+                           detail::accumulate_elements<T>{gradients(u).data(), sum}, stream);
   }
 
   //! Sets every gradient of this rank's shard to zero (local).
@@ -300,7 +301,8 @@ class sharded_parameters {
     return partition;
   }
   void check_unit(int u) const {
-    SEQPAR_EXPECTS(u >= 0 && u < partition_.units(), "unit: expected 0 <= unit < " << partition_.units() << ", got " << u);
+    SEQPAR_EXPECTS(u >= 0 && u < partition_.units(),
+                   "unit: expected 0 <= unit < " << partition_.units() << ", got " << u);
   }
   template <element T>
   gathered_unit<T, Resource> make_unit(int u, stream_t stream) {
@@ -318,7 +320,8 @@ class sharded_parameters {
                        static_cast<std::size_t>(partition_.shard_elements(u)));
   }
   void fill(std::span<float> p, stream_t stream) {
-    detail::for_each_index(group_.memory(), static_cast<std::int64_t>(p.size()), detail::fill_floats{p.data(), 0.0f}, stream);
+    detail::for_each_index(group_.memory(), static_cast<std::int64_t>(p.size()), detail::fill_floats{p.data(), 0.0f},
+                           stream);
   }
 
   Comm& group_;
