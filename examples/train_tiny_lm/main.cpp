@@ -215,7 +215,7 @@ int main(int argc, char** argv) {
       seqpar::mpi_communicator world(MPI_COMM_WORLD);
       const bool first = world.rank() == 0;
       run_options& o = p.run;
-      if (o.dp * o.sp != world.size()) o.dp = 1, o.sp = world.size();
+      if (o.dp == 1 && o.sp == 1) o.sp = world.size();  // otherwise the mesh checks dp * sp
       if (first)
         std::printf("text: %zu bytes, unigram entropy %.4f nats per byte; %d MPI processes\n", text.size(),
                     tiny_lm::unigram_entropy(text), world.size());
