@@ -8,8 +8,10 @@ macro(_seqpar_cccl_hints out)
 endmacro()
 
 # For seqpar's own build: finds the CUDA toolkit (headers and cudart; nvcc is not needed), CCCL,
-# and, when asked for (SEQPAR_ENABLE_*) and present, NCCL and MPI. Sets SEQPAR_HAS_NCCL and
-# SEQPAR_HAS_MPI in the caller's scope.
+# and, when asked for (SEQPAR_ENABLE_*) and present, NCCL, MPI and the cuDNN frontend. Sets
+# SEQPAR_HAS_NCCL, SEQPAR_HAS_MPI and SEQPAR_HAS_CUDNN in the caller's scope. The cuDNN frontend is
+# not a usage requirement of seqpar::seqpar: a consumer of cudnn_attention links
+# CUDNNFrontend::CUDNNFrontend (FindCUDNNFrontend.cmake, installed beside seqparConfig.cmake).
 macro(seqpar_find_dependencies)
   find_package(CUDAToolkit REQUIRED)
   _seqpar_cccl_hints(_seqpar_hints)
@@ -26,6 +28,13 @@ macro(seqpar_find_dependencies)
   if(SEQPAR_ENABLE_MPI)
     find_package(MPI REQUIRED COMPONENTS CXX)
     set(SEQPAR_HAS_MPI ON)
+  endif()
+  set(SEQPAR_HAS_CUDNN OFF)
+  if(NOT DEFINED SEQPAR_ENABLE_CUDNN OR SEQPAR_ENABLE_CUDNN)
+    find_package(CUDNNFrontend)
+    if(CUDNNFrontend_FOUND)
+      set(SEQPAR_HAS_CUDNN ON)
+    endif()
   endif()
 endmacro()
 

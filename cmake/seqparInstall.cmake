@@ -19,4 +19,5 @@ install(FILES
   "${CMAKE_CURRENT_BINARY_DIR}/seqparConfigVersion.cmake"
   cmake/seqparDependencies.cmake
   cmake/FindNCCL.cmake
+  cmake/FindCUDNNFrontend.cmake
   DESTINATION "${SEQPAR_INSTALL_CMAKEDIR}")

@@ -2,6 +2,7 @@
 // policies, over the in-process backend on device memory, against the host reference policy on one
 // device.
 #include <seqpar_test/attention_cases.hpp>
+#include <seqpar_test/device_policy_run.hpp>
 
 #include <seqpar/policy/attention_cuda.cuh>
 #include <seqpar/policy/flash_attention.cuh>
@@ -145,57 +146,6 @@ TEST_CASE_TEMPLATE("ulysses_ring_attention with flash_attention on the GPU equal
       }
 }
 
-namespace {
-// A [B, S, H, D] tensor in device memory whose tokens sit `pad` elements apart beyond H * D (pad = 0:
-// packed BSHD; pad = 1: no 16-byte loads possible), poisoned between and around the values.
-template <class T>
-struct padded_tensor {
-  std::int64_t B, S, H, D, pad;
-  seqpar_test::buffer<T> data;
-  // With `values` false every element is poison (an output).
-  padded_tensor(const seqpar_test::dense4& a, std::int64_t pad_, bool values = true)
-      : B(a.B), S(a.S), H(a.H), D(a.X), pad(pad_), data(memory_space::device, place(a, pad_, values)) {}
-  static std::vector<T> place(const seqpar_test::dense4& a, std::int64_t pad, bool values) {
-    std::vector<T> out(a.B * a.S * (a.H * a.X + pad), seqpar_test::poison<T>());
-    if (values)
-      for (std::int64_t b = 0; b < a.B; ++b)
-        for (std::int64_t s = 0; s < a.S; ++s)
-          for (std::int64_t h = 0; h < a.H; ++h)
-            for (std::int64_t d = 0; d < a.X; ++d)
-              out[(b * a.S + s) * (a.H * a.X + pad) + h * a.X + d] = seqpar::from_float<T>(static_cast<float>(a(b, s, h, d)));
-    return out;
-  }
-  seqpar::tensor_view<T> view() {
-    return seqpar::make_strided(data.data(), {B, S, H, D}, {S * (H * D + pad), H * D + pad, D, 1});
-  }
-  seqpar::tensor_view<const T> cview() { return view(); }
-  std::vector<T> packed() const {  // the values, BSHD
-    const std::vector<T> all = data.values();
-    std::vector<T> out;
-    for (std::int64_t t = 0; t < B * S; ++t)
-      out.insert(out.end(), all.begin() + t * (H * D + pad), all.begin() + t * (H * D + pad) + H * D);
-    return out;
-  }
-};
-
-// Runs `policy` forward and backward on one device; returns o, dq, dk, dv (BSHD) and lse.
-template <class T, class Policy>
-std::pair<std::vector<std::vector<T>>, std::vector<float>> run_on_device(
-    const Policy& policy, const seqpar_test::dense4& q, const seqpar_test::dense4& k, const seqpar_test::dense4& v,
-    const seqpar_test::dense4& dout, seqpar::attention_options opt, std::int64_t pad) {
-  seqpar_test::dense4 zq(q.B, q.S, q.H, q.X), zk(k.B, k.S, k.H, k.X);
-  padded_tensor<T> tq(q, pad), tk(k, pad), tv(v, pad), tdo(dout, pad), to(zq, pad, false), tdq(zq, pad, false),
-      tdk(zk, pad, false), tdv(zk, pad, false);
-  seqpar_test::buffer<float> lse(memory_space::device, std::vector<float>(q.B * q.H * q.S, NAN));
-  seqpar::lse_view l(lse.data(), q.B, q.H, q.S);
-  const seqpar::gqa_map map{0, static_cast<int>(q.H / k.H), 0};
-  policy.forward(tq.cview(), tk.cview(), tv.cview(), map, opt, to.view(), l);
-  policy.backward(tq.cview(), tk.cview(), tv.cview(), to.cview(), seqpar::const_lse_view(l), tdo.cview(), map, opt,
-                  tdq.view(), tdk.view(), tdv.view());
-  SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
-  return {{to.packed(), tdq.packed(), tdk.packed(), tdv.packed()}, lse.values()};
-}
-}  // namespace
 
 TEST_CASE_TEMPLATE("flash_attention equals the device reference over many tiles, packed and strided", T, __half,
                    __nv_bfloat16) {
@@ -211,8 +161,8 @@ TEST_CASE_TEMPLATE("flash_attention equals the device reference over many tiles,
       const auto q = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D), dout = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D);
       const auto k = seqpar_test::random_input<T>(c.B, c.S, c.H_kv, c.D), v = seqpar_test::random_input<T>(c.B, c.S, c.H_kv, c.D);
       const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(c.D))), causal};
-      const auto [got, got_lse] = run_on_device<T>(seqpar::flash_attention{}, q, k, v, dout, opt, c.pad);
-      const auto [want, want_lse] = run_on_device<T>(seqpar::reference_attention_cuda{}, q, k, v, dout, opt, 0);
+      const auto [got, got_lse] = seqpar_test::run_on_device<T>(seqpar::flash_attention{}, q, k, v, dout, opt, c.pad);
+      const auto [want, want_lse] = seqpar_test::run_on_device<T>(seqpar::reference_attention_cuda{}, q, k, v, dout, opt, 0);
       const char* names[] = {"o", "dq", "dk", "dv"};
       for (int w = 0; w < 4; ++w) {
         INFO(names[w]);
