@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run that fits a short loan of one H100/H200: each part runs
 # under its own time limit, and the limits add up to 9 minutes (540 s), inside one 10-minute command:
-#   1. the cuda and nccl tests (their executables, so a build folder carried from another path works);
+#   1. the cuda, nccl and cudnn tests (their executables, so a build folder carried from another path works);
 #   2. compute-sanitizer memcheck over the cuda tests, and racecheck over the tensor-core kernels'
 #      and the pack kernels' tests (shared-memory hazards);
 #   3. every GPU benchmark, with the PyTorch comparisons (SDPA, chunked linear attention) in the
@@ -73,11 +73,14 @@ cuda_tests=$build/tests/cuda/seqpar_cuda_tests
 # 1. Every GPU test (NCCL at one rank: it refuses two ranks on one GPU).
 run cuda_tests 90 "$cuda_tests"
 run nccl_tests 10 "$build/tests/cuda/seqpar_nccl_tests"
+if [ -x "$build/tests/cuda/seqpar_cudnn_tests" ]; then  # built when the cuDNN frontend was found
+  run cudnn_tests 20 "$build/tests/cuda/seqpar_cudnn_tests"
+fi
 # 2. The sanitizers. memcheck over every cuda test; racecheck (far slower) over the kernels that
 # share memory between threads: flash, linear_cuda and the all_to_all_heads packing.
 if command -v compute-sanitizer >/dev/null; then
-  run memcheck 110 compute-sanitizer --tool memcheck --error-exitcode 1 "$cuda_tests"
-  run racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 1 "$cuda_tests" \
+  run memcheck 100 compute-sanitizer --tool memcheck --error-exitcode 1 "$cuda_tests"
+  run racecheck 50 compute-sanitizer --tool racecheck --error-exitcode 1 "$cuda_tests" \
     '--test-case=flash_attention equals the device reference*,lasp_attention with linear_cuda: o*,all_to_all_heads on the GPU: every element*'
 else
   echo "| sanitizers | compute-sanitizer | not found | 0 |" >>"$table"
