@@ -25,12 +25,13 @@ void BM_gpu_pack(benchmark::State& state, int op) {
                     : seqpar::make_bshd<const bf16>(heads_side.p, 1, S, h, D);
   v.out[0] = op == 1 ? seqpar::make_bshd(heads_side.p, 1, S, h, D)
                      : seqpar::make_bshd(seq_side.p, 1, S_r, seqpar_bench::heads, D);
+  const seqpar::detail::cuda_launcher launch;
   seqpar_bench::timed_on_gpu(state, [&] {
     switch (op) {
-      case 0: seqpar::detail::device::pack_seq_side(g, v, buffer.p, nullptr); break;
-      case 1: seqpar::detail::device::unpack_heads_side(g, buffer.p, v, nullptr); break;
-      case 2: seqpar::detail::device::pack_heads_side(g, v, buffer.p, nullptr); break;
-      default: seqpar::detail::device::unpack_seq_side_sum(g, buffer.p, v, nullptr); break;
+      case 0: seqpar::detail::device::pack_seq_side(g, v, buffer.p, nullptr, launch); break;
+      case 1: seqpar::detail::device::unpack_heads_side(g, buffer.p, v, nullptr, launch); break;
+      case 2: seqpar::detail::device::pack_heads_side(g, v, buffer.p, nullptr, launch); break;
+      default: seqpar::detail::device::unpack_seq_side_sum(g, buffer.p, v, nullptr, launch); break;
     }
   });
   seqpar_bench::report(state, bytes);

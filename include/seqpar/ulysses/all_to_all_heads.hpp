@@ -120,14 +120,14 @@ void run_heads_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_pay
     const bool in_place = what == heads_payload::q && matches_heads_side_buffer(plan, views.out[0]);
     T* recv = in_place ? views.out[0].data() : heads_buf;
 #if SEQPAR_CUDA_COMPILER
-    if (on_device) device::pack_seq_side(g, views, seq_buf, stream);
+    if (on_device) device::pack_seq_side(g, views, seq_buf, stream, cuda_launcher{});
 #endif
     if (!on_device) pack_seq_side(g, views, seq_buf);
     comm.all_to_all_v(std::span<const T>(seq_buf, seq_n), plan.seq_side_counts(what), plan.seq_side_displs(what),
                       std::span<T>(recv, heads_n), plan.heads_side_counts(what), plan.heads_side_displs(what), stream);
     if (in_place) return;
 #if SEQPAR_CUDA_COMPILER
-    if (on_device) device::unpack_heads_side(g, heads_buf, views, stream);
+    if (on_device) device::unpack_heads_side(g, heads_buf, views, stream, cuda_launcher{});
 #endif
     if (!on_device) unpack_heads_side(g, heads_buf, views);
     return;
@@ -137,14 +137,14 @@ void run_heads_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_pay
   const T* send = in_place ? views.in[0].data() : heads_buf;
   if (!in_place) {
 #if SEQPAR_CUDA_COMPILER
-    if (on_device) device::pack_heads_side(g, views, heads_buf, stream);
+    if (on_device) device::pack_heads_side(g, views, heads_buf, stream, cuda_launcher{});
 #endif
     if (!on_device) pack_heads_side(g, views, heads_buf);
   }
   comm.all_to_all_v(std::span<const T>(send, heads_n), plan.heads_side_counts(what), plan.heads_side_displs(what),
                     std::span<T>(seq_buf, seq_n), plan.seq_side_counts(what), plan.seq_side_displs(what), stream);
 #if SEQPAR_CUDA_COMPILER
-  if (on_device) device::unpack_seq_side_sum(g, seq_buf, views, stream);
+  if (on_device) device::unpack_seq_side_sum(g, seq_buf, views, stream, cuda_launcher{});
 #endif
   if (!on_device) unpack_seq_side_sum(g, seq_buf, views);
 }

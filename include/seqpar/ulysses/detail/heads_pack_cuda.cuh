@@ -1,10 +1,13 @@
 //! @file heads_pack_cuda.cuh
-//! CUDA pack and unpack of the Ulysses exchange buffers (nvcc only). Same index maps as the host
-//! loops (heads_geometry); 16-byte vectors along head_dim when every view allows, else scalars.
+//! CUDA pack and unpack of the Ulysses exchange buffers. Same index maps as the host loops
+//! (heads_geometry); 16-byte vectors along head_dim when every view allows, else scalars. The host
+//! code plans each launch and hands it to a launcher (policy/detail/launcher.cuh): cuda_launcher
+//! under nvcc, or the kernel-emulation tests' host launcher, so they run the shipped planning.
 #pragma once
 
 #include <seqpar/cuda_check.hpp>
 #include <seqpar/detail/vector_copy.cuh>
+#include <seqpar/policy/detail/launcher.cuh>
 #include <seqpar/ulysses/detail/heads_geometry.hpp>
 #include <seqpar/ulysses/detail/heads_pack_host.hpp>
 
@@ -76,11 +79,11 @@ bool vectorizable(const detail::heads_geometry& g, const detail::segment_views<T
   return true;
 }
 
-//! Launches exchange_copy_kernel for walk W on `stream`, sized by the largest segment, with
-//! 16-byte vectors when every view allows them; nothing when every segment is empty.
-template <walk W, class T>
+//! Launches exchange_copy_kernel for walk W on `stream` through `launch`, sized by the largest
+//! segment, with 16-byte vectors when every view allows them; nothing when every segment is empty.
+template <walk W, class T, class Launcher>
 void launch_exchange_copy(const detail::heads_geometry& g, const detail::segment_views<T>& v, T* buffer,
-                          stream_t stream) {
+                          stream_t stream, const Launcher& launch) {
   std::int64_t largest = 0;
   for (int p = 0; p < g.seq.ranks; ++p)
     for (int t = 0; t < g.segments; ++t)
@@ -89,47 +92,47 @@ void launch_exchange_copy(const detail::heads_geometry& g, const detail::segment
   const int rows = g.seq.ranks * g.segments;
   if (vectorizable(g, v)) {
     constexpr int V = vec16<T>;
-    exchange_copy_kernel<W, T, V><<<grid_for(largest / V, rows), 256, 0, stream>>>(g, v, buffer);
+    launch(exchange_copy_kernel<W, T, V>, grid_for(largest / V, rows), dim3(256), 0, stream, g, v, buffer);
   } else {
-    exchange_copy_kernel<W, T, 1><<<grid_for(largest, rows), 256, 0, stream>>>(g, v, buffer);
+    launch(exchange_copy_kernel<W, T, 1>, grid_for(largest, rows), dim3(256), 0, stream, g, v, buffer);
   }
-  SEQPAR_CUDA_TRY(cudaGetLastError());
 }
 
 //! Forward pack on the device.
-template <class T>
-void pack_seq_side(const detail::heads_geometry& g, const detail::segment_views<T>& v, T* buffer, stream_t stream) {
-  launch_exchange_copy<walk::seq_side_pack>(g, v, buffer, stream);
+template <class T, class Launcher>
+void pack_seq_side(const detail::heads_geometry& g, const detail::segment_views<T>& v, T* buffer, stream_t stream,
+                   const Launcher& launch) {
+  launch_exchange_copy<walk::seq_side_pack>(g, v, buffer, stream, launch);
 }
 
 //! Forward unpack on the device.
-template <class T>
+template <class T, class Launcher>
 void unpack_heads_side(const detail::heads_geometry& g, const T* buffer, const detail::segment_views<T>& v,
-                       stream_t stream) {
-  launch_exchange_copy<walk::heads_side_unpack>(g, v, const_cast<T*>(buffer), stream);
+                       stream_t stream, const Launcher& launch) {
+  launch_exchange_copy<walk::heads_side_unpack>(g, v, const_cast<T*>(buffer), stream, launch);
 }
 
 //! Inverse pack on the device.
-template <class T>
-void pack_heads_side(const detail::heads_geometry& g, const detail::segment_views<T>& v, T* buffer, stream_t stream) {
-  launch_exchange_copy<walk::heads_side_pack>(g, v, buffer, stream);
+template <class T, class Launcher>
+void pack_heads_side(const detail::heads_geometry& g, const detail::segment_views<T>& v, T* buffer, stream_t stream,
+                     const Launcher& launch) {
+  launch_exchange_copy<walk::heads_side_pack>(g, v, buffer, stream, launch);
 }
 
 //! Inverse unpack (with the GQA sum) on the device.
-template <class T>
+template <class T, class Launcher>
 void unpack_seq_side_sum(const detail::heads_geometry& g, const T* buffer, const detail::segment_views<T>& v,
-                         stream_t stream) {
+                         stream_t stream, const Launcher& launch) {
   std::int64_t largest = 0;
   for (int t = 0; t < g.segments; ++t)
     largest = std::max(largest, g.seq.size(g.rank) * g.batch * g.seg_total_heads(t) * g.head_dim);
   if (largest == 0) return;
   if (vectorizable(g, v)) {
     constexpr int V = vec16<T>;
-    unpack_seq_side_sum_kernel<T, V><<<grid_for(largest / V, g.segments), 256, 0, stream>>>(g, v, buffer);
+    launch(unpack_seq_side_sum_kernel<T, V>, grid_for(largest / V, g.segments), dim3(256), 0, stream, g, v, buffer);
   } else {
-    unpack_seq_side_sum_kernel<T, 1><<<grid_for(largest, g.segments), 256, 0, stream>>>(g, v, buffer);
+    launch(unpack_seq_side_sum_kernel<T, 1>, grid_for(largest, g.segments), dim3(256), 0, stream, g, v, buffer);
   }
-  SEQPAR_CUDA_TRY(cudaGetLastError());
 }
 
 }  // namespace device

@@ -1,0 +1,146 @@
+// The CUDA pack and unpack kernels of the Ulysses exchange on the host, every block and thread of
+// the grid that the shipped launch planning chooses (vectors or scalars, grid size) run in turn,
+// against the host loops that the exact-map tests check: for every rank of groups of 1 to
+// 4, uneven shards and heads, GQA, float, half and bfloat16, packed views (16-byte vectors) and
+// padded ones (scalars). Pack outputs must match bit for bit, poisoned gaps included; the inverse
+// unpack sums kv-head copies in fp32 in the same order, so it matches bit for bit too.
+#include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
+
+#include <seqpar/ulysses/all_to_all_heads.hpp>
+#include <seqpar/ulysses/detail/heads_pack_cuda.cuh>
+#include <seqpar_test/values.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+namespace dev = seqpar::detail::device;
+using seqpar::shape4;
+
+// The pack kernels never synchronise within a block, so every CUDA thread can run to completion in
+// turn on the calling thread: the same blocks, threads and indices as seqpar_emulation::launcher,
+// without a std::thread per CUDA thread.
+struct sequential_launcher {
+  template <class... Params, class... Args>
+  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t, cudaStream_t,
+                  const Args&... args) const {
+    using namespace seqpar_emulation;
+    grid_size = {grid.x, grid.y, grid.z};
+    block_size = {block.x, block.y, block.z};
+    for (unsigned z = 0; z < grid.z; ++z)
+      for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x)
+          for (unsigned t = 0; t < block.x; ++t) {
+            block_index = {x, y, z};
+            thread_index = {t, 0, 0};
+            kernel(args...);
+          }
+  }
+};
+
+// A tensor in host memory of `extents`, its rows `pad` elements apart beyond H * D (0: packed),
+// poisoned everywhere or filled with values distinct per (tensor tag, position).
+template <class T>
+struct padded {
+  shape4 extents;
+  std::int64_t pad;
+  std::vector<T> data;
+  padded(shape4 e, std::int64_t pad_, int tag, bool values)
+      : extents(e), pad(pad_), data(static_cast<std::size_t>(e[0] * e[1] * (e[2] * e[3] + pad_)) + 8,
+                                    seqpar_test::poison<T>()) {
+    if (!values) return;
+    for (std::size_t i = 0; i < data.size(); ++i) data[i] = seqpar::from_float<T>(static_cast<float>((tag * 97 + i) % 251) - 125.0f);
+  }
+  seqpar::tensor_view<T> view() {
+    const std::int64_t row = extents[2] * extents[3] + pad;
+    return seqpar::make_strided(data.data(), extents, {extents[1] * row, row, extents[3], 1});
+  }
+};
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// Every walk of one rank's exchange, emulated against the host loops; returns the walks that differ.
+template <class T>
+std::string check_rank(const seqpar::all_to_all_heads_plan& plan, std::int64_t pad) {
+  const auto& g = plan.geometry(seqpar::heads_payload::qkv);
+  const sequential_launcher emulated;
+  const std::size_t seq_n = plan.seq_side_elements(seqpar::heads_payload::qkv),
+                    heads_n = plan.heads_side_elements(seqpar::heads_payload::qkv);
+  std::string wrong;
+  auto seq_side = [&](int t, bool values) {
+    return padded<T>(seqpar::detail::seq_side_extents(plan, t), pad, t + 1, values);
+  };
+  auto heads_side = [&](int t, bool values) {
+    return padded<T>(seqpar::detail::heads_side_extents(plan, t), pad, t + 11, values);
+  };
+  // Forward pack: sequence shards into the buffer.
+  {
+    std::vector<padded<T>> in{seq_side(0, true), seq_side(1, true), seq_side(2, true)};
+    seqpar::detail::segment_views<T> v{{in[0].view(), in[1].view(), in[2].view()}, {}};
+    std::vector<T> host(seq_n, seqpar_test::poison<T>()), device = host;
+    seqpar::detail::pack_seq_side(g, v, host.data());
+    dev::pack_seq_side(g, v, device.data(), nullptr, emulated);
+    if (!same_bits(host, device)) wrong += " seq_side_pack";
+  }
+  // Forward unpack: the buffer into head shards.
+  {
+    std::vector<T> buffer(heads_n);
+    for (std::size_t i = 0; i < buffer.size(); ++i) buffer[i] = seqpar::from_float<T>(static_cast<float>(i % 509) - 250.0f);
+    std::vector<padded<T>> host{heads_side(0, false), heads_side(1, false), heads_side(2, false)}, device = host;
+    seqpar::detail::segment_views<T> hv{{}, {host[0].view(), host[1].view(), host[2].view()}},
+        dv{{}, {device[0].view(), device[1].view(), device[2].view()}};
+    seqpar::detail::unpack_heads_side(g, buffer.data(), hv);
+    dev::unpack_heads_side(g, buffer.data(), dv, nullptr, emulated);
+    for (int t = 0; t < 3; ++t)
+      if (!same_bits(host[t].data, device[t].data)) wrong += " heads_side_unpack[" + std::to_string(t) + "]";
+  }
+  // Inverse pack: head shards into the buffer.
+  {
+    std::vector<padded<T>> in{heads_side(0, true), heads_side(1, true), heads_side(2, true)};
+    seqpar::detail::segment_views<T> v{{in[0].view(), in[1].view(), in[2].view()}, {}};
+    std::vector<T> host(heads_n, seqpar_test::poison<T>()), device = host;
+    seqpar::detail::pack_heads_side(g, v, host.data());
+    dev::pack_heads_side(g, v, device.data(), nullptr, emulated);
+    if (!same_bits(host, device)) wrong += " heads_side_pack";
+  }
+  // Inverse unpack: the buffer back into sequence shards, kv heads summed over their owners.
+  {
+    std::vector<T> buffer(seq_n);
+    for (std::size_t i = 0; i < buffer.size(); ++i) buffer[i] = seqpar::from_float<T>(static_cast<float>(i % 383) * 0.25f);
+    std::vector<padded<T>> host{seq_side(0, false), seq_side(1, false), seq_side(2, false)}, device = host;
+    seqpar::detail::segment_views<T> hv{{}, {host[0].view(), host[1].view(), host[2].view()}},
+        dv{{}, {device[0].view(), device[1].view(), device[2].view()}};
+    seqpar::detail::unpack_seq_side_sum(g, buffer.data(), hv);
+    dev::unpack_seq_side_sum(g, buffer.data(), dv, nullptr, emulated);
+    for (int t = 0; t < 3; ++t)
+      if (!same_bits(host[t].data, device[t].data)) wrong += " seq_side_sum[" + std::to_string(t) + "]";
+  }
+  return wrong;
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("pack kernels under the emulated device equal the host loops, every walk", T, float, __half,
+                   __nv_bfloat16) {
+  struct heads {
+    int H, H_kv;
+  };
+  for (int P = 1; P <= 4; ++P)
+    for (const heads h : {heads{4, 4}, heads{8, 2}, heads{7, 7}, heads{4, 1}})
+      for (std::int64_t S : {std::int64_t(2 * P + 1), std::int64_t(13)})
+        for (std::int64_t pad : {0, 1}) {
+          const auto part = seqpar::make_seq_partition(S, P);
+          for (int r = 0; r < P; ++r) {
+            const auto plan = seqpar::make_all_to_all_heads_plan(
+                r, part, {.batch = 2, .heads = h.H, .kv_heads = h.H_kv, .head_dim = 16}, seqpar::dtype_of<T>);
+            INFO("P=" << P << " H=" << h.H << " H_kv=" << h.H_kv << " S=" << S << " pad=" << pad << " rank=" << r);
+            CHECK(check_rank<T>(plan, pad) == "");
+          }
+        }
+}
