@@ -1,8 +1,9 @@
 // The CUDA pack and unpack kernels of the Ulysses exchange on the host, every block and thread of
-// the grid that the shipped launch planning chooses (vectors or scalars, grid size) run in turn,
-// against the host loops that the exact-map tests check: for every rank of groups of 1 to
-// 4, uneven shards and heads, GQA, float, half and bfloat16, packed views (16-byte vectors) and
-// padded ones (scalars). Pack outputs must match bit for bit, poisoned gaps included; the inverse
+// the grid that the shipped launch planning chooses (vectors or scalars, 32-bit row arithmetic,
+// grid size for the device) run in turn, against the host loops that the exact-map tests check:
+// for every rank of groups of 1 to 4, uneven and zigzag shards, uneven heads, GQA, float, half and
+// bfloat16, packed views (16-byte vectors) and padded ones (scalars), on a large device (a block
+// per 32 rows) and a one-multiprocessor one (each thread walks many rows). Pack outputs must match bit for bit, poisoned gaps included; the inverse
 // unpack sums kv-head copies in fp32 in the same order, so it matches bit for bit too.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
@@ -25,6 +26,8 @@ using seqpar::shape4;
 // turn on the calling thread: the same blocks, threads and indices as seqpar_emulation::launcher,
 // without a std::thread per CUDA thread.
 struct sequential_launcher {
+  int multiprocessors = 132;  //!< what device() reports: the grid planning caps blocks by it
+  seqpar::detail::device_info device() const { return {multiprocessors, 9}; }
   template <class... Params, class... Args>
   void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t, cudaStream_t,
                   const Args&... args) const {
@@ -68,9 +71,8 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
 
 // Every walk of one rank's exchange, emulated against the host loops; returns the walks that differ.
 template <class T>
-std::string check_rank(const seqpar::all_to_all_heads_plan& plan, std::int64_t pad) {
+std::string check_rank(const seqpar::all_to_all_heads_plan& plan, std::int64_t pad, const sequential_launcher& emulated) {
   const auto& g = plan.geometry(seqpar::heads_payload::qkv);
-  const sequential_launcher emulated;
   const std::size_t seq_n = plan.seq_side_elements(seqpar::heads_payload::qkv),
                     heads_n = plan.heads_side_elements(seqpar::heads_payload::qkv);
   std::string wrong;
@@ -131,16 +133,25 @@ TEST_CASE_TEMPLATE("pack kernels under the emulated device equal the host loops,
   struct heads {
     int H, H_kv;
   };
+  struct sharding {
+    seqpar::shard_strategy strategy;
+    std::int64_t S;
+  };
   for (int P = 1; P <= 4; ++P)
     for (const heads h : {heads{4, 4}, heads{8, 2}, heads{7, 7}, heads{4, 1}})
-      for (std::int64_t S : {std::int64_t(2 * P + 1), std::int64_t(13)})
-        for (std::int64_t pad : {0, 1}) {
-          const auto part = seqpar::make_seq_partition(S, P);
-          for (int r = 0; r < P; ++r) {
-            const auto plan = seqpar::make_all_to_all_heads_plan(
-                r, part, {.batch = 2, .heads = h.H, .kv_heads = h.H_kv, .head_dim = 16}, seqpar::dtype_of<T>);
-            INFO("P=" << P << " H=" << h.H << " H_kv=" << h.H_kv << " S=" << S << " pad=" << pad << " rank=" << r);
-            CHECK(check_rank<T>(plan, pad) == "");
+      for (const sharding sh : {sharding{seqpar::shard_strategy::contiguous, 2 * P + 1},
+                                sharding{seqpar::shard_strategy::contiguous, 13},
+                                sharding{seqpar::shard_strategy::zigzag, 4 * P}})
+        for (std::int64_t pad : {0, 1})
+          // 132 multiprocessors: a block per 32 rows; 1: the grid capped, each thread walks many rows.
+          for (int multiprocessors : {132, 1}) {
+            const auto part = seqpar::make_seq_partition(sh.S, P, sh.strategy);
+            for (int r = 0; r < P; ++r) {
+              const auto plan = seqpar::make_all_to_all_heads_plan(
+                  r, part, {.batch = 2, .heads = h.H, .kv_heads = h.H_kv, .head_dim = 16}, seqpar::dtype_of<T>);
+              INFO("P=" << P << " H=" << h.H << " H_kv=" << h.H_kv << " S=" << sh.S << " " << seqpar::to_string(sh.strategy)
+                        << " pad=" << pad << " multiprocessors=" << multiprocessors << " rank=" << r);
+              CHECK(check_rank<T>(plan, pad, sequential_launcher{multiprocessors}) == "");
+            }
           }
-        }
 }
