@@ -154,9 +154,9 @@ TEST_CASE("linear_cuda's CUDA-core kernels under an emulated warp equal linear_r
   check_linear<__half>({1, 40, 2, 16, 24, 0, 1, {0.9f, 1.0f}}, 7);
 }
 
-TEST_CASE("plan_segments covers the chunk with sub-block multiples and fills the GPU") {
-  for (std::int64_t C : {0, 1, 63, 64, 255, 256, 1000, 4096, 1 << 19})
-    for (std::int64_t blocks : {1, 8, 64, 500})
+TEST_CASE("plan_segments covers the chunk with sub-block multiples and fills one wave of the GPU") {
+  for (std::int64_t C : {0, 1, 63, 64, 255, 256, 300, 1000, 4000, 4096, 1 << 19})
+    for (std::int64_t blocks : {1, 8, 52, 64, 144, 500})
       for (int sms : {1, 132}) {
         INFO("C=" << C << " blocks=" << blocks << " sms=" << sms);
         const auto p = lk::plan_segments(C, blocks, sms);
@@ -165,8 +165,12 @@ TEST_CASE("plan_segments covers the chunk with sub-block multiples and fills the
         CHECK(p.length * p.count >= C);
         CHECK(p.length > 0);
         CHECK(p.length * (p.count - 1) < std::max<std::int64_t>(C, 1));
-        // Enough blocks to fill the GPU twice, or as many segments as 256 tokens each allow.
-        CHECK((p.count * blocks >= 2 * sms || p.count * 256 >= C));
+        // One wave of resident blocks (two per multiprocessor) at most: no partial second wave...
+        const std::int64_t wave = std::max<std::int64_t>(2 * sms / blocks, 1);
+        CHECK(p.count <= wave);
+        // ...and most of it: 3/4 of the segments it takes, or of those 256-token segments give.
+        const std::int64_t most = std::min<std::int64_t>(wave, std::max<std::int64_t>((C + 255) / 256, 1));
+        CHECK(4 * p.count >= 3 * most);
       }
 }
 

@@ -71,14 +71,17 @@ struct segment_plan {
   int count;            //!< segments
 };
 
-//! Enough segments for `blocks_per_segment` x count blocks to fill `sms` multiprocessors twice,
-//! but no more than 256-token segments give (short segments cost more in state passes than they
-//! gain); lengths are rounded down to whole sub-blocks, so the count may come out a little higher.
+//! As many segments as one wave of resident blocks takes (two blocks of `blocks_per_segment` x
+//! count per multiprocessor: count x blocks_per_segment <= 2 sms), so no partial second wave
+//! leaves most of the GPU idle; but no more than 256-token segments give (short segments cost more
+//! in state passes than they gain). Lengths are rounded up to whole sub-blocks, so the count may
+//! come out a little lower; a single segment whose blocks alone exceed the wave stays one segment.
 inline segment_plan plan_segments(std::int64_t C, std::int64_t blocks_per_segment, int sms) {
   const std::int64_t per = std::max<std::int64_t>(blocks_per_segment, 1);
-  const std::int64_t want = (2 * std::int64_t{sms} + per - 1) / per;
-  const std::int64_t target = std::clamp<std::int64_t>(want, 1, std::max<std::int64_t>((C + 255) / 256, 1));
-  const std::int64_t length = std::max<std::int64_t>((C + target - 1) / target / tc_tokens * tc_tokens, tc_tokens);
+  const std::int64_t wave = std::max<std::int64_t>(2 * std::int64_t{sms} / per, 1);
+  const std::int64_t target = std::clamp<std::int64_t>(wave, 1, std::max<std::int64_t>((C + 255) / 256, 1));
+  const std::int64_t even = (C + target - 1) / target;
+  const std::int64_t length = std::max<std::int64_t>((even + tc_tokens - 1) / tc_tokens * tc_tokens, tc_tokens);
   return {length, static_cast<int>(std::max<std::int64_t>((C + length - 1) / length, 1))};
 }
 
