@@ -129,12 +129,13 @@ __global__ void __launch_bounds__(threads)
     mma::zero(dp);
     product_transposed<k_steps>(s, q_s, w0, k_s);
     product_transposed<k_steps>(dp, do_s, w0, v_s);
+    const bool whole = pos.all_visible(q0 + w0, q0 + w0 + warp_rows, j0, j0 + Bc);  // the warp's rows: unmasked
 #pragma unroll
     for (int n = 0; n < n_tiles; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2;
-        const bool on = pos.visible(row[r], j0 + n * 8 + mma::c_col(e)) && row_lse[r] != -INFINITY;
+        const bool on = (whole || pos.visible(row[r], j0 + n * 8 + mma::c_col(e))) && row_lse[r] != -INFINITY;
         const float p = on ? __expf(s[n][e] * scale - row_lse[r]) : 0.0f;
         s[n][e] = p * (dp[n][e] - row_delta[r]);  // dS
       }
@@ -181,12 +182,13 @@ __global__ void __launch_bounds__(threads)
       mma::zero(dst);
       product_transposed<k_steps>(pt, k_s, w0, q_s);    // S^T = K Q^T
       product_transposed<k_steps>(dst, v_s, w0, do_s);  // dP^T = V dO^T
+      const bool whole = pos.all_visible(i0, i0 + Br, j0 + w0, j0 + w0 + warp_rows);  // the warp's keys: unmasked
 #pragma unroll
       for (int n = 0; n < n_tiles; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int c = n * 8 + mma::c_col(e);
-          const bool on = pos.visible(i0 + c, key[e / 2]) && lse_s[c] != -INFINITY;
+          const bool on = (whole || pos.visible(i0 + c, key[e / 2])) && lse_s[c] != -INFINITY;
           const float p = on ? __expf(pt[n][e] * scale - lse_s[c]) : 0.0f;
           pt[n][e] = p;
           dst[n][e] = p * (dst[n][e] - delta_s[c]);

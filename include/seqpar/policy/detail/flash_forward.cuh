@@ -69,13 +69,16 @@ __global__ void __launch_bounds__(threads)
         mma::mma_16x8x16<T>(s[n], qa[kk], kb);
       }
 
+    // The warp's 16 rows against this key tile: unmasked when every pair is visible (uniform per warp).
+    const std::int64_t w_row = q0 + warp * warp_rows;
+    const bool whole = pos.all_visible(w_row, w_row + warp_rows, j0, j0 + Bc);
     float tile_max[2] = {m[0], m[1]};
 #pragma unroll
     for (int n = 0; n < n_tiles; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2;
-        s[n][e] = pos.visible(row[r], j0 + n * 8 + mma::c_col(e)) ? s[n][e] * scale : -INFINITY;
+        s[n][e] = whole || pos.visible(row[r], j0 + n * 8 + mma::c_col(e)) ? s[n][e] * scale : -INFINITY;
         tile_max[r] = fmaxf(tile_max[r], s[n][e]);
       }
     float shift[2], rescale[2];

@@ -74,6 +74,17 @@ struct score_positions {
     j1 = j1 < kv_rows ? j1 : kv_rows;
     return i0 >= i1 || j0 >= j1 || documents.overlap(q_first + i0, q_first + i1 - 1, kv_first + j0, kv_first + j1 - 1);
   }
+  //! Whether every query row of [i0, i1) sees every key row of [j0, j1): the rows exist, no key
+  //! lies past any of the queries, and one document holds them all (document ids grow with the
+  //! position, so equal ids at the lowest and highest positions mean one document). Such a tile,
+  //! every tile off the diagonal of a whole sequence, skips the per-element mask.
+  SEQPAR_HOST_DEVICE bool all_visible(std::int64_t i0, std::int64_t i1, std::int64_t j0, std::int64_t j1) const {
+    if (i1 > q_rows || j1 > kv_rows) return false;
+    if (causal && kv_first + j1 - 1 > q_first + i0) return false;
+    const std::int64_t lo = q_first + i0 < kv_first + j0 ? q_first + i0 : kv_first + j0;
+    const std::int64_t hi = q_first + i1 - 1 > kv_first + j1 - 1 ? q_first + i1 - 1 : kv_first + j1 - 1;
+    return documents.same(lo, hi);
+  }
   //! One past the last key row that any of query rows [0, i_end) sees.
   SEQPAR_HOST_DEVICE std::int64_t key_end(std::int64_t i_end) const {
     if (!causal) return kv_rows;
