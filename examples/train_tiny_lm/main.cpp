@@ -123,28 +123,31 @@ void print_memory(const run_options& o, const step_record& s) {
               static_cast<long long>(elements));
 }
 
-// Every step's loss of a run, and its first step's gradient.
+// Every step's loss of a run, its first step's gradient and its last step; record() also prints
+// the step's line (unless quiet) and logs its loss.
 struct run_result {
   std::vector<double> losses;
   std::vector<float> first_gradient;
+  step_record last;
+  void record(const run_options& o, const step_record& s, bool quiet, std::FILE* log) {
+    losses.push_back(s.loss);
+    if (s.step == 1) first_gradient = s.gradient;
+    last = s;
+    if (!quiet) print_step(o, s);
+    if (log) std::fprintf(log, "%s,%d,%d,%d,%.9g\n", name_of(o.attention), o.dp, o.sp, s.step, s.loss);
+  }
 };
 
 // Trains `o` on in-process ranks.
 run_result train_in_process(const run_options& o, const std::vector<std::uint8_t>& text, const program_options& p,
                             std::FILE* log) {
   run_result result;
-  step_record last;
   seqpar::run_in_process(o.dp * o.sp, seqpar::memory_space::host, [&](seqpar::in_process_communicator& world) {
     tiny_lm::train(world, o, text, [&](const step_record& s) {
-      if (world.rank() != 0) return;
-      result.losses.push_back(s.loss);
-      if (s.step == 1) result.first_gradient = s.gradient;
-      last = s;
-      if (!p.quiet) print_step(o, s);
-      if (log) std::fprintf(log, "%s,%d,%d,%d,%.9g\n", name_of(o.attention), o.dp, o.sp, s.step, s.loss);
+      if (world.rank() == 0) result.record(o, s, p.quiet, log);
     });
   });
-  print_memory(o, last);
+  print_memory(o, result.last);
   return result;
 }
 
@@ -220,16 +223,11 @@ int main(int argc, char** argv) {
         std::printf("text: %zu bytes, unigram entropy %.4f nats per byte; %d MPI processes\n", text.size(),
                     tiny_lm::unigram_entropy(text), world.size());
       run_result run;
-      step_record last;
       tiny_lm::train(world, o, text, [&](const step_record& s) {
-        if (!first) return;
-        run.losses.push_back(s.loss), last = s;
-        if (s.step == 1) run.first_gradient = s.gradient;
-        if (!p.quiet) print_step(o, s);
-        if (log) std::fprintf(log, "%s,%d,%d,%d,%.9g\n", name_of(o.attention), o.dp, o.sp, s.step, s.loss);
+        if (first) run.record(o, s, p.quiet, log);
       });
       if (first) {
-        print_memory(o, last);
+        print_memory(o, run.last);
         if (!p.parity.empty()) {
           // The one-rank run of the same model, in this process, as the reference.
           run_options one = o;

@@ -19,29 +19,10 @@ const auto everything = [](std::int64_t, std::int64_t) { return true; };
 }
 
 TEST_CASE_TEMPLATE("cudnn_attention equals the device reference, packed and strided", T, __half, __nv_bfloat16) {
-  struct shape {
-    std::int64_t B, S;
-    int H, H_kv, D;
-    std::int64_t pad;
-  };
-  for (const shape c : {shape{1, 1000, 2, 1, 64, 0}, shape{2, 517, 4, 2, 128, 0}, shape{1, 300, 2, 2, 64, 8},
-                        shape{1, 129, 4, 1, 128, 8}, shape{2, 64, 8, 8, 32, 0}})
-    for (bool causal : {false, true}) {
-      INFO("S=" << c.S << " D=" << c.D << " H_kv=" << c.H_kv << " pad=" << c.pad << " causal=" << causal);
-      const auto q = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D), dout = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D);
-      const auto k = seqpar_test::random_input<T>(c.B, c.S, c.H_kv, c.D), v = seqpar_test::random_input<T>(c.B, c.S, c.H_kv, c.D);
-      const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(c.D))), causal};
-      const auto [got, got_lse] = seqpar_test::run_on_device<T>(seqpar::cudnn_attention{}, q, k, v, dout, opt, c.pad);
-      const auto [want, want_lse] = seqpar_test::run_on_device<T>(seqpar::reference_attention_cuda{}, q, k, v, dout, opt, 0);
-      const char* names[] = {"o", "dq", "dk", "dv"};
-      for (int w = 0; w < 4; ++w) {
-        INFO(names[w]);
-        CHECK(seqpar_test::relative_gap(got[w], want[w]) <= seqpar_test::lasp_tolerance<T>());
-      }
-      double lse_gap = 0;
-      for (std::size_t i = 0; i < want_lse.size(); ++i) lse_gap = std::max(lse_gap, double(std::abs(got_lse[i] - want_lse[i])));
-      CHECK(lse_gap <= 1e-3);  // cuDNN's softmax stats are the natural-log log-sum-exp
-    }
+  // cuDNN's softmax stats are the natural-log log-sum-exp, as the reference's lse.
+  seqpar_test::check_against_device_reference<T>(seqpar::cudnn_attention{}, seqpar::reference_attention_cuda{},
+                                                 {{1, 1000, 2, 1, 64, 0}, {2, 517, 4, 2, 128, 0}, {1, 300, 2, 2, 64, 8},
+                                                  {1, 129, 4, 1, 128, 8}, {2, 64, 8, 8, 32, 0}});
 }
 
 TEST_CASE_TEMPLATE("ulysses_attention with cudnn_attention equals the host reference", T, __half, __nv_bfloat16) {

@@ -95,6 +95,44 @@ inline std::int64_t options_key(const attention_options& options) {
   return static_cast<std::int64_t>(scale_bits) * 2 + (options.causal ? 1 : 0);
 }
 
+//! True when two views have equal extents.
+template <class A, class B>
+bool same_extents(const tensor_view<A>& a, const tensor_view<B>& b) {
+  return a.batch() == b.batch() && a.seq() == b.seq() && a.heads() == b.heads() && a.head_dim() == b.head_dim();
+}
+
+//! Throws unless k and v have equal extents with q's batch, seq and head_dim, and o has q's
+//! extents: what a policy checks of a whole-sequence call's views.
+template <class Q, class K, class V, class O>
+void check_attention_extents(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>& v,
+                             const tensor_view<O>& o) {
+  SEQPAR_EXPECTS(same_extents(k, v) && k.batch() == q.batch() && k.seq() == q.seq() && k.head_dim() == q.head_dim(),
+                 "k, v: extents {" << k.batch() << ", " << k.seq() << ", " << k.heads() << ", " << k.head_dim()
+                                   << "}; expected q's batch, seq and head_dim (" << q.batch() << ", " << q.seq()
+                                   << ", " << q.head_dim() << ") and equal k and v");
+  SEQPAR_EXPECTS(same_extents(o, q), "o: extents differ from q's; expected the same extents");
+}
+
+//! Throws unless dout and dq have q's extents and dk and dv k's: what a policy's backward checks.
+template <class Q, class K, class DO, class G>
+void check_gradient_extents(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<DO>& dout,
+                            const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv) {
+  SEQPAR_EXPECTS(same_extents(dout, q) && same_extents(dq, q) && same_extents(dk, k) && same_extents(dv, k),
+                 "dout, dq, dk, dv: extents differ from q's and k's; expected dout and dq shaped like q, dk and dv "
+                 "like k");
+}
+
+//! Throws unless `lse` (a log-sum-exp or row-dot view, named lse in the message) is q's
+//! {batch, heads, seq} floats with data: what every policy checks of its fp32 row statistics.
+template <class L, class T>
+void check_lse_extents(const L& lse, const tensor_view<T>& q) {
+  SEQPAR_EXPECTS(lse.extent(0) == q.batch() && lse.extent(1) == q.heads() && lse.extent(2) == q.seq() &&
+                     (lse.data_handle() != nullptr || lse.size() == 0),
+                 "lse: extents {" << lse.extent(0) << ", " << lse.extent(1) << ", " << lse.extent(2)
+                                  << "}; expected q's {batch, heads, seq} = {" << q.batch() << ", " << q.heads() << ", "
+                                  << q.seq() << "} floats");
+}
+
 //! Throws unless `policy` works on `memory`, supports `type` with `head_dim`, and can apply the
 //! causal mask when `options` asks for it: what every attention layer checks when it is built.
 template <attention_policy P>

@@ -455,7 +455,7 @@ struct cudnn_attention {
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
     check_documents(opt);
     check<T>(q, k, v, o);
-    check_lse(lse, q);
+    detail::check_lse_extents(lse, q);
     check_rows("o", o);
     if (q.size() == 0) return;
     opt = opt.resolved(q.head_dim());
@@ -487,10 +487,8 @@ struct cudnn_attention {
                 tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
     check_documents(opt);
     check<T>(q, k, v, o);
-    check_lse(lse, q);
-    SEQPAR_EXPECTS(same_shape(dout, q) && same_shape(dq, q) && same_shape(dk, k) && same_shape(dv, k),
-                   "dout, dq, dk, dv: extents differ from q's and k's; expected dout and dq shaped like q, dk and dv "
-                   "like k");
+    detail::check_lse_extents(lse, q);
+    detail::check_gradient_extents(q, k, dout, dq, dk, dv);
     check_rows("dout", dout);
     check_rows("dq", dq);
     check_rows("dk", dk);
@@ -564,11 +562,6 @@ struct cudnn_attention {
                   "options.documents: cudnn_attention does not take packed documents yet; use flash_attention");
   }
 
-  template <class A, class B>
-  static bool same_shape(const tensor_view<A>& a, const tensor_view<B>& b) {
-    return a.batch() == b.batch() && a.seq() == b.seq() && a.heads() == b.heads() && a.head_dim() == b.head_dim();
-  }
-
   // cuDNN reads and writes each head's D elements contiguously.
   template <class T>
   static void check_rows(const char* name, const tensor_view<T>& view) {
@@ -585,23 +578,10 @@ struct cudnn_attention {
                    "cudnn_attention: element type " << to_string(dtype_of<T>) << " with head_dim " << q.head_dim()
                                                     << "; expected float16 or bfloat16 with head_dim a multiple of 8 "
                                                        "up to 128");
-    SEQPAR_EXPECTS(same_shape(k, v) && k.batch() == q.batch() && k.seq() == q.seq() && k.head_dim() == q.head_dim(),
-                   "k, v: extents {" << k.batch() << ", " << k.seq() << ", " << k.heads() << ", " << k.head_dim()
-                                     << "}; expected q's batch, seq and head_dim (" << q.batch() << ", " << q.seq()
-                                     << ", " << q.head_dim() << ") and equal k and v");
-    SEQPAR_EXPECTS(same_shape(o, q), "o: extents differ from q's; expected the same extents");
+    detail::check_attention_extents(q, k, v, o);
     check_rows("q", q);
     check_rows("k", k);
     check_rows("v", v);
-  }
-
-  template <class L, class T>
-  static void check_lse(const L& lse, const tensor_view<T>& q) {
-    SEQPAR_EXPECTS(lse.extent(0) == q.batch() && lse.extent(1) == q.heads() && lse.extent(2) == q.seq() &&
-                       (lse.data_handle() != nullptr || lse.size() == 0),
-                   "lse: extents {" << lse.extent(0) << ", " << lse.extent(1) << ", " << lse.extent(2)
-                                    << "}; expected q's {batch, heads, seq} = {" << q.batch() << ", " << q.heads()
-                                    << ", " << q.seq() << "} floats");
   }
 };
 

@@ -44,7 +44,7 @@ struct basic_flash_attention {
   void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
     check<T>(q, k, v, o);
-    check_lse(lse, q);
+    detail::check_lse_extents(lse, q);
     run_forward(q, k, v, map, opt, whole_sequence(opt), o, lse, stream);
   }
 
@@ -54,8 +54,8 @@ struct basic_flash_attention {
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
                 tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
     check<T>(q, k, v, o);
-    check_lse(lse, q);
-    check_gradients(q, k, dout, dq, dk, dv);
+    detail::check_lse_extents(lse, q);
+    detail::check_gradient_extents(q, k, dout, dq, dk, dv);
     run_backward(q, k, v, o, lse, const_lse_view{}, dout, map, opt, whole_sequence(opt), dq, dk, dv, stream);
   }
 
@@ -66,8 +66,8 @@ struct basic_flash_attention {
                      attention_options opt, block_pair pair, tensor_view<float> o_part, lse_view lse_part,
                      stream_t stream = nullptr) const {
     check_block<T>(q, k, v);
-    SEQPAR_EXPECTS(same_shape(o_part, q), "o_part: extents differ from q's; expected the same extents");
-    check_lse(lse_part, q);
+    SEQPAR_EXPECTS(detail::same_extents(o_part, q), "o_part: extents differ from q's; expected the same extents");
+    detail::check_lse_extents(lse_part, q);
     run_forward(q, k, v, map, opt, pair, o_part, lse_part, stream);
   }
 
@@ -79,9 +79,9 @@ struct basic_flash_attention {
                       attention_options opt, block_pair pair, tensor_view<float> dq, tensor_view<float> dk,
                       tensor_view<float> dv, stream_t stream = nullptr) const {
     check_block<T>(q, k, v);
-    check_lse(lse, q);
-    check_lse(row_dots, q);
-    check_gradients(q, k, dout, dq, dk, dv);
+    detail::check_lse_extents(lse, q);
+    detail::check_lse_extents(row_dots, q);
+    detail::check_gradient_extents(q, k, dout, dq, dk, dv);
     run_backward(q, k, v, tensor_view<const T>{}, lse, row_dots, dout, map, opt, pair, dq, dk, dv, stream);
   }
 
@@ -145,29 +145,12 @@ struct basic_flash_attention {
     }
   }
 
-  template <class T, class DO, class G>
-  static void check_gradients(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<DO>& dout,
-                              const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv) {
-    SEQPAR_EXPECTS(same_shape(dout, q) && same_shape(dq, q) && same_shape(dk, k) && same_shape(dv, k),
-                   "dout, dq, dk, dv: extents differ from q's and k's; expected dout and dq shaped like q, dk and dv "
-                   "like k");
-  }
-
-  template <class A, class B>
-  static bool same_shape(const tensor_view<A>& a, const tensor_view<B>& b) {
-    return a.batch() == b.batch() && a.seq() == b.seq() && a.heads() == b.heads() && a.head_dim() == b.head_dim();
-  }
-
   // Checks what the policy needs of the views, so that a direct call fails as clearly as a layer.
   template <class T, class O>
   void check(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
              const tensor_view<O>& o) const {
     check_supported<T>(q.head_dim());
-    SEQPAR_EXPECTS(same_shape(k, v) && k.batch() == q.batch() && k.seq() == q.seq() && k.head_dim() == q.head_dim(),
-                   "k, v: extents {" << k.batch() << ", " << k.seq() << ", " << k.heads() << ", " << k.head_dim()
-                                     << "}; expected q's batch, seq and head_dim (" << q.batch() << ", " << q.seq()
-                                     << ", " << q.head_dim() << ") and equal k and v");
-    SEQPAR_EXPECTS(same_shape(o, q), "o: extents differ from q's; expected the same extents");
+    detail::check_attention_extents(q, k, v, o);
   }
 
   template <class T>
@@ -181,19 +164,10 @@ struct basic_flash_attention {
   template <class T>
   void check_block(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v) const {
     check_supported<T>(q.head_dim());
-    SEQPAR_EXPECTS(same_shape(k, v) && k.batch() == q.batch() && k.head_dim() == q.head_dim(),
+    SEQPAR_EXPECTS(detail::same_extents(k, v) && k.batch() == q.batch() && k.head_dim() == q.head_dim(),
                    "k, v: extents {" << k.batch() << ", " << k.seq() << ", " << k.heads() << ", " << k.head_dim()
                                      << "}; expected q's batch and head_dim (" << q.batch() << ", " << q.head_dim()
                                      << ") and equal k and v");
-  }
-
-  template <class L, class T>
-  static void check_lse(const L& lse, const tensor_view<T>& q) {
-    SEQPAR_EXPECTS(lse.extent(0) == q.batch() && lse.extent(1) == q.heads() && lse.extent(2) == q.seq() &&
-                       (lse.data_handle() != nullptr || lse.size() == 0),
-                   "lse: extents {" << lse.extent(0) << ", " << lse.extent(1) << ", " << lse.extent(2)
-                                    << "}; expected q's {batch, heads, seq} = {" << q.batch() << ", " << q.heads()
-                                    << ", " << q.seq() << "} floats");
   }
 
   template <class F>

@@ -81,6 +81,8 @@ class adamw {
   void step(stream_t stream = nullptr) {
     ++steps_;
     const double t = static_cast<double>(steps_);
+    const auto correction1 = static_cast<float>(1.0 - std::pow(double(options_.beta1), t));
+    const auto root_correction2 = static_cast<float>(std::sqrt(1.0 - std::pow(double(options_.beta2), t)));
     for (const run& x : runs_) {
       const detail::adamw_update update{params_.master().data() + x.first,
                                         params_.gradients().data() + x.first,
@@ -91,8 +93,8 @@ class adamw {
                                         options_.beta2,
                                         options_.epsilon,
                                         x.decay ? options_.learning_rate * options_.weight_decay : 0.0f,
-                                        static_cast<float>(1.0 - std::pow(double(options_.beta1), t)),
-                                        static_cast<float>(std::sqrt(1.0 - std::pow(double(options_.beta2), t)))};
+                                        correction1,
+                                        root_correction2};
       detail::for_each_index(params_.group().memory(), x.count, update, stream);
     }
   }

@@ -8,7 +8,9 @@
 
 #include <seqpar/policy/attention_policy.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <utility>
 #include <vector>
 
@@ -29,7 +31,8 @@ struct padded_tensor {
         for (std::int64_t s = 0; s < a.S; ++s)
           for (std::int64_t h = 0; h < a.H; ++h)
             for (std::int64_t d = 0; d < a.X; ++d)
-              out[(b * a.S + s) * (a.H * a.X + pad) + h * a.X + d] = seqpar::from_float<T>(static_cast<float>(a(b, s, h, d)));
+              out[(b * a.S + s) * (a.H * a.X + pad) + h * a.X + d] =
+                  seqpar::from_float<T>(static_cast<float>(a(b, s, h, d)));
     return out;
   }
   seqpar::tensor_view<T> view() {
@@ -61,5 +64,39 @@ std::pair<std::vector<std::vector<T>>, std::vector<float>> run_on_device(
                   tdq.view(), tdk.view(), tdv.view());
   SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
   return {{to.packed(), tdq.packed(), tdk.packed(), tdv.packed()}, lse.values()};
+}
+
+// One device's shapes: B sequences of S tokens, H query and H_kv kv heads of D elements, the
+// tested policy's tokens `pad` elements apart beyond H * D.
+struct device_case {
+  std::int64_t B, S;
+  int H, H_kv, D;
+  std::int64_t pad;
+};
+
+// For each case, causal and not: `policy` on padded views against `reference` on packed ones, from
+// the same random inputs: o, dq, dk, dv within lasp_tolerance<T> of the largest reference magnitude,
+// and the lse within 1e-3 (both fp32 from the same rounded inputs).
+template <class T, class Policy, class Reference>
+void check_against_device_reference(const Policy& policy, const Reference& reference,
+                                    std::initializer_list<device_case> cases) {
+  for (const device_case c : cases)
+    for (bool causal : {false, true}) {
+      INFO("S=" << c.S << " D=" << c.D << " H_kv=" << c.H_kv << " pad=" << c.pad << " causal=" << causal);
+      const auto q = random_input<T>(c.B, c.S, c.H, c.D), dout = random_input<T>(c.B, c.S, c.H, c.D);
+      const auto k = random_input<T>(c.B, c.S, c.H_kv, c.D), v = random_input<T>(c.B, c.S, c.H_kv, c.D);
+      const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(c.D))), causal};
+      const auto [got, got_lse] = run_on_device<T>(policy, q, k, v, dout, opt, c.pad);
+      const auto [want, want_lse] = run_on_device<T>(reference, q, k, v, dout, opt, 0);
+      const char* names[] = {"o", "dq", "dk", "dv"};
+      for (int w = 0; w < 4; ++w) {
+        INFO(names[w]);
+        CHECK(relative_gap(got[w], want[w]) <= lasp_tolerance<T>());
+      }
+      double lse_gap = 0;
+      for (std::size_t i = 0; i < want_lse.size(); ++i)
+        lse_gap = std::max(lse_gap, double(std::abs(got_lse[i] - want_lse[i])));
+      CHECK(lse_gap <= 1e-3);
+    }
 }
 }  // namespace seqpar_test
