@@ -2,8 +2,8 @@
 // Ulysses forward (Q, K, V) and inverse (O), the LASP chain and LASP-2 all-gather (state traffic
 // only: a policy that computes nothing), the ring_attention layer and the 2-D layer with
 // u = 2, 4, 8 (their forward with a block policy that computes nothing: the exchanges and the
-// merges), and Megatron-style sequence parallelism (two all-gathers and two reduce-scatters of
-// [S, hidden]), a baseline for comparison only.
+// merges), the Ulysses layer in 1, 2 and 4 head groups, and Megatron-style sequence parallelism
+// (two all-gathers and two reduce-scatters of [S, hidden]), a baseline for comparison only.
 #pragma once
 
 #include "lockstep.hpp"
@@ -14,6 +14,7 @@
 #include <seqpar/ring/ring_attention.hpp>
 #include <seqpar/ring/ulysses_ring_attention.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
+#include <seqpar/ulysses/ulysses_attention.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -195,6 +196,18 @@ inline seqpar::attention_shape layer_shape(const shape& s) {
   return {.batch = 1, .heads = int(s.H), .head_dim = s.D};
 }
 
+// The Ulysses layer's forward (Q/K/V exchange, O inverse) in `groups` head groups: the same bytes
+// as one group in more, smaller exchanges (on a device they overlap the policy's compute; here the
+// policy computes nothing, so the figures give the cost of splitting).
+template <int groups, class Comm>
+rank_run ulysses_layer(Comm& comm, const shape& s) {
+  const auto part = seqpar::make_seq_partition(s.S, s.P);
+  auto layer = std::make_shared<seqpar::ulysses_attention<no_block_compute, Comm>>(
+      no_block_compute{comm.memory()}, comm, part, layer_shape(s), seqpar::dtype::bfloat16, seqpar::attention_options{},
+      seqpar::ulysses_options{.head_groups = groups});
+  return layer_forward(layer, comm.memory(), part.size(comm.rank()), s, [&comm] { return traffic_of(comm); });
+}
+
 // The ring_attention layer's forward over zigzag shards, causal: each rank's K and V travel P-1 hops.
 template <class Comm>
 rank_run ring_attention(Comm& comm, const shape& s) {
@@ -228,6 +241,9 @@ std::size_t ulysses_ring_bytes(const shape& s) {
   return (4 * n * s.H * s.D * (u - 1) / u + 2 * (r - 1) * n * s.H * s.D) * 2;
 }
 
+// Bytes of a rank's buffers one Ulysses layer forward moves: Q, K, V and O of its n = S / P tokens.
+inline std::size_t ulysses_layer_bytes(const shape& s) { return std::size_t(4 * (s.S / s.P) * s.H * s.D * 2); }
+
 //! One family of the sweep: how to set a rank up, and what nccl-tests calls its size.
 template <class Comm>
 struct method {
@@ -238,9 +254,12 @@ struct method {
   std::size_t element_bytes;
   const char* type;
   int ulysses = 0;  //!< the 2-D layer's u (0: not a 2-D layer); it runs where u divides P and P / u >= 2
+  int head_groups = 1;  //!< the Ulysses layer's head groups; it runs where every rank holds that many heads
 
   //! Whether the family runs at shape s.
-  bool runs_at(const shape& s) const { return ulysses == 0 || (s.P % ulysses == 0 && s.P / ulysses >= 2); }
+  bool runs_at(const shape& s) const {
+    return (ulysses == 0 || (s.P % ulysses == 0 && s.P / ulysses >= 2)) && s.H / s.P >= head_groups;
+  }
 };
 
 //! The families, for communicator Comm.
@@ -256,6 +275,9 @@ std::vector<method<Comm>> methods() {
       {"ulysses_ring_u2", &ulysses_ring<2, Comm>, false, &ulysses_ring_bytes<2>, 2, "bf16", 2},
       {"ulysses_ring_u4", &ulysses_ring<4, Comm>, false, &ulysses_ring_bytes<4>, 2, "bf16", 4},
       {"ulysses_ring_u8", &ulysses_ring<8, Comm>, false, &ulysses_ring_bytes<8>, 2, "bf16", 8},
+      {"ulysses_layer_g1", &ulysses_layer<1, Comm>, true, &ulysses_layer_bytes, 2, "bf16", 0, 1},
+      {"ulysses_layer_g2", &ulysses_layer<2, Comm>, true, &ulysses_layer_bytes, 2, "bf16", 0, 2},
+      {"ulysses_layer_g4", &ulysses_layer<4, Comm>, true, &ulysses_layer_bytes, 2, "bf16", 0, 4},
   };
 }
 

@@ -32,6 +32,24 @@ TEST_CASE_TEMPLATE("ulysses_attention with reference_attention_cuda equals the h
                                           seqpar::reference_attention_cuda{}, seqpar::reference_attention{}, everything);
 }
 
+// Head groups on a device: exchanges on the side stream, attention on the rank's stream, events
+// between them; a missing wait shows as wrong or poisoned outputs.
+TEST_CASE_TEMPLATE("ulysses_attention in head groups with flash_attention equals the host reference", T, __half,
+                   __nv_bfloat16) {
+  struct grouped {
+    int P, H, H_kv, groups;
+  };
+  for (const grouped g : {grouped{2, 8, 8, 4}, grouped{2, 6, 3, 2}, grouped{3, 10, 5, 2}, grouped{4, 16, 8, 2}})
+    for (bool causal : {false, true})
+      (void)seqpar_test::check_parallel_attention<T>(
+          {g.P, g.H, g.H_kv, 2, 40 * g.P + 3, 64, causal}, memory_space::device,
+          [&](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+            return seqpar::ulysses_attention(seqpar::flash_attention{}, comm, part, shape, type, opt,
+                                             seqpar::ulysses_options{.head_groups = g.groups});
+          },
+          seqpar::reference_attention{}, everything);
+}
+
 TEST_CASE("ulysses_attention with block_sparse_attention_cuda equals the host block-sparse policy") {
   const seqpar::block_mask mask{4, 2, 1};
   const auto allowed = [&](std::int64_t i, std::int64_t j) { return mask.allowed(i, j); };

@@ -1,10 +1,11 @@
 // The CUDA pack and unpack kernels of the Ulysses exchange on the host, every block and thread of
 // the grid that the shipped launch planning chooses (vectors or scalars, 32-bit row arithmetic,
 // grid size for the device) run in turn, against the host loops that the exact-map tests check:
-// for every rank of groups of 1 to 4, uneven and zigzag shards, uneven heads, GQA, float, half and
-// bfloat16, packed views (16-byte vectors) and padded ones (scalars), on a large device (a block
-// per 32 rows) and a one-multiprocessor one (each thread walks many rows). Pack outputs must match bit for bit, poisoned gaps included; the inverse
-// unpack sums kv-head copies in fp32 in the same order, so it matches bit for bit too.
+// for every rank of groups of 1 to 4, uneven and zigzag shards, uneven heads, GQA, every head-group
+// split, float, half and bfloat16, packed views (16-byte vectors) and padded ones (scalars), on a
+// large device (a block per 32 rows) and a one-multiprocessor one (each thread walks many rows).
+// Pack outputs must match bit for bit, poisoned gaps included; the inverse unpack sums kv-head
+// copies in fp32 in the same order, so it matches bit for bit too.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
 #include <seqpar/ulysses/all_to_all_heads.hpp>
@@ -13,6 +14,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -138,7 +140,7 @@ TEST_CASE_TEMPLATE("pack kernels under the emulated device equal the host loops,
     std::int64_t S;
   };
   for (int P = 1; P <= 4; ++P)
-    for (const heads h : {heads{4, 4}, heads{8, 2}, heads{7, 7}, heads{4, 1}})
+    for (const heads h : {heads{4, 4}, heads{8, 2}, heads{7, 7}, heads{4, 1}, heads{10, 5}})
       for (const sharding sh : {sharding{seqpar::shard_strategy::contiguous, 2 * P + 1},
                                 sharding{seqpar::shard_strategy::contiguous, 13},
                                 sharding{seqpar::shard_strategy::zigzag, 4 * P}})
@@ -146,12 +148,20 @@ TEST_CASE_TEMPLATE("pack kernels under the emulated device equal the host loops,
           // 132 multiprocessors: a block per 32 rows; 1: the grid capped, each thread walks many rows.
           for (int multiprocessors : {132, 1}) {
             const auto part = seqpar::make_seq_partition(sh.S, P, sh.strategy);
-            for (int r = 0; r < P; ++r) {
-              const auto plan = seqpar::make_all_to_all_heads_plan(
-                  r, part, {.batch = 2, .heads = h.H, .kv_heads = h.H_kv, .head_dim = 16}, seqpar::dtype_of<T>);
-              INFO("P=" << P << " H=" << h.H << " H_kv=" << h.H_kv << " S=" << sh.S << " " << seqpar::to_string(sh.strategy)
-                        << " pad=" << pad << " multiprocessors=" << multiprocessors << " rank=" << r);
-              CHECK(check_rank<T>(plan, pad, sequential_launcher{multiprocessors}) == "");
-            }
+            const auto split = seqpar::make_head_partition(h.H, h.H_kv, P);
+            int fewest = h.H_kv;
+            for (int r = 0; r < P; ++r) fewest = std::min(fewest, split.kv_count(r));
+            // Every head group split the ranks allow (a group: a balanced share of each rank's kv heads).
+            for (int groups = 1; groups <= std::max(fewest, 1); ++groups)
+              for (int group = 0; group < groups; ++group)
+                for (int r = 0; r < P; ++r) {
+                  const auto plan = seqpar::make_all_to_all_heads_plan(
+                      r, part, {.batch = 2, .heads = h.H, .kv_heads = h.H_kv, .head_dim = 16}, seqpar::dtype_of<T>,
+                      {groups, group});
+                  INFO("P=" << P << " H=" << h.H << " H_kv=" << h.H_kv << " S=" << sh.S << " "
+                            << seqpar::to_string(sh.strategy) << " pad=" << pad << " multiprocessors=" << multiprocessors
+                            << " groups=" << groups << " group=" << group << " rank=" << r);
+                  CHECK(check_rank<T>(plan, pad, sequential_launcher{multiprocessors}) == "");
+                }
           }
 }

@@ -52,8 +52,7 @@ inline shape4 seq_side_extents(const all_to_all_heads_plan& plan, int t) {
   return {plan.batch(), plan.seq().size(plan.rank()), t ? h.kv_heads : h.heads, plan.head_dim()};
 }
 inline shape4 heads_side_extents(const all_to_all_heads_plan& plan, int t) {
-  const auto& h = plan.heads();
-  return {plan.batch(), plan.seq().tokens, t ? h.kv_count(plan.rank()) : h.count(plan.rank()), plan.head_dim()};
+  return {plan.batch(), plan.seq().tokens, plan.local_heads(t != 0), plan.head_dim()};
 }
 
 //! Bytes of one head-sharded tensor of segment t (0: query-headed, else kv-headed).

@@ -3,20 +3,38 @@
 //! all_to_all_heads (Q, K, V in one exchange), the policy on this rank's heads over the whole
 //! sequence, the inverse exchange of O; it returns a context holding what backward needs. Backward:
 //! the exchange of dO, the policy's backward, the inverse exchange of dQ, dK, dV (kv-head gradients
-//! summed over the ranks that used them).
+//! summed over the ranks that used them). With head groups (ulysses_options) each pass runs per
+//! group, and on a device the exchanges of the next and previous groups run on a side stream while
+//! the policy computes the current one.
 #pragma once
 
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
 #include <seqpar/detail/call_documents.hpp>
 #include <seqpar/detail/context_stamp.hpp>
+#include <seqpar/detail/stream_fork.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
 
+#include <algorithm>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <type_traits>
+#include <vector>
+
+SEQPAR_NAMESPACE_BEGIN
+//! Options of a Ulysses layer beyond the policy's.
+struct ulysses_options {
+  //! Head groups each pass is split into, so that on a device the exchange of group g + 1 (and the
+  //! inverse of group g - 1) runs on a side stream while the policy computes group g. A group is a
+  //! balanced share of each rank's kv heads with the query heads that read them, so 1 to the fewest
+  //! kv heads a rank holds. 1 (the default): one exchange each way, no side stream. Results and
+  //! bytes moved are the same for every count.
+  int head_groups = 1;
+};
+SEQPAR_NAMESPACE_END
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
@@ -55,22 +73,35 @@ class ulysses_attention {
   //! built with the same shapes, and all throw if one fails.
   ulysses_attention(Policy policy, Comm& comm, const seq_partition& seq, const attention_shape& shape, dtype type,
                     attention_options options = {}, Resource resource = {})
+      : ulysses_attention(std::move(policy), comm, seq, shape, type, options, ulysses_options{}, resource) {}
+
+  //! As above, with the layer's own options (head groups).
+  ulysses_attention(Policy policy, Comm& comm, const seq_partition& seq, const attention_shape& shape, dtype type,
+                    attention_options options, ulysses_options layer_options, Resource resource = {})
       : policy_(std::move(policy)),
         comm_(comm),
         resource_(resource),
         options_(options.resolved(shape.head_dim)),
-        plan_(agreed_plan(policy_, comm, seq, shape, type, options)) {
+        layer_options_(layer_options),
+        plan_(agreed_plan(policy_, comm, seq, shape, type, options, layer_options, group_plans_)) {
     const auto& h = plan_.heads();
     const int r = comm.rank();
     map_ = gqa_map{h.first(r), h.group(), h.kv_first(r)};
+    for (int g = 0; g < groups(); ++g) {
+      const all_to_all_heads_plan& p = group_plan(g);
+      const int q_first = p.local_first(false), kv_first = p.local_first(true);
+      slices_.push_back({q_first, p.local_heads(false), kv_first, p.local_heads(true),
+                         gqa_map{h.first(r) + q_first, h.group(), h.kv_first(r) + kv_first}});
+    }
     std::ostringstream description;
     description << "shape " << shape << ", " << seq.tokens << " tokens (" << to_string(seq.strategy) << "), "
-                << to_string(type) << ", causal = " << options_.causal << ", scale = " << options_.scale;
+                << to_string(type) << ", causal = " << options_.causal << ", scale = " << options_.scale
+                << ", head groups = " << groups();
     agree_on_fingerprint(comm, fingerprint_of(), "ulysses_attention", description.str());
   }
 
   //! Bytes of the workspace a forward needs when the caller passes one (the exchange buffers).
-  std::size_t forward_workspace_bytes() const { return plan_.workspace_bytes(); }
+  std::size_t forward_workspace_bytes() const { return exchange_bytes(); }
   //! Bytes of the workspace a backward needs when the caller passes one (exchange buffers, dO, dQ,
   //! dK and dV of this rank's heads); enough for a forward too.
   std::size_t workspace_bytes() const {
@@ -125,21 +156,32 @@ class ulysses_attention {
   void set_call_checks(call_checks checks) { checks_ = checks; }
   //! What each call checks.
   call_checks checks() const { return checks_; }
-  //! The exchange plan (head split, shard sizes, workspace).
+  //! The exchange plan of all heads (head split, shard sizes, workspace).
   const all_to_all_heads_plan& plan() const { return plan_; }
+  //! Head groups each pass runs in (ulysses_options::head_groups).
+  int groups() const { return layer_options_.head_groups; }
+  //! The exchange plan of head group g (plan() when there is one group).
+  const all_to_all_heads_plan& group_plan(int g) const { return groups() == 1 ? plan_ : group_plans_.at(g); }
   //! Which local kv head each local query head reads.
   const gqa_map& map() const { return map_; }
   //! The options the policy gets (the scale resolved).
   const attention_options& options() const { return options_; }
 
  private:
+  // The plan of all heads; with several head groups, also one plan per group in `group_plans`.
   static all_to_all_heads_plan agreed_plan(const Policy& policy, Comm& comm, const seq_partition& seq,
-                                           const attention_shape& shape, dtype type, const attention_options& options) {
+                                           const attention_shape& shape, dtype type, const attention_options& options,
+                                           const ulysses_options& layer_options,
+                                           std::vector<all_to_all_heads_plan>& group_plans) {
     std::optional<all_to_all_heads_plan> plan;
     agree_on_arguments(comm, call_checks::group, nullptr, [&] {
       SEQPAR_EXPECTS(seq.ranks == comm.size(), "seq: partition over " << seq.ranks << " ranks; expected the communicator's "
                                                                       << comm.size());
       plan.emplace(make_all_to_all_heads_plan(comm.rank(), seq, shape, type));
+      const int groups = layer_options.head_groups;
+      if (groups != 1)
+        for (int g = 0; g < std::max(groups, 1); ++g)
+          group_plans.push_back(make_all_to_all_heads_plan(comm.rank(), seq, shape, type, {groups, g}));
       detail::check_policy_serves(policy, comm.memory(), type, shape.head_dim, options);
     });
     return std::move(*plan);
@@ -151,8 +193,22 @@ class ulysses_attention {
     return fingerprint{}
         .add(s.tokens).add(s.ranks).add(static_cast<int>(s.strategy))
         .add(plan_.batch()).add(h.heads).add(h.kv_heads).add(plan_.head_dim())
-        .add(static_cast<int>(plan_.type())).add(detail::options_key(options_))
+        .add(static_cast<int>(plan_.type())).add(detail::options_key(options_)).add(groups())
         .value();
+  }
+
+  // This rank's heads of one group: local query heads [q_first, q_first + q_count), local kv heads
+  // [kv_first, kv_first + kv_count), and the policy's map for them.
+  struct head_slice {
+    int q_first, q_count, kv_first, kv_count;
+    gqa_map map;
+  };
+
+  // Bytes of the exchange buffers (the largest group's, all pass through them in turn).
+  std::size_t exchange_bytes() const {
+    std::size_t most = 0;
+    for (int g = 0; g < groups(); ++g) most = std::max(most, group_plan(g).workspace_bytes());
+    return most;
   }
 
   std::size_t q_bytes() const { return detail::heads_side_bytes(plan_, 0); }
@@ -167,7 +223,7 @@ class ulysses_attention {
   // Backward's scratch after the exchange buffers: dO, dQ, dK, dV; offset of part i.
   std::size_t scratch_offset(int i) const {
     const std::size_t sizes[] = {q_bytes(), q_bytes(), kv_bytes(), kv_bytes()};
-    std::size_t at = aligned(plan_.workspace_bytes());
+    std::size_t at = aligned(exchange_bytes());
     for (int j = 0; j < i; ++j) at += aligned(sizes[j]);
     return at;
   }
@@ -177,9 +233,27 @@ class ulysses_attention {
   tensor_view<T> heads_view(std::span<std::byte> bytes, bool query) const {
     return detail::heads_side_view<T>(plan_, bytes, query ? 0 : 1);
   }
-  lse_view lse_of(std::span<std::byte> bytes) const {
-    return lse_view(reinterpret_cast<float*>(bytes.data()), plan_.batch(), plan_.heads().count(plan_.rank()),
-                    plan_.seq().tokens);
+  // A group's query heads or kv heads in a view of this rank's.
+  template <class T>
+  static tensor_view<T> query_heads(const tensor_view<T>& v, const head_slice& h) {
+    return heads_range(v, h.q_first, h.q_count);
+  }
+  template <class T>
+  static tensor_view<T> kv_heads(const tensor_view<T>& v, const head_slice& h) {
+    return heads_range(v, h.kv_first, h.kv_count);
+  }
+  template <class T>
+  static tensor_view<T> heads_range(const tensor_view<T>& v, int first, int count) {
+    using view = tensor_view<T>;
+    typename view::extents_type e(v.batch(), v.seq(), count, v.head_dim());
+    cuda::std::array<std::int64_t, 4> strides{v.stride(axis::batch), v.stride(axis::seq), v.stride(axis::heads),
+                                              v.stride(axis::head_dim)};
+    return view(v.data() + first * v.stride(axis::heads), typename view::mapping_type(e, strides));
+  }
+  // The log-sum-exp of a group's query heads: the groups' [B, h, S] blocks lie one after another.
+  lse_view lse_of(std::span<std::byte> bytes, const head_slice& slice) const {
+    const std::int64_t B = plan_.batch(), S = plan_.seq().tokens;
+    return lse_view(reinterpret_cast<float*>(bytes.data()) + B * slice.q_first * S, B, slice.q_count, S);
   }
 
   template <class T, class U>
@@ -220,14 +294,51 @@ class ulysses_attention {
     if constexpr (detail::qkv_types_match<Q, K, V, O, O, O>) {
       const tensor_view<T> hq = heads_view<T>(saved.q_.span(), true), hk = heads_view<T>(saved.k_.span(), false),
                            hv = heads_view<T>(saved.v_.span(), false), ho = heads_view<T>(saved.o_.span(), true);
-      detail::run_qkv_exchange(plan_, comm_, detail::heads_direction::forward, qkv_views{q, k, v},
-                               qkv_views{hq, hk, hv}, ws, stream);
-      policy_.forward(tensor_view<const T>(hq), tensor_view<const T>(hk), tensor_view<const T>(hv), map_,
-                      options_.with_documents(saved.docs_.ids()), ho, lse_of(saved.lse_.span()), stream);
-      detail::run_one_exchange(plan_, comm_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws, stream);
+      const attention_options opt = options_.with_documents(saved.docs_.ids());
+      in_groups(
+          stream,
+          [&](int g, stream_t side) {
+            const head_slice& h = slices_[g];
+            detail::run_qkv_exchange(group_plan(g), comm_, detail::heads_direction::forward, qkv_views{q, k, v},
+                                     qkv_views{query_heads(hq, h), kv_heads(hk, h), kv_heads(hv, h)}, ws, side);
+          },
+          [&](int g) {
+            const head_slice& h = slices_[g];
+            policy_.forward(tensor_view<const T>(query_heads(hq, h)), tensor_view<const T>(kv_heads(hk, h)),
+                            tensor_view<const T>(kv_heads(hv, h)), h.map, opt, query_heads(ho, h),
+                            lse_of(saved.lse_.span(), h), stream);
+          },
+          [&](int g, stream_t side) {
+            detail::run_one_exchange(group_plan(g), comm_, detail::heads_direction::inverse,
+                                     tensor_view<const T>(query_heads(ho, slices_[g])), o, ws, side);
+          });
       saved.stamp_.set(fingerprint_of(), dtype_of<T>);
     }
     return saved;
+  }
+
+  // Runs a pass group by group: exchange(g, stream), compute(g) on `stream`, inverse(g, stream).
+  // On a device with several groups the exchanges and inverses run in that order on a side stream,
+  // exchange g + 1 enqueued before inverse g - 1, so both overlap compute(g); compute(g) waits for
+  // exchange g only and inverse g for compute g. Every rank enqueues the collectives in one order.
+  template <class Exchange, class Compute, class Inverse>
+  void in_groups(stream_t stream, Exchange&& exchange, Compute&& compute, Inverse&& inverse) {
+    const memory_space where = comm_.memory();
+    const bool overlap = groups() > 1 && where == memory_space::device;
+    const stream_t side = overlap ? fork_->fork(where, stream) : stream;
+    exchange(0, side);
+    if (overlap) fork_->mark(where);
+    for (int g = 0; g < groups(); ++g) {
+      if (overlap) fork_->wait_for_mark(where, stream);
+      if (g + 1 < groups()) {
+        exchange(g + 1, side);
+        if (overlap) fork_->mark(where);
+      }
+      compute(g);
+      if (overlap) (void)fork_->fork(where, stream);  // the side stream waits for compute(g)
+      inverse(g, side);
+    }
+    if (overlap) fork_->join(where, stream);
   }
 
   template <class DO, class G>
@@ -255,14 +366,28 @@ class ulysses_attention {
       auto held = [&](const owned_bytes<Resource>& b, bool query) {
         return tensor_view<const T>(heads_view<T>(b.span(), query));
       };
-      const std::span<std::byte> exchange = ws.first(plan_.workspace_bytes());
-      detail::run_one_exchange(plan_, comm_, detail::heads_direction::forward, dout, hdo, exchange, stream);
-      policy_.backward(held(saved.q_, true), held(saved.k_, false), held(saved.v_, false), held(saved.o_, true),
-                       const_lse_view(lse_of(saved.lse_.span())), tensor_view<const T>(hdo), map_,
-                       options_.with_documents(saved.docs_.ids()), hdq, hdk, hdv, stream);
-      detail::run_qkv_exchange(plan_, comm_, detail::heads_direction::inverse,
-                               qkv_views{tensor_view<const T>(hdq), tensor_view<const T>(hdk), tensor_view<const T>(hdv)},
-                               qkv_views{dq, dk, dv}, exchange, stream);
+      const std::span<std::byte> exchange = ws.first(exchange_bytes());
+      const attention_options opt = options_.with_documents(saved.docs_.ids());
+      using cview = tensor_view<const T>;
+      in_groups(
+          stream,
+          [&](int g, stream_t side) {
+            detail::run_one_exchange(group_plan(g), comm_, detail::heads_direction::forward, dout,
+                                     query_heads(hdo, slices_[g]), exchange, side);
+          },
+          [&](int g) {
+            const head_slice& h = slices_[g];
+            policy_.backward(query_heads(held(saved.q_, true), h), kv_heads(held(saved.k_, false), h),
+                             kv_heads(held(saved.v_, false), h), query_heads(held(saved.o_, true), h),
+                             const_lse_view(lse_of(saved.lse_.span(), h)), query_heads(cview(hdo), h), h.map, opt,
+                             query_heads(hdq, h), kv_heads(hdk, h), kv_heads(hdv, h), stream);
+          },
+          [&](int g, stream_t side) {
+            const head_slice& h = slices_[g];
+            detail::run_qkv_exchange(group_plan(g), comm_, detail::heads_direction::inverse,
+                                     qkv_views{query_heads(cview(hdq), h), kv_heads(cview(hdk), h), kv_heads(cview(hdv), h)},
+                                     qkv_views{dq, dk, dv}, exchange, side);
+          });
     }
   }
 
@@ -270,8 +395,12 @@ class ulysses_attention {
   Comm& comm_;
   Resource resource_;
   attention_options options_;
+  ulysses_options layer_options_;
+  std::vector<all_to_all_heads_plan> group_plans_;  // one per head group; empty with one group
   all_to_all_heads_plan plan_;
   gqa_map map_;
+  std::vector<head_slice> slices_;
+  std::unique_ptr<detail::stream_fork> fork_ = std::make_unique<detail::stream_fork>();
   call_checks checks_ = call_checks::group;
 };
 

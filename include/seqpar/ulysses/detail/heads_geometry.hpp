@@ -37,13 +37,43 @@ struct heads_geometry {
   seq_partition seq;
   head_partition heads;
   std::int64_t batch = 1, head_dim = 1;
+  int groups = 1;  //!< head groups the rank's heads are split into (1: the exchange moves every head)
+  int group = 0;   //!< the group this exchange moves
   std::int64_t seq_displ[max_heads_exchange_ranks + 1] = {};    //!< element offset of seq-side block p
   std::int64_t heads_displ[max_heads_exchange_ranks + 1] = {};  //!< element offset of heads-side block p
 
-  //! Heads of segment t that rank p owns.
-  SEQPAR_HOST_DEVICE int seg_heads(int t, int p) const { return t ? heads.kv_count(p) : heads.count(p); }
-  //! First head of segment t that rank p owns.
-  SEQPAR_HOST_DEVICE int seg_first(int t, int p) const { return t ? heads.kv_first(p) : heads.first(p); }
+  //! The heads [first, first + count) of segment t that rank p owns within this exchange's group.
+  //! A group is a balanced share of p's kv heads (each a unit with the query heads of p that read
+  //! it), so every group holds whole GQA groups and no kv head of p is split between groups.
+  SEQPAR_HOST_DEVICE void seg_range(int t, int p, int& first, int& count) const {
+    if (groups == 1) {
+      first = t ? heads.kv_first(p) : heads.first(p);
+      count = t ? heads.kv_count(p) : heads.count(p);
+      return;
+    }
+    const int units = heads.kv_count(p);
+    const int kv = heads.kv_first(p) + balanced_offset(units, groups, group), n = balanced_size(units, groups, group);
+    if (t) {
+      first = kv, count = n;
+      return;
+    }
+    const int lo = heads.first(p), hi = lo + heads.count(p), group_size = heads.group();
+    first = kv * group_size > lo ? kv * group_size : lo;
+    const int end = (kv + n) * group_size < hi ? (kv + n) * group_size : hi;
+    count = n ? end - first : 0;
+  }
+  //! Heads of segment t that rank p owns (in this exchange's group).
+  SEQPAR_HOST_DEVICE int seg_heads(int t, int p) const {
+    int first = 0, count = 0;
+    seg_range(t, p, first, count);
+    return count;
+  }
+  //! First head of segment t that rank p owns (in this exchange's group).
+  SEQPAR_HOST_DEVICE int seg_first(int t, int p) const {
+    int first = 0, count = 0;
+    seg_range(t, p, first, count);
+    return first;
+  }
   //! Heads of segment t in the unsharded tensor (H or H_kv).
   SEQPAR_HOST_DEVICE int seg_total_heads(int t) const { return t ? heads.kv_heads : heads.heads; }
 
@@ -96,15 +126,42 @@ struct heads_geometry {
 
   //! The rank that owns query head g.
   SEQPAR_HOST_DEVICE int query_head_owner(int g) const { return balanced_owner(heads.heads, heads.ranks, g); }
-  //! The ranks [first, last] whose heads of segment t include `head` (a kv head may have several).
+  //! The ranks [first, last] whose heads of segment t include `head` (a kv head may have several)
+  //! within this exchange's group; first > last when no rank moves `head` in this group.
   SEQPAR_HOST_DEVICE void owners(int t, std::int64_t head, int& first, int& last) const {
+    all_owners(t, head, first, last);
+    if (groups == 1) return;
+    while (first <= last && !moves(t, first, head)) ++first;
+    while (last >= first && !moves(t, last, head)) --last;
+  }
+  //! True when an earlier group of this exchange's split already sent `head` of segment t back
+  //! (a kv head shared by two ranks that hold it in different groups): the inverse then adds to
+  //! what that group wrote.
+  SEQPAR_HOST_DEVICE bool sent_by_earlier_group(int t, std::int64_t head) const {
+    if (groups == 1 || t == 0) return false;
+    int first = 0, last = 0;
+    all_owners(t, head, first, last);
+    for (int p = first; p <= last; ++p) {
+      const int units = heads.kv_count(p), unit = static_cast<int>(head) - heads.kv_first(p);
+      if (balanced_owner(units, groups, unit) < group) return true;
+    }
+    return false;
+  }
+
+ private:
+  SEQPAR_HOST_DEVICE void all_owners(int t, std::int64_t head, int& first, int& last) const {
     if (t == 0) {
       first = last = query_head_owner(static_cast<int>(head));
       return;
     }
-    const int group = heads.group();
-    first = query_head_owner(static_cast<int>(head) * group);
-    last = query_head_owner(static_cast<int>(head) * group + group - 1);
+    const int group_size = heads.group();
+    first = query_head_owner(static_cast<int>(head) * group_size);
+    last = query_head_owner(static_cast<int>(head) * group_size + group_size - 1);
+  }
+  SEQPAR_HOST_DEVICE bool moves(int t, int p, std::int64_t head) const {
+    int first = 0, count = 0;
+    seg_range(t, p, first, count);
+    return head >= first && head < first + count;
   }
 };
 

@@ -93,7 +93,8 @@ __global__ void exchange_copy_kernel(detail::heads_geometry g, detail::segment_v
 //! Inverse unpack: the rows of each output segment (row = (s * B + b) * H + head) are dealt to
 //! groups of walk.lanes threads; each row's owners and buffer positions are found once, then each
 //! thread sums, in fp32, the copies of its V elements that the owners sent back (a single copy, as
-//! for every query head, passes bit for bit).
+//! for every query head, passes bit for bit). With head groups, rows outside the group are left
+//! alone and a kv head an earlier group wrote is added to.
 template <class T, int V, class Index>
 __global__ void unpack_seq_side_sum_kernel(detail::heads_geometry g, detail::segment_views<T> views, const T* buffer,
                                            row_walk walk_rows) {
@@ -109,8 +110,10 @@ __global__ void unpack_seq_side_sum_kernel(detail::heads_geometry g, detail::seg
     const Index head = row % H, sb = row / H, b = sb % batch, s = sb / batch;
     int first = 0, last = 0;
     g.owners(t, head, first, last);
+    if (first > last) continue;  // not in this exchange's group
+    const bool add = g.sent_by_earlier_group(t, head);
     T* out = &views.out[t](b, s, head, 0);
-    if (first == last) {  // one owner: pass the bits through untouched
+    if (first == last && !add) {  // one owner: pass the bits through untouched
       const T* in = buffer + g.seq_side_index(first, t, b, s, head, 0);
       for (std::int64_t v = lane; v < vectors; v += lanes)
         *reinterpret_cast<vec<T, V>*>(out + v * V * d_stride) = *reinterpret_cast<const vec<T, V>*>(in + v * V);
@@ -118,6 +121,10 @@ __global__ void unpack_seq_side_sum_kernel(detail::heads_geometry g, detail::seg
     }
     for (std::int64_t v = lane; v < vectors; v += lanes) {
       float acc[V] = {};
+      if (add) {  // an earlier head group wrote this kv head: add to it
+        const vec<T, V> x = *reinterpret_cast<const vec<T, V>*>(out + v * V * d_stride);
+        for (int i = 0; i < V; ++i) acc[i] = to_float(x.x[i]);
+      }
       for (int p = first; p <= last; ++p) {
         const vec<T, V> x = *reinterpret_cast<const vec<T, V>*>(buffer + g.seq_side_index(p, t, b, s, head, v * V));
         for (int i = 0; i < V; ++i) acc[i] += to_float(x.x[i]);

@@ -70,7 +70,9 @@ void pack_heads_side(const heads_geometry& g, const segment_views<T>& v, T* buff
 
 //! Inverse unpack: every element of the sequence-sharded outputs gathers the copies that its
 //! owners sent back and sums them in fp32 (a kv head used by several ranks gets the sum of their
-//! gradients; an element with one owner, as every query head has, is copied bit for bit).
+//! gradients; an element with one owner, as every query head has, is copied bit for bit). With
+//! head groups only the group's heads are written, a kv head that an earlier group wrote gets the
+//! sum of what is there and its copies (for two owners, the same bits as one exchange).
 template <class T>
 void unpack_seq_side_sum(const heads_geometry& g, const T* buffer, const segment_views<T>& v) {
   const std::int64_t tokens = g.seq.size(g.rank);
@@ -80,14 +82,16 @@ void unpack_seq_side_sum(const heads_geometry& g, const T* buffer, const segment
         for (std::int64_t head = 0; head < g.seg_total_heads(t); ++head) {
           int first = 0, last = 0;
           g.owners(t, head, first, last);
+          if (first > last) continue;  // not in this exchange's group
+          const bool add = g.sent_by_earlier_group(t, head);
           T* out = &v.out[t](b, s, head, 0);
           const std::int64_t stride = v.out[t].stride(axis::head_dim);
-          if (first == last) {  // one owner: pass the bits through untouched
+          if (first == last && !add) {  // one owner: pass the bits through untouched
             copy_row<T>(out, stride, buffer + g.seq_side_index(first, t, b, s, head, 0), 1, g.head_dim);
             continue;
           }
           for (std::int64_t d = 0; d < g.head_dim; ++d) {
-            float sum = 0;
+            float sum = add ? to_float(out[d * stride]) : 0.0f;
             for (int p = first; p <= last; ++p) sum += to_float(buffer[g.seq_side_index(p, t, b, s, head, d)]);
             out[d * stride] = from_float<T>(sum);
           }
