@@ -40,7 +40,7 @@ void check_outputs(const std::array<const tensor<Got>*, 4>& got, const std::arra
   const double tol = std::is_same_v<T, __half> ? 2e-3 : 2e-2;
   const char* names[] = {"o", "dq", "dk", "dv"};
   for (int w = 0; w < 4; ++w) {
-    INFO(names[w]);
+    INFO(std::string(names[w]));
     CHECK(relative_gap(got[w]->view, want[w]->view) <= tol);
   }
   double lse_gap = 0;

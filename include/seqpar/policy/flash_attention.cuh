@@ -119,8 +119,8 @@ struct basic_flash_attention {
     }
   }
 
-  // Launches the two backward kernels: gradients G = T written (row dots from dout and o), or
-  // G = float added to (row dots given).
+  // Launches the backward kernels: gradients G = T written (the row dots first computed from dout
+  // and o into fp32 scratch), or G = float added to (row dots given).
   template <class T, class G>
   void run_backward(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
                     const tensor_view<const T>& o, const_lse_view lse, const_lse_view dots,
@@ -133,13 +133,22 @@ struct basic_flash_attention {
                        detail::device::rows_are_vectorizable(v) && detail::device::rows_are_vectorizable(dout) &&
                        (o.data() == nullptr || detail::device::rows_are_vectorizable(o));
       const auto pos = positions(q, k, opt, pair);
+      const std::int64_t rows = q.batch() * q.heads() * q.seq();
+      auto scratch = launcher.workspace(o.data() != nullptr ? rows : 0, stream);
       with_head_dim(q.head_dim(), [&]<int D>() {
         namespace fk = detail::flash_kernels;
+        if (o.data() != nullptr && rows != 0) {
+          const lse_view computed(scratch.data(), q.batch(), q.heads(), q.seq());
+          const std::int64_t per_block = fk::threads / fk::row_dot_lanes;
+          launcher(fk::backward_row_dots<T, D>, dim3(static_cast<unsigned>((rows + per_block - 1) / per_block)),
+                   dim3(fk::threads), 0, stream, o, dout, computed, vec);
+          dots = const_lse_view(computed);
+        }
         if (q.size() != 0)
-          launch<fk::dq_shared<T, D>>(fk::backward_dq<T, D, G>, grid(q), stream, q, k, v, o, lse, dots, dout, map,
+          launch<fk::dq_shared<T, D>>(fk::backward_dq<T, D, G>, grid(q), stream, q, k, v, lse, dots, dout, map,
                                       opt.scale, pos, dq, vec);
         if (k.size() != 0)
-          launch<fk::dkdv_shared<T, D>>(fk::backward_dkdv<T, D, G>, grid(k), stream, q, k, v, o, lse, dots, dout, map,
+          launch<fk::dkdv_shared<T, D>>(fk::backward_dkdv<T, D, G>, grid(k), stream, q, k, v, lse, dots, dout, map,
                                         opt.scale, pos, dk, dv, vec);
       });
     }

@@ -2,11 +2,13 @@
 //! The flash_attention backward kernels (nvcc only). Two kernels recompute P = exp(scale q k - lse)
 //! tile by tile from the saved log-sum-exp: one owns query rows and writes dQ, the other owns key
 //! rows and writes dK and dV summed over the query heads of its kv head. Neither needs atomics or
-//! workspace, so results are deterministic. The same kernels compute one block pair of ring
-//! attention: gradients of type T are written (the whole sequence, row dots from dO and O), fp32
-//! gradients are accumulators the pair adds to (row dots given).
+//! atomics, so results are deterministic. Both read the row dots rowsum(dO * O): for a whole
+//! sequence a first kernel computes them once into fp32 scratch, and a block pair of ring attention
+//! is given them. The same kernels compute that block pair: gradients of type T are written (the
+//! whole sequence), fp32 gradients are accumulators the pair adds to.
 #pragma once
 
+#include <seqpar/detail/vector_copy.cuh>
 #include <seqpar/policy/detail/flash_tiles.cuh>
 
 #include <cmath>
@@ -19,39 +21,33 @@ namespace flash_kernels {
 //! Rows of the other operand per step of a backward loop (keys for dQ, queries for dK/dV).
 inline constexpr int backward_step_rows = 32;
 
-//! Shared memory of the dQ kernel: query and dO tiles, key and value tiles (which first hold the O
-//! tile for the row dots), and the row dots.
+//! Shared memory of the dQ kernel: query and dO tiles, then key and value tiles of a step.
 template <class T, int D>
 struct dq_shared {
   mma::smem_tile<T> q, dout, k, v;  //!< the tiles, in this order
-  mma::smem_tile<T> o;              //!< the key and value tiles as one, for the O rows
-  float* delta;                     //!< dO_r . O_r of the block's rows
-  //! Takes the tiles and the row dots from `carver`.
+  //! Takes the tiles from `carver`.
   template <class Carver>
   SEQPAR_HOST_DEVICE explicit dq_shared(Carver& carver)
       : q(take_rows<T, D>(carver, block_rows)), dout(take_rows<T, D>(carver, block_rows)),
-        k(take_rows<T, D>(carver, backward_step_rows)), v(take_rows<T, D>(carver, backward_step_rows)), o(k),
-        delta(carver.template take<float>(block_rows)) {}
-  static_assert(2 * backward_step_rows == block_rows, "the key and value tiles hold the block's O rows");
+        k(take_rows<T, D>(carver, backward_step_rows)), v(take_rows<T, D>(carver, backward_step_rows)) {}
 };
 
-//! Shared memory of the dK/dV kernel: key and value tiles; query, dO and O tiles of a step; and the
+//! Shared memory of the dK/dV kernel: key and value tiles; query and dO tiles of a step; and the
 //! step's log-sum-exp and row dots.
 template <class T, int D>
 struct dkdv_shared {
-  mma::smem_tile<T> k, v, q, dout, o;  //!< the tiles, in this order
-  float *lse, *delta;                  //!< log-sum-exp and dO_r . O_r of the step's query rows
+  mma::smem_tile<T> k, v, q, dout;  //!< the tiles, in this order
+  float *lse, *delta;               //!< log-sum-exp (log2 units) and dO_r . O_r of the step's query rows
   //! Takes the tiles, the log-sum-exps and the row dots from `carver`.
   template <class Carver>
   SEQPAR_HOST_DEVICE explicit dkdv_shared(Carver& carver)
       : k(take_rows<T, D>(carver, block_rows)), v(take_rows<T, D>(carver, block_rows)),
         q(take_rows<T, D>(carver, backward_step_rows)), dout(take_rows<T, D>(carver, backward_step_rows)),
-        o(take_rows<T, D>(carver, backward_step_rows)), lse(carver.template take<float>(backward_step_rows)),
-        delta(carver.template take<float>(backward_step_rows)) {}
+        lse(carver.template take<float>(backward_step_rows)), delta(carver.template take<float>(backward_step_rows)) {}
 };
 
-//! Whether gradients of type G are fp32 accumulators of a block pair (added to, row dots given)
-//! rather than a whole sequence's gradients of the input type (written, row dots computed).
+//! Whether gradients of type G are fp32 accumulators of a block pair (added to) rather than a whole
+//! sequence's gradients of the input type (written).
 template <class G>
 inline constexpr bool accumulates = std::is_same_v<G, float>;
 
@@ -72,31 +68,57 @@ __device__ inline void store_rows(const tensor_view<T>& x, std::int64_t b, std::
     }
 }
 
-//! delta[r] of query rows row0 .. row0 + rows - 1 (of S) of head h, batch b: the given `dots` when
-//! G accumulates, else dO_r . O_r from the loaded dO tile and the O rows it loads into `o_tile`.
+//! Threads that share one row of the row-dots kernel, each summing every 8th 16-byte vector.
+inline constexpr int row_dot_lanes = 8;
+
+//! dots(b, h, i) = dO_i . O_i in fp32 for every row of o and dout (same extents): groups of
+//! row_dot_lanes threads per row, 16-byte loads with `vec`, the lanes' sums added by shuffles.
+template <class T, int D>
+__global__ void __launch_bounds__(threads)
+    backward_row_dots(tensor_view<const T> o, tensor_view<const T> dout, lse_view dots, bool vec) {
+  constexpr int V = 16 / sizeof(T), vectors = D / V;
+  const int lane = static_cast<int>(threadIdx.x) % row_dot_lanes;
+  const std::int64_t S = o.seq(), H = o.heads(), rows = o.batch() * H * S;
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / row_dot_lanes) +
+                           static_cast<std::int64_t>(threadIdx.x) / row_dot_lanes;
+  float sum = 0.0f;
+  const std::int64_t i = row % S, h = row / S % H, b = row / S / H;  // dots' own order: [B, H, S]
+  if (row < rows)
+    for (int v = lane; v < vectors; v += row_dot_lanes) {
+      const T* x = &o(b, i, h, v * V);
+      const T* y = &dout(b, i, h, v * V);
+      if (vec) {
+        const device::vec<T, V> xv = *reinterpret_cast<const device::vec<T, V>*>(x),
+                                yv = *reinterpret_cast<const device::vec<T, V>*>(y);
+#pragma unroll
+        for (int e = 0; e < V; ++e) sum += to_float(xv.x[e]) * to_float(yv.x[e]);
+      } else {
+        const std::int64_t stride = o.stride(axis::head_dim), dstride = dout.stride(axis::head_dim);
+#pragma unroll
+        for (int e = 0; e < V; ++e) sum += to_float(x[e * stride]) * to_float(y[e * dstride]);
+      }
+    }
+#pragma unroll
+  for (int mask = row_dot_lanes / 2; mask > 0; mask /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, mask);
+  if (row < rows && lane == 0) dots(b, h, i) = sum;
+}
+
+//! delta[r] of query rows row0 .. row0 + rows - 1 (of S) of head h, batch b, from `dots` (0 past S).
 //! The caller synchronizes the block before reading delta.
-template <int D, class G, class T>
-__device__ inline void row_terms(float* delta, const const_lse_view& dots, mma::smem_tile<T> o_tile,
-                                 mma::smem_tile<T> dout_tile, const tensor_view<const T>& o, std::int64_t b,
-                                 std::int64_t h, std::int64_t row0, int rows, std::int64_t S, bool vec) {
-  if constexpr (accumulates<G>) {
-    for (int r = threadIdx.x; r < rows; r += blockDim.x) delta[r] = row0 + r < S ? dots(b, h, row0 + r) : 0.0f;
-  } else {
-    load_rows<D>(o_tile, o, b, h, row0, rows, vec);
-    __syncthreads();
-    row_dots<D>(delta, dout_tile, o_tile, rows);
-  }
+__device__ inline void row_terms(float* delta, const const_lse_view& dots, std::int64_t b, std::int64_t h,
+                                 std::int64_t row0, int rows, std::int64_t S) {
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) delta[r] = row0 + r < S ? dots(b, h, row0 + r) : 0.0f;
 }
 
 //! One block per (64 query rows, query head, batch): dQ = scale sum_j P_ij (dO_i . v_j - delta_i) k_j
-//! with delta_i = dO_i . O_i (from the O tile, or `dots` when G accumulates), over 32-key steps.
+//! with delta_i = dO_i . O_i from `dots`, over 32-key steps.
 template <class T, int D, class G>
 __global__ void __launch_bounds__(threads)
-    backward_dq(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, const_lse_view dots, tensor_view<const T> dout, gqa_map map, float scale,
-                score_positions pos, tensor_view<G> dq, bool vec) {
+    backward_dq(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, const_lse_view lse,
+                const_lse_view dots, tensor_view<const T> dout, gqa_map map, float scale, score_positions pos,
+                tensor_view<G> dq, bool vec) {
   constexpr int Bc = backward_step_rows, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
-  const auto [q_s, do_s, k_s, v_s, o_s, delta_s] = carve_shared<dq_shared<T, D>>();
+  const auto [q_s, do_s, k_s, v_s] = carve_shared<dq_shared<T, D>>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
   const std::int64_t S = pos.q_rows;
@@ -104,16 +126,15 @@ __global__ void __launch_bounds__(threads)
 
   load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
   load_rows<D>(do_s, dout, b, h, q0, block_rows, vec);
-  row_terms<D, G>(delta_s, dots, o_s, do_s, o, b, h, q0, block_rows, S, vec);
-  __syncthreads();
 
   const int w0 = warp * warp_rows;
   const std::int64_t row[2] = {q0 + w0 + lane / 4, q0 + w0 + lane / 4 + 8};
-  float row_lse[2], row_delta[2];
+  const float scale_log2 = scale * log2_e;
+  float row_lse[2], row_delta[2];  // the log-sum-exp in log2 units
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    row_lse[r] = row[r] < S ? lse(b, h, row[r]) : -INFINITY;
-    row_delta[r] = delta_s[w0 + lane / 4 + 8 * r];
+    row_lse[r] = row[r] < S ? lse(b, h, row[r]) * log2_e : -INFINITY;
+    row_delta[r] = row[r] < S ? dots(b, h, row[r]) : 0.0f;
   }
   float acc[d_tiles][4];
   mma::zero(acc);
@@ -136,7 +157,7 @@ __global__ void __launch_bounds__(threads)
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2;
         const bool on = (whole || pos.visible(row[r], j0 + n * 8 + mma::c_col(e))) && row_lse[r] != -INFINITY;
-        const float p = on ? __expf(s[n][e] * scale - row_lse[r]) : 0.0f;
+        const float p = on ? exp2_approx(fmaf(s[n][e], scale_log2, -row_lse[r])) : 0.0f;
         s[n][e] = p * (dp[n][e] - row_delta[r]);  // dS
       }
     product_from_accumulators<Bc / 16>(acc, s, k_s);
@@ -146,14 +167,14 @@ __global__ void __launch_bounds__(threads)
 
 //! One block per (64 key rows, kv head, batch): for every query head that reads this kv head and
 //! every 32-query step, P^T and dS^T = P^T * (V dO^T - delta) from the key side, then
-//! dV += P^T dO and dK += scale dS^T Q (delta from O tiles, or `dots` when G accumulates).
+//! dV += P^T dO and dK += scale dS^T Q (delta from `dots`).
 template <class T, int D, class G>
 __global__ void __launch_bounds__(threads)
-    backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                  const_lse_view lse, const_lse_view dots, tensor_view<const T> dout, gqa_map map, float scale,
-                  score_positions pos, tensor_view<G> dk, tensor_view<G> dv, bool vec) {
+    backward_dkdv(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, const_lse_view lse,
+                  const_lse_view dots, tensor_view<const T> dout, gqa_map map, float scale, score_positions pos,
+                  tensor_view<G> dk, tensor_view<G> dv, bool vec) {
   constexpr int Br = backward_step_rows, n_tiles = Br / 8, d_tiles = D / 8, k_steps = D / 16;
-  const auto [k_s, v_s, q_s, do_s, o_s, lse_s, delta_s] = carve_shared<dkdv_shared<T, D>>();
+  const auto [k_s, v_s, q_s, do_s, lse_s, delta_s] = carve_shared<dkdv_shared<T, D>>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, b = blockIdx.z;
   const int kh = static_cast<int>(blockIdx.y);
@@ -167,6 +188,7 @@ __global__ void __launch_bounds__(threads)
   mma::zero(dk_acc);
   mma::zero(dv_acc);
   const std::int64_t first = pos.query_begin(j0) / Br * Br;  // earlier queries see none of these keys
+  const float scale_log2 = scale * log2_e;
   for (std::int64_t h = 0; h < q.heads(); ++h) {
     if (map.kv_head(static_cast<int>(h)) != kh) continue;
     for (std::int64_t i0 = first; i0 < S; i0 += Br) {
@@ -174,8 +196,8 @@ __global__ void __launch_bounds__(threads)
       __syncthreads();
       load_rows<D>(q_s, q, b, h, i0, Br, vec);
       load_rows<D>(do_s, dout, b, h, i0, Br, vec);
-      for (int r = threadIdx.x; r < Br; r += blockDim.x) lse_s[r] = i0 + r < S ? lse(b, h, i0 + r) : -INFINITY;
-      row_terms<D, G>(delta_s, dots, o_s, do_s, o, b, h, i0, Br, S, vec);
+      for (int r = threadIdx.x; r < Br; r += blockDim.x) lse_s[r] = i0 + r < S ? lse(b, h, i0 + r) * log2_e : -INFINITY;
+      row_terms(delta_s, dots, b, h, i0, Br, S);
       __syncthreads();
       float pt[n_tiles][4], dst[n_tiles][4];
       mma::zero(pt);
@@ -189,7 +211,7 @@ __global__ void __launch_bounds__(threads)
         for (int e = 0; e < 4; ++e) {
           const int c = n * 8 + mma::c_col(e);
           const bool on = (whole || pos.visible(i0 + c, key[e / 2])) && lse_s[c] != -INFINITY;
-          const float p = on ? __expf(pt[n][e] * scale - lse_s[c]) : 0.0f;
+          const float p = on ? exp2_approx(fmaf(pt[n][e], scale_log2, -lse_s[c])) : 0.0f;
           pt[n][e] = p;
           dst[n][e] = p * (dst[n][e] - delta_s[c]);
         }

@@ -27,8 +27,9 @@ struct forward_shared {
 //! One block per (64 query rows, query head, batch); each warp owns 16 query rows and keeps them in
 //! registers. For every 64-key tile: S = Q K^T on tensor cores, online softmax in fp32 (running row
 //! max m and sum l, the accumulators rescaled when m grows), O += P V with P reused from the S
-//! accumulators. Writes O = acc / l (as T for a whole sequence, fp32 for a block pair's partial) and
-//! lse = m + log l; a row that sees no key gets O = 0 and lse = -inf. S x S is never stored.
+//! accumulators. Scores are kept in log2 units (scale * log2(e) folded in), so each exponential is
+//! one ex2. Writes O = acc / l (as T for a whole sequence, fp32 for a block pair's partial) and
+//! lse = (m + log2 l) ln 2; a row that sees no key gets O = 0 and lse = -inf. S x S is never stored.
 template <class T, int D, class O>
 __global__ void __launch_bounds__(threads)
     forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map, float scale,
@@ -39,6 +40,7 @@ __global__ void __launch_bounds__(threads)
   const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
   const std::int64_t S = pos.q_rows;
   const int kh = map.kv_head(static_cast<int>(h));
+  const float scale_log2 = scale * log2_e;
 
   load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
   __syncthreads();
@@ -78,7 +80,7 @@ __global__ void __launch_bounds__(threads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e / 2;
-        s[n][e] = whole || pos.visible(row[r], j0 + n * 8 + mma::c_col(e)) ? s[n][e] * scale : -INFINITY;
+        s[n][e] = whole || pos.visible(row[r], j0 + n * 8 + mma::c_col(e)) ? s[n][e] * scale_log2 : -INFINITY;
         tile_max[r] = fmaxf(tile_max[r], s[n][e]);
       }
     float shift[2], rescale[2];
@@ -86,7 +88,7 @@ __global__ void __launch_bounds__(threads)
     for (int r = 0; r < 2; ++r) {
       const float m_new = mma::quad_reduce(tile_max[r], [](float x, float y) { return fmaxf(x, y); });
       shift[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays at zero
-      rescale[r] = __expf(m[r] - shift[r]);
+      rescale[r] = exp2_approx(m[r] - shift[r]);
       m[r] = m_new;
       l[r] *= rescale[r];
     }
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(threads)
     for (int n = 0; n < n_tiles; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[n][e] = __expf(s[n][e] - shift[e / 2]);
+        s[n][e] = exp2_approx(s[n][e] - shift[e / 2]);
         l[e / 2] += s[n][e];  // this lane's part of the row sum; the quad is summed at the end
       }
 #pragma unroll
@@ -117,7 +119,7 @@ __global__ void __launch_bounds__(threads)
   if (lane % 4 == 0)
 #pragma unroll
     for (int r = 0; r < 2; ++r)
-      if (row[r] < S) lse(b, h, row[r]) = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
+      if (row[r] < S) lse(b, h, row[r]) = l[r] > 0.0f ? m[r] * ln_2 + logf(l[r]) : -INFINITY;
 }
 
 }  // namespace flash_kernels

@@ -7,6 +7,7 @@
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/policy/detail/shared_layout.cuh>
 
+#include <cmath>
 #include <cstdint>
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
@@ -49,6 +50,22 @@ __device__ inline void load_rows(mma::smem_tile<T> s, const tensor_view<const T>
       for (int e = 0; e < V; ++e) dst[e] = x(b, i, h, c + e);
     }
   }
+}
+
+//! log2(e) and ln(2): the kernels scale scores by scale * log2(e), so that each exponential is one
+//! ex2 of a fused multiply-add (as FlashAttention-2 does), and turn the result back with ln(2).
+inline constexpr float log2_e = 1.4426950408889634f;
+inline constexpr float ln_2 = 0.6931471805599453f;
+
+//! 2^x by the hardware's approximate ex2 (what __expf runs after its own multiply by log2(e)).
+__device__ inline float exp2_approx(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return std::exp2(x);
+#endif
 }
 
 //! Where a kernel's rows sit in the sequence: query row i is position q_first + i (q_rows rows), key
@@ -97,18 +114,6 @@ struct score_positions {
     return !causal || i < 0 ? 0 : i;
   }
 };
-
-//! delta[r] = dO_r . O_r in fp32 for the first `rows` rows of two tiles (the softmax backward's
-//! row term); rows past the sequence are zeros in both tiles and give 0.
-template <int D, class T>
-__device__ inline void row_dots(float* delta, mma::smem_tile<T> dout, mma::smem_tile<T> o, int rows) {
-  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
-    float sum = 0.0f;
-#pragma unroll 16  // unrolling all D = 64 adds ~130 instructions to both backward kernels for no gain
-    for (int d = 0; d < D; ++d) sum += to_float(dout(r, d)) * to_float(o(r, d));
-    delta[r] = sum;
-  }
-}
 
 // The tile products live in mma.cuh, shared with the linear-attention kernels.
 using mma::product_from_accumulators;
