@@ -9,8 +9,12 @@
 //! - B (16 x 8, k by n), 2 registers: {B[2t..2t+1][g], B[2t+8..2t+9][g]};
 //! - C (16 x 8, fp32), 4 floats: {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}.
 //! The lower k (or column) index of a register pair sits in its low 16 bits.
+//! Fragments come from shared memory by ldmatrix: each of up to four 8 x 8 matrices of 16-bit
+//! elements is eight 16-byte rows whose addresses lanes 8i .. 8i + 7 give; lane l receives row
+//! l / 4, elements 2(l % 4) and 2(l % 4) + 1 of each matrix (of its transpose with .trans).
 //! A host compiler may run these under an emulated warp: it defines SEQPAR_EMULATE_MMA(d, a, b,
-//! is_half) and the CUDA built-ins the kernels use (tests/support/seqpar_test/warp_emulation.hpp).
+//! is_half), SEQPAR_EMULATE_LDMATRIX(r, row, trans) and the CUDA built-ins the kernels use
+//! (tests/support/seqpar_test/warp_emulation.hpp).
 #pragma once
 
 #include <seqpar/config.hpp>
@@ -56,33 +60,71 @@ __device__ inline std::uint32_t pack(float lo, float hi) {
   return pack<T>(from_float<T>(lo), from_float<T>(hi));
 }
 
-//! The A fragment of the 16 x 16 block of `s` at (row0, col0) (k runs along the rows).
+//! ldmatrix of N (1, 2 or 4) 8 x 8 matrices of 16-bit elements, transposed with `trans`: `row` is
+//! the 16-byte row this lane gives (matrix lane / 8, its row lane % 8; lanes past 8N give none
+//! that is read). Shared memory, 16-byte aligned rows.
+template <int N, bool trans>
+__device__ inline void ldmatrix(std::uint32_t (&r)[N], const void* row) {
+#if defined(__CUDA_ARCH__)
+  const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (N == 4 && trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at));
+  else if constexpr (N == 4)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at));
+  else if constexpr (N == 2 && trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(at));
+  else if constexpr (N == 2)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(at));
+  else
+    static_assert(N == 2 || N == 4, "ldmatrix: two or four matrices");
+#elif defined(SEQPAR_EMULATE_LDMATRIX)
+  SEQPAR_EMULATE_LDMATRIX(r, row, trans);  // a host emulation of the warp, for tests
+#else
+  (void)r, (void)row;
+  __trap();
+#endif
+}
+
+//! The A fragment of the 16 x 16 block of `s` at (row0, col0) (k runs along the rows): one
+//! ldmatrix.x4 of the blocks (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15).
 template <input T>
 __device__ inline void load_a(std::uint32_t (&a)[4], smem_tile<T> s, int row0, int col0) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  auto pair = [&](int r, int c) { return *reinterpret_cast<const std::uint32_t*>(&s(row0 + r, col0 + c)); };
-  a[0] = pair(g, 2 * t);
-  a[1] = pair(g + 8, 2 * t);
-  a[2] = pair(g, 2 * t + 8);
-  a[3] = pair(g + 8, 2 * t + 8);
+  const int lane = threadIdx.x % 32, m = lane / 8;
+  ldmatrix<4, false>(a, &s(row0 + lane % 8 + 8 * (m & 1), col0 + 8 * (m >> 1)));
 }
 
 //! The B fragment for B[k][n] = s(n0 + n, k0 + k): the product with s's rows transposed (S = Q K^T
-//! with K's rows in `s`). Pairs along k are adjacent in memory.
+//! with K's rows in `s`): one ldmatrix.x2 of rows n0 .. n0 + 7 at columns k0 and k0 + 8.
 template <input T>
 __device__ inline void load_b_transposed(std::uint32_t (&b)[2], smem_tile<T> s, int k0, int n0) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  b[0] = *reinterpret_cast<const std::uint32_t*>(&s(n0 + g, k0 + 2 * t));
-  b[1] = *reinterpret_cast<const std::uint32_t*>(&s(n0 + g, k0 + 2 * t + 8));
+  const int lane = threadIdx.x % 32, m = lane / 8 % 2;
+  ldmatrix<2, false>(b, &s(n0 + lane % 8, k0 + 8 * m));
+}
+
+//! The B fragments of two n-blocks at once, b[0..1] for n0 and b[2..3] for n0 + 8 (as
+//! load_b_transposed): one ldmatrix.x4.
+template <input T>
+__device__ inline void load_b_transposed_pair(std::uint32_t (&b)[4], smem_tile<T> s, int k0, int n0) {
+  const int lane = threadIdx.x % 32, m = lane / 8;
+  ldmatrix<4, false>(b, &s(n0 + lane % 8 + 8 * (m >> 1), k0 + 8 * (m & 1)));
 }
 
 //! The B fragment for B[k][n] = s(k0 + k, n0 + n): the product with s as it is (O = P V with V's
-//! rows in `s`). Pairs along k are a row apart, so each register takes two loads.
+//! rows in `s`): one ldmatrix.x2.trans of rows k0 .. k0 + 7 and k0 + 8 .. k0 + 15 at column n0.
 template <input T>
 __device__ inline void load_b(std::uint32_t (&b)[2], smem_tile<T> s, int k0, int n0) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  b[0] = pack<T>(s(k0 + 2 * t, n0 + g), s(k0 + 2 * t + 1, n0 + g));
-  b[1] = pack<T>(s(k0 + 2 * t + 8, n0 + g), s(k0 + 2 * t + 9, n0 + g));
+  const int lane = threadIdx.x % 32, m = lane / 8 % 2;
+  ldmatrix<2, true>(b, &s(k0 + lane % 8 + 8 * m, n0));
+}
+
+//! The B fragments of two n-blocks at once, b[0..1] for n0 and b[2..3] for n0 + 8 (as load_b):
+//! one ldmatrix.x4.trans.
+template <input T>
+__device__ inline void load_b_pair(std::uint32_t (&b)[4], smem_tile<T> s, int k0, int n0) {
+  const int lane = threadIdx.x % 32, m = lane / 8;
+  ldmatrix<4, true>(b, &s(k0 + lane % 8 + 8 * (m & 1), n0 + 8 * (m >> 1)));
 }
 
 //! The A fragment of k-step `kk` made from fp32 accumulators: c[2kk] and c[2kk + 1] are the two
@@ -148,15 +190,17 @@ __device__ inline void zero(float (&c)[N][4]) {
 template <int k_steps, int n_tiles, class T>
 __device__ inline void product_transposed(float (&acc)[n_tiles][4], smem_tile<T> a, int row0,
                                           smem_tile<T> b) {
+  static_assert(n_tiles % 2 == 0, "product_transposed: n-blocks come in pairs");
 #pragma unroll
   for (int kk = 0; kk < k_steps; ++kk) {
     std::uint32_t af[4];
     load_a(af, a, row0, kk * 16);
 #pragma unroll
-    for (int n = 0; n < n_tiles; ++n) {
-      std::uint32_t bf[2];
-      load_b_transposed(bf, b, kk * 16, n * 8);
-      mma_16x8x16<T>(acc[n], af, bf);
+    for (int n = 0; n < n_tiles; n += 2) {
+      std::uint32_t bf[4];
+      load_b_transposed_pair(bf, b, kk * 16, n * 8);
+      mma_16x8x16<T>(acc[n], af, {bf[0], bf[1]});
+      mma_16x8x16<T>(acc[n + 1], af, {bf[2], bf[3]});
     }
   }
 }
@@ -166,15 +210,17 @@ __device__ inline void product_transposed(float (&acc)[n_tiles][4], smem_tile<T>
 template <int k_steps, int d_tiles, int c_tiles, class T>
 __device__ inline void product_from_accumulators(float (&acc)[d_tiles][4], const float (&c)[c_tiles][4],
                                                  smem_tile<T> b) {
+  static_assert(d_tiles % 2 == 0, "product_from_accumulators: n-blocks come in pairs");
 #pragma unroll
   for (int kk = 0; kk < k_steps; ++kk) {
     std::uint32_t af[4];
     a_from_accumulators<T>(af, c, kk);
 #pragma unroll
-    for (int dn = 0; dn < d_tiles; ++dn) {
-      std::uint32_t bf[2];
-      load_b(bf, b, kk * 16, dn * 8);
-      mma_16x8x16<T>(acc[dn], af, bf);
+    for (int dn = 0; dn < d_tiles; dn += 2) {
+      std::uint32_t bf[4];
+      load_b_pair(bf, b, kk * 16, dn * 8);
+      mma_16x8x16<T>(acc[dn], af, {bf[0], bf[1]});
+      mma_16x8x16<T>(acc[dn + 1], af, {bf[2], bf[3]});
     }
   }
 }

@@ -1,8 +1,10 @@
 //! @file warp_emulation.hpp
 //! Runs CUDA kernels on the host (blocks of up to 256 threads), with one std::thread per CUDA
 //! thread: threadIdx and blockIdx are thread-local, gridDim is the launch's, __syncthreads and the
-//! warp shuffles are barriers, and mma.sync m16n8k16 is computed from the PTX ISA's fragment
-//! tables, written here independently of seqpar/detail/mma.cuh. Include it first, before any
+//! warp shuffles are barriers, and mma.sync m16n8k16 and ldmatrix are computed from the PTX ISA's
+//! fragment tables, written here independently of seqpar/detail/mma.cuh. cp.async copies wait in
+//! their thread's groups and land only at the cp.async.wait_group that covers them, so a kernel
+//! that reads a tile too early reads the poison the block's shared memory starts with. Include it first, before any
 //! seqpar header, in a .cpp built by a host compiler; the kernel headers included after it compile
 //! as host code. seqpar_emulation::launcher is a launcher for the CUDA policies
 //! (seqpar/policy/detail/launcher.cuh) that runs their kernels this way.
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <span>
 #include <stdexcept>
@@ -36,6 +39,15 @@ inline std::barrier<>* warp_barrier[warps] = {};
 inline float shuffle_slots[warps][32];
 alignas(16) inline unsigned char shared_memory[1 << 17];  // the block's dynamic shared memory
 inline std::uint32_t a_slots[warps][32][4], b_slots[warps][32][2];
+inline const void* row_slots[warps][32];
+
+//! One thread's cp.async copies: the uncommitted ones, then the committed groups, oldest first.
+struct async_copy {
+  void* dst;
+  const void* src;
+};
+inline thread_local std::vector<async_copy> uncommitted_copies;
+inline thread_local std::deque<std::vector<async_copy>> committed_copies;
 
 inline int warp() { return static_cast<int>(thread_index.x / 32); }
 inline int lane() { return static_cast<int>(thread_index.x % 32); }
@@ -81,6 +93,50 @@ inline void mma_16x8x16(float (&d)[4], const std::uint32_t (&a)[4], const std::u
   warp_barrier[w]->arrive_and_wait();
 }
 
+//! ldmatrix.sync.aligned.m8n8.xN[.trans].shared.b16 for the warp of the calling thread. PTX: the
+//! rows of matrix i are the 16-byte rows at the addresses of lanes 8i .. 8i + 7 (row j from lane
+//! 8i + j); lane l receives, in register i, elements (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1)
+//! of matrix i, the first in the low half; .trans gives the transpose's, (2 (l % 4), l / 4) and
+//! (2 (l % 4) + 1, l / 4).
+template <int N>
+void ldmatrix(std::uint32_t (&r)[N], const void* row, bool trans) {
+  const int w = warp(), l = lane();
+  if (reinterpret_cast<std::uintptr_t>(row) % 16 != 0) throw std::logic_error("ldmatrix: a row is not 16-byte aligned");
+  warp_barrier[w]->arrive_and_wait();
+  row_slots[w][l] = row;
+  warp_barrier[w]->arrive_and_wait();
+  auto element = [&](int matrix, int i, int j) {  // matrix[i][j]
+    std::uint16_t x;
+    std::memcpy(&x, static_cast<const unsigned char*>(row_slots[w][8 * matrix + i]) + 2 * j, sizeof x);
+    return std::uint32_t(x);
+  };
+  const int g = l / 4, t = l % 4;
+  for (int m = 0; m < N; ++m)
+    r[m] = trans ? element(m, 2 * t, g) | element(m, 2 * t + 1, g) << 16
+                 : element(m, g, 2 * t) | element(m, g, 2 * t + 1) << 16;
+  warp_barrier[w]->arrive_and_wait();
+}
+
+//! cp.async.cg.shared.global of 16 bytes (PTX: both addresses 16-byte aligned; the copy is
+//! performed asynchronously and belongs to the next group the thread commits).
+inline void cp_async(void* dst, const void* src) {
+  if (reinterpret_cast<std::uintptr_t>(dst) % 16 != 0 || reinterpret_cast<std::uintptr_t>(src) % 16 != 0)
+    throw std::logic_error("cp.async: an address is not 16-byte aligned");
+  uncommitted_copies.push_back({dst, src});
+}
+//! cp.async.commit_group: the thread's uncommitted copies become its newest group.
+inline void cp_async_commit() {
+  committed_copies.push_back(std::move(uncommitted_copies));
+  uncommitted_copies.clear();
+}
+//! cp.async.wait_group n: every committed group but the newest n completes, oldest first.
+inline void cp_async_wait(int n) {
+  while (committed_copies.size() > static_cast<std::size_t>(n)) {
+    for (const async_copy& c : committed_copies.front()) std::memcpy(c.dst, c.src, 16);
+    committed_copies.pop_front();
+  }
+}
+
 //! Runs body() as every thread of every block of `grid` (blocks one after another, `threads`
 //! threads each, a multiple of 32 up to 256). `shared` stands for the block's shared memory: it is
 //! poisoned with 0xff before each block; returns false when a block wrote past its first `used` bytes.
@@ -106,6 +162,8 @@ bool launch(dim3 grid, unsigned threads, std::span<unsigned char> shared, std::s
             thread_index = {t, 0, 0};
             block_index = {x, y, z};
             body();
+            if (!uncommitted_copies.empty() || !committed_copies.empty())
+              throw std::logic_error("a thread ended with cp.async copies it never waited for");
           });
         running.clear();  // joins
         within = within && std::all_of(shared.begin() + used, shared.end(), [](unsigned char c) { return c == 0xff; });
@@ -133,6 +191,10 @@ inline float __expf(float x) { return std::exp(x); }
 #define blockDim seqpar_emulation::block_size
 #define gridDim seqpar_emulation::grid_size
 #define SEQPAR_EMULATE_MMA(d, a, b, is_half) seqpar_emulation::mma_16x8x16(d, a, b, is_half)
+#define SEQPAR_EMULATE_LDMATRIX(r, row, trans) seqpar_emulation::ldmatrix(r, row, trans)
+#define SEQPAR_EMULATE_CP_ASYNC(dst, src) seqpar_emulation::cp_async(dst, src)
+#define SEQPAR_EMULATE_CP_ASYNC_COMMIT() seqpar_emulation::cp_async_commit()
+#define SEQPAR_EMULATE_CP_ASYNC_WAIT(n) seqpar_emulation::cp_async_wait(n)
 #define SEQPAR_EMULATE_SHARED seqpar_emulation::shared_memory
 #undef __global__
 #undef __device__

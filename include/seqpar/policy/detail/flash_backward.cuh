@@ -5,7 +5,8 @@
 //! atomics, so results are deterministic. Both read the row dots rowsum(dO * O): for a whole
 //! sequence a first kernel computes them once into fp32 scratch, and a block pair of ring attention
 //! is given them. The same kernels compute that block pair: gradients of type T are written (the
-//! whole sequence), fp32 gradients are accumulators the pair adds to.
+//! whole sequence), fp32 gradients are accumulators the pair adds to. Each loop step's tiles load
+//! by cp.async while the step before computes (two buffers).
 #pragma once
 
 #include <seqpar/detail/vector_copy.cuh>
@@ -21,29 +22,33 @@ namespace flash_kernels {
 //! Rows of the other operand per step of a backward loop (keys for dQ, queries for dK/dV).
 inline constexpr int backward_step_rows = 32;
 
-//! Shared memory of the dQ kernel: query and dO tiles, then key and value tiles of a step.
+//! Shared memory of the dQ kernel: query and dO tiles, then two key and two value tiles (one pair
+//! computed on while the next step's loads).
 template <class T, int D>
 struct dq_shared {
-  mma::smem_tile<T> q, dout, k, v;  //!< the tiles, in this order
+  mma::smem_tile<T> q, dout, k[2], v[2];  //!< the tiles, in this order
   //! Takes the tiles from `carver`.
   template <class Carver>
   SEQPAR_HOST_DEVICE explicit dq_shared(Carver& carver)
       : q(take_rows<T, D>(carver, block_rows)), dout(take_rows<T, D>(carver, block_rows)),
-        k(take_rows<T, D>(carver, backward_step_rows)), v(take_rows<T, D>(carver, backward_step_rows)) {}
+        k{take_rows<T, D>(carver, backward_step_rows), take_rows<T, D>(carver, backward_step_rows)},
+        v{take_rows<T, D>(carver, backward_step_rows), take_rows<T, D>(carver, backward_step_rows)} {}
 };
 
-//! Shared memory of the dK/dV kernel: key and value tiles; query and dO tiles of a step; and the
-//! step's log-sum-exp and row dots.
+//! Shared memory of the dK/dV kernel: key and value tiles; then, twice (the step computed on and
+//! the next one loading), query and dO tiles, the log-sum-exps and the row dots of a step.
 template <class T, int D>
 struct dkdv_shared {
-  mma::smem_tile<T> k, v, q, dout;  //!< the tiles, in this order
-  float *lse, *delta;               //!< log-sum-exp (log2 units) and dO_r . O_r of the step's query rows
+  mma::smem_tile<T> k, v, q[2], dout[2];  //!< the tiles, in this order
+  float *lse[2], *delta[2];               //!< log-sum-exp (log2 units) and dO_r . O_r of a step's query rows
   //! Takes the tiles, the log-sum-exps and the row dots from `carver`.
   template <class Carver>
   SEQPAR_HOST_DEVICE explicit dkdv_shared(Carver& carver)
       : k(take_rows<T, D>(carver, block_rows)), v(take_rows<T, D>(carver, block_rows)),
-        q(take_rows<T, D>(carver, backward_step_rows)), dout(take_rows<T, D>(carver, backward_step_rows)),
-        lse(carver.template take<float>(backward_step_rows)), delta(carver.template take<float>(backward_step_rows)) {}
+        q{take_rows<T, D>(carver, backward_step_rows), take_rows<T, D>(carver, backward_step_rows)},
+        dout{take_rows<T, D>(carver, backward_step_rows), take_rows<T, D>(carver, backward_step_rows)},
+        lse{carver.template take<float>(backward_step_rows), carver.template take<float>(backward_step_rows)},
+        delta{carver.template take<float>(backward_step_rows), carver.template take<float>(backward_step_rows)} {}
 };
 
 //! Whether gradients of type G are fp32 accumulators of a block pair (added to) rather than a whole
@@ -118,12 +123,25 @@ __global__ void __launch_bounds__(threads)
                 const_lse_view dots, tensor_view<const T> dout, gqa_map map, float scale, score_positions pos,
                 tensor_view<G> dq, bool vec) {
   constexpr int Bc = backward_step_rows, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
-  const auto [q_s, do_s, k_s, v_s] = carve_shared<dq_shared<T, D>>();
+  const dq_shared<T, D> tiles = carve_shared<dq_shared<T, D>>();
+  const mma::smem_tile<T> q_s = tiles.q, do_s = tiles.dout;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
   const std::int64_t S = pos.q_rows;
   const int kh = map.kv_head(static_cast<int>(h));
-
+  const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
+  // The first key step at or after j that shares a document with the block's queries, or `end`.
+  auto step_from = [&](std::int64_t j) {
+    while (j < end && !pos.share_document(q0, q0 + block_rows, j, j + Bc)) j += Bc;
+    return j;
+  };
+  auto load_keys = [&](std::int64_t j, int buffer) {
+    load_rows_async<D>(tiles.k[buffer], k, b, kh, j, Bc, vec);
+    load_rows_async<D>(tiles.v[buffer], v, b, kh, j, Bc, vec);
+    device::commit_async_copies();
+  };
+  std::int64_t j0 = step_from(0);
+  if (j0 < end) load_keys(j0, 0);
   load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
   load_rows<D>(do_s, dout, b, h, q0, block_rows, vec);
 
@@ -138,13 +156,16 @@ __global__ void __launch_bounds__(threads)
   }
   float acc[d_tiles][4];
   mma::zero(acc);
-  const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
-  for (std::int64_t j0 = 0; j0 < end; j0 += Bc) {
-    if (!pos.share_document(q0, q0 + block_rows, j0, j0 + Bc)) continue;  // the same for the whole block
-    __syncthreads();
-    load_rows<D>(k_s, k, b, kh, j0, Bc, vec);
-    load_rows<D>(v_s, v, b, kh, j0, Bc, vec);
-    __syncthreads();
+  for (int buffer = 0; j0 < end; buffer ^= 1) {
+    const std::int64_t j1 = step_from(j0 + Bc);
+    if (j1 < end) {
+      load_keys(j1, buffer ^ 1);  // into the tiles every warp finished with last step
+      device::wait_async_copies<1>();
+    } else {
+      device::wait_async_copies<0>();
+    }
+    __syncthreads();  // this step's tiles, every thread's copies, are in shared memory
+    const mma::smem_tile<T> k_s = tiles.k[buffer], v_s = tiles.v[buffer];
     float s[n_tiles][4], dp[n_tiles][4];
     mma::zero(s);
     mma::zero(dp);
@@ -161,6 +182,8 @@ __global__ void __launch_bounds__(threads)
         s[n][e] = p * (dp[n][e] - row_delta[r]);  // dS
       }
     product_from_accumulators<Bc / 16>(acc, s, k_s);
+    __syncthreads();  // every warp is done with these tiles before the next step refills them
+    j0 = j1;
   }
   store_rows(dq, b, h, q0 + w0, acc, scale);
 }
@@ -174,12 +197,39 @@ __global__ void __launch_bounds__(threads)
                   const_lse_view dots, tensor_view<const T> dout, gqa_map map, float scale, score_positions pos,
                   tensor_view<G> dk, tensor_view<G> dv, bool vec) {
   constexpr int Br = backward_step_rows, n_tiles = Br / 8, d_tiles = D / 8, k_steps = D / 16;
-  const auto [k_s, v_s, q_s, do_s, lse_s, delta_s] = carve_shared<dkdv_shared<T, D>>();
+  const dkdv_shared<T, D> tiles = carve_shared<dkdv_shared<T, D>>();
+  const mma::smem_tile<T> k_s = tiles.k, v_s = tiles.v;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, b = blockIdx.z;
   const int kh = static_cast<int>(blockIdx.y);
-  const std::int64_t S = pos.q_rows;
+  const std::int64_t S = pos.q_rows, H = q.heads();
+  const std::int64_t first = pos.query_begin(j0) / Br * Br;  // earlier queries see none of these keys
 
+  // The steps: every query head h that reads this kv head, and its 32-query steps from `first`
+  // that share a document with the block's keys. step_from(h, i0) is the first at or after (h, i0)
+  // (h = H: none left); load_step starts loading one into a buffer.
+  struct step {
+    std::int64_t h, i0;
+  };
+  auto step_from = [&](std::int64_t h, std::int64_t i0) {
+    for (; h < H; ++h, i0 = first) {
+      if (map.kv_head(static_cast<int>(h)) != kh) continue;
+      for (; i0 < S; i0 += Br)
+        if (pos.share_document(i0, i0 + Br, j0, j0 + block_rows)) return step{h, i0};
+    }
+    return step{H, 0};
+  };
+  auto load_step = [&](step at, int buffer) {
+    load_rows_async<D>(tiles.q[buffer], q, b, at.h, at.i0, Br, vec);
+    load_rows_async<D>(tiles.dout[buffer], dout, b, at.h, at.i0, Br, vec);
+    device::commit_async_copies();
+    float* lse_s = tiles.lse[buffer];
+    for (int r = threadIdx.x; r < Br; r += blockDim.x)
+      lse_s[r] = at.i0 + r < S ? lse(b, at.h, at.i0 + r) * log2_e : -INFINITY;
+    row_terms(tiles.delta[buffer], dots, b, at.h, at.i0, Br, S);
+  };
+  step now = step_from(0, first);
+  if (now.h < H) load_step(now, 0);
   load_rows<D>(k_s, k, b, kh, j0, block_rows, vec);
   load_rows<D>(v_s, v, b, kh, j0, block_rows, vec);
   const int w0 = warp * warp_rows;
@@ -187,37 +237,39 @@ __global__ void __launch_bounds__(threads)
   float dk_acc[d_tiles][4], dv_acc[d_tiles][4];
   mma::zero(dk_acc);
   mma::zero(dv_acc);
-  const std::int64_t first = pos.query_begin(j0) / Br * Br;  // earlier queries see none of these keys
   const float scale_log2 = scale * log2_e;
-  for (std::int64_t h = 0; h < q.heads(); ++h) {
-    if (map.kv_head(static_cast<int>(h)) != kh) continue;
-    for (std::int64_t i0 = first; i0 < S; i0 += Br) {
-      if (!pos.share_document(i0, i0 + Br, j0, j0 + block_rows)) continue;  // the same for the whole block
-      __syncthreads();
-      load_rows<D>(q_s, q, b, h, i0, Br, vec);
-      load_rows<D>(do_s, dout, b, h, i0, Br, vec);
-      for (int r = threadIdx.x; r < Br; r += blockDim.x) lse_s[r] = i0 + r < S ? lse(b, h, i0 + r) * log2_e : -INFINITY;
-      row_terms(delta_s, dots, b, h, i0, Br, S);
-      __syncthreads();
-      float pt[n_tiles][4], dst[n_tiles][4];
-      mma::zero(pt);
-      mma::zero(dst);
-      product_transposed<k_steps>(pt, k_s, w0, q_s);    // S^T = K Q^T
-      product_transposed<k_steps>(dst, v_s, w0, do_s);  // dP^T = V dO^T
-      const bool whole = pos.all_visible(i0, i0 + Br, j0 + w0, j0 + w0 + warp_rows);  // the warp's keys: unmasked
-#pragma unroll
-      for (int n = 0; n < n_tiles; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = n * 8 + mma::c_col(e);
-          const bool on = (whole || pos.visible(i0 + c, key[e / 2])) && lse_s[c] != -INFINITY;
-          const float p = on ? exp2_approx(fmaf(pt[n][e], scale_log2, -lse_s[c])) : 0.0f;
-          pt[n][e] = p;
-          dst[n][e] = p * (dst[n][e] - delta_s[c]);
-        }
-      product_from_accumulators<Br / 16>(dv_acc, pt, do_s);
-      product_from_accumulators<Br / 16>(dk_acc, dst, q_s);
+  for (int buffer = 0; now.h < H; buffer ^= 1) {
+    const step next = step_from(now.h, now.i0 + Br);
+    if (next.h < H) {
+      load_step(next, buffer ^ 1);  // into the buffers every warp finished with last step
+      device::wait_async_copies<1>();
+    } else {
+      device::wait_async_copies<0>();
     }
+    __syncthreads();  // this step's tiles, every thread's copies, are in shared memory
+    const mma::smem_tile<T> q_s = tiles.q[buffer], do_s = tiles.dout[buffer];
+    const float *lse_s = tiles.lse[buffer], *delta_s = tiles.delta[buffer];
+    const std::int64_t i0 = now.i0;
+    float pt[n_tiles][4], dst[n_tiles][4];
+    mma::zero(pt);
+    mma::zero(dst);
+    product_transposed<k_steps>(pt, k_s, w0, q_s);    // S^T = K Q^T
+    product_transposed<k_steps>(dst, v_s, w0, do_s);  // dP^T = V dO^T
+    const bool whole = pos.all_visible(i0, i0 + Br, j0 + w0, j0 + w0 + warp_rows);  // the warp's keys: unmasked
+#pragma unroll
+    for (int n = 0; n < n_tiles; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = n * 8 + mma::c_col(e);
+        const bool on = (whole || pos.visible(i0 + c, key[e / 2])) && lse_s[c] != -INFINITY;
+        const float p = on ? exp2_approx(fmaf(pt[n][e], scale_log2, -lse_s[c])) : 0.0f;
+        pt[n][e] = p;
+        dst[n][e] = p * (dst[n][e] - delta_s[c]);
+      }
+    product_from_accumulators<Br / 16>(dv_acc, pt, do_s);
+    product_from_accumulators<Br / 16>(dk_acc, dst, q_s);
+    __syncthreads();  // every warp is done with this step's buffers before the next step refills them
+    now = next;
   }
   store_rows(dk, b, kh, j0 + w0, dk_acc, scale);
   store_rows(dv, b, kh, j0 + w0, dv_acc, 1.0f);

@@ -13,21 +13,24 @@ namespace flash_kernels {
 //! Key rows per step of the forward loop.
 inline constexpr int forward_key_rows = 64;
 
-//! Shared memory of the forward kernel: the query tile, one key tile and one value tile.
+//! Shared memory of the forward kernel: the query tile, then two key and two value tiles (one
+//! pair computed on while the next is loaded).
 template <class T, int D>
 struct forward_shared {
-  mma::smem_tile<T> q, k, v;  //!< the tiles, in this order
+  mma::smem_tile<T> q, k[2], v[2];  //!< the tiles, in this order
   //! Takes the tiles from `carver`.
   template <class Carver>
   SEQPAR_HOST_DEVICE explicit forward_shared(Carver& carver)
-      : q(take_rows<T, D>(carver, block_rows)), k(take_rows<T, D>(carver, forward_key_rows)),
-        v(take_rows<T, D>(carver, forward_key_rows)) {}
+      : q(take_rows<T, D>(carver, block_rows)),
+        k{take_rows<T, D>(carver, forward_key_rows), take_rows<T, D>(carver, forward_key_rows)},
+        v{take_rows<T, D>(carver, forward_key_rows), take_rows<T, D>(carver, forward_key_rows)} {}
 };
 
 //! One block per (64 query rows, query head, batch); each warp owns 16 query rows and keeps them in
 //! registers. For every 64-key tile: S = Q K^T on tensor cores, online softmax in fp32 (running row
 //! max m and sum l, the accumulators rescaled when m grows), O += P V with P reused from the S
-//! accumulators. Scores are kept in log2 units (scale * log2(e) folded in), so each exponential is
+//! accumulators. The next key and value tiles load by cp.async while the current ones compute.
+//! Scores are kept in log2 units (scale * log2(e) folded in), so each exponential is
 //! one ex2. Writes O = acc / l (as T for a whole sequence, fp32 for a block pair's partial) and
 //! lse = (m + log2 l) ln 2; a row that sees no key gets O = 0 and lse = -inf. S x S is never stored.
 template <class T, int D, class O>
@@ -35,13 +38,28 @@ __global__ void __launch_bounds__(threads)
     forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map, float scale,
             score_positions pos, tensor_view<O> o, lse_view lse, bool vec) {
   constexpr int Bc = forward_key_rows, n_tiles = Bc / 8, d_tiles = D / 8, k_steps = D / 16;
-  const auto [q_s, k_s, v_s] = carve_shared<forward_shared<T, D>>();
+  const forward_shared<T, D> tiles = carve_shared<forward_shared<T, D>>();
+  const mma::smem_tile<T> q_s = tiles.q;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
   const std::int64_t S = pos.q_rows;
   const int kh = map.kv_head(static_cast<int>(h));
   const float scale_log2 = scale * log2_e;
 
+  const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
+  // The first key tile at or after j that shares a document with the block's queries (the same for
+  // the whole block), or `end`.
+  auto tile_from = [&](std::int64_t j) {
+    while (j < end && !pos.share_document(q0, q0 + block_rows, j, j + Bc)) j += Bc;
+    return j;
+  };
+  auto load_keys = [&](std::int64_t j, int buffer) {
+    load_rows_async<D>(tiles.k[buffer], k, b, kh, j, Bc, vec);
+    load_rows_async<D>(tiles.v[buffer], v, b, kh, j, Bc, vec);
+    device::commit_async_copies();
+  };
+  std::int64_t j0 = tile_from(0);
+  if (j0 < end) load_keys(j0, 0);
   load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
   __syncthreads();
   std::uint32_t qa[k_steps][4];
@@ -52,23 +70,27 @@ __global__ void __launch_bounds__(threads)
   const std::int64_t row[2] = {q0 + warp * warp_rows + lane / 4, q0 + warp * warp_rows + lane / 4 + 8};
   float acc[d_tiles][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   mma::zero(acc);
-  const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
-  for (std::int64_t j0 = 0; j0 < end; j0 += Bc) {
-    if (!pos.share_document(q0, q0 + block_rows, j0, j0 + Bc)) continue;  // the same for the whole block
-    __syncthreads();  // every warp is done with the previous key and value tiles
-    load_rows<D>(k_s, k, b, kh, j0, Bc, vec);
-    load_rows<D>(v_s, v, b, kh, j0, Bc, vec);
-    __syncthreads();
+  for (int buffer = 0; j0 < end; buffer ^= 1) {
+    const std::int64_t j1 = tile_from(j0 + Bc);
+    if (j1 < end) {
+      load_keys(j1, buffer ^ 1);  // into the tiles every warp finished with last step
+      device::wait_async_copies<1>();
+    } else {
+      device::wait_async_copies<0>();
+    }
+    __syncthreads();  // this step's tiles, every thread's copies, are in shared memory
+    const mma::smem_tile<T> k_s = tiles.k[buffer], v_s = tiles.v[buffer];
 
     float s[n_tiles][4];
     mma::zero(s);
 #pragma unroll
     for (int kk = 0; kk < k_steps; ++kk)
 #pragma unroll
-      for (int n = 0; n < n_tiles; ++n) {
-        std::uint32_t kb[2];
-        mma::load_b_transposed(kb, k_s, kk * 16, n * 8);
-        mma::mma_16x8x16<T>(s[n], qa[kk], kb);
+      for (int n = 0; n < n_tiles; n += 2) {
+        std::uint32_t kb[4];
+        mma::load_b_transposed_pair(kb, k_s, kk * 16, n * 8);
+        mma::mma_16x8x16<T>(s[n], qa[kk], {kb[0], kb[1]});
+        mma::mma_16x8x16<T>(s[n + 1], qa[kk], {kb[2], kb[3]});
       }
 
     // The warp's 16 rows against this key tile: unmasked when every pair is visible (uniform per warp).
@@ -105,6 +127,8 @@ __global__ void __launch_bounds__(threads)
       for (int e = 0; e < 4; ++e) acc[dn][e] *= rescale[e / 2];
 
     product_from_accumulators<Bc / 16>(acc, s, v_s);  // O += P V
+    __syncthreads();  // every warp is done with these tiles before the next step refills them
+    j0 = j1;
   }
 
 #pragma unroll

@@ -3,6 +3,7 @@
 //! strided view into a shared-memory tile, and the score mask.
 #pragma once
 
+#include <seqpar/detail/async_copy.cuh>
 #include <seqpar/detail/mma.cuh>
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/policy/detail/shared_layout.cuh>
@@ -49,6 +50,26 @@ __device__ inline void load_rows(mma::smem_tile<T> s, const tensor_view<const T>
 #pragma unroll
       for (int e = 0; e < V; ++e) dst[e] = x(b, i, h, c + e);
     }
+  }
+}
+
+//! As load_rows, but the 16-byte vectors of a `vec` view start as cp.async copies: they are in the
+//! tile after the wait that covers the caller's next commit_async_copies(). Rows past the sequence
+//! (zeros) and the element-wise path of other views are stored at once.
+template <int D, class T>
+__device__ inline void load_rows_async(mma::smem_tile<T> s, const tensor_view<const T>& x, std::int64_t b,
+                                       std::int64_t h, std::int64_t row0, int rows, bool vec) {
+  if (!vec) {
+    load_rows<D>(s, x, b, h, row0, rows, false);
+    return;
+  }
+  constexpr int V = 16 / sizeof(T);
+  for (int idx = threadIdx.x; idx < rows * (D / V); idx += blockDim.x) {
+    const int r = idx / (D / V), c = idx % (D / V) * V;
+    const std::int64_t i = row0 + r;
+    T* dst = &s(r, c);
+    if (i >= x.seq()) *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    else device::copy_async_16(dst, &x(b, i, h, c));
   }
 }
 
