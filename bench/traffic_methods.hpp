@@ -155,7 +155,8 @@ rank_run lasp(Comm& comm, const shape& s, seqpar::lasp_strategy strategy) {
     const auto v = seqpar::make_bshd<const bf16>(x.get(), 1, n, s.H, s.D);
     const std::vector<float> decay(s.H, 0.99f);
     ring->forward(no_compute{comm.memory()}, comm, v, v, v, decay, seqpar::make_bshd(x.get(), 1, n, s.H, s.D),
-                  seqpar::make_state(st.get(), 1, s.H, s.D, s.D), std::span<std::byte>(ws.get(), ring->workspace_bytes()));
+                  seqpar::make_state(st.get(), 1, s.H, s.D, s.D),
+                  std::span<std::byte>(ws.get(), ring->workspace_bytes()));
   });
 }
 template <class Comm>

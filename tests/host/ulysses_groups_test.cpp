@@ -158,16 +158,19 @@ TEST_CASE("all_to_all_heads: the exchanges of the head groups together equal one
         const int h = whole.local_heads(false), k = whole.local_heads(true);
         auto filled = [&](std::size_t size, int tag) {
           std::vector<float> x(size);
-          for (std::size_t i = 0; i < size; ++i) x[i] = static_cast<float>(seqpar_test::key_of(r, tag, i) % 1000) - 500.0f;
+          for (std::size_t i = 0; i < size; ++i)
+            x[i] = static_cast<float>(seqpar_test::key_of(r, tag, i) % 1000) - 500.0f;
           return x;
         };
-        std::vector<float> sq = filled(B * n * c.H * D, 1), sk = filled(B * n * c.H_kv * D, 2), sv = filled(sk.size(), 3);
+        std::vector<float> sq = filled(B * n * c.H * D, 1), sk = filled(B * n * c.H_kv * D, 2),
+                           sv = filled(sk.size(), 3);
         auto seq_view = [&](std::vector<float>& x, int heads) { return seqpar::make_bshd(x.data(), B, n, heads, D); };
         auto heads_view = [&](std::vector<float>& x, int heads) { return seqpar::make_bshd(x.data(), B, S, heads, D); };
         std::vector<std::byte> ws(whole.workspace_bytes());
         // Forward: one exchange, then the groups' exchanges into head ranges of poisoned tensors.
         std::vector<float> q1(B * S * h * D), k1(B * S * k * D), v1(k1.size());
-        seqpar::all_to_all_heads(whole, comm, seqpar::qkv_views{seq_view(sq, c.H), seq_view(sk, c.H_kv), seq_view(sv, c.H_kv)},
+        seqpar::all_to_all_heads(whole, comm,
+                                 seqpar::qkv_views{seq_view(sq, c.H), seq_view(sk, c.H_kv), seq_view(sv, c.H_kv)},
                                  seqpar::qkv_views{heads_view(q1, h), heads_view(k1, k), heads_view(v1, k)}, ws);
         const std::size_t one_bytes = comm.bytes_sent();
         comm.clear();
@@ -183,8 +186,9 @@ TEST_CASE("all_to_all_heads: the exchanges of the head groups together equal one
           const int qf = plan.local_first(false), qn = plan.local_heads(false), kf = plan.local_first(true),
                     kn = plan.local_heads(true);
           failures[r] += qn < 1 || kn < 1;  // every group of every rank holds heads
-          seqpar::all_to_all_heads(plan, comm, seqpar::qkv_views{seq_view(sq, c.H), seq_view(sk, c.H_kv), seq_view(sv, c.H_kv)},
-                                   seqpar::qkv_views{range(q2, h, qf, qn), range(k2, k, kf, kn), range(v2, k, kf, kn)}, ws);
+          seqpar::all_to_all_heads(
+              plan, comm, seqpar::qkv_views{seq_view(sq, c.H), seq_view(sk, c.H_kv), seq_view(sv, c.H_kv)},
+              seqpar::qkv_views{range(q2, h, qf, qn), range(k2, k, kf, kn), range(v2, k, kf, kn)}, ws);
         }
         failures[r] += !same_values(q1, q2) + !same_values(k1, k2) + !same_values(v1, v2);
         failures[r] += comm.bytes_sent() != one_bytes;

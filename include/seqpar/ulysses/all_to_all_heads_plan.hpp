@@ -155,8 +155,9 @@ class all_to_all_heads_plan {
 //! .head_dim = D}, dtype::bfloat16). Checks the shape (kv_heads divides heads; value_dim is head_dim).
 //! With `group`, the plan's exchanges move only that group's heads (head-side views hold just them;
 //! the inverse writes just them, adding to a kv head's gradient that an earlier group wrote).
-inline all_to_all_heads_plan make_all_to_all_heads_plan(int rank, const seq_partition& seq, const attention_shape& shape,
-                                                        dtype type, head_group group = {}) {
+inline all_to_all_heads_plan make_all_to_all_heads_plan(int rank, const seq_partition& seq,
+                                                        const attention_shape& shape, dtype type,
+                                                        head_group group = {}) {
   check_attention_shape(shape);
   SEQPAR_EXPECTS(shape.values() == shape.head_dim, "shape.value_dim: the Ulysses exchange moves q, k and v of one head "
                                                    "size; expected head_dim = " << shape.head_dim << ", got "

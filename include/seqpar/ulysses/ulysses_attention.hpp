@@ -175,8 +175,8 @@ class ulysses_attention {
                                            std::vector<all_to_all_heads_plan>& group_plans) {
     std::optional<all_to_all_heads_plan> plan;
     agree_on_arguments(comm, call_checks::group, nullptr, [&] {
-      SEQPAR_EXPECTS(seq.ranks == comm.size(), "seq: partition over " << seq.ranks << " ranks; expected the communicator's "
-                                                                      << comm.size());
+      SEQPAR_EXPECTS(seq.ranks == comm.size(),
+                     "seq: partition over " << seq.ranks << " ranks; expected the communicator's " << comm.size());
       plan.emplace(make_all_to_all_heads_plan(comm.rank(), seq, shape, type));
       const int groups = layer_options.head_groups;
       if (groups != 1)
@@ -214,7 +214,8 @@ class ulysses_attention {
   std::size_t q_bytes() const { return detail::heads_side_bytes(plan_, 0); }
   std::size_t kv_bytes() const { return detail::heads_side_bytes(plan_, 1); }
   std::size_t lse_bytes() const {
-    return static_cast<std::size_t>(plan_.batch() * plan_.heads().count(plan_.rank()) * plan_.seq().tokens) * sizeof(float);
+    return static_cast<std::size_t>(plan_.batch() * plan_.heads().count(plan_.rank()) * plan_.seq().tokens) *
+           sizeof(float);
   }
   static std::size_t aligned(std::size_t n) {
     constexpr std::size_t a = all_to_all_heads_plan::workspace_alignment;
@@ -362,7 +363,8 @@ class ulysses_attention {
     if constexpr (std::is_same_v<G, T>) {
       auto part = [&](int i, std::size_t bytes) { return ws.subspan(scratch_offset(i), bytes); };
       const tensor_view<T> hdo = heads_view<T>(part(0, q_bytes()), true), hdq = heads_view<T>(part(1, q_bytes()), true),
-                           hdk = heads_view<T>(part(2, kv_bytes()), false), hdv = heads_view<T>(part(3, kv_bytes()), false);
+                           hdk = heads_view<T>(part(2, kv_bytes()), false),
+                           hdv = heads_view<T>(part(3, kv_bytes()), false);
       auto held = [&](const owned_bytes<Resource>& b, bool query) {
         return tensor_view<const T>(heads_view<T>(b.span(), query));
       };
@@ -384,9 +386,10 @@ class ulysses_attention {
           },
           [&](int g, stream_t side) {
             const head_slice& h = slices_[g];
-            detail::run_qkv_exchange(group_plan(g), comm_, detail::heads_direction::inverse,
-                                     qkv_views{query_heads(cview(hdq), h), kv_heads(cview(hdk), h), kv_heads(cview(hdv), h)},
-                                     qkv_views{dq, dk, dv}, exchange, side);
+            detail::run_qkv_exchange(
+                group_plan(g), comm_, detail::heads_direction::inverse,
+                qkv_views{query_heads(cview(hdq), h), kv_heads(cview(hdk), h), kv_heads(cview(hdv), h)},
+                qkv_views{dq, dk, dv}, exchange, side);
           });
     }
   }

@@ -129,19 +129,9 @@ __global__ void __launch_bounds__(threads)
   const std::int64_t q0 = static_cast<std::int64_t>(blockIdx.x) * block_rows, h = blockIdx.y, b = blockIdx.z;
   const std::int64_t S = pos.q_rows;
   const int kh = map.kv_head(static_cast<int>(h));
-  const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
-  // The first key step at or after j that shares a document with the block's queries, or `end`.
-  auto step_from = [&](std::int64_t j) {
-    while (j < end && !pos.share_document(q0, q0 + block_rows, j, j + Bc)) j += Bc;
-    return j;
-  };
-  auto load_keys = [&](std::int64_t j, int buffer) {
-    load_rows_async<D>(tiles.k[buffer], k, b, kh, j, Bc, vec);
-    load_rows_async<D>(tiles.v[buffer], v, b, kh, j, Bc, vec);
-    device::commit_async_copies();
-  };
-  std::int64_t j0 = step_from(0);
-  if (j0 < end) load_keys(j0, 0);
+  const key_steps<D, T> steps{k, v, b, kh, vec, pos, q0, pos.key_end(q0 + block_rows < S ? q0 + block_rows : S), Bc};
+  std::int64_t j0 = steps.from(0);
+  if (j0 < steps.end) steps.load(j0, tiles.k[0], tiles.v[0]);
   load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
   load_rows<D>(do_s, dout, b, h, q0, block_rows, vec);
 
@@ -156,15 +146,10 @@ __global__ void __launch_bounds__(threads)
   }
   float acc[d_tiles][4];
   mma::zero(acc);
-  for (int buffer = 0; j0 < end; buffer ^= 1) {
-    const std::int64_t j1 = step_from(j0 + Bc);
-    if (j1 < end) {
-      load_keys(j1, buffer ^ 1);  // into the tiles every warp finished with last step
-      device::wait_async_copies<1>();
-    } else {
-      device::wait_async_copies<0>();
-    }
-    __syncthreads();  // this step's tiles, every thread's copies, are in shared memory
+  for (int buffer = 0; j0 < steps.end; buffer ^= 1) {
+    const std::int64_t j1 = steps.from(j0 + Bc);
+    if (j1 < steps.end) steps.load(j1, tiles.k[buffer ^ 1], tiles.v[buffer ^ 1]);  // tiles freed last step
+    wait_for_step(j1 < steps.end);
     const mma::smem_tile<T> k_s = tiles.k[buffer], v_s = tiles.v[buffer];
     float s[n_tiles][4], dp[n_tiles][4];
     mma::zero(s);
@@ -240,13 +225,8 @@ __global__ void __launch_bounds__(threads)
   const float scale_log2 = scale * log2_e;
   for (int buffer = 0; now.h < H; buffer ^= 1) {
     const step next = step_from(now.h, now.i0 + Br);
-    if (next.h < H) {
-      load_step(next, buffer ^ 1);  // into the buffers every warp finished with last step
-      device::wait_async_copies<1>();
-    } else {
-      device::wait_async_copies<0>();
-    }
-    __syncthreads();  // this step's tiles, every thread's copies, are in shared memory
+    if (next.h < H) load_step(next, buffer ^ 1);  // into the buffers every warp finished with last step
+    wait_for_step(next.h < H);
     const mma::smem_tile<T> q_s = tiles.q[buffer], do_s = tiles.dout[buffer];
     const float *lse_s = tiles.lse[buffer], *delta_s = tiles.delta[buffer];
     const std::int64_t i0 = now.i0;

@@ -46,20 +46,9 @@ __global__ void __launch_bounds__(threads)
   const int kh = map.kv_head(static_cast<int>(h));
   const float scale_log2 = scale * log2_e;
 
-  const std::int64_t end = pos.key_end(q0 + block_rows < S ? q0 + block_rows : S);
-  // The first key tile at or after j that shares a document with the block's queries (the same for
-  // the whole block), or `end`.
-  auto tile_from = [&](std::int64_t j) {
-    while (j < end && !pos.share_document(q0, q0 + block_rows, j, j + Bc)) j += Bc;
-    return j;
-  };
-  auto load_keys = [&](std::int64_t j, int buffer) {
-    load_rows_async<D>(tiles.k[buffer], k, b, kh, j, Bc, vec);
-    load_rows_async<D>(tiles.v[buffer], v, b, kh, j, Bc, vec);
-    device::commit_async_copies();
-  };
-  std::int64_t j0 = tile_from(0);
-  if (j0 < end) load_keys(j0, 0);
+  const key_steps<D, T> steps{k, v, b, kh, vec, pos, q0, pos.key_end(q0 + block_rows < S ? q0 + block_rows : S), Bc};
+  std::int64_t j0 = steps.from(0);
+  if (j0 < steps.end) steps.load(j0, tiles.k[0], tiles.v[0]);
   load_rows<D>(q_s, q, b, h, q0, block_rows, vec);
   __syncthreads();
   std::uint32_t qa[k_steps][4];
@@ -70,15 +59,10 @@ __global__ void __launch_bounds__(threads)
   const std::int64_t row[2] = {q0 + warp * warp_rows + lane / 4, q0 + warp * warp_rows + lane / 4 + 8};
   float acc[d_tiles][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   mma::zero(acc);
-  for (int buffer = 0; j0 < end; buffer ^= 1) {
-    const std::int64_t j1 = tile_from(j0 + Bc);
-    if (j1 < end) {
-      load_keys(j1, buffer ^ 1);  // into the tiles every warp finished with last step
-      device::wait_async_copies<1>();
-    } else {
-      device::wait_async_copies<0>();
-    }
-    __syncthreads();  // this step's tiles, every thread's copies, are in shared memory
+  for (int buffer = 0; j0 < steps.end; buffer ^= 1) {
+    const std::int64_t j1 = steps.from(j0 + Bc);
+    if (j1 < steps.end) steps.load(j1, tiles.k[buffer ^ 1], tiles.v[buffer ^ 1]);  // tiles freed last step
+    wait_for_step(j1 < steps.end);
     const mma::smem_tile<T> k_s = tiles.k[buffer], v_s = tiles.v[buffer];
 
     float s[n_tiles][4];

@@ -136,6 +136,39 @@ struct score_positions {
   }
 };
 
+//! The double-buffered steps over keys of a query block: tiles of `rows` keys, from key 0 to `end`,
+//! skipping those that share no document with the block's queries [q0, q0 + block_rows) (the same
+//! for every thread of the block).
+template <int D, class T>
+struct key_steps {
+  tensor_view<const T> k, v;  //!< the keys and values
+  std::int64_t b;             //!< batch
+  int kh;                     //!< kv head
+  bool vec;                   //!< 16-byte vectors (see rows_are_vectorizable)
+  score_positions pos;        //!< where the rows sit
+  std::int64_t q0, end;       //!< the block's first query row; one past the last key any of them sees
+  int rows;                   //!< keys per step
+  //! The first step at or after key j, or `end`.
+  __device__ std::int64_t from(std::int64_t j) const {
+    while (j < end && !pos.share_document(q0, q0 + block_rows, j, j + rows)) j += rows;
+    return j;
+  }
+  //! Starts loading the keys and values of the step at j into k_s and v_s, as one cp.async group.
+  __device__ void load(std::int64_t j, mma::smem_tile<T> k_s, mma::smem_tile<T> v_s) const {
+    load_rows_async<D>(k_s, k, b, kh, j, rows, vec);
+    load_rows_async<D>(v_s, v, b, kh, j, rows, vec);
+    device::commit_async_copies();
+  }
+};
+
+//! Makes a step's buffers ready: waits for this thread's copies of the step (all groups but the
+//! next step's when `next_loading`, else all), then a barrier so every thread's copies are visible.
+__device__ inline void wait_for_step(bool next_loading) {
+  if (next_loading) device::wait_async_copies<1>();
+  else device::wait_async_copies<0>();
+  __syncthreads();
+}
+
 // The tile products live in mma.cuh, shared with the linear-attention kernels.
 using mma::product_from_accumulators;
 using mma::product_transposed;
