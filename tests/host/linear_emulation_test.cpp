@@ -97,6 +97,13 @@ void check_linear(const linear_case& c, int major = 8) {
   tc.forward_intra(q.cview(), k.cview(), v.cview(), decay, o.view);
   ref.forward_intra(qf.cview(), kf.cview(), vf.cview(), decay, o_ref.view);
   CHECK(relative_gap(o.view, o_ref.view) <= tol);
+  // The fused forward_intra and state_contribution give the bits of the two apart.
+  host_tensor<T> o_fused(c.B, c.C, c.H, c.E, c.pad, 0);
+  state m_fused(c.B, c.H, c.D, c.E, 0), m_apart(c.B, c.H, c.D, c.E, 0);
+  tc.forward_intra_with_state(q.cview(), k.cview(), v.cview(), decay, o_fused.view, m_fused.view, nullptr, nullptr);
+  tc.state_contribution(k.cview(), v.cview(), decay, m_apart.view);
+  CHECK(seqpar_test::first_mismatch(o_fused.data, o.data) == -1);
+  CHECK(seqpar_test::first_mismatch(m_fused.data, m_apart.data) == -1);
   // forward_inter adds to what o holds: the reference starts from the same rounded values.
   const auto o_before = widened(o);
   for (std::size_t i = 0; i < o_ref.data.size(); ++i) o_ref.data[i] = o_before.data[i];

@@ -120,10 +120,19 @@ class linear_attention_ring {
     // Fork first, so the side stream's state work does not queue behind the intra-chunk product;
     // that product needs no message and runs on `stream` meanwhile.
     const stream_t side = fork_->fork(where, stream);
-    for (const document_piece& piece : plan.pieces)
-      policy.forward_intra(rows(cq, piece), rows(ck, piece), rows(cv, piece), decay, rows(o, piece), stream);
     const document_piece& last = plan.pieces.back();
-    policy.state_contribution(rows(ck, last), rows(cv, last), decay, m, side);
+    if constexpr (fuses_forward_state<Policy>) {  // the last piece's state first, so the chain starts early
+      policy.forward_intra_with_state(rows(cq, last), rows(ck, last), rows(cv, last), decay, rows(o, last), m, stream,
+                                      side);
+      for (std::size_t i = 0; i + 1 < plan.pieces.size(); ++i) {
+        const document_piece& piece = plan.pieces[i];
+        policy.forward_intra(rows(cq, piece), rows(ck, piece), rows(cv, piece), decay, rows(o, piece), stream);
+      }
+    } else {
+      for (const document_piece& piece : plan.pieces)
+        policy.forward_intra(rows(cq, piece), rows(ck, piece), rows(cv, piece), decay, rows(o, piece), stream);
+      policy.state_contribution(rows(ck, last), rows(cv, last), decay, m, side);
+    }
     // The state passed on: the incoming one decayed through the chunk when one document runs
     // through it, plus the last piece's tokens.
     const bool carry = rank_ > 0 && plan.pieces.size() == 1 && plan.first_continues;

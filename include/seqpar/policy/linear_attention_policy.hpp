@@ -61,4 +61,13 @@ template <class P>
 concept linear_attention_policy = detail::opts_into_linear_attention_policy<P> && detail::describes_support<P> &&
                                   detail::computes_linear_forward<P> && detail::computes_linear_backward<P>;
 
+//! A linear-attention policy that may also offer forward_intra_with_state(q, k, v, decay, o, m,
+//! stream, side): forward_intra into o on `stream` and state_contribution into m on `side` in one
+//! call that shares their work; linear_attention_ring uses it when there.
+template <class P>
+concept fuses_forward_state = requires(const P& p, tensor_view<const float> in, tensor_view<float> out,
+                                       std::span<const float> decay, state_view st, stream_t s) {
+  p.forward_intra_with_state(in, in, in, decay, out, st, s, s);
+};
+
 SEQPAR_NAMESPACE_END

@@ -48,6 +48,38 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
     launcher(detail::linear_kernels::state_update_kernel, dim3(blocks), dim3(256), 0, stream, table, n, in, m, out);
   }
 
+  //! forward_intra into o on `stream` and state_contribution into m on `side`, the two sharing one
+  //! pass over K and V on the tensor-core path: its per-segment states, scanned once, give both the
+  //! segment prefixes o's pass starts from and their total m. On `side` the states pass and the
+  //! scan run first (after what `stream` holds now), so m is ready before o's pass ends; `stream`
+  //! waits for them. Same values as the two operations called apart.
+  template <class T>
+  void forward_intra_with_state(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                                std::span<const float> decay, tensor_view<T> o, state_view m, stream_t stream,
+                                stream_t side) const {
+    const auto table = make_table(decay);
+    const unsigned BH = batch_heads(q);
+    this->template dispatch<T>(q.head_dim(), [&](auto sms) {
+      const unsigned tiles = y_tiles(v.head_dim());
+      const auto plan = detail::linear_kernels::plan_segments(q.seq(), std::int64_t{tiles} * BH, sms);
+      const std::int64_t per_head = q.head_dim() * v.head_dim();
+      auto states = launcher.workspace(plan.count * BH * per_head, stream);  // freed on `stream`, after o's pass
+      const dim3 grid(tiles, static_cast<unsigned>(plan.count), BH);
+      launcher.order(side, stream);
+      launch_chunk_scan<T>(grid, k, k, v, tensor_view<T>{}, states.data(), plan.length, table, false, true,
+                           vectorizable<T>({k, v}), side);
+      scan_states(states.data(), plan, q.seq(), BH, static_cast<int>(q.heads()), per_head, table, m.data_handle(),
+                  false, side);
+      launcher.order(stream, side);
+      if (o.size() != 0)
+        launch_chunk_scan<T>(grid, q, k, v, o, plan.count > 1 ? states.data() : nullptr, plan.length, table, false,
+                             false, vectorizable<T>({q, k, v}), stream);
+    }, [&] {
+      this->forward_intra(q, k, v, decay, o, stream);
+      this->state_contribution(k, v, decay, m, side);
+    });
+  }
+
  private:
   friend detail::linear_operations<basic_linear_cuda>;
   using decay_table = detail::linear_kernels::decay_table;

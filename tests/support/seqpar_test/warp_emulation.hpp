@@ -232,6 +232,8 @@ struct launcher {
   std::vector<float> workspace(std::int64_t floats, cudaStream_t) const {
     return std::vector<float>(static_cast<std::size_t>(floats), NAN);
   }
+  //! Nothing to order: emulated kernels run one after another, in the order they are launched.
+  void order(cudaStream_t, cudaStream_t) const {}
 };
 
 }  // namespace seqpar_emulation

@@ -4,7 +4,9 @@
 //! - launcher(kernel, grid, block, shared_bytes, stream, args...): runs kernel(args...);
 //! - launcher.device(): the device_info the planning reads;
 //! - launcher.workspace(floats, stream): fp32 scratch for the kernels, an object with data() that
-//!   frees it when destroyed.
+//!   frees it when destroyed;
+//! - launcher.order(waiting, after): work enqueued on stream `waiting` from now on runs after the
+//!   work already enqueued on stream `after`.
 //! cuda_launcher (nvcc only) does this on the current CUDA device. The kernel-emulation tests give
 //! the policies a launcher that runs the kernels on the host, so they check the shipped planning.
 #pragma once
@@ -79,6 +81,16 @@ struct cuda_launcher {
 
   //! `floats` of device memory for kernels on `stream`, freed in stream order.
   device_workspace workspace(std::int64_t floats, stream_t stream) const { return {floats, stream}; }
+
+  //! Orders what is enqueued on `waiting` from now on after what is already enqueued on `after`.
+  void order(stream_t waiting, stream_t after) const {
+    if (waiting == after) return;
+    cudaEvent_t done = nullptr;
+    SEQPAR_CUDA_TRY(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    SEQPAR_CUDA_TRY(cudaEventRecord(done, after));
+    SEQPAR_CUDA_TRY(cudaStreamWaitEvent(waiting, done, 0));
+    SEQPAR_CUDA_TRY(cudaEventDestroy(done));  // released once the recorded work completes
+  }
 };
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_END
