@@ -1,0 +1,154 @@
+// gated_linear_reference: the gated chunk algebra (intra, inter, contribution, chunk decay, update)
+// chained over the chunks of P ranks against the token-by-token recurrence in double, for scalar
+// and vector gates, gates near 0 and near 1, uneven chunks, fp32 and bf16 activations; and the
+// constant-decay special case against linear_reference.
+#include <seqpar/policy/gated_linear_reference.hpp>
+#include <seqpar/policy/linear_reference.hpp>
+#include <seqpar/detail/balanced_split.hpp>
+#include <seqpar_test/values.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+namespace {
+struct gated_case {
+  std::int64_t B, S, H, D, E;
+  bool vector_gate;
+  double lo, hi;  // exp(g) drawn log-uniformly from [lo, hi]
+};
+
+template <class T>
+std::vector<T> randoms(std::size_t n) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<T> x(n);
+  for (auto& e : x) e = seqpar::from_float<T>(u(seqpar_test::rng()));
+  return x;
+}
+
+std::vector<float> log_gates(std::size_t n, double lo, double hi) {
+  std::uniform_real_distribution<double> u(std::log(lo), std::log(hi));
+  std::vector<float> g(n);
+  for (auto& e : g) e = std::min(0.0f, static_cast<float>(u(seqpar_test::rng())));
+  return g;
+}
+
+// o [B, S, H, E] of the recurrence M_t = diag(exp(g_t)) M_{t-1} + k_t v_t^T, o_t = q_t^T M_t, in
+// double from the rounded inputs; `state` gets the final M [B, H, D, E].
+template <class T>
+std::vector<double> recurrence(const gated_case& c, const std::vector<T>& q, const std::vector<T>& k,
+                               const std::vector<T>& v, const std::vector<float>& g, std::vector<double>& state) {
+  const std::int64_t B = c.B, S = c.S, H = c.H, D = c.D, E = c.E, gd = c.vector_gate ? D : 1;
+  std::vector<double> o(B * S * H * E, 0.0);
+  state.assign(B * H * D * E, 0.0);
+  auto at = [](const auto& x, std::int64_t i) { return static_cast<double>(seqpar::to_float(x[i])); };
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h) {
+      double* M = &state[(b * H + h) * D * E];
+      for (std::int64_t t = 0; t < S; ++t) {
+        const std::int64_t row = (b * S + t) * H + h;
+        for (std::int64_t d = 0; d < D; ++d) {
+          const double decay = std::exp(double(g[row * gd + (c.vector_gate ? d : 0)]));
+          for (std::int64_t e = 0; e < E; ++e)
+            M[d * E + e] = decay * M[d * E + e] + at(k, row * D + d) * at(v, row * E + e);
+        }
+        for (std::int64_t e = 0; e < E; ++e) {
+          double sum = 0;
+          for (std::int64_t d = 0; d < D; ++d) sum += at(q, row * D + d) * M[d * E + e];
+          o[row * E + e] = sum;
+        }
+      }
+    }
+  return o;
+}
+
+// The chunk algebra over P contiguous chunks (the first S % P one token longer), states passed
+// along as the chain does (fp32): returns o and the last chunk's outgoing state.
+template <class T>
+std::vector<T> chained(const gated_case& c, int P, std::vector<T>& q, std::vector<T>& k, std::vector<T>& v,
+                       std::vector<float>& g, std::vector<float>& state) {
+  const std::int64_t B = c.B, S = c.S, H = c.H, D = c.D, E = c.E, gd = c.vector_gate ? D : 1;
+  const seqpar::gated_linear_reference ref;
+  std::vector<T> o(B * S * H * E, seqpar::from_float<T>(0.0f));
+  std::vector<float> in(B * H * D * E, 0.0f), m(in.size()), total(B * H * D);
+  auto view = [&](auto& x, std::int64_t X, std::int64_t first, std::int64_t n) {
+    return seqpar::make_strided(x.data() + first * H * X, {B, n, H, X}, {S * H * X, H * X, X, 1});
+  };
+  for (int r = 0; r < P; ++r) {
+    const std::int64_t first = seqpar::detail::balanced_offset<std::int64_t>(S, P, r),
+                       n = seqpar::detail::balanced_size<std::int64_t>(S, P, r);
+    const seqpar::tensor_view<const T> cq = view(q, D, first, n), ck = view(k, D, first, n), cv = view(v, E, first, n);
+    const seqpar::tensor_view<const float> cg = view(g, gd, first, n);
+    const auto co = view(o, E, first, n);
+    ref.forward_intra(cq, ck, cv, cg, co);
+    if (r > 0) ref.forward_inter(cq, cg, seqpar::const_state_view(in.data(), B, H, D, E), co);
+    const seqpar::state_view mv(m.data(), B, H, D, E), iv(in.data(), B, H, D, E);
+    ref.state_contribution(ck, cv, cg, mv);
+    ref.chunk_decay(cg, D, seqpar::chunk_decay_view(total.data(), B, H, D));
+    ref.state_update(seqpar::const_chunk_decay_view(total.data(), B, H, D),
+                     r > 0 ? seqpar::const_state_view(iv) : seqpar::const_state_view(), mv, iv);
+  }
+  state = in;
+  return o;
+}
+
+template <class U, class W>
+double gap(const std::vector<U>& got, const std::vector<W>& want) {
+  double err = 0, scale = 1e-300;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double x = seqpar_test::as_double(got[i]), y = seqpar_test::as_double(want[i]);
+    if (!std::isfinite(x)) return INFINITY;
+    err = std::max(err, std::abs(x - y));
+    scale = std::max(scale, std::abs(y));
+  }
+  return err / scale;
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("gated chunk algebra chained over P chunks equals the token-by-token recurrence", T, float,
+                   __nv_bfloat16) {
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 2e-2;
+  for (bool vector_gate : {false, true})
+    for (auto [lo, hi] : {std::pair{0.5, 1.0}, std::pair{1e-6, 1e-5}, std::pair{1.0 - 1e-6, 1.0}})
+      for (int P : {1, 2, 3, 4, 8}) {
+        const gated_case c{2, 8 * P + 3, 2, 5, 3, vector_gate, lo, hi};
+        INFO("P=" << P << " S=" << c.S << (vector_gate ? " vector" : " scalar") << " gates exp(g) in [" << lo << ", "
+                  << hi << "]");
+        auto q = randoms<T>(c.B * c.S * c.H * c.D), k = randoms<T>(q.size()), v = randoms<T>(c.B * c.S * c.H * c.E);
+        auto g = log_gates(c.B * c.S * c.H * (vector_gate ? c.D : 1), lo, hi);
+        std::vector<double> want_state;
+        const auto want = recurrence(c, q, k, v, g, want_state);
+        std::vector<float> state;
+        const auto got = chained(c, P, q, k, v, g, state);
+        CHECK(gap(got, want) <= tol);
+        CHECK(gap(state, want_state) <= 1e-5);
+      }
+}
+
+TEST_CASE("gated chunk algebra with g = log(lambda) equals linear_reference's constant decay") {
+  const std::int64_t B = 1, C = 13, H = 2, D = 4, E = 3;
+  const std::vector<float> decay{0.9f, 0.6f};
+  auto q = randoms<float>(B * C * H * D), k = randoms<float>(q.size()), v = randoms<float>(B * C * H * E);
+  std::vector<float> g(B * C * H);
+  for (std::int64_t i = 0; i < C; ++i)
+    for (std::int64_t h = 0; h < H; ++h) g[i * H + h] = std::log(decay[h]);
+  std::vector<float> kv = randoms<float>(B * H * D * E);
+  auto bshd = [&](std::vector<float>& x, std::int64_t X) { return seqpar::make_bshd(x.data(), B, C, H, X); };
+  const auto cq = seqpar::tensor_view<const float>(bshd(q, D)), ck = seqpar::tensor_view<const float>(bshd(k, D)),
+             cv = seqpar::tensor_view<const float>(bshd(v, E)), cg = seqpar::tensor_view<const float>(bshd(g, 1));
+  std::vector<float> o1(B * C * H * E), o2(o1.size()), m1(B * H * D * E), m2(m1.size());
+  const seqpar::gated_linear_reference gated;
+  const seqpar::linear_reference plain;
+  gated.forward_intra(cq, ck, cv, cg, bshd(o1, E));
+  plain.forward_intra(cq, ck, cv, decay, bshd(o2, E));
+  const seqpar::const_state_view kv_view(kv.data(), B, H, D, E);
+  gated.forward_inter(cq, cg, kv_view, bshd(o1, E));
+  plain.forward_inter(cq, decay, kv_view, bshd(o2, E));
+  CHECK(gap(o1, o2) <= 1e-6);
+  gated.state_contribution(ck, cv, cg, seqpar::state_view(m1.data(), B, H, D, E));
+  plain.state_contribution(ck, cv, decay, seqpar::state_view(m2.data(), B, H, D, E));
+  CHECK(gap(m1, m2) <= 1e-6);
+}
