@@ -1,7 +1,8 @@
 // gated_linear_reference: the gated chunk algebra (intra, inter, contribution, chunk decay, update)
 // chained over the chunks of P ranks against the token-by-token recurrence in double, for scalar
 // and vector gates, gates near 0 and near 1, uneven chunks, fp32 and bf16 activations; and the
-// constant-decay special case against linear_reference.
+// constant-decay special case against linear_reference; a chunk's backward (dq, dk, dv, dg and the
+// incoming state's gradient) against central differences of the recurrence.
 #include <seqpar/policy/gated_linear_reference.hpp>
 #include <seqpar/policy/linear_reference.hpp>
 #include <seqpar/detail/balanced_split.hpp>
@@ -151,4 +152,74 @@ TEST_CASE("gated chunk algebra with g = log(lambda) equals linear_reference's co
   gated.state_contribution(ck, cv, cg, seqpar::state_view(m1.data(), B, H, D, E));
   plain.state_contribution(ck, cv, decay, seqpar::state_view(m2.data(), B, H, D, E));
   CHECK(gap(m1, m2) <= 1e-6);
+}
+
+namespace {
+// L = sum dO . o + sum dM_out . M_out of one chunk from M_in, token by token in double: the loss
+// whose gradients chunk_backward gives. x holds q, k, v, g, M_in back to back.
+struct chunk_loss {
+  std::int64_t C, H, D, E, gd;
+  std::vector<double> dout, dm;
+  double operator()(const std::vector<double>& x) const {
+    const double *q = x.data(), *k = q + C * H * D, *v = k + C * H * D, *g = v + C * H * E, *in = g + C * H * gd;
+    double loss = 0;
+    for (std::int64_t h = 0; h < H; ++h) {
+      std::vector<double> M(in + h * D * E, in + (h + 1) * D * E);
+      for (std::int64_t t = 0; t < C; ++t) {
+        const std::int64_t row = t * H + h;
+        for (std::int64_t d = 0; d < D; ++d)
+          for (std::int64_t e = 0; e < E; ++e)
+            M[d * E + e] = std::exp(g[row * gd + (gd > 1 ? d : 0)]) * M[d * E + e] + k[row * D + d] * v[row * E + e];
+        for (std::int64_t e = 0; e < E; ++e) {
+          double o = 0;
+          for (std::int64_t d = 0; d < D; ++d) o += q[row * D + d] * M[d * E + e];
+          loss += dout[row * E + e] * o;
+        }
+      }
+      for (std::int64_t i = 0; i < D * E; ++i) loss += dm[h * D * E + i] * M[i];
+    }
+    return loss;
+  }
+};
+}  // namespace
+
+TEST_CASE("gated chunk_backward equals central differences of the recurrence, the gates' gradients included") {
+  const std::int64_t C = 7, H = 2, D = 3, E = 2;
+  for (bool vector_gate : {false, true}) {
+    CAPTURE(vector_gate);
+    const std::int64_t gd = vector_gate ? D : 1;
+    auto q = randoms<float>(C * H * D), k = randoms<float>(q.size()), v = randoms<float>(C * H * E),
+         dout = randoms<float>(C * H * E), in = randoms<float>(H * D * E), dm = randoms<float>(in.size());
+    auto g = log_gates(C * H * gd, 0.3, 1.0);
+    std::vector<float> dq(q.size()), dk(k.size()), dv(v.size()), dg(g.size()), din(in.size());
+    auto bshd = [&](std::vector<float>& t, std::int64_t X) { return seqpar::make_bshd(t.data(), 1, C, H, X); };
+    auto cview = [&](std::vector<float>& t, std::int64_t X) { return seqpar::tensor_view<const float>(bshd(t, X)); };
+    seqpar::gated_linear_reference{}.chunk_backward(
+        cview(q, D), cview(k, D), cview(v, E), cview(g, gd), cview(dout, E),
+        seqpar::const_state_view(in.data(), 1, H, D, E), seqpar::const_state_view(dm.data(), 1, H, D, E), bshd(dq, D),
+        bshd(dk, D), bshd(dv, E), bshd(dg, gd), seqpar::state_view(din.data(), 1, H, D, E));
+    chunk_loss loss{C, H, D, E, gd, {dout.begin(), dout.end()}, {dm.begin(), dm.end()}};
+    std::vector<double> x;
+    for (const auto* part : {&q, &k, &v, &g, &in}) x.insert(x.end(), part->begin(), part->end());
+    std::vector<double> want(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const double keep = x[i], eps = 1e-5;
+      x[i] = keep + eps;
+      const double up = loss(x);
+      x[i] = keep - eps;
+      want[i] = (up - loss(x)) / (2 * eps);
+      x[i] = keep;
+    }
+    std::vector<float> got;
+    for (const auto* part : {&dq, &dk, &dv, &dg, &din}) got.insert(got.end(), part->begin(), part->end());
+    const char* names[] = {"dq", "dk", "dv", "dg", "dkv_in"};
+    std::size_t at = 0;
+    for (int p = 0; p < 5; ++p) {
+      const std::size_t n = std::vector<std::size_t>{dq.size(), dk.size(), dv.size(), dg.size(), din.size()}[p];
+      INFO(std::string(names[p]));
+      CHECK(gap(std::vector<float>(got.begin() + at, got.begin() + at + n),
+                std::vector<double>(want.begin() + at, want.begin() + at + n)) <= 1e-5);
+      at += n;
+    }
+  }
 }
