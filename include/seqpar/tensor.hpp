@@ -148,14 +148,21 @@ struct erased_views {
 }  // namespace detail
 
 namespace detail {
+//! Indices [first, first + n) of axis `a` of a view, the other axes whole, with its strides.
+template <class T>
+tensor_view<T> slice(const tensor_view<T>& v, axis a, std::int64_t first, std::int64_t n) {
+  using view = tensor_view<T>;
+  cuda::std::array<std::int64_t, 4> e{v.batch(), v.seq(), v.heads(), v.head_dim()};
+  e[static_cast<int>(a)] = n;
+  cuda::std::array<std::int64_t, 4> s{v.stride(axis::batch), v.stride(axis::seq), v.stride(axis::heads),
+                                      v.stride(axis::head_dim)};
+  return view(v.data() + first * v.stride(a), typename view::mapping_type(typename view::extents_type(e), s));
+}
+
 //! Rows [first, first + n) of a view, with its strides.
 template <class T>
 tensor_view<T> rows(const tensor_view<T>& v, std::int64_t first, std::int64_t n) {
-  using view = tensor_view<T>;
-  typename view::extents_type e(v.batch(), n, v.heads(), v.head_dim());
-  cuda::std::array<std::int64_t, 4> s{v.stride(axis::batch), v.stride(axis::seq), v.stride(axis::heads),
-                                      v.stride(axis::head_dim)};
-  return view(v.data() + first * v.stride(axis::seq), typename view::mapping_type(e, s));
+  return slice(v, axis::seq, first, n);
 }
 
 //! Throws unless `view` has extents {B, S, H, D} = `want`, naming the view as the caller knows it.

@@ -84,48 +84,48 @@ std::string check_rank(const seqpar::all_to_all_heads_plan& plan, std::int64_t p
   auto heads_side = [&](int t, bool values) {
     return padded<T>(seqpar::detail::heads_side_extents(plan, t), pad, t + 11, values);
   };
+  // A pack walk: three valued tensors of one side into a poisoned buffer of n elements, by the host
+  // loop and by the emulated kernels.
+  auto check_pack = [&](auto side, std::size_t n, auto host_pack, auto device_pack, const char* name) {
+    std::vector<padded<T>> in{side(0, true), side(1, true), side(2, true)};
+    seqpar::detail::segment_views<T> v{{in[0].view(), in[1].view(), in[2].view()}, {}};
+    std::vector<T> host(n, seqpar_test::poison<T>()), device = host;
+    host_pack(v, host.data());
+    device_pack(v, device.data());
+    if (!same_bits(host, device)) wrong += name;
+  };
+  // An unpack walk: a valued buffer of n elements (value(i)) into three poisoned tensors of one side.
+  auto check_unpack = [&](auto side, std::size_t n, auto value, auto host_unpack, auto device_unpack,
+                          const std::string& name) {
+    std::vector<T> buffer(n);
+    for (std::size_t i = 0; i < buffer.size(); ++i) buffer[i] = seqpar::from_float<T>(value(i));
+    std::vector<padded<T>> host{side(0, false), side(1, false), side(2, false)}, device = host;
+    seqpar::detail::segment_views<T> hv{{}, {host[0].view(), host[1].view(), host[2].view()}},
+        dv{{}, {device[0].view(), device[1].view(), device[2].view()}};
+    host_unpack(buffer.data(), hv);
+    device_unpack(buffer.data(), dv);
+    for (int t = 0; t < 3; ++t)
+      if (!same_bits(host[t].data, device[t].data)) wrong += name + "[" + std::to_string(t) + "]";
+  };
+  using views = seqpar::detail::segment_views<T>;
   // Forward pack: sequence shards into the buffer.
-  {
-    std::vector<padded<T>> in{seq_side(0, true), seq_side(1, true), seq_side(2, true)};
-    seqpar::detail::segment_views<T> v{{in[0].view(), in[1].view(), in[2].view()}, {}};
-    std::vector<T> host(seq_n, seqpar_test::poison<T>()), device = host;
-    seqpar::detail::pack_seq_side(g, v, host.data());
-    dev::pack_seq_side(g, v, device.data(), nullptr, emulated);
-    if (!same_bits(host, device)) wrong += " seq_side_pack";
-  }
+  check_pack(
+      seq_side, seq_n, [&](const views& v, T* out) { seqpar::detail::pack_seq_side(g, v, out); },
+      [&](const views& v, T* out) { dev::pack_seq_side(g, v, out, nullptr, emulated); }, " seq_side_pack");
   // Forward unpack: the buffer into head shards.
-  {
-    std::vector<T> buffer(heads_n);
-    for (std::size_t i = 0; i < buffer.size(); ++i) buffer[i] = seqpar::from_float<T>(static_cast<float>(i % 509) - 250.0f);
-    std::vector<padded<T>> host{heads_side(0, false), heads_side(1, false), heads_side(2, false)}, device = host;
-    seqpar::detail::segment_views<T> hv{{}, {host[0].view(), host[1].view(), host[2].view()}},
-        dv{{}, {device[0].view(), device[1].view(), device[2].view()}};
-    seqpar::detail::unpack_heads_side(g, buffer.data(), hv);
-    dev::unpack_heads_side(g, buffer.data(), dv, nullptr, emulated);
-    for (int t = 0; t < 3; ++t)
-      if (!same_bits(host[t].data, device[t].data)) wrong += " heads_side_unpack[" + std::to_string(t) + "]";
-  }
+  check_unpack(
+      heads_side, heads_n, [](std::size_t i) { return static_cast<float>(i % 509) - 250.0f; },
+      [&](const T* in, const views& v) { seqpar::detail::unpack_heads_side(g, in, v); },
+      [&](const T* in, const views& v) { dev::unpack_heads_side(g, in, v, nullptr, emulated); }, " heads_side_unpack");
   // Inverse pack: head shards into the buffer.
-  {
-    std::vector<padded<T>> in{heads_side(0, true), heads_side(1, true), heads_side(2, true)};
-    seqpar::detail::segment_views<T> v{{in[0].view(), in[1].view(), in[2].view()}, {}};
-    std::vector<T> host(heads_n, seqpar_test::poison<T>()), device = host;
-    seqpar::detail::pack_heads_side(g, v, host.data());
-    dev::pack_heads_side(g, v, device.data(), nullptr, emulated);
-    if (!same_bits(host, device)) wrong += " heads_side_pack";
-  }
+  check_pack(
+      heads_side, heads_n, [&](const views& v, T* out) { seqpar::detail::pack_heads_side(g, v, out); },
+      [&](const views& v, T* out) { dev::pack_heads_side(g, v, out, nullptr, emulated); }, " heads_side_pack");
   // Inverse unpack: the buffer back into sequence shards, kv heads summed over their owners.
-  {
-    std::vector<T> buffer(seq_n);
-    for (std::size_t i = 0; i < buffer.size(); ++i) buffer[i] = seqpar::from_float<T>(static_cast<float>(i % 383) * 0.25f);
-    std::vector<padded<T>> host{seq_side(0, false), seq_side(1, false), seq_side(2, false)}, device = host;
-    seqpar::detail::segment_views<T> hv{{}, {host[0].view(), host[1].view(), host[2].view()}},
-        dv{{}, {device[0].view(), device[1].view(), device[2].view()}};
-    seqpar::detail::unpack_seq_side_sum(g, buffer.data(), hv);
-    dev::unpack_seq_side_sum(g, buffer.data(), dv, nullptr, emulated);
-    for (int t = 0; t < 3; ++t)
-      if (!same_bits(host[t].data, device[t].data)) wrong += " seq_side_sum[" + std::to_string(t) + "]";
-  }
+  check_unpack(
+      seq_side, seq_n, [](std::size_t i) { return static_cast<float>(i % 383) * 0.25f; },
+      [&](const T* in, const views& v) { seqpar::detail::unpack_seq_side_sum(g, in, v); },
+      [&](const T* in, const views& v) { dev::unpack_seq_side_sum(g, in, v, nullptr, emulated); }, " seq_side_sum");
   return wrong;
 }
 }  // namespace

@@ -237,20 +237,13 @@ class ulysses_attention {
   // A group's query heads or kv heads in a view of this rank's.
   template <class T>
   static tensor_view<T> query_heads(const tensor_view<T>& v, const head_slice& h) {
-    return heads_range(v, h.q_first, h.q_count);
+    return detail::slice(v, axis::heads, h.q_first, h.q_count);
   }
   template <class T>
   static tensor_view<T> kv_heads(const tensor_view<T>& v, const head_slice& h) {
-    return heads_range(v, h.kv_first, h.kv_count);
+    return detail::slice(v, axis::heads, h.kv_first, h.kv_count);
   }
-  template <class T>
-  static tensor_view<T> heads_range(const tensor_view<T>& v, int first, int count) {
-    using view = tensor_view<T>;
-    typename view::extents_type e(v.batch(), v.seq(), count, v.head_dim());
-    cuda::std::array<std::int64_t, 4> strides{v.stride(axis::batch), v.stride(axis::seq), v.stride(axis::heads),
-                                              v.stride(axis::head_dim)};
-    return view(v.data() + first * v.stride(axis::heads), typename view::mapping_type(e, strides));
-  }
+
   // The log-sum-exp of a group's query heads: the groups' [B, h, S] blocks lie one after another.
   lse_view lse_of(std::span<std::byte> bytes, const head_slice& slice) const {
     const std::int64_t B = plan_.batch(), S = plan_.seq().tokens;
