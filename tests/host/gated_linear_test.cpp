@@ -1,8 +1,9 @@
 // gated_linear_reference: the gated chunk algebra (intra, inter, contribution, chunk decay, update)
 // chained over the chunks of P ranks against the token-by-token recurrence in double, for scalar
 // and vector gates, gates near 0 and near 1, uneven chunks, fp32 and bf16 activations; and the
-// constant-decay special case against linear_reference; a chunk's backward (dq, dk, dv, dg and the
-// incoming state's gradient) against central differences of the recurrence.
+// constant-decay special case against linear_reference; the backward pieces composed into a
+// chunk's backward (dq, dk, dv, dg and the incoming state's gradient) against central differences
+// of the recurrence.
 #include <seqpar/policy/gated_linear_reference.hpp>
 #include <seqpar/policy/linear_reference.hpp>
 #include <seqpar/detail/balanced_split.hpp>
@@ -88,7 +89,7 @@ std::vector<T> chained(const gated_case& c, int P, std::vector<T>& q, std::vecto
     if (r > 0) ref.forward_inter(cq, cg, seqpar::const_state_view(in.data(), B, H, D, E), co);
     const seqpar::state_view mv(m.data(), B, H, D, E), iv(in.data(), B, H, D, E);
     ref.state_contribution(ck, cv, cg, mv);
-    ref.chunk_decay(cg, D, seqpar::chunk_decay_view(total.data(), B, H, D));
+    ref.chunk_decay(cg, seqpar::chunk_decay_view(total.data(), B, H, D));
     ref.state_update(seqpar::const_chunk_decay_view(total.data(), B, H, D),
                      r > 0 ? seqpar::const_state_view(iv) : seqpar::const_state_view(), mv, iv);
   }
@@ -156,7 +157,7 @@ TEST_CASE("gated chunk algebra with g = log(lambda) equals linear_reference's co
 
 namespace {
 // L = sum dO . o + sum dM_out . M_out of one chunk from M_in, token by token in double: the loss
-// whose gradients chunk_backward gives. x holds q, k, v, g, M_in back to back.
+// whose gradients the backward pieces compose to. x holds q, k, v, g, M_in back to back.
 struct chunk_loss {
   std::int64_t C, H, D, E, gd;
   std::vector<double> dout, dm;
@@ -183,7 +184,7 @@ struct chunk_loss {
 };
 }  // namespace
 
-TEST_CASE("gated chunk_backward equals central differences of the recurrence, the gates' gradients included") {
+TEST_CASE("gated backward pieces compose to central differences of the recurrence, the gates' gradients included") {
   const std::int64_t C = 7, H = 2, D = 3, E = 2;
   for (bool vector_gate : {false, true}) {
     CAPTURE(vector_gate);
@@ -194,10 +195,19 @@ TEST_CASE("gated chunk_backward equals central differences of the recurrence, th
     std::vector<float> dq(q.size()), dk(k.size()), dv(v.size()), dg(g.size()), din(in.size());
     auto bshd = [&](std::vector<float>& t, std::int64_t X) { return seqpar::make_bshd(t.data(), 1, C, H, X); };
     auto cview = [&](std::vector<float>& t, std::int64_t X) { return seqpar::tensor_view<const float>(bshd(t, X)); };
-    seqpar::gated_linear_reference{}.chunk_backward(
-        cview(q, D), cview(k, D), cview(v, E), cview(g, gd), cview(dout, E),
-        seqpar::const_state_view(in.data(), 1, H, D, E), seqpar::const_state_view(dm.data(), 1, H, D, E), bshd(dq, D),
-        bshd(dk, D), bshd(dv, E), bshd(dg, gd), seqpar::state_view(din.data(), 1, H, D, E));
+    // The chunk's whole backward from the pieces the ring composes; the incoming state's gradient
+    // is the queries' share plus the outgoing gradient decayed through the chunk.
+    const seqpar::gated_linear_reference ref;
+    const seqpar::const_state_view in_view(in.data(), 1, H, D, E), dm_view(dm.data(), 1, H, D, E);
+    const seqpar::state_view din_view(din.data(), 1, H, D, E);
+    std::vector<float> total(H * D);
+    ref.backward_intra(cview(q, D), cview(k, D), cview(v, E), cview(dout, E), cview(g, gd), bshd(dq, D), bshd(dk, D),
+                       bshd(dv, E), bshd(dg, gd));
+    ref.backward_inter(cview(q, D), cview(k, D), cview(v, E), cview(dout, E), cview(g, gd), in_view, dm_view,
+                       bshd(dq, D), bshd(dk, D), bshd(dv, E), bshd(dg, gd));
+    ref.backward_state_contribution(cview(q, D), cview(dout, E), cview(g, gd), din_view);
+    ref.chunk_decay(cview(g, gd), seqpar::chunk_decay_view(total.data(), 1, H, D));
+    ref.state_update(seqpar::const_chunk_decay_view(total.data(), 1, H, D), dm_view, din_view, din_view);
     chunk_loss loss{C, H, D, E, gd, {dout.begin(), dout.end()}, {dm.begin(), dm.end()}};
     std::vector<double> x;
     for (const auto* part : {&q, &k, &v, &g, &in}) x.insert(x.end(), part->begin(), part->end());

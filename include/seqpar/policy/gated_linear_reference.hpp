@@ -15,28 +15,33 @@
 //! long chunk cannot overflow. A constant decay lambda is the gate g = log(lambda).
 #pragma once
 
+#include <seqpar/policy/gated_linear_policy.hpp>
 #include <seqpar/policy/linear_state.hpp>
 #include <seqpar/tensor.hpp>
 #include <seqpar/types.hpp>
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 SEQPAR_NAMESPACE_BEGIN
 
-//! The log of a chunk's total decay per batch, head and key dim, [B, H, D] (fp32): G_{C-1}.
-using chunk_decay_view = cuda::std::mdspan<float, cuda::std::dextents<std::int64_t, 3>>;
-//! Read-only chunk_decay_view.
-using const_chunk_decay_view = cuda::std::mdspan<const float, cuda::std::dextents<std::int64_t, 3>>;
-
 //! Plain loops in double over host memory; any element type, D and E. Gates are fp32 views
 //! [B, C, H, 1] (a scalar per head and token) or [B, C, H, D] (a vector per key dim).
 struct gated_linear_reference {
+  //! Opts into seqpar::gated_linear_attention_policy.
+  using policy_concept = gated_linear_attention_policy_tag;
+
+  //! Host memory.
+  memory_space memory() const { return memory_space::host; }
+  //! Every element type, D and E.
+  bool supports(dtype, std::int64_t, std::int64_t) const { return true; }
+
   //! o = intra-chunk attention with the gates' decays
   template <class T>
   void forward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                     tensor_view<const float> g, tensor_view<T> o) const {
+                     tensor_view<const float> g, tensor_view<T> o, stream_t = nullptr) const {
     const std::int64_t C = q.seq(), D = q.head_dim(), E = v.head_dim();
     for_each_head(q, [&](std::int64_t b, std::int64_t h) {
       const auto G = cumulative(g, b, h, D);
@@ -57,7 +62,7 @@ struct gated_linear_reference {
   //! m = sum_j diag(exp(G_{C-1} - G_j)) k_j v_j^T
   template <class T>
   void state_contribution(tensor_view<const T> k, tensor_view<const T> v, tensor_view<const float> g,
-                          state_view m) const {
+                          state_view m, stream_t = nullptr) const {
     const std::int64_t C = k.seq(), D = k.head_dim(), E = v.head_dim();
     for_each_head(k, [&](std::int64_t b, std::int64_t h) {
       const auto G = cumulative(g, b, h, D);
@@ -74,7 +79,8 @@ struct gated_linear_reference {
 
   //! o += (q_i * exp(G_i))^T kv
   template <class T>
-  void forward_inter(tensor_view<const T> q, tensor_view<const float> g, const_state_view kv, tensor_view<T> o) const {
+  void forward_inter(tensor_view<const T> q, tensor_view<const float> g, const_state_view kv, tensor_view<T> o,
+                     stream_t = nullptr) const {
     const std::int64_t C = q.seq(), D = q.head_dim(), E = o.head_dim();
     for_each_head(q, [&](std::int64_t b, std::int64_t h) {
       const auto G = cumulative(g, b, h, D);
@@ -88,7 +94,8 @@ struct gated_linear_reference {
   }
 
   //! total(b, h, d) = G_{C-1}[d], the log of the chunk's decay (what an all-gather carries with m).
-  void chunk_decay(tensor_view<const float> g, std::int64_t D, chunk_decay_view total) const {
+  void chunk_decay(tensor_view<const float> g, chunk_decay_view total, stream_t = nullptr) const {
+    const std::int64_t D = total.extent(2);
     for (std::int64_t b = 0; b < g.batch(); ++b)
       for (std::int64_t h = 0; h < g.heads(); ++h) {
         const auto G = cumulative(g, b, h, D);
@@ -98,7 +105,8 @@ struct gated_linear_reference {
   }
 
   //! out = diag(exp(total)) in + m (in empty: out = m); out may alias in.
-  void state_update(const_chunk_decay_view total, const_state_view in, const_state_view m, state_view out) const {
+  void state_update(const_chunk_decay_view total, const_state_view in, const_state_view m, state_view out,
+                    stream_t = nullptr) const {
     for (std::int64_t b = 0; b < out.extent(0); ++b)
       for (std::int64_t h = 0; h < out.extent(1); ++h)
         for (std::int64_t d = 0; d < out.extent(2); ++d) {
@@ -108,91 +116,138 @@ struct gated_linear_reference {
         }
   }
 
-  //! The gradients of one chunk, given dO (of o = intra + inter) and dm_out (of the state the chunk
-  //! passes on, M_out; empty: none): dq, dk, dv, the log-gates' dg (the gate's shape: [B, C, H, 1]
-  //! sums over d) and dkv_in, the incoming state's gradient (written when not empty). kv_in is
-  //! the incoming state (empty: zero).
+  //! dq, dk, dv and dg of the intra term (written).
   template <class T>
-  void chunk_backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                      tensor_view<const float> g, tensor_view<const T> dout, const_state_view kv_in,
-                      const_state_view dm_out, tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv,
-                      tensor_view<float> dg, state_view dkv_in) const {
-    const std::int64_t C = q.seq(), D = q.head_dim(), E = v.head_dim();
+  void backward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                      tensor_view<const T> dout, tensor_view<const float> g, tensor_view<T> dq, tensor_view<T> dk,
+                      tensor_view<T> dv, tensor_view<float> dg, stream_t = nullptr) const {
+    for_each_head(q, [&](std::int64_t b, std::int64_t h) {
+      const head_gradients grad = gradients(q, k, v, dout, g, {}, {}, b, h, /*intra=*/true);
+      store(grad, b, h, dq, dk, dv, dg, /*add=*/false);
+    });
+  }
+
+  //! gs = sum_i (q_i * exp(G_i)) dO_i^T: the gradient of the state the chunk receives.
+  template <class T>
+  void backward_state_contribution(tensor_view<const T> q, tensor_view<const T> dout, tensor_view<const float> g,
+                                   state_view gs, stream_t = nullptr) const {
+    const std::int64_t C = q.seq(), D = q.head_dim(), E = dout.head_dim();
     for_each_head(q, [&](std::int64_t b, std::int64_t h) {
       const auto G = cumulative(g, b, h, D);
-      auto in = [&](std::int64_t d, std::int64_t e) { return kv_in.size() ? double(kv_in(b, h, d, e)) : 0.0; };
-      auto dm = [&](std::int64_t d, std::int64_t e) { return dm_out.size() ? double(dm_out(b, h, d, e)) : 0.0; };
-      auto dot_e = [&](auto&& a, auto&& c) {  // sum over e of a(e) c(e)
-        double sum = 0;
-        for (std::int64_t e = 0; e < E; ++e) sum += a(e) * c(e);
-        return sum;
-      };
-      std::vector<double> gq(C * D, 0.0), gk(C * D, 0.0), gv(C * E, 0.0), gG(C * D, 0.0), gin(D * E, 0.0);
-      const std::int64_t last = C - 1;
-      for (std::int64_t i = 0; i < C; ++i) {
-        auto dout_i = [&](std::int64_t e) { return x(dout, b, i, h, e); };
-        for (std::int64_t j = 0; j <= i; ++j) {  // intra: query i, key j
-          const double vd = dot_e([&](std::int64_t e) { return x(v, b, j, h, e); }, dout_i);
-          double score = 0;
-          for (std::int64_t d = 0; d < D; ++d) {
-            const double w = std::exp(G[i * D + d] - G[j * D + d]), term = x(q, b, i, h, d) * x(k, b, j, h, d) * w;
-            score += term;
-            gq[i * D + d] += x(k, b, j, h, d) * w * vd;
-            gk[j * D + d] += x(q, b, i, h, d) * w * vd;
-            gG[i * D + d] += term * vd;
-            gG[j * D + d] -= term * vd;
-          }
-          for (std::int64_t e = 0; e < E; ++e) gv[j * E + e] += score * dout_i(e);
+      for (std::int64_t d = 0; d < D; ++d)
+        for (std::int64_t e = 0; e < E; ++e) {
+          double sum = 0;
+          for (std::int64_t i = 0; i < C; ++i) sum += x(q, b, i, h, d) * std::exp(G[i * D + d]) * x(dout, b, i, h, e);
+          gs(b, h, d, e) = static_cast<float>(sum);
         }
-        for (std::int64_t d = 0; d < D; ++d) {  // inter: (q_i * exp(G_i))^T M_in
-          const double w = std::exp(G[i * D + d]);
-          const double md = dot_e([&](std::int64_t e) { return in(d, e); }, dout_i);
-          gq[i * D + d] += w * md;
-          gG[i * D + d] += x(q, b, i, h, d) * w * md;
-          for (std::int64_t e = 0; e < E; ++e) gin[d * E + e] += x(q, b, i, h, d) * w * dout_i(e);
-        }
-      }
-      for (std::int64_t d = 0; d < D; ++d) {  // M_out = diag(exp(G_last)) M_in + sum_j ... k_j v_j^T
-        const double w_in = std::exp(G[last * D + d]);
-        const double through =
-            dot_e([&](std::int64_t e) { return in(d, e); }, [&](std::int64_t e) { return dm(d, e); });
-        gG[last * D + d] += w_in * through;
-        for (std::int64_t e = 0; e < E; ++e) gin[d * E + e] += w_in * dm(d, e);
-        for (std::int64_t j = 0; j < C; ++j) {
-          const double w = std::exp(G[last * D + d] - G[j * D + d]);
-          const double vm =
-              dot_e([&](std::int64_t e) { return x(v, b, j, h, e); }, [&](std::int64_t e) { return dm(d, e); });
-          const double term = w * x(k, b, j, h, d) * vm;
-          gk[j * D + d] += w * vm;
-          gG[last * D + d] += term;
-          gG[j * D + d] -= term;
-          for (std::int64_t e = 0; e < E; ++e) gv[j * E + e] += w * x(k, b, j, h, d) * dm(d, e);
-        }
-      }
-      // g_s enters every G_i with i >= s: dg_s = sum_{i >= s} dG_i (summed over d for a scalar gate).
-      const bool scalar = dg.head_dim() == 1;
-      for (std::int64_t s = C - 1; s >= 0; --s) {
-        if (s + 1 < C)
-          for (std::int64_t d = 0; d < D; ++d) gG[s * D + d] += gG[(s + 1) * D + d];
-        double total = 0;
-        for (std::int64_t d = 0; d < D; ++d) total += gG[s * D + d];
-        for (std::int64_t d = 0; d < (scalar ? 1 : D); ++d)
-          dg(b, s, h, d) = static_cast<float>(scalar ? total : gG[s * D + d]);
-      }
-      for (std::int64_t i = 0; i < C; ++i) {
-        for (std::int64_t d = 0; d < D; ++d) {
-          dq(b, i, h, d) = from_float<T>(static_cast<float>(gq[i * D + d]));
-          dk(b, i, h, d) = from_float<T>(static_cast<float>(gk[i * D + d]));
-        }
-        for (std::int64_t e = 0; e < E; ++e) dv(b, i, h, e) = from_float<T>(static_cast<float>(gv[i * E + e]));
-      }
-      if (dkv_in.size())
-        for (std::int64_t d = 0; d < D; ++d)
-          for (std::int64_t e = 0; e < E; ++e) dkv_in(b, h, d, e) = static_cast<float>(gin[d * E + e]);
+    });
+  }
+
+  //! Adds to dq, dk, dv and dg the gradients of the inter term (incoming state kv) and of the
+  //! state passed on (gradient gs), including the gate's share of diag(exp(G_{C-1})) kv. Either
+  //! state may be empty (zero).
+  template <class T>
+  void backward_inter(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                      tensor_view<const T> dout, tensor_view<const float> g, const_state_view kv, const_state_view gs,
+                      tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, tensor_view<float> dg,
+                      stream_t = nullptr) const {
+    for_each_head(q, [&](std::int64_t b, std::int64_t h) {
+      const head_gradients grad = gradients(q, k, v, dout, g, kv, gs, b, h, /*intra=*/false);
+      store(grad, b, h, dq, dk, dv, dg, /*add=*/true);
     });
   }
 
  private:
+  // One head's gradients before the gates' reverse sum: q, k [C * D], v [C * E], and G [C * D],
+  // the gradient of the cumulative log-gates.
+  struct head_gradients {
+    std::vector<double> q, k, v, G;
+  };
+
+  // The intra term's gradients (intra), or those of the inter term from kv and of the state passed
+  // on from gs (empty states: zero), of batch b and head h.
+  template <class T>
+  static head_gradients gradients(const tensor_view<const T>& q, const tensor_view<const T>& k,
+                                  const tensor_view<const T>& v, const tensor_view<const T>& dout,
+                                  const tensor_view<const float>& g, const const_state_view& kv,
+                                  const const_state_view& gs, std::int64_t b, std::int64_t h, bool intra) {
+    const std::int64_t C = q.seq(), D = q.head_dim(), E = v.head_dim(), last = C - 1;
+    const auto G = cumulative(g, b, h, D);
+    head_gradients grad{std::vector<double>(C * D, 0.0), std::vector<double>(C * D, 0.0),
+                        std::vector<double>(C * E, 0.0), std::vector<double>(C * D, 0.0)};
+    auto dot_e = [&](auto&& a, auto&& c) {  // sum over e of a(e) c(e)
+      double sum = 0;
+      for (std::int64_t e = 0; e < E; ++e) sum += a(e) * c(e);
+      return sum;
+    };
+    for (std::int64_t i = 0; intra && i < C; ++i) {
+      auto dout_i = [&](std::int64_t e) { return x(dout, b, i, h, e); };
+      for (std::int64_t j = 0; j <= i; ++j) {  // query i, key j
+        const double vd = dot_e([&](std::int64_t e) { return x(v, b, j, h, e); }, dout_i);
+        double score = 0;
+        for (std::int64_t d = 0; d < D; ++d) {
+          const double w = std::exp(G[i * D + d] - G[j * D + d]), term = x(q, b, i, h, d) * x(k, b, j, h, d) * w;
+          score += term;
+          grad.q[i * D + d] += x(k, b, j, h, d) * w * vd;
+          grad.k[j * D + d] += x(q, b, i, h, d) * w * vd;
+          grad.G[i * D + d] += term * vd;
+          grad.G[j * D + d] -= term * vd;
+        }
+        for (std::int64_t e = 0; e < E; ++e) grad.v[j * E + e] += score * dout_i(e);
+      }
+    }
+    if (intra) return grad;
+    auto in = [&](std::int64_t d, std::int64_t e) { return kv.size() ? double(kv(b, h, d, e)) : 0.0; };
+    auto dm = [&](std::int64_t d, std::int64_t e) { return gs.size() ? double(gs(b, h, d, e)) : 0.0; };
+    for (std::int64_t i = 0; i < C; ++i)  // inter: (q_i * exp(G_i))^T kv
+      for (std::int64_t d = 0; d < D; ++d) {
+        const double w = std::exp(G[i * D + d]);
+        const double md = dot_e([&](std::int64_t e) { return in(d, e); }, [&](std::int64_t e) { return x(dout, b, i, h, e); });
+        grad.q[i * D + d] += w * md;
+        grad.G[i * D + d] += x(q, b, i, h, d) * w * md;
+      }
+    for (std::int64_t d = 0; d < D; ++d) {  // M_out = diag(exp(G_last)) kv + sum_j diag(exp(G_last - G_j)) k_j v_j^T
+      grad.G[last * D + d] +=
+          std::exp(G[last * D + d]) * dot_e([&](std::int64_t e) { return in(d, e); }, [&](std::int64_t e) { return dm(d, e); });
+      for (std::int64_t j = 0; j < C; ++j) {
+        const double w = std::exp(G[last * D + d] - G[j * D + d]);
+        const double vm = dot_e([&](std::int64_t e) { return x(v, b, j, h, e); }, [&](std::int64_t e) { return dm(d, e); });
+        const double term = w * x(k, b, j, h, d) * vm;
+        grad.k[j * D + d] += w * vm;
+        grad.G[last * D + d] += term;
+        grad.G[j * D + d] -= term;
+        for (std::int64_t e = 0; e < E; ++e) grad.v[j * E + e] += w * x(k, b, j, h, d) * dm(d, e);
+      }
+    }
+    return grad;
+  }
+
+  // Writes (or adds) one head's gradients: g_s enters every G_i with i >= s, so dg_s is the reverse
+  // cumulative sum of dG (summed over d for a scalar gate).
+  template <class T>
+  static void store(head_gradients grad, std::int64_t b, std::int64_t h, const tensor_view<T>& dq,
+                    const tensor_view<T>& dk, const tensor_view<T>& dv, const tensor_view<float>& dg, bool add) {
+    const std::int64_t C = dq.seq(), D = dq.head_dim(), E = dv.head_dim();
+    const bool scalar = dg.head_dim() == 1;
+    auto put = [&](auto& view, std::int64_t i, std::int64_t d, double value) {
+      using U = std::remove_cvref_t<decltype(view(b, i, h, d))>;
+      view(b, i, h, d) = from_float<U>(static_cast<float>((add ? double(to_float(view(b, i, h, d))) : 0.0) + value));
+    };
+    for (std::int64_t s = C - 1; s >= 0; --s) {
+      if (s + 1 < C)
+        for (std::int64_t d = 0; d < D; ++d) grad.G[s * D + d] += grad.G[(s + 1) * D + d];
+      double total = 0;
+      for (std::int64_t d = 0; d < D; ++d) total += grad.G[s * D + d];
+      for (std::int64_t d = 0; d < (scalar ? 1 : D); ++d) put(dg, s, d, scalar ? total : grad.G[s * D + d]);
+    }
+    for (std::int64_t i = 0; i < C; ++i) {
+      for (std::int64_t d = 0; d < D; ++d) {
+        put(dq, i, d, grad.q[i * D + d]);
+        put(dk, i, d, grad.k[i * D + d]);
+      }
+      for (std::int64_t e = 0; e < E; ++e) put(dv, i, e, grad.v[i * E + e]);
+    }
+  }
   template <class T>
   static double x(const tensor_view<T>& t, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d) {
     return static_cast<double>(to_float(t(b, s, h, d)));
@@ -215,5 +270,7 @@ struct gated_linear_reference {
       for (std::int64_t h = 0; h < t.heads(); ++h) f(b, h);
   }
 };
+
+static_assert(gated_linear_attention_policy<gated_linear_reference>);
 
 SEQPAR_NAMESPACE_END

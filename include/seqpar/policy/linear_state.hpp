@@ -19,6 +19,12 @@ using state_view = cuda::std::mdspan<float, cuda::std::dextents<std::int64_t, 4>
 //! A read-only fp32 state [batch, heads, D, E].
 using const_state_view = cuda::std::mdspan<const float, cuda::std::dextents<std::int64_t, 4>>;
 
+//! The log of a chunk's total decay per batch, head and key dim, fp32 [B, H, D]: what a gated
+//! chunk's state update multiplies by (exponentiated), and what a LASP all-gather carries beside m.
+using chunk_decay_view = cuda::std::mdspan<float, cuda::std::dextents<std::int64_t, 3>>;
+//! Read-only chunk_decay_view.
+using const_chunk_decay_view = cuda::std::mdspan<const float, cuda::std::dextents<std::int64_t, 3>>;
+
 //! A state view over `data` (B * H * D * E floats).
 inline state_view make_state(float* data, std::int64_t B, std::int64_t H, std::int64_t D, std::int64_t E) {
   return state_view(data, B, H, D, E);
