@@ -49,17 +49,11 @@ TEST_CASE("lasp_attention: bytes per rank are one state per hop, the same for S 
         to_peer[r].resize(P);
         for (int j = 0; j < P; ++j) to_peer[r][j] = comm.bytes_sent_to(j);
       });
-      for (int r = 0; r < P; ++r)
-        for (int j = 0; j < P; ++j) {
-          CAPTURE(r);
-          CAPTURE(j);
-          std::size_t want = 0;
-          if (strategy == lasp_strategy::chain)
-            want = (j == r + 1 || j == r - 1) ? state_bytes : 0;  // forward to r+1, backward to r-1
-          else
-            want = j == r ? 0 : 2 * state_bytes;  // forward and backward all-gathers
-          CHECK(to_peer[r][j] == want);
-        }
+      seqpar_test::check_bytes_to_peers(to_peer, [&](int r, int j) -> std::size_t {
+        if (strategy == lasp_strategy::chain)
+          return (j == r + 1 || j == r - 1) ? state_bytes : 0;  // forward to r+1, backward to r-1
+        return j == r ? 0 : 2 * state_bytes;                     // forward and backward all-gathers
+      });
       sent.push_back(bytes);
     }
     CHECK(sent[0] == sent[1]);

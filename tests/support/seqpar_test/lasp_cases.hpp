@@ -148,6 +148,18 @@ inline linear_attention_result per_document_reference(const dense4& q, const den
   return all;
 }
 
+//! Checks to_peer[r][j], the bytes rank r sent to rank j, against want(r, j) for every pair.
+template <class Want>
+void check_bytes_to_peers(const std::vector<std::vector<std::size_t>>& to_peer, const Want& want) {
+  const int P = static_cast<int>(to_peer.size());
+  for (int r = 0; r < P; ++r)
+    for (int j = 0; j < P; ++j) {
+      CAPTURE(r);
+      CAPTURE(j);
+      CHECK(to_peer[r][j] == want(r, j));
+    }
+}
+
 //! Runs lasp_attention forward and backward on P ranks (with packed documents `docs` when given)
 //! and checks o, dq, dk, dv of every rank.
 template <class T, class Policy = seqpar::linear_reference>
