@@ -17,6 +17,8 @@
 #include <seqpar/comm/in_process.hpp>
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/policy/block_sparse_attention.hpp>
+#include <seqpar/policy/gated_linear_policy.hpp>
+#include <seqpar/policy/gated_linear_reference.hpp>
 #include <seqpar/policy/linear_attention_policy.hpp>
 #include <seqpar/policy/linear_reference.hpp>
 #include <seqpar/policy/linear_state.hpp>

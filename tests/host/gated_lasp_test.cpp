@@ -295,3 +295,48 @@ TEST_CASE("gated lasp_attention: bad gates are refused by every rank before anyt
                                      bad ? static_cast<gate_kind>(5) : gate_kind::scalar);
       });
 }
+
+TEST_CASE("gated lasp_attention with g = log(lambda) equals the constant-decay layer") {
+  const std::int64_t B = 1, S = 23, H = 2, D = 3, E = 4;
+  const int P = 4;
+  const std::vector<float> decay{0.9f, 0.6f};
+  const auto part = seqpar::make_seq_partition(S, P);
+  const seqpar::attention_shape shape{.batch = B, .heads = int(H), .head_dim = D, .value_dim = E};
+  const auto q = seqpar_test::random_input<float>(B, S, H, D), k = seqpar_test::random_input<float>(B, S, H, D),
+             v = seqpar_test::random_input<float>(B, S, H, E), dout = seqpar_test::random_input<float>(B, S, H, E);
+  for (auto strategy : {lasp_strategy::chain, lasp_strategy::all_gather}) {
+    CAPTURE(seqpar::to_string(strategy));
+    std::vector<double> worst(P, 0.0);
+    seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& comm) {
+      const int r = comm.rank();
+      const std::int64_t n = part.size(r), at = part.offset(r);
+      auto xq = seqpar_test::rows_of<float>(q, at, n), xk = seqpar_test::rows_of<float>(k, at, n),
+           xv = seqpar_test::rows_of<float>(v, at, n), xdo = seqpar_test::rows_of<float>(dout, at, n);
+      std::vector<float> g(B * n * H), dg(g.size());
+      for (std::size_t i = 0; i < g.size(); ++i) g[i] = std::log(decay[i % H]);
+      std::vector<std::vector<float>> outs[2];  // o, dq, dk, dv of the constant and the gated layer
+      auto in = [&](std::vector<float>& x, std::int64_t w) { return seqpar::make_bshd<const float>(x.data(), B, n, H, w); };
+      auto out = [&](std::vector<float>& x, std::int64_t w) { return seqpar::make_bshd(x.data(), B, n, H, w); };
+      for (int gated = 0; gated < 2; ++gated) {
+        std::vector<float> o(xv.size()), dq(xq.size()), dk(xq.size()), dv(xv.size());
+        if (gated) {
+          seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, part, shape, gate_kind::scalar, strategy);
+          const auto saved = layer.forward(in(xq, D), in(xk, D), in(xv, E), in(g, 1), out(o, E));
+          layer.backward(saved, in(xdo, E), out(dq, D), out(dk, D), out(dv, E), out(dg, 1));
+        } else {
+          seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, decay, strategy);
+          const auto saved = layer.forward(in(xq, D), in(xk, D), in(xv, E), out(o, E));
+          layer.backward(saved, in(xdo, E), out(dq, D), out(dk, D), out(dv, E));
+        }
+        outs[gated] = {o, dq, dk, dv};
+      }
+      for (int t = 0; t < 4; ++t)
+        for (std::size_t i = 0; i < outs[0][t].size(); ++i)
+          worst[r] = std::max(worst[r], double(std::abs(outs[0][t][i] - outs[1][t][i])));
+    });
+    for (int r = 0; r < P; ++r) {
+      CAPTURE(r);
+      CHECK(worst[r] <= 1e-5);
+    }
+  }
+}
