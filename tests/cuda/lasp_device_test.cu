@@ -1,10 +1,12 @@
-// LASP on the GPU: the CUDA linear-attention policy through lasp_attention over the in-process
-// backend on device memory, against the single-device reference; chunks long enough to span
-// several sub-blocks and segments, with partial last ones; both the tensor-core and CUDA-core paths;
-// packed documents.
+// LASP on the GPU: the CUDA linear-attention policies (constant decays, and per-token gates)
+// through lasp_attention over the in-process backend on device memory, against the single-device
+// references; chunks long enough to span several sub-blocks and segments, with partial last ones;
+// both the tensor-core and CUDA-core paths; packed documents.
+#include <seqpar_test/gated_lasp_cases.hpp>
 #include <seqpar_test/lasp_cases.hpp>
 
 #include <seqpar/documents.hpp>
+#include <seqpar/policy/gated_linear_cuda.cuh>
 #include <seqpar/policy/linear_cuda.cuh>
 
 #include <vector>
@@ -62,4 +64,19 @@ TEST_CASE("linear_cuda refuses more than 256 heads and batch * heads over 65535 
   CHECK_THROWS_WITH_AS(seqpar::linear_cuda{}.forward_intra(many_rows, many_rows, many_rows, decay_8,
                                                            seqpar::make_bshd(out.data(), 8193, 1, 8, 16)),
                        doctest::Contains("batch * heads: linear_cuda takes up to 65535, got 8193 * 8"), seqpar::error);
+}
+
+TEST_CASE_TEMPLATE("gated lasp_attention with gated_linear_cuda: o equals the recurrence, dq, dk, dv, dg one device's",
+                   T, float, __nv_bfloat16) {
+  for (int P : {1, 2, 3, 4, 8})
+    for (auto gates : {seqpar::gate_kind::scalar, seqpar::gate_kind::vector})
+      for (auto strategy : {lasp_strategy::chain, lasp_strategy::all_gather})
+        seqpar_test::check_gated_lasp<T>({.P = P, .S = 37 * P + 5, .gates = gates, .lo = 0.3, .hi = 1.0,
+                                          .strategy = strategy},
+                                         {}, memory_space::device, seqpar::gated_linear_cuda{});
+  const std::vector<std::int32_t> lengths{1, 150, 64, 3, 40, 42};  // S = 300 over 4 ranks, D = E = 64
+  for (auto gates : {seqpar::gate_kind::scalar, seqpar::gate_kind::vector})
+    seqpar_test::check_gated_lasp<T>({.P = 4, .B = 1, .S = 300, .H = 2, .D = 64, .E = 64, .gates = gates},
+                                     seqpar::documents_of_lengths(lengths), memory_space::device,
+                                     seqpar::gated_linear_cuda{});
 }

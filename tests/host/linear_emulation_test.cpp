@@ -27,43 +27,13 @@ namespace lk = seqpar::detail::linear_kernels;
 using seqpar::state_view;
 using seqpar_test::host_tensor;
 using seqpar_test::relative_gap;
+using seqpar_test::state;
+using seqpar_test::state_gap;
+using seqpar_test::widened;
 
 // linear_cuda with its kernels run under the emulated warp.
 using emulated_linear = seqpar::basic_linear_cuda<seqpar_emulation::launcher>;
 static_assert(seqpar::linear_attention_policy<emulated_linear>);
-
-// The same values in float, tokens packed.
-template <class T>
-host_tensor<float> widened(const host_tensor<T>& x) {
-  const auto& v = x.view;
-  host_tensor<float> out(v.batch(), v.seq(), v.heads(), v.head_dim(), 0, 0);
-  for (std::int64_t b = 0; b < v.batch(); ++b)
-    for (std::int64_t s = 0; s < v.seq(); ++s)
-      for (std::int64_t h = 0; h < v.heads(); ++h)
-        for (std::int64_t d = 0; d < v.head_dim(); ++d) out.view(b, s, h, d) = seqpar::to_float(v(b, s, h, d));
-  return out;
-}
-
-struct state {
-  std::vector<float> data;
-  state_view view;
-  state(std::int64_t B, std::int64_t H, std::int64_t X, std::int64_t Y, float amp) : data(B * H * X * Y, NAN) {
-    std::normal_distribution<float> n(0.0f, amp);
-    if (amp > 0)
-      for (auto& x : data) x = n(seqpar_test::rng());
-    view = seqpar::make_state(data.data(), B, H, X, Y);
-  }
-};
-
-double state_gap(const state& got, const state& want) {
-  double err = 0, scale = 1e-30;
-  for (std::size_t i = 0; i < want.data.size(); ++i) {
-    if (!std::isfinite(got.data[i])) return INFINITY;
-    err = std::max(err, double(std::abs(got.data[i] - want.data[i])));
-    scale = std::max(scale, double(std::abs(want.data[i])));
-  }
-  return err / scale;
-}
 
 struct linear_case {
   std::int64_t B, C;
@@ -182,19 +152,8 @@ TEST_CASE("plan_segments covers the chunk with sub-block multiples and fills one
 }
 
 namespace {
-// The emulated launcher, one launch at a time: the emulation's block state is global, and the
-// ranks of an in-process group launch from their own threads.
-std::mutex one_launch_at_a_time;
-struct serial_launcher : seqpar_emulation::launcher {
-  template <class... A>
-  void operator()(A&&... a) const {
-    std::lock_guard lock(one_launch_at_a_time);
-    seqpar_emulation::launcher::operator()(std::forward<A>(a)...);
-  }
-};
-
 // linear_cuda's kernels under the emulated warp as a host-memory policy, for a whole LASP layer.
-struct emulated_host_linear : seqpar::basic_linear_cuda<serial_launcher> {
+struct emulated_host_linear : seqpar::basic_linear_cuda<seqpar_emulation::serial_launcher> {
   seqpar::memory_space memory() const { return seqpar::memory_space::host; }
 };
 static_assert(seqpar::linear_attention_policy<emulated_host_linear>);

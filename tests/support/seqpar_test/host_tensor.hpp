@@ -3,6 +3,7 @@
 //! the relative gap between two views: what the emulated-kernel tests compare with.
 #pragma once
 
+#include <seqpar/policy/linear_state.hpp>
 #include <seqpar/tensor.hpp>
 #include <seqpar_test/values.hpp>
 
@@ -50,6 +51,42 @@ double relative_gap(const seqpar::tensor_view<T>& got, const seqpar::tensor_view
           if (!std::isfinite(g)) return INFINITY;
           err = std::max(err, std::abs(g - w)), scale = std::max(scale, std::abs(w));
         }
+  return err / scale;
+}
+
+//! The same values in float, tokens packed.
+template <class T>
+host_tensor<float> widened(const host_tensor<T>& x) {
+  const auto& v = x.view;
+  host_tensor<float> out(v.batch(), v.seq(), v.heads(), v.head_dim(), 0, 0);
+  for (std::int64_t b = 0; b < v.batch(); ++b)
+    for (std::int64_t s = 0; s < v.seq(); ++s)
+      for (std::int64_t h = 0; h < v.heads(); ++h)
+        for (std::int64_t d = 0; d < v.head_dim(); ++d) out.view(b, s, h, d) = seqpar::to_float(v(b, s, h, d));
+  return out;
+}
+
+//! An fp32 state [B, H, X, Y] on the host: normal values of deviation `amp` (amp 0: NaN).
+struct state {
+  std::vector<float> data;  //!< the elements
+  seqpar::state_view view;  //!< the state over `data`
+  //! A state of the given extents.
+  state(std::int64_t B, std::int64_t H, std::int64_t X, std::int64_t Y, float amp) : data(B * H * X * Y, NAN) {
+    std::normal_distribution<float> n(0.0f, amp);
+    if (amp > 0)
+      for (auto& x : data) x = n(rng());
+    view = seqpar::make_state(data.data(), B, H, X, Y);
+  }
+};
+
+//! max |got - want| / max |want| over two states; a non-finite element gives infinity.
+inline double state_gap(const state& got, const state& want) {
+  double err = 0, scale = 1e-30;
+  for (std::size_t i = 0; i < want.data.size(); ++i) {
+    if (!std::isfinite(got.data[i])) return INFINITY;
+    err = std::max(err, double(std::abs(got.data[i] - want.data[i])));
+    scale = std::max(scale, double(std::abs(want.data[i])));
+  }
   return err / scale;
 }
 

@@ -21,6 +21,8 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <mutex>
+#include <utility>
 #include <span>
 #include <stdexcept>
 #include <thread>
@@ -234,6 +236,21 @@ struct launcher {
   }
   //! Nothing to order: emulated kernels run one after another, in the order they are launched.
   void order(cudaStream_t, cudaStream_t) const {}
+};
+
+//! The emulated launcher, one launch at a time: the emulation's block state is global, and the
+//! ranks of an in-process group launch from their own threads.
+struct serial_launcher : launcher {
+  //! As launcher's, holding the lock every launch of every serial_launcher shares.
+  template <class... A>
+  void operator()(A&&... a) const {
+    std::lock_guard lock(one_launch_at_a_time);
+    launcher::operator()(std::forward<A>(a)...);
+  }
+
+ private:
+  // One for the class: a static local of the template would be one per argument list.
+  inline static std::mutex one_launch_at_a_time;
 };
 
 }  // namespace seqpar_emulation

@@ -1,0 +1,241 @@
+//! @file gated_linear_kernels.cuh
+//! The kernels of gated_linear_cuda on CUDA cores (nvcc only; the kernel-emulation tests compile
+//! them as host code): one walk over a chunk with a running fp32 state decayed by per-token
+//! log-gates, which serves every product of gated linear attention, and the gates' gradient, the
+//! chunk's log-decay and the state update.
+//!
+//! Inside a sub-block of 16 tokens the walk uses log-gates summed from the sub-block's start
+//! (L_i), and its state is kept as of the token before the sub-block, so every exponent is a
+//! non-positive sum of at most 16 gates: no cumulative sum over a long chunk loses precision.
+#pragma once
+
+#include <seqpar/cuda_check.hpp>
+#include <seqpar/policy/linear_state.hpp>
+#include <seqpar/policy/detail/shared_layout.cuh>
+#include <seqpar/tensor.hpp>
+#include <seqpar/types.hpp>
+
+#include <cstdint>
+
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
+namespace gated_kernels {
+
+//! Tokens per sub-block, and columns of the output one block computes.
+inline constexpr int sub_block = 16, y_tile = 32;
+//! The largest D or E the kernels take.
+inline constexpr int max_dim = 256;
+
+//! What one gated_walk launch computes (see gated_walk).
+struct walk_mode {
+  bool reverse = false;         //!< walk from the chunk's end: pairs j >= i, each step decayed by the next token's gate
+  bool gate_on_output = false;  //!< the gates decay out's columns (y) rather than the contracted ones (x)
+  bool intra = true;            //!< the chunk's own pairs and their share of the state (else only state_in)
+  bool accumulate = false;      //!< out += rather than out =
+  bool transposed_in = false;   //!< state_in read as [y][x]
+  bool strict = false;          //!< pairs j < i only (j > i reverse): the diagonal left out of out
+};
+
+//! Shared memory of gated_walk for X contracted columns and Z gate columns, all fp32.
+struct walk_shared {
+  float *a, *b;   //!< [sub_block][X]: the sub-block's rows of a and b
+  float* c;       //!< [sub_block][y_tile]: its rows of c
+  float* state;   //!< [X][y_tile]: the running state, as of the token before the sub-block
+  float* scores;  //!< [sub_block][sub_block]: the decayed causal a b^T
+  float* L;       //!< [sub_block][Z]: log-gates summed from the sub-block's start
+  //! Takes the arrays from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE walk_shared(Carver& carver, int X, int Z)
+      : a(carver.template take<float>(sub_block * X)), b(carver.template take<float>(sub_block * X)),
+        c(carver.template take<float>(sub_block * y_tile)), state(carver.template take<float>(X * y_tile)),
+        scores(carver.template take<float>(sub_block * sub_block)), L(carver.template take<float>(sub_block * Z)) {}
+};
+
+//! Gate columns a walk keeps per token: 1 for a scalar gate, else the gated dim's (X, or y_tile).
+SEQPAR_HOST_DEVICE int walk_gate_columns(std::int64_t gate_width, int X, bool gate_on_output) {
+  return gate_width == 1 ? 1 : gate_on_output ? y_tile : X;
+}
+
+//! With G the chunk's cumulative log-gates (one column per gated dim, or one for all), every token
+//! i of the chunk in walk order gets, forward (pairs j <= i):
+//!   gates on x: out_i[y] = sum_{j<=i} (sum_x a_i[x] b_j[x] e^(G_i[x]-G_j[x])) c_j[y] + sum_x a_i[x] e^(G_i[x]) S_in[x][y]
+//!   gates on y: out_i[y] = sum_{j<=i} (a_i . b_j) c_j[y] e^(G_i[y]-G_j[y]) + e^(G_i[y]) sum_x a_i[x] S_in[x][y]
+//! and state_out = the state after the last token, S = diag(e^(g_t)) S + b_t c_t^T per token (on x
+//! or y). Reverse, pairs j >= i and e^(G_j - G_i): the walk runs from the last token and decays by
+//! the gate of the token after, so S_in enters token i with e^(G_{C-1} - G_i), and state_out
+//! includes token 0's own gate (sum_i e^(G_i) b_i c_i^T). Without `intra` only S_in's term is
+//! computed (b and c unread); with `strict`, out leaves out the pair j = i. out may be empty
+//! (state_out only). One block per (y tile, head, batch).
+template <class T, class O>
+__global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c,
+                           tensor_view<const float> g, tensor_view<O> out, const_state_view state_in,
+                           state_view state_out, walk_mode mode) {
+  constexpr int cb = sub_block, YT = y_tile;
+  const int X = static_cast<int>(a.head_dim());
+  const int Y = static_cast<int>(out.size() ? out.head_dim() : c.head_dim());
+  const int y0 = blockIdx.x * YT, h = blockIdx.y, bt = blockIdx.z;
+  const std::int64_t C = a.seq();
+  const bool vec = g.head_dim() != 1, on_y = mode.gate_on_output;
+  const int Z = walk_gate_columns(g.head_dim(), X, on_y);
+  const auto [a_s, b_s, c_s, state, A, L] = carve_shared<walk_shared>(X, Z);
+  // the gate column of gated index z (x, or y0 + z); -1 past Y
+  auto column = [&](int z) { return !vec ? 0 : on_y ? (y0 + z < Y ? y0 + z : -1) : z; };
+  // the gate of walk step t (0 past the chunk, and at a reverse walk's first step)
+  auto gate = [&](std::int64_t t, int z) {
+    const int col = column(z);
+    if (t >= C || col < 0 || (mode.reverse && t == 0)) return 0.0f;
+    return g(bt, mode.reverse ? C - t : t, h, col);
+  };
+  auto time = [&](std::int64_t t) { return mode.reverse ? C - 1 - t : t; };
+  for (int k = threadIdx.x; k < X * YT; k += blockDim.x) {
+    const int x = k / YT, y = y0 + k % YT;
+    state[k] = state_in.size() && y < Y ? (mode.transposed_in ? state_in(bt, h, y, x) : state_in(bt, h, x, y)) : 0.0f;
+  }
+  for (std::int64_t t0 = 0; t0 < C; t0 += cb) {
+    __syncthreads();
+    for (int k = threadIdx.x; k < cb * X; k += blockDim.x) {
+      const int i = k / X, x = k % X;
+      const bool ok = t0 + i < C;
+      a_s[k] = ok ? to_float(a(bt, time(t0 + i), h, x)) : 0.0f;
+      b_s[k] = ok && mode.intra ? to_float(b(bt, time(t0 + i), h, x)) : 0.0f;
+    }
+    for (int k = threadIdx.x; k < cb * YT; k += blockDim.x) {
+      const int i = k / YT, y = y0 + k % YT;
+      c_s[k] = t0 + i < C && y < Y && mode.intra ? to_float(c(bt, time(t0 + i), h, y)) : 0.0f;
+    }
+    for (int z = threadIdx.x; z < Z; z += blockDim.x) {
+      float sum = 0.0f;
+      for (int i = 0; i < cb; ++i) L[i * Z + z] = sum += gate(t0 + i, z);
+    }
+    __syncthreads();
+    if (mode.intra)
+      for (int k = threadIdx.x; k < cb * cb; k += blockDim.x) {
+        const int i = k / cb, j = k % cb;
+        float dot = 0.0f;
+        if (j < i || (j == i && !mode.strict)) {
+          if (vec && !on_y)
+            for (int x = 0; x < X; ++x) dot += a_s[i * X + x] * b_s[j * X + x] * expf(L[i * Z + x] - L[j * Z + x]);
+          else
+            for (int x = 0; x < X; ++x) dot += a_s[i * X + x] * b_s[j * X + x];
+          if (!vec && !on_y) dot *= expf(L[i] - L[j]);
+        }
+        A[k] = dot;
+      }
+    __syncthreads();
+    if (out.size())
+      for (int k = threadIdx.x; k < cb * YT; k += blockDim.x) {
+        const int i = k / YT, yy = k % YT;
+        if (t0 + i >= C || y0 + yy >= Y) continue;
+        const int zo = vec ? yy : 0;  // the output column's gate, gates on y
+        float intra = 0.0f, inter = 0.0f;
+        if (mode.intra)
+          for (int j = 0; j <= i; ++j)
+            intra += A[i * cb + j] * c_s[j * YT + yy] * (on_y ? expf(L[i * Z + zo] - L[j * Z + zo]) : 1.0f);
+        if (on_y || !vec) {
+          for (int x = 0; x < X; ++x) inter += a_s[i * X + x] * state[x * YT + yy];
+          inter *= expf(L[i * Z + (on_y ? zo : 0)]);
+        } else {
+          for (int x = 0; x < X; ++x) inter += a_s[i * X + x] * expf(L[i * Z + x]) * state[x * YT + yy];
+        }
+        O& o = out(bt, time(t0 + i), h, y0 + yy);
+        o = from_float<O>((mode.accumulate ? to_float(o) : 0.0f) + intra + inter);
+      }
+    __syncthreads();
+    for (int k = threadIdx.x; k < X * YT; k += blockDim.x) {
+      const int x = k / YT, yy = k % YT;
+      const int z = !vec ? 0 : on_y ? yy : x;
+      const float last = L[(cb - 1) * Z + z];
+      float add = 0.0f;
+      if (mode.intra)
+        for (int j = 0; j < cb; ++j) add += expf(last - L[j * Z + z]) * b_s[j * X + x] * c_s[j * YT + yy];
+      state[k] = expf(last) * state[k] + add;
+    }
+  }
+  if (state_out.size() == 0) return;
+  __syncthreads();
+  for (int k = threadIdx.x; k < X * YT; k += blockDim.x) {
+    const int x = k / YT, y = y0 + k % YT, col = column(!vec ? 0 : on_y ? k % YT : x);
+    if (y >= Y) continue;
+    const float first = mode.reverse && C > 0 && col >= 0 ? expf(g(bt, 0, h, col)) : 1.0f;
+    state_out(bt, h, x, y) = first * state[k];
+  }
+}
+
+//! The gates' gradient from the parts of dq and dk one term gives (fp32 pq, pk), which it also
+//! writes (or adds) into dq and dk. With G_{C-1} in dG, sums of large terms that cancel would lose
+//! the small result in fp32, so each dg_s is formed from the sums that do not cancel:
+//! - intra (dout and v given; pq, pk strict, without the pairs j = i): dg_s = sum_{i >= s} (q_i * pq_i -
+//!   k_i * pk_i), and dq_i = pq_i + k_i (dO_i . v_i), dk_i = pk_i + q_i (dO_i . v_i);
+//! - inter (kv and gs, pq from kv and pk from gs): dg_s = e^(G_{C-1}) rowdot(kv, gs) +
+//!   sum_{i >= s} q_i * pq_i + sum_{i < s} k_i * pk_i.
+//! Per key dim; a scalar gate sums over d. One thread per (batch, head, gate column).
+template <class T>
+__global__ void gate_gradient(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> dout,
+                              tensor_view<const T> v, tensor_view<const float> pq, tensor_view<const float> pk,
+                              tensor_view<const float> g, const_state_view kv, const_state_view gs, tensor_view<T> dq,
+                              tensor_view<T> dk, tensor_view<float> dg, bool inter) {
+  const std::int64_t C = q.seq(), H = q.heads(), D = q.head_dim(), W = g.head_dim();
+  const std::int64_t columns = q.batch() * H * W;
+  for (std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; n < columns;
+       n += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t w = n % W, h = n / W % H, bt = n / W / H;
+    const std::int64_t d0 = W == 1 ? 0 : w, d1 = W == 1 ? D : w + 1;
+    if (inter) {  // dg_s += passed-through share + sum_{i < s} k_i * pk_i, forwards
+      float through = 0.0f, before = 0.0f;
+      for (std::int64_t d = d0; d < d1; ++d) {
+        float total = 0.0f, row = 0.0f;
+        for (std::int64_t t = 0; t < C; ++t) total += g(bt, t, h, w);
+        for (std::int64_t e = 0; kv.size() && gs.size() && e < kv.extent(3); ++e) row += kv(bt, h, d, e) * gs(bt, h, d, e);
+        through += expf(total) * row;
+      }
+      for (std::int64_t t = 0; t < C; ++t) {
+        dg(bt, t, h, w) += through + before;
+        for (std::int64_t d = d0; d < d1; ++d) before += to_float(k(bt, t, h, d)) * pk(bt, t, h, d);
+      }
+    }
+    float after = 0.0f;  // sum_{i >= s} of q_i * pq_i (- k_i * pk_i, intra), backwards
+    for (std::int64_t t = C - 1; t >= 0; --t) {
+      float diagonal = 0.0f;  // dO_t . v_t, the pair the strict intra parts leave out
+      for (std::int64_t e = 0; !inter && e < v.head_dim(); ++e)
+        diagonal += to_float(dout(bt, t, h, e)) * to_float(v(bt, t, h, e));
+      for (std::int64_t d = d0; d < d1; ++d) {
+        const float qd = to_float(q(bt, t, h, d)), kd = to_float(k(bt, t, h, d));
+        const float part_q = pq(bt, t, h, d), part_k = pk(bt, t, h, d);
+        after += qd * part_q - (inter ? 0.0f : kd * part_k);
+        T &gq = dq(bt, t, h, d), &gk = dk(bt, t, h, d);
+        gq = from_float<T>((inter ? to_float(gq) : 0.0f) + part_q + kd * diagonal);
+        gk = from_float<T>((inter ? to_float(gk) : 0.0f) + part_k + qd * diagonal);
+      }
+      float& out = dg(bt, t, h, w);
+      out = (inter ? out : 0.0f) + after;
+    }
+  }
+}
+
+//! total(b, h, d) = sum_t g(b, t, h, d) (a scalar gate's one column for every d): the log of the
+//! chunk's decay. One thread per (batch, head, d).
+// static: a kernel defined in a header gets internal linkage, so several .cu files may include it.
+[[maybe_unused]] static __global__ void gate_totals(tensor_view<const float> g, chunk_decay_view total) {
+  const std::int64_t H = total.extent(1), D = total.extent(2), n_all = total.size();
+  for (std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; n < n_all;
+       n += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t d = n % D, h = n / D % H, bt = n / D / H;
+    float sum = 0.0f;
+    for (std::int64_t t = 0; t < g.seq(); ++t) sum += g(bt, t, h, g.head_dim() == 1 ? 0 : d);
+    total(bt, h, d) = sum;
+  }
+}
+
+//! out = diag(e^total) in + m, element-wise (in empty: out = m).
+[[maybe_unused]] static __global__ void gated_state_update(const_chunk_decay_view total, const_state_view in,
+                                                           const_state_view m, state_view out) {
+  const std::int64_t n_all = out.size(), E = out.extent(3), D = out.extent(2), H = out.extent(1);
+  for (std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; n < n_all;
+       n += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t d = n / E % D, h = n / E / D % H, bt = n / E / D / H;
+    const float kept = in.size() ? expf(total(bt, h, d)) * in.data_handle()[n] : 0.0f;
+    out.data_handle()[n] = kept + m.data_handle()[n];
+  }
+}
+
+}  // namespace gated_kernels
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END

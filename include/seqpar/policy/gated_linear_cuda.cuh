@@ -1,0 +1,154 @@
+//! @file gated_linear_cuda.cuh
+//! gated_linear_cuda: the CUDA policy of gated linear attention (nvcc only), scalar or per-key-dim
+//! log-gates, on CUDA cores: every product is one walk over the chunk with a running fp32 state
+//! (gated_linear_kernels.cuh), so work grows linearly with the chunk length. The host code here
+//! plans every launch and hands it to a launcher (launcher.cuh), so the kernel-emulation tests
+//! run it too.
+#pragma once
+
+#include <seqpar/cuda_check.hpp>
+#include <seqpar/policy/gated_linear_policy.hpp>
+#include <seqpar/policy/detail/gated_linear_kernels.cuh>
+#include <seqpar/policy/detail/launcher.cuh>
+
+#include <algorithm>
+#include <cstdint>
+
+SEQPAR_KERNEL_NAMESPACE_BEGIN
+
+//! The CUDA gated linear-attention policy, its kernels started by Launcher (gated_linear_cuda: on
+//! the current CUDA device): any element type, D and E up to 256, up to 65535 heads and batches;
+//! device memory, every operation on the stream it is given (backward allocates two fp32 [B, C, H, D]
+//! scratch arrays there, stream-ordered).
+template <class Launcher>
+struct basic_gated_linear_cuda {
+  //! Opts into seqpar::gated_linear_attention_policy.
+  using policy_concept = gated_linear_attention_policy_tag;
+  //! Starts the kernels (see launcher.cuh).
+  Launcher launcher{};
+
+  //! Device memory.
+  memory_space memory() const { return memory_space::device; }
+  //! D and E up to 256.
+  bool supports(dtype, std::int64_t D, std::int64_t E) const {
+    constexpr int max = detail::gated_kernels::max_dim;
+    return D >= 1 && E >= 1 && D <= max && E <= max;
+  }
+
+  //! o_i = sum_{j <= i} (sum_d q_i[d] k_j[d] e^(G_i[d] - G_j[d])) v_j
+  template <class T>
+  void forward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                     tensor_view<const float> g, tensor_view<T> o, stream_t stream = nullptr) const {
+    walk(q, k, v, g, o, {}, {}, {}, stream);
+  }
+  //! m = sum_j diag(e^(G_{C-1} - G_j)) k_j v_j^T
+  template <class T>
+  void state_contribution(tensor_view<const T> k, tensor_view<const T> v, tensor_view<const float> g, state_view m,
+                          stream_t stream = nullptr) const {
+    walk(k, k, v, g, tensor_view<T>{}, {}, m, {}, stream);
+  }
+  //! o_i += (q_i * e^(G_i))^T kv
+  template <class T>
+  void forward_inter(tensor_view<const T> q, tensor_view<const float> g, const_state_view kv, tensor_view<T> o,
+                     stream_t stream = nullptr) const {
+    walk(q, q, q, g, o, kv, {}, {.intra = false, .accumulate = true}, stream);
+  }
+  //! total[b, h, d] = G_{C-1}[d]
+  void chunk_decay(tensor_view<const float> g, chunk_decay_view total, stream_t stream = nullptr) const {
+    if (total.size() == 0) return;
+    launcher(detail::gated_kernels::gate_totals, dim3(blocks_for(total.size())), dim3(256), 0, stream, g, total);
+  }
+  //! out = diag(e^total) in + m (in empty: out = m; out may alias in)
+  void state_update(const_chunk_decay_view total, const_state_view in, const_state_view m, state_view out,
+                    stream_t stream = nullptr) const {
+    if (out.size() == 0) return;
+    launcher(detail::gated_kernels::gated_state_update, dim3(blocks_for(out.size())), dim3(256), 0, stream, total, in,
+             m, out);
+  }
+
+  //! dq, dk, dv and dg of the intra term (written)
+  template <class T>
+  void backward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                      tensor_view<const T> dout, tensor_view<const float> g, tensor_view<T> dq, tensor_view<T> dk,
+                      tensor_view<T> dv, tensor_view<float> dg, stream_t stream = nullptr) const {
+    if (q.size() == 0) return;
+    auto scratch = launcher.workspace(2 * q.size(), stream);
+    const auto pq = like(q, scratch.data()), pk = like(q, scratch.data() + q.size());
+    // dq_i: pairs j < i, dk_j: pairs i > j (gate_gradient adds the pairs j = i), dv_j: pairs i >= j
+    walk(dout, v, k, g, pq, {}, {}, {.gate_on_output = true, .strict = true}, stream);
+    walk(v, dout, q, g, pk, {}, {}, {.reverse = true, .gate_on_output = true, .strict = true}, stream);
+    walk(k, q, dout, g, dv, {}, {}, {.reverse = true}, stream);
+    gate_gradient(q, k, dout, v, pq, pk, g, {}, {}, dq, dk, dg, false, stream);
+  }
+  //! gs = sum_i (q_i * e^(G_i)) dO_i^T
+  template <class T>
+  void backward_state_contribution(tensor_view<const T> q, tensor_view<const T> dout, tensor_view<const float> g,
+                                   state_view gs, stream_t stream = nullptr) const {
+    walk(q, q, dout, g, tensor_view<T>{}, {}, gs, {.reverse = true}, stream);
+  }
+  //! Adds the gradients of the inter term (incoming state kv) and of the state passed on (its
+  //! gradient gs) to dq, dk, dv and dg
+  template <class T>
+  void backward_inter(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
+                      tensor_view<const T> dout, tensor_view<const float> g, const_state_view kv, const_state_view gs,
+                      tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, tensor_view<float> dg,
+                      stream_t stream = nullptr) const {
+    if (q.size() == 0) return;
+    auto scratch = launcher.workspace(2 * q.size(), stream);
+    const auto pq = like(q, scratch.data()), pk = like(q, scratch.data() + q.size());
+    // dq_i = e^(G_i) * (kv dO_i); dk_j = e^(G_{C-1} - G_j) * (gs v_j); dv_j += (k_j * e^(G_{C-1} - G_j))^T gs
+    walk(dout, dout, dout, g, pq, kv, {}, {.gate_on_output = true, .intra = false, .transposed_in = true}, stream);
+    walk(v, v, v, g, pk, gs, {}, {.reverse = true, .gate_on_output = true, .intra = false, .transposed_in = true},
+         stream);
+    walk(k, k, k, g, dv, gs, {}, {.reverse = true, .intra = false, .accumulate = true}, stream);
+    gate_gradient(q, k, dout, v, pq, pk, g, kv, gs, dq, dk, dg, true, stream);
+  }
+
+ private:
+  static unsigned blocks_for(std::int64_t n) {
+    return static_cast<unsigned>(std::clamp<std::int64_t>((n + 255) / 256, 1, 4096));
+  }
+
+  // A packed fp32 [B, C, H, D] view shaped like x over `data`.
+  template <class T>
+  static tensor_view<float> like(const tensor_view<T>& x, float* data) {
+    return make_bshd(data, x.batch(), x.seq(), x.heads(), x.head_dim());
+  }
+
+  // One gated_walk launch: a block per (y tile, head, batch).
+  template <class T, class O>
+  void walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
+            tensor_view<O> out, const_state_view state_in, state_view state_out, detail::gated_kernels::walk_mode mode,
+            stream_t stream) const {
+    namespace gk = detail::gated_kernels;
+    if (out.size() == 0 && state_out.size() == 0) return;
+    const std::int64_t Y = out.size() ? out.head_dim() : c.head_dim();
+    if (a.batch() > 65535 || a.heads() > 65535)
+      SEQPAR_FAIL(errc::unsupported, "batch, heads: gated_linear_cuda takes up to 65535 each, got "
+                                         << a.batch() << " and " << a.heads());
+    const int X = static_cast<int>(a.head_dim());
+    const std::size_t bytes =
+        detail::shared_bytes<gk::walk_shared>(X, gk::walk_gate_columns(g.head_dim(), X, mode.gate_on_output));
+    const dim3 grid(static_cast<unsigned>((Y + gk::y_tile - 1) / gk::y_tile), static_cast<unsigned>(a.heads()),
+                    static_cast<unsigned>(a.batch()));
+    launcher(gk::gated_walk<T, O>, grid, dim3(128), bytes, stream, a, b, c, g, out, state_in, state_out, mode);
+  }
+
+  template <class T>
+  void gate_gradient(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> dout, tensor_view<const T> v,
+                     tensor_view<float> pq, tensor_view<float> pk, tensor_view<const float> g, const_state_view kv,
+                     const_state_view gs, tensor_view<T> dq, tensor_view<T> dk, tensor_view<float> dg, bool inter,
+                     stream_t stream) const {
+    const std::int64_t columns = q.batch() * q.heads() * g.head_dim();
+    launcher(detail::gated_kernels::gate_gradient<T>, dim3(blocks_for(columns)), dim3(256), 0, stream, q, k, dout, v,
+             tensor_view<const float>(pq), tensor_view<const float>(pk), g, kv, gs, dq, dk, dg, inter);
+  }
+};
+
+#if SEQPAR_CUDA_COMPILER
+//! The CUDA gated linear-attention policy (basic_gated_linear_cuda on the current CUDA device).
+using gated_linear_cuda = basic_gated_linear_cuda<detail::cuda_launcher>;
+static_assert(gated_linear_attention_policy<gated_linear_cuda>);
+#endif
+
+SEQPAR_KERNEL_NAMESPACE_END

@@ -1,0 +1,155 @@
+// The gated_linear_cuda policy on the host, its kernels under an emulated warp (one std::thread per
+// CUDA thread), operation by operation against gated_linear_reference in float with the policy's
+// own launch planning: the gated walk forwards and backwards, gates on the contracted or the output
+// columns, given states read as they are or transposed, ragged sub-blocks, several output tiles,
+// scalar and vector gates, gates near 0 and near 1; and whole gated LASP layers with these kernels
+// as their policy.
+// Tolerances: 2e-5 (float) and 2.5e-2 (bfloat16) of the largest reference magnitude.
+#include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
+
+#include <seqpar/comm/in_process.hpp>
+#include <seqpar/lasp/lasp_attention.hpp>
+#include <seqpar/policy/gated_linear_cuda.cuh>
+#include <seqpar/policy/gated_linear_reference.hpp>
+#include <seqpar_test/gated_lasp_cases.hpp>
+#include <seqpar_test/host_tensor.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+namespace {
+using seqpar_test::host_tensor;
+using seqpar_test::relative_gap;
+using seqpar_test::state;
+using seqpar_test::state_gap;
+using seqpar_test::widened;
+
+using emulated_gated = seqpar::basic_gated_linear_cuda<seqpar_emulation::launcher>;
+static_assert(seqpar::gated_linear_attention_policy<emulated_gated>);
+
+struct gated_case {
+  std::int64_t B, C;
+  int H, D, E;
+  std::int64_t pad;
+  bool vector_gate;
+  double lo, hi;  // exp(g) drawn log-uniformly from [lo, hi]
+};
+
+// Log-gates [B, C, H, 1 or D], packed.
+host_tensor<float> log_gates(const gated_case& c) {
+  host_tensor<float> g(c.B, c.C, c.H, c.vector_gate ? c.D : 1, 0, 0);
+  std::uniform_real_distribution<double> u(std::log(c.lo), std::log(c.hi));
+  for (auto& x : g.data) x = std::min(0.0f, static_cast<float>(u(seqpar_test::rng())));
+  return g;
+}
+
+template <class T>
+void check_gated(const gated_case& c) {
+  INFO("B=" << c.B << " C=" << c.C << " H=" << c.H << " D=" << c.D << " E=" << c.E << " pad=" << c.pad
+            << (c.vector_gate ? " vector" : " scalar") << " gates in [" << c.lo << ", " << c.hi << "]");
+  const host_tensor<T> q(c.B, c.C, c.H, c.D, c.pad, 0.5f), k(c.B, c.C, c.H, c.D, c.pad, 0.5f),
+      v(c.B, c.C, c.H, c.E, c.pad, 0.5f), dout(c.B, c.C, c.H, c.E, c.pad, 0.5f);
+  const auto g = log_gates(c);
+  const auto qf = widened(q), kf = widened(k), vf = widened(v), dof = widened(dout);
+  const std::int64_t W = g.view.head_dim();
+  const state kv(c.B, c.H, c.D, c.E, 1.0f), gs(c.B, c.H, c.D, c.E, 1.0f);
+  const emulated_gated policy;
+  const seqpar::gated_linear_reference ref;
+  const double tol = std::is_same_v<T, float> ? 2e-5 : 2.5e-2;
+
+  host_tensor<T> o(c.B, c.C, c.H, c.E, c.pad, 0);
+  host_tensor<float> o_ref(c.B, c.C, c.H, c.E, 0, 0);
+  policy.forward_intra(q.cview(), k.cview(), v.cview(), g.cview(), o.view);
+  ref.forward_intra(qf.cview(), kf.cview(), vf.cview(), g.cview(), o_ref.view);
+  CHECK(relative_gap(o.view, o_ref.view) <= tol);
+  auto same_values = [](const auto& from, host_tensor<float>& to) {  // keeps `to`'s view valid
+    const auto wide = widened(from);
+    std::copy(wide.data.begin(), wide.data.end(), to.data.begin());
+  };
+  same_values(o, o_ref);  // forward_inter adds to what o holds
+  policy.forward_inter(q.cview(), g.cview(), kv.view, o.view);
+  ref.forward_inter(qf.cview(), g.cview(), kv.view, o_ref.view);
+  CHECK(relative_gap(o.view, o_ref.view) <= tol);
+
+  state m(c.B, c.H, c.D, c.E, 0), m_ref(c.B, c.H, c.D, c.E, 0), g_out(c.B, c.H, c.D, c.E, 0),
+      g_ref(c.B, c.H, c.D, c.E, 0);
+  policy.state_contribution(k.cview(), v.cview(), g.cview(), m.view);
+  ref.state_contribution(kf.cview(), vf.cview(), g.cview(), m_ref.view);
+  CHECK(state_gap(m, m_ref) <= tol);
+  policy.backward_state_contribution(q.cview(), dout.cview(), g.cview(), g_out.view);
+  ref.backward_state_contribution(qf.cview(), dof.cview(), g.cview(), g_ref.view);
+  CHECK(state_gap(g_out, g_ref) <= tol);
+
+  std::vector<float> total(c.B * c.H * c.D), total_ref(total.size());
+  policy.chunk_decay(g.cview(), seqpar::chunk_decay_view(total.data(), c.B, c.H, c.D));
+  ref.chunk_decay(g.cview(), seqpar::chunk_decay_view(total_ref.data(), c.B, c.H, c.D));
+  for (std::size_t i = 0; i < total.size(); ++i) CHECK(total[i] == doctest::Approx(total_ref[i]).epsilon(1e-5));
+  policy.state_update(seqpar::const_chunk_decay_view(total.data(), c.B, c.H, c.D), kv.view, m.view, g_out.view);
+  ref.state_update(seqpar::const_chunk_decay_view(total.data(), c.B, c.H, c.D), kv.view, m.view, g_ref.view);
+  CHECK(state_gap(g_out, g_ref) <= 1e-6);
+
+  // backward: the intra term written, then the inter and passed-on terms added
+  host_tensor<T> dq(c.B, c.C, c.H, c.D, c.pad, 0), dk(c.B, c.C, c.H, c.D, c.pad, 0), dv(c.B, c.C, c.H, c.E, c.pad, 0);
+  host_tensor<float> dg(c.B, c.C, c.H, W, 0, 0), dq_ref(c.B, c.C, c.H, c.D, 0, 0), dk_ref(c.B, c.C, c.H, c.D, 0, 0),
+      dv_ref(c.B, c.C, c.H, c.E, 0, 0), dg_ref(c.B, c.C, c.H, W, 0, 0);
+  policy.backward_intra(q.cview(), k.cview(), v.cview(), dout.cview(), g.cview(), dq.view, dk.view, dv.view, dg.view);
+  ref.backward_intra(qf.cview(), kf.cview(), vf.cview(), dof.cview(), g.cview(), dq_ref.view, dk_ref.view, dv_ref.view,
+                     dg_ref.view);
+  CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
+  CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
+  CHECK(relative_gap(dv.view, dv_ref.view) <= tol);
+  CHECK(relative_gap(dg.view, dg_ref.view) <= tol);
+  same_values(dq, dq_ref);
+  same_values(dk, dk_ref);
+  same_values(dv, dv_ref);
+  same_values(dg, dg_ref);
+  policy.backward_inter(q.cview(), k.cview(), v.cview(), dout.cview(), g.cview(), kv.view, gs.view, dq.view, dk.view,
+                        dv.view, dg.view);
+  ref.backward_inter(qf.cview(), kf.cview(), vf.cview(), dof.cview(), g.cview(), kv.view, gs.view, dq_ref.view,
+                     dk_ref.view, dv_ref.view, dg_ref.view);
+  CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
+  CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
+  CHECK(relative_gap(dv.view, dv_ref.view) <= tol);
+  CHECK(relative_gap(dg.view, dg_ref.view) <= tol);
+  CHECK(o.padding_untouched());
+  CHECK(dq.padding_untouched());
+  CHECK(dv.padding_untouched());
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("gated_linear_cuda under an emulated warp equals gated_linear_reference, operation by operation", T,
+                   float, __nv_bfloat16) {
+  for (bool vector_gate : {false, true})
+    for (auto [lo, hi] : {std::pair{0.5, 1.0}, std::pair{1e-6, 1e-5}, std::pair{1.0 - 1e-6, 1.0}}) {
+      check_gated<T>({1, 37, 2, 5, 7, 0, vector_gate, lo, hi});  // ragged last sub-block, D != E
+      check_gated<T>({2, 20, 1, 9, 40, 3, vector_gate, lo, hi});  // two output tiles of E, padded tokens
+    }
+  check_gated<T>({1, 33, 1, 40, 6, 0, true, 0.5, 1.0});  // two output tiles of D (dq, dk), vector gates
+}
+
+namespace {
+// gated_linear_cuda's kernels under the emulated warp as a host-memory policy, for whole layers.
+struct emulated_host_gated : seqpar::basic_gated_linear_cuda<seqpar_emulation::serial_launcher> {
+  seqpar::memory_space memory() const { return seqpar::memory_space::host; }
+};
+static_assert(seqpar::gated_linear_attention_policy<emulated_host_gated>);
+}  // namespace
+
+TEST_CASE("gated lasp_attention with gated_linear_cuda under an emulated warp: documents, chain and LASP-2") {
+  // S = 50 over 3 ranks: a document across two ranks, one starting on a rank's first token, short ones
+  const std::vector<std::int32_t> cu{0, 3, 17, 20, 34, 50};
+  const auto docs = seqpar::make_document_layout(cu, 50);
+  for (auto strategy : {seqpar::lasp_strategy::chain, seqpar::lasp_strategy::all_gather})
+    for (auto gates : {seqpar::gate_kind::scalar, seqpar::gate_kind::vector}) {
+      seqpar_test::check_gated_lasp<__nv_bfloat16>({.P = 3, .B = 1, .S = 50, .H = 2, .D = 8, .E = 8, .gates = gates,
+                                                     .strategy = strategy},
+                                                    docs, seqpar::memory_space::host, emulated_host_gated{});
+      seqpar_test::check_gated_lasp<float>({.P = 2, .S = 37, .gates = gates, .lo = 1e-6, .hi = 1e-5,
+                                            .strategy = strategy},
+                                           {}, seqpar::memory_space::host, emulated_host_gated{});
+    }
+}
