@@ -1,7 +1,8 @@
 // cudnn_attention (cuDNN's fused attention through the frontend graph API) against the device
-// reference policy, one device, packed and strided; through ulysses_attention against the host
-// reference, including ranks whose query heads start inside a GQA group (one cuDNN call per kv
-// head); what it refuses; and its graph cache.
+// reference policy, one device, packed and strided, with and without packed documents; through
+// ulysses_attention against the host reference (with documents: each document alone), including
+// ranks whose query heads start inside a GQA group (one cuDNN call per kv head); what it refuses;
+// and its graph cache.
 #include <seqpar_test/attention_cases.hpp>
 #include <seqpar_test/device_policy_run.hpp>
 
@@ -9,7 +10,11 @@
 #include <seqpar/policy/cudnn_attention.hpp>
 #include <seqpar/policy/reference_attention.hpp>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 using seqpar::memory_space;
@@ -59,8 +64,88 @@ TEST_CASE("cudnn_attention refuses what it cannot compute, and builds each graph
   (void)seqpar_test::run_on_device<bf16>(cudnn, q, q, q, q, opt.resolved(64), 0);
   CHECK(cudnn.cached_graphs() == built);
 
+  // Ids alone (no boundaries on the host) are refused by name.
   seqpar_test::buffer<std::int32_t> ids(memory_space::device, std::vector<std::int32_t>(64, 0));
   CHECK_THROWS_WITH_AS(
       (void)seqpar_test::run_on_device<bf16>(cudnn, q, q, q, q, opt.resolved(64).with_documents({ids.data()}), 0),
-      doctest::Contains("options.documents: cudnn_attention does not take packed documents yet"), seqpar::error);
+      doctest::Contains("options.documents: cudnn_attention needs the documents' boundaries on the host"),
+      seqpar::error);
+}
+
+namespace {
+// A layout's ids in device memory with its boundaries on the host: what a layer hands a policy.
+struct device_documents {
+  seqpar::document_layout layout;
+  mutable seqpar_test::buffer<std::int32_t> ids;
+  explicit device_documents(std::vector<std::int32_t> lengths)
+      : layout(seqpar::documents_of_lengths(lengths)),
+        ids(memory_space::device, std::vector<std::int32_t>(layout.token_ids().begin(), layout.token_ids().end())) {}
+  seqpar::document_ids view() const {
+    seqpar::document_ids r = layout.host_ids();
+    r.ids = ids.data();
+    return r;
+  }
+};
+}  // namespace
+
+// Each (batch row, document) is one cuDNN entry placed by ragged offsets, causal within it.
+TEST_CASE_TEMPLATE("cudnn_attention with packed documents equals the device reference, packed and strided", T, __half,
+                   __nv_bfloat16) {
+  const device_documents docs({1, 60, 3, 64, 1, 63});  // S = 192
+  for (const auto& [B, H, H_kv, D, pad] : std::vector<std::tuple<int, int, int, int, int>>{
+           {2, 2, 1, 64, 0}, {1, 4, 2, 128, 8}, {3, 2, 2, 64, 8}})
+    for (bool causal : {false, true}) {
+      INFO("B=" << B << " H=" << H << " H_kv=" << H_kv << " D=" << D << " pad=" << pad << " causal=" << causal);
+      const auto q = seqpar_test::random_input<T>(B, 192, H, D), dout = seqpar_test::random_input<T>(B, 192, H, D);
+      const auto k = seqpar_test::random_input<T>(B, 192, H_kv, D), v = seqpar_test::random_input<T>(B, 192, H_kv, D);
+      const auto opt = seqpar::attention_options{.causal = causal}.resolved(D).with_documents(docs.view());
+      const auto [got, got_lse] = seqpar_test::run_on_device<T>(seqpar::cudnn_attention{}, q, k, v, dout, opt, pad);
+      const auto [want, want_lse] =
+          seqpar_test::run_on_device<T>(seqpar::reference_attention_cuda{}, q, k, v, dout, opt, 0);
+      const char* names[] = {"o", "dq", "dk", "dv"};
+      for (int w = 0; w < 4; ++w) {
+        INFO(names[w]);
+        CHECK(seqpar_test::relative_gap(got[w], want[w]) <= seqpar_test::lasp_tolerance<T>());
+      }
+      double lse_gap = 0;
+      for (std::size_t i = 0; i < want_lse.size(); ++i)
+        lse_gap = std::max(lse_gap, double(std::abs(got_lse[i] - want_lse[i])));
+      CHECK(lse_gap <= 1e-3);
+    }
+}
+
+TEST_CASE_TEMPLATE("ulysses_attention with cudnn_attention and packed documents equals each document alone", T,
+                   __half, __nv_bfloat16) {
+  const auto docs = seqpar::documents_of_lengths(std::vector<std::int32_t>{1, 60, 3, 64, 1, 63});  // S = 192
+  const auto ulysses = [](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+    return seqpar::ulysses_attention(seqpar::cudnn_attention{}, comm, part, shape, type, opt);
+  };
+  for (int P : {1, 2, 4})
+    for (bool causal : {false, true})
+      for (int H_kv : {1, 2, 4})
+        (void)seqpar_test::check_parallel_attention<T>({P, 4, H_kv, 2, 192, 64, causal}, memory_space::device, ulysses,
+                                                       seqpar::reference_attention{}, everything, docs);
+  // Ranks whose query heads start inside a GQA group: one call per kv head, documents in each.
+  for (bool causal : {false, true})
+    (void)seqpar_test::check_parallel_attention<T>({3, 8, 2, 1, 192, 128, causal}, memory_space::device, ulysses,
+                                                   seqpar::reference_attention{}, everything, docs);
+}
+
+TEST_CASE("cudnn_attention with documents: graphs are cached by bucketed entry count and longest document") {
+  using bf16 = __nv_bfloat16;
+  const auto q = seqpar_test::random_input<bf16>(1, 64, 1, 64);
+  const seqpar::cudnn_attention cudnn;
+  const auto run = [&](std::vector<std::int32_t> lengths) {
+    const device_documents docs(std::move(lengths));
+    (void)seqpar_test::run_on_device<bf16>(
+        cudnn, q, q, q, q, seqpar::attention_options{.causal = true}.resolved(64).with_documents(docs.view()), 0);
+  };
+  run({20, 20, 12, 12});  // 4 entries, longest 20: built for 4 entries of up to 32 rows
+  const auto built = cudnn.cached_graphs();
+  CHECK(built == 2);
+  run({30, 10, 10, 14});  // 4 entries, longest 30
+  run({30, 30, 4});       // 3 entries (one empty), longest 30
+  CHECK(cudnn.cached_graphs() == built);
+  run({64});  // 1 entry of 64 rows: new graphs
+  CHECK(cudnn.cached_graphs() == built + 2);
 }
