@@ -20,9 +20,12 @@ SEQPAR_NAMESPACE_BEGIN
 
 //! Which document each token of the packed global sequence belongs to, as a policy or kernel reads
 //! it: ids[position], nondecreasing, in the memory of the code that reads it. Null ids mean one
-//! document (nothing to mask).
+//! document (nothing to mask). Layers also give the boundaries on the host (cu_seqlens, count + 1
+//! of them), for policies that plan per document there (cudnn_attention); kernels ignore them.
 struct document_ids {
-  const std::int32_t* ids = nullptr;  //!< the document of each global position, or null
+  const std::int32_t* ids = nullptr;         //!< the document of each global position, or null
+  const std::int32_t* cu_seqlens = nullptr;  //!< host: 0, the end of every document; or null
+  std::int32_t count = 0;                    //!< documents that cu_seqlens describes
 
   //! Whether the sequence holds more than one document (ids are given).
   SEQPAR_HOST_DEVICE bool split() const { return ids != nullptr; }
@@ -56,7 +59,10 @@ class document_layout {
   //! The document of every token, tokens() of them.
   std::span<const std::int32_t> token_ids() const { return ids_; }
   //! The per-token view over the host ids (null ids for the default layout).
-  document_ids host_ids() const { return {cu_.empty() ? nullptr : ids_.data()}; }
+  document_ids host_ids() const {
+    if (cu_.empty()) return {};
+    return {ids_.data(), cu_.data(), count()};
+  }
   //! First token of document d.
   std::int64_t begin(int d) const { return cu_[d]; }
   //! One past the last token of document d.

@@ -81,18 +81,7 @@ TEST_CASE_TEMPLATE("ulysses_attention with flash_attention equals the host refer
 // element-wise steps as device launches, each next shard arriving on a side stream.
 TEST_CASE_TEMPLATE("ring_attention with flash_attention on the GPU equals the host reference", T, __half,
                    __nv_bfloat16) {
-  const auto ring = [](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
-    return seqpar::ring_attention(seqpar::flash_attention{}, comm, part, shape, type, opt);
-  };
-  for (int P : {1, 2, 4, 8})
-    for (bool causal : {false, true})
-      for (int H_kv : {1, 2}) {
-        (void)seqpar_test::check_parallel_attention<T>({P, 2, H_kv, 2, 64 * P + 5, 64, causal}, memory_space::device,
-                                                       ring, seqpar::reference_attention{}, everything);
-        (void)seqpar_test::check_parallel_attention<T>(
-            {P, 2, H_kv, 1, 80 * P, 128, causal, seqpar::shard_strategy::zigzag}, memory_space::device, ring,
-            seqpar::reference_attention{}, everything);
-      }
+  seqpar_test::check_ring_on_device<T>(seqpar::flash_attention{}, {1, 2, 4, 8});
 }
 
 TEST_CASE("ring and 2-D layers with the device oracles (fp32, block-sparse) equal the host policies") {
@@ -116,16 +105,8 @@ TEST_CASE("ring and 2-D layers with the device oracles (fp32, block-sparse) equa
   (void)seqpar_test::check_parallel_attention<float>({4, 4, 2, 1, 48, 8, true, seqpar::shard_strategy::zigzag},
                                                      memory_space::device, ring(seqpar::block_sparse_attention_cuda{mask}),
                                                      seqpar::block_sparse_attention{mask}, allowed);
-  for (auto [u, r] : std::vector<std::pair<int, int>>{{2, 2}, {2, 4}, {4, 2}, {2, 3}})
-    for (bool causal : {false, true}) {
-      const auto layout = seqpar::make_token_layout_2d(2 * r * 5, {u, r});
-      (void)seqpar_test::check_parallel_attention_on<float>(
-          {u * r, 4, 2, 2, layout.tokens, 16, causal}, layout, memory_space::device,
-          [](auto& comm, const auto& l, const auto& shape, seqpar::dtype type, const auto& opt) {
-            return seqpar::ulysses_ring_attention(seqpar::reference_attention_cuda{}, comm, l, shape, type, opt);
-          },
-          seqpar::reference_attention{}, everything);
-    }
+  seqpar_test::check_ulysses_ring_on_device<float>(seqpar::reference_attention_cuda{}, {{2, 2}, {2, 4}, {4, 2}, {2, 3}},
+                                                   5, 16);
 }
 
 TEST_CASE("packed documents on the GPU: ids from a device scan, each document alone as the reference") {

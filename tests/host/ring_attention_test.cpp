@@ -1,5 +1,6 @@
 // ring_attention on the host: P ranks against one device (every element of o, dq, dk, dv), past
-// P = H, GQA, causal or not, contiguous (uneven) and zigzag shards, fp32 and bf16; the causal work
+// P = H, GQA, causal or not, contiguous (uneven) and zigzag shards, fp32 and bf16; a policy whose
+// block backward reads the final output instead of the row dots; the causal work
 // per rank and step; bytes per rank against the formula; bad input on one rank at a time.
 #include <seqpar/comm/counting.hpp>
 #include <seqpar/policy/block_sparse_attention.hpp>
@@ -44,6 +45,49 @@ TEST_CASE_TEMPLATE("ring_attention equals one device, forward and backward", T, 
   // Eight ranks over two heads: past P = H, where Ulysses stops.
   seqpar_test::check_parallel_attention<T>({8, 2, 1, 1, 32, 4, true, shard_strategy::zigzag}, memory_space::host,
                                            ring_of(policy), policy, everything);
+}
+
+namespace {
+// The reference policy with the block backward that reads the final output instead of the row dots
+// (as cudnn_attention's does), computing the dots itself; its row-dot form is hidden.
+struct output_reading_policy : seqpar::reference_attention {
+  template <class... A>
+  void block_backward(A&&...) const = delete;
+
+  template <class T>
+  void block_backward_from_output(seqpar::tensor_view<const T> q, seqpar::tensor_view<const T> k,
+                                  seqpar::tensor_view<const T> v, seqpar::tensor_view<const T> o,
+                                  seqpar::tensor_view<const T> dout, seqpar::const_lse_view lse, seqpar::gqa_map map,
+                                  seqpar::attention_options opt, seqpar::block_pair pair,
+                                  seqpar::tensor_view<float> dq, seqpar::tensor_view<float> dk,
+                                  seqpar::tensor_view<float> dv, seqpar::stream_t = nullptr) const {
+    std::vector<float> dots(static_cast<std::size_t>(q.batch() * q.heads() * q.seq()));
+    const seqpar::lse_view d(dots.data(), q.batch(), q.heads(), q.seq());
+    const seqpar::detail::row_dots_of<T> dot{dout, o, d};
+    for (std::int64_t row = 0; row < dot.rows(); ++row) dot(row);
+    seqpar::reference_attention::block_backward(q, k, v, dout, lse, seqpar::const_lse_view(d), map, opt, pair, dq, dk,
+                                                dv);
+  }
+};
+static_assert(!seqpar::detail::block_backward_reads_row_dots<output_reading_policy>);
+static_assert(seqpar::detail::block_backward_reads_output<output_reading_policy>);
+static_assert(seqpar::block_attention_policy<output_reading_policy>);
+}  // namespace
+
+TEST_CASE_TEMPLATE("ring_attention hands the final output to a policy whose block backward reads it", T, float,
+                   __nv_bfloat16) {
+  const output_reading_policy policy;
+  for (int P : {1, 2, 3})
+    for (bool causal : {false, true}) {
+      seqpar_test::check_parallel_attention<T>({P, 2, 1, 2, 3 * P + 1, 4, causal}, memory_space::host,
+                                               ring_of(policy), seqpar::reference_attention{}, everything);
+      seqpar_test::check_parallel_attention<T>({P, 2, 2, 1, 4 * P, 4, causal, shard_strategy::zigzag},
+                                               memory_space::host, ring_of(policy), seqpar::reference_attention{},
+                                               everything);
+    }
+  const auto docs = seqpar::documents_of_lengths(std::vector<std::int32_t>{3, 1, 8});
+  seqpar_test::check_parallel_attention<T>({3, 2, 1, 2, 12, 4, true, shard_strategy::zigzag}, memory_space::host,
+                                           ring_of(policy), seqpar::reference_attention{}, everything, docs);
 }
 
 TEST_CASE("ring_attention with block_sparse_attention: the block mask at global positions") {

@@ -37,7 +37,7 @@ class call_documents {
 
   //! The documents of `docs` for a call in `where` memory (device ids built on `stream`).
   call_documents(const document_layout& docs, memory_space where, const Resource& resource, stream_t stream)
-      : host_(docs.token_ids().begin(), docs.token_ids().end()) {
+      : host_(docs.token_ids().begin(), docs.token_ids().end()), cu_(docs.cu_seqlens().begin(), docs.cu_seqlens().end()) {
     if (!docs.split() || where == memory_space::host) return;
 #if SEQPAR_CUDA_COMPILER
     // Only cu_seqlens crosses to the device; the per-token ids are a scan there.
@@ -61,16 +61,20 @@ class call_documents {
 #endif
   }
 
-  //! The ids in the call's memory (null for one document).
+  //! The ids in the call's memory (null for one document), with the boundaries on the host.
   document_ids ids() const {
-    if (!device_.span().empty()) return {reinterpret_cast<const std::int32_t*>(device_.span().data())};
-    return host_ids();
+    document_ids r = host_ids();
+    if (!device_.span().empty()) r.ids = reinterpret_cast<const std::int32_t*>(device_.span().data());
+    return r;
   }
   //! The ids on the host (null for one document): what planning on the host reads.
-  document_ids host_ids() const { return {host_.empty() ? nullptr : host_.data()}; }
+  document_ids host_ids() const {
+    if (host_.empty() || cu_.empty()) return {};
+    return {host_.data(), cu_.data(), static_cast<std::int32_t>(cu_.size()) - 1};
+  }
 
  private:
-  std::vector<std::int32_t> host_;
+  std::vector<std::int32_t> host_, cu_;
   owned_bytes<Resource> device_;
 };
 

@@ -113,6 +113,16 @@ void check_attention_extents(const tensor_view<Q>& q, const tensor_view<K>& k, c
   SEQPAR_EXPECTS(same_extents(o, q), "o: extents differ from q's; expected the same extents");
 }
 
+//! Throws unless k and v have equal extents with q's batch and head_dim: what a policy checks of a
+//! block pair's views (its key block may hold any number of rows).
+template <class Q, class K, class V>
+void check_block_extents(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<V>& v) {
+  SEQPAR_EXPECTS(same_extents(k, v) && k.batch() == q.batch() && k.head_dim() == q.head_dim(),
+                 "k, v: extents {" << k.batch() << ", " << k.seq() << ", " << k.heads() << ", " << k.head_dim()
+                                   << "}; expected q's batch and head_dim (" << q.batch() << ", " << q.head_dim()
+                                   << ") and equal k and v");
+}
+
 //! Throws unless dout and dq have q's extents and dk and dv k's: what a policy's backward checks.
 template <class Q, class K, class DO, class G>
 void check_gradient_extents(const tensor_view<Q>& q, const tensor_view<K>& k, const tensor_view<DO>& dout,

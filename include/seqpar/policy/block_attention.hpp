@@ -95,13 +95,40 @@ inline void merge_partial(tensor_view<float> o_acc, lse_view lse_acc, tensor_vie
 }
 
 namespace detail {
+//! Throws unless o_part has q's extents and lse_part is q's {batch, heads, seq}: what a policy's
+//! block_forward checks of its outputs.
+template <class T>
+void check_partial_extents(const tensor_view<T>& q, const tensor_view<float>& o_part, const lse_view& lse_part) {
+  SEQPAR_EXPECTS(same_extents(o_part, q), "o_part: extents differ from q's; expected the same extents");
+  check_lse_extents(lse_part, q);
+}
+
+//! The policy computes a block pair's partial output (block_forward).
 template <class P>
-concept computes_block_attention = requires(const P& p, tensor_view<const float> in, tensor_view<float> acc,
-                                            lse_view lse, const_lse_view clse, gqa_map map, attention_options opt,
-                                            block_pair pair, stream_t s) {
-  p.block_forward(in, in, in, map, opt, pair, acc, lse, s);
+concept computes_block_forward = requires(const P& p, tensor_view<const float> in, tensor_view<float> acc,
+                                          lse_view lse, gqa_map map, attention_options opt, block_pair pair,
+                                          stream_t s) { p.block_forward(in, in, in, map, opt, pair, acc, lse, s); };
+
+//! The policy's block backward reads the row dots rowsum(dO * O) (block_backward).
+template <class P>
+concept block_backward_reads_row_dots = requires(const P& p, tensor_view<const float> in, tensor_view<float> acc,
+                                                 const_lse_view clse, gqa_map map, attention_options opt,
+                                                 block_pair pair, stream_t s) {
   p.block_backward(in, in, in, in, clse, clse, map, opt, pair, acc, acc, acc, s);
 };
+
+//! The policy's block backward reads the final output O of the query rows instead of their row
+//! dots (block_backward_from_output), as libraries that compute the row dots themselves do.
+template <class P>
+concept block_backward_reads_output = requires(const P& p, tensor_view<const float> in, tensor_view<float> acc,
+                                               const_lse_view clse, gqa_map map, attention_options opt,
+                                               block_pair pair, stream_t s) {
+  p.block_backward_from_output(in, in, in, in, in, clse, map, opt, pair, acc, acc, acc, s);
+};
+
+template <class P>
+concept computes_block_attention =
+    computes_block_forward<P> && (block_backward_reads_row_dots<P> || block_backward_reads_output<P>);
 }  // namespace detail
 
 //! An attention policy that also computes one block pair at a time (what ring attention runs):
@@ -111,8 +138,10 @@ concept computes_block_attention = requires(const P& p, tensor_view<const float>
 //! - block_backward(q, k, v, dout, lse, row_dots, map, options, pair, dq, dk, dv): with the FINAL
 //!   lse of each query row and row_dots = rowsum(dO * O), P = exp(s q k^T - lse), ADDS
 //!   s (P * (dO v^T - row_dots)) k to dq, its transpose times q (times s) to dk and P^T dO to dv; the
-//!   three are fp32 accumulators, dk and dv summed over the query heads that read each kv head.
-//! q, dout [B, S_q, h, D]; k, v [B, S_kv, k, D]; lse, row_dots [B, h, S_q]. A policy without these
+//!   three are fp32 accumulators, dk and dv summed over the query heads that read each kv head;
+//! - or instead block_backward_from_output(q, k, v, o, dout, lse, map, options, pair, dq, dk, dv):
+//!   the same sums from the FINAL output o of the query rows, whose row dots the policy computes.
+//! q, o, dout [B, S_q, h, D]; k, v [B, S_kv, k, D]; lse, row_dots [B, h, S_q]. A policy without these
 //! is refused by name: detail::computes_block_attention.
 template <class P>
 concept block_attention_policy = attention_policy<P> && detail::computes_block_attention<P>;

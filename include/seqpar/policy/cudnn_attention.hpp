@@ -14,7 +14,14 @@
 //!   call serves all heads. Otherwise (a rank whose first query head is not the first of its group)
 //!   each kv head's query heads, which gqa_map keeps contiguous, get their own call (runs of kv heads
 //!   with equal group sizes share one), so each kv head's dK and dV sum over exactly its query heads.
-//! - Packed documents (attention_options::documents) are not supported yet.
+//! - Packed documents (attention_options::documents): each (batch row, document) is one cuDNN batch
+//!   entry, placed by int64 ragged offsets on every tensor, with the padding mask and per-entry
+//!   lengths (causal within each entry); the stats go through cuDNN's token-major ragged layout in
+//!   scratch. The policy reads the boundaries on the host (documents.cu_seqlens, which the layers
+//!   fill) and refuses ids alone. Entry counts and lengths are bucketed to powers of two (empty
+//!   entries have length 0) so that graphs stay cached. cuDNN runs ragged backward on sm_90 and
+//!   newer (Ampere's refuses ragged stats).
+//! - Block pairs for ring attention: cudnn_block_attention (cudnn_block_attention.cuh, nvcc).
 //!
 //! Graphs are built once per shape, layout, dtype, mask, scale and device, and kept in a cache that
 //! every copy of a policy shares (mutex-guarded: in-process ranks are threads), with one cuDNN handle
@@ -32,6 +39,7 @@
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/memory_space.hpp>
 #include <seqpar/policy/attention_policy.hpp>
+#include <seqpar/policy/detail/cudnn_ragged.hpp>
 #include <seqpar/tensor.hpp>
 #include <seqpar/types.hpp>
 
@@ -51,10 +59,12 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -69,8 +79,12 @@ namespace detail::cudnn_sdpa {
 
 namespace fe = cudnn_frontend;
 
-//! The uids of the graphs' tensors (the variant pack's keys).
-enum uid : std::int64_t { uid_q = 1, uid_k, uid_v, uid_o, uid_stats, uid_dout, uid_dq, uid_dk, uid_dv };
+//! The uids of the graphs' tensors (the variant pack's keys): the data, then (with documents) the
+//! entries' lengths and each data tensor's ragged offsets (its uid + offset_uid).
+enum uid : std::int64_t {
+  uid_q = 1, uid_k, uid_v, uid_o, uid_stats, uid_dout, uid_dq, uid_dk, uid_dv,
+  uid_seq_q, uid_seq_kv, offset_uid = 100
+};
 
 //! Name of a cuDNN frontend error code.
 inline const char* code_name(fe::error_code_t code) {
@@ -146,19 +160,47 @@ struct tensor_desc {
   std::int64_t alignment = 16;       //!< bytes the data pointer is aligned to
 };
 
-//! A [B, S, H, D] view as cuDNN's (B, H, S, D) tensor, its strides mapped along.
+//! The batch stride of a ragged tensor: its offsets place each entry, and cuDNN wants the batch
+//! axis to look the outermost.
+inline constexpr std::int64_t ragged_batch_stride = INT32_MAX;
+
+//! A [B, S, H, D] view as cuDNN's (B, H, S, D) tensor, its strides mapped along; with documents,
+//! as `entries` entries of up to `rows` rows each, placed by ragged offsets.
 template <class T>
-tensor_desc describe(const tensor_view<T>& v) {
+tensor_desc describe(const tensor_view<T>& v, std::int64_t entries = 0, std::int64_t rows = 0) {
+  if (entries > 0)
+    return {{entries, v.heads(), rows, v.head_dim()},
+            {ragged_batch_stride, v.stride(axis::heads), v.stride(axis::seq), v.stride(axis::head_dim)},
+            alignment_of(v.data())};
   return {{v.batch(), v.heads(), v.seq(), v.head_dim()},
           {v.stride(axis::batch), v.stride(axis::heads), v.stride(axis::seq), v.stride(axis::head_dim)},
           alignment_of(v.data())};
 }
 
 //! The softmax stats of query heads [first, first + n) of an fp32 [B, H, S] row-major lse: dims
-//! (B, n, S, 1), strides (H * S, S, 1, 1).
+//! (B, n, S, 1), strides (H * S, S, 1, 1). With documents, cuDNN's token-major layout instead (what
+//! its ragged stats take): a [B * S, H] scratch, `entries` entries of up to `rows` rows each.
 inline tensor_desc describe_stats(const float* lse_heads, std::int64_t B, std::int64_t H, std::int64_t n,
-                                  std::int64_t S) {
+                                  std::int64_t S, std::int64_t entries = 0, std::int64_t rows = 0) {
+  if (entries > 0) return {{entries, n, rows, 1}, {ragged_batch_stride, 1, H, 1}, alignment_of(lse_heads)};
   return {{B, n, S, 1}, {H * S, S, 1, 1}, alignment_of(lse_heads)};
+}
+
+//! Copies the stats of query rows `ranges` between cuDNN's token-major scratch [B, S, H] and an lse
+//! [B, H, S] (to_lse: scratch to lse), one strided 2-D copy per batch row, head and range.
+inline void move_stats(float* lse, float* scratch, std::int64_t B, std::int64_t H, std::int64_t S,
+                       const std::vector<std::pair<std::int64_t, std::int64_t>>& ranges, bool to_lse,
+                       stream_t stream) {
+  constexpr std::size_t f = sizeof(float);
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h)
+      for (const auto& [first, end] : ranges) {
+        float* l = lse + (b * H + h) * S + first;
+        float* t = scratch + (b * S + first) * H + h;
+        const auto rows = static_cast<std::size_t>(end - first), pitch = static_cast<std::size_t>(H) * f;
+        if (to_lse) SEQPAR_CUDA_TRY(cudaMemcpy2DAsync(l, f, t, pitch, f, rows, cudaMemcpyDeviceToDevice, stream));
+        else SEQPAR_CUDA_TRY(cudaMemcpy2DAsync(t, pitch, l, f, f, rows, cudaMemcpyDeviceToDevice, stream));
+      }
 }
 
 //! Everything one cached graph depends on.
@@ -167,15 +209,19 @@ struct graph_desc {
   fe::DataType_t io = fe::DataType_t::HALF;    //!< element type of Q, K, V, O and the gradients
   dtype type = dtype::float16;                 //!< the same, as seqpar names it
   bool causal = false;                         //!< top-left causal mask
+  std::int64_t bound = 0;                      //!< its right bound: key j allowed when j <= i + bound
   float scale = 1.0f;                          //!< softmax scale (resolved)
   std::int64_t options_key = 0;                //!< scale bits and causal flag (detail::options_key)
+  bool ragged = false;                         //!< documents: entries placed by ragged offsets
+  std::int64_t total_q = 0, total_kv = 0;      //!< with documents: at most this many query, key rows
   tensor_desc q, k, v, o, stats;               //!< forward's tensors (backward reads them all)
   tensor_desc dout, dq, dk, dv;                //!< backward's other tensors
   std::string heads;                           //!< which heads of the caller's views, for messages
 
-  //! The cache key: the direction, dtype, mask, scale, every dim, stride and alignment.
+  //! The cache key: the direction, dtype, mask, scale, layout, every dim, stride and alignment.
   std::vector<std::int64_t> key(int device) const {
-    std::vector<std::int64_t> key{device, backward ? 1 : 0, static_cast<std::int64_t>(type), options_key};
+    std::vector<std::int64_t> key{device,   backward ? 1 : 0, static_cast<std::int64_t>(type), options_key, bound,
+                                  ragged ? 1 : 0, total_q, total_kv};
     for (const tensor_desc* t : {&q, &k, &v, &o, &stats, &dout, &dq, &dk, &dv}) {
       key.push_back(static_cast<std::int64_t>(t->dim.size()));
       key.insert(key.end(), t->dim.begin(), t->dim.end());
@@ -188,9 +234,9 @@ struct graph_desc {
   //! The call's shape for messages: {B=.., H=.., H_kv=.., S=.., S_kv=.., D=.., dtype, mask, scale}.
   std::string what() const {
     std::ostringstream os;
-    os << "{B=" << q.dim[0] << ", H=" << q.dim[1] << ", H_kv=" << k.dim[1] << ", S=" << q.dim[2]
-       << ", S_kv=" << k.dim[2] << ", D=" << q.dim[3] << ", " << to_string(type) << (causal ? ", causal" : "")
-       << ", scale=" << scale << "}" << heads;
+    os << "{" << (ragged ? "entries=" : "B=") << q.dim[0] << ", H=" << q.dim[1] << ", H_kv=" << k.dim[1]
+       << ", S=" << q.dim[2] << ", S_kv=" << k.dim[2] << ", D=" << q.dim[3] << ", " << to_string(type)
+       << (causal ? ", causal, right bound " + std::to_string(bound) : "") << ", scale=" << scale << "}" << heads;
     return os.str();
   }
 };
@@ -224,19 +270,41 @@ inline std::shared_ptr<const plan> build_plan(cudnnHandle_t handle, const graph_
     g->set_io_data_type(d.io)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
+    // With documents: every entry's lengths (int32) and each tensor's ragged offsets (int64).
+    auto integers = [&](const char* name, std::int64_t id, std::int64_t n, fe::DataType_t type) {
+      return g->tensor(
+          gr::Tensor_attributes().set_name(name).set_uid(id).set_dim({n, 1, 1, 1}).set_stride({1, 1, 1, 1}).set_data_type(
+              type));
+    };
+    auto place = [&](gr::Tensor_attributes& t, uid id) {
+      if (d.ragged) t.set_ragged_offset(integers("ragged_offset", offset_uid + id, d.q.dim[0] + 1, fe::DataType_t::INT64));
+    };
     auto input = [&](const char* name, uid id, const tensor_desc& t, fe::DataType_t type) {
-      return g->tensor(gr::Tensor_attributes()
-                           .set_name(name)
-                           .set_uid(id)
-                           .set_dim(t.dim)
-                           .set_stride(t.stride)
-                           .set_data_type(type)
-                           .set_alignment(t.alignment));
+      auto in = g->tensor(gr::Tensor_attributes()
+                              .set_name(name)
+                              .set_uid(id)
+                              .set_dim(t.dim)
+                              .set_stride(t.stride)
+                              .set_data_type(type)
+                              .set_alignment(t.alignment));
+      place(*in, id);
+      return in;
     };
     auto output = [&](const std::shared_ptr<gr::Tensor_attributes>& out, uid id, const tensor_desc& t,
                       fe::DataType_t type) {
       out->set_output(true).set_uid(id).set_dim(t.dim).set_stride(t.stride).set_data_type(type).set_alignment(
           t.alignment);
+      place(*out, id);
+    };
+    // Both attribute types share these setters.
+    auto mask = [&](auto& attributes) {
+      if (d.causal)
+        attributes.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
+            .set_diagonal_band_right_bound(static_cast<int>(d.bound));
+      if (d.ragged)
+        attributes.set_padding_mask(true)
+            .set_seq_len_q(integers("seq_len_q", uid_seq_q, d.q.dim[0], fe::DataType_t::INT32))
+            .set_seq_len_kv(integers("seq_len_kv", uid_seq_kv, d.q.dim[0], fe::DataType_t::INT32));
     };
     auto q = input("Q", uid_q, d.q, d.io);
     auto k = input("K", uid_k, d.k, d.io);
@@ -247,8 +315,7 @@ inline std::shared_ptr<const plan> build_plan(cudnnHandle_t handle, const graph_
                             .set_generate_stats(true)
                             .set_attn_scale(d.scale)
                             .set_implementation(fe::AttentionImplementation_t::COMPOSITE);
-      if (d.causal)
-        attributes.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
+      mask(attributes);
       auto [o, stats] = g->sdpa(q, k, v, std::move(attributes));
       output(o, uid_o, d.o, d.io);
       output(stats, uid_stats, d.stats, fe::DataType_t::FLOAT);
@@ -257,8 +324,9 @@ inline std::shared_ptr<const plan> build_plan(cudnnHandle_t handle, const graph_
       auto dout = input("dO", uid_dout, d.dout, d.io);
       auto stats = input("Stats", uid_stats, d.stats, fe::DataType_t::FLOAT);
       auto attributes = gr::SDPA_backward_attributes().set_name("seqpar_sdpa_backward").set_attn_scale(d.scale);
-      if (d.causal)
-        attributes.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
+      mask(attributes);
+      // Sizes the backward's workspace by the rows that exist rather than entries x longest entry.
+      if (d.ragged) attributes.set_max_total_seq_len_q(d.total_q).set_max_total_seq_len_kv(d.total_kv);
       auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, std::move(attributes));
       output(dq, uid_dq, d.dq, d.io);
       output(dk, uid_dk, d.dk, d.io);
@@ -336,6 +404,47 @@ inline void run(cache& c, const graph_desc& d, std::unordered_map<std::int64_t, 
     SEQPAR_FAIL(errc::cuda, "cudnn_attention: running the " << (d.backward ? "backward" : "forward") << " graph for "
                                                             << d.what() << ": " << code_name(status.get_code())
                                                             << ": " << status.get_message());
+}
+
+//! A ragged tensor of one call: its uid, whether its rows are key rows, and the strides of its batch
+//! and row axes (elements), from which its entries' offsets follow.
+struct ragged_tensor {
+  uid id;                    //!< the data tensor
+  bool kv;                   //!< key rows (K, V, dK, dV) rather than query rows
+  std::int64_t batch_stride; //!< elements between batch rows
+  std::int64_t row_stride;   //!< elements between rows
+};
+
+//! Uploads the entries' lengths and every tensor's ragged offsets in one stream-ordered buffer and
+//! points `pack` at them; the buffer must live until the graph ran (it is freed in stream order).
+inline owned_bytes<default_memory_resource> upload_ragged(const ragged_entries& r,
+                                                          const std::vector<ragged_tensor>& tensors,
+                                                          std::unordered_map<std::int64_t, void*>& pack,
+                                                          stream_t stream) {
+  // Every array starts 16 bytes in: two int64 words.
+  const auto words = [](std::size_t bytes) { return (bytes + 15) / 16 * 2; };
+  const auto n = static_cast<std::size_t>(r.entries());
+  const std::size_t offset_words = words((n + 1) * 8), length_words = words(n * 4);
+  std::vector<std::int64_t> host(tensors.size() * offset_words + 2 * length_words, 0);
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    const auto o = r.offsets(tensors[t].kv, tensors[t].batch_stride, tensors[t].row_stride);
+    std::copy(o.begin(), o.end(), host.begin() + static_cast<std::ptrdiff_t>(t * offset_words));
+  }
+  const std::size_t lengths_at = tensors.size() * offset_words;
+  for (bool kv : {false, true}) {
+    const auto l = r.lengths(kv);
+    std::memcpy(host.data() + lengths_at + (kv ? length_words : 0), l.data(), l.size() * sizeof(std::int32_t));
+  }
+  owned_bytes<default_memory_resource> device(host.size() * sizeof(std::int64_t), memory_space::device,
+                                              default_memory_resource{}, stream);
+  auto* words_at = reinterpret_cast<std::int64_t*>(device.span().data());
+  // From pageable memory: the call returns once `host` is staged, so it may go out of scope.
+  SEQPAR_CUDA_TRY(cudaMemcpyAsync(words_at, host.data(), host.size() * sizeof(std::int64_t), cudaMemcpyHostToDevice,
+                                  stream));
+  for (std::size_t t = 0; t < tensors.size(); ++t) pack[offset_uid + tensors[t].id] = words_at + t * offset_words;
+  pack[uid_seq_q] = words_at + lengths_at;
+  pack[uid_seq_kv] = words_at + lengths_at + length_words;
+  return device;
 }
 
 //! One cuDNN call's heads: query heads [q_first, q_first + q_count) read kv heads [kv_first,
@@ -430,8 +539,8 @@ void* pointer(T* p) {
 }  // namespace detail::cudnn_sdpa
 
 //! Softmax attention through cuDNN's fused SDPA graphs (cuDNN frontend), for device memory on the
-//! current CUDA device: float16 and bfloat16, head dims a multiple of 8 up to 128, causal or not, GQA.
-//! Copies share one graph cache (and one cuDNN handle per device).
+//! current CUDA device: float16 and bfloat16, head dims a multiple of 8 up to 128, causal or not, GQA,
+//! packed documents. Copies share one graph cache (and one cuDNN handle per device).
 struct cudnn_attention {
   //! Opts into seqpar::attention_policy.
   using policy_concept = attention_policy_tag;
@@ -453,30 +562,11 @@ struct cudnn_attention {
   template <class T>
   void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
                attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
-    check_documents(opt);
     check<T>(q, k, v, o);
     detail::check_lse_extents(lse, q);
     check_rows("o", o);
     if (q.size() == 0) return;
-    opt = opt.resolved(q.head_dim());
-    namespace cs = detail::cudnn_sdpa;
-    const cs::head_plan plan = cs::plan_heads(q.heads(), k.heads(), map);
-    for (const cs::segment& s : plan.segments) {
-      const auto sq = cs::heads(q, s.q_first, s.q_count);
-      const auto so = cs::heads(o, s.q_first, s.q_count);
-      const auto sk = cs::heads(k, s.kv_first, s.kv_count);
-      const auto sv = cs::heads(v, s.kv_first, s.kv_count);
-      float* stats = lse.data_handle() + s.q_first * q.seq();
-      cs::graph_desc d = call_desc<T>(false, opt, plan, s, q.heads());
-      d.q = cs::describe(sq), d.k = cs::describe(sk), d.v = cs::describe(sv), d.o = cs::describe(so);
-      d.stats = cs::describe_stats(stats, q.batch(), q.heads(), s.q_count, q.seq());
-      std::unordered_map<std::int64_t, void*> pack{{cs::uid_q, cs::pointer(sq.data())},
-                                                   {cs::uid_k, cs::pointer(sk.data())},
-                                                   {cs::uid_v, cs::pointer(sv.data())},
-                                                   {cs::uid_o, cs::pointer(so.data())},
-                                                   {cs::uid_stats, stats}};
-      cs::run(*cache_, d, pack, stream);
-    }
+    sdpa_forward(q, k, v, map, opt.resolved(q.head_dim()), placement{}, o, lse.data_handle(), stream);
   }
 
   //! dq, dk, dv from dO and the forward's o and lse; dk and dv sum over the query heads that read
@@ -485,7 +575,6 @@ struct cudnn_attention {
   void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
                 const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
                 tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
-    check_documents(opt);
     check<T>(q, k, v, o);
     detail::check_lse_extents(lse, q);
     detail::check_gradient_extents(q, k, dout, dq, dk, dv);
@@ -493,22 +582,92 @@ struct cudnn_attention {
     check_rows("dq", dq);
     check_rows("dk", dk);
     check_rows("dv", dv);
-    namespace cs = detail::cudnn_sdpa;
     if (k.size() == 0) return;
-    if (q.size() == 0) {  // no query head reads any kv head
-      for (std::int64_t j = 0; j < k.heads(); ++j) {
-        cs::zero_head(dk, j, stream);
-        cs::zero_head(dv, j, stream);
-      }
-      return;
+    sdpa_backward(q, k, v, o, lse.data_handle(), dout, map, opt.resolved(q.head_dim()), placement{}, dq, dk, dv,
+                  stream);
+  }
+
+ protected:
+  //! Where a call's rows sit in the global sequence: query row i at q_first + i, key row j at
+  //! kv_first + j; the causal mask (when asked) applies when `masked`.
+  struct placement {
+    std::int64_t q_first = 0;   //!< global position of the first query row
+    std::int64_t kv_first = 0;  //!< global position of the first key row
+    bool masked = true;         //!< whether keys may follow queries in this call
+  };
+
+  //! o and the fp32 stats (lse: [B, H, S_q] row-major) of q against k, v placed at `at`, `opt`
+  //! resolved. With documents only the rows of documents that reach a key row are written.
+  template <class T>
+  void sdpa_forward(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                    gqa_map map, const attention_options& opt, placement at, const tensor_view<T>& o, float* lse,
+                    stream_t stream) const {
+    namespace cs = detail::cudnn_sdpa;
+    const call c = plan_call(q, k, map, opt, at);
+    if (c.empty()) return;
+    std::unordered_map<std::int64_t, void*> ragged_pack;
+    owned_bytes<default_memory_resource> stats_scratch, ragged;
+    float* stats_base = lse;
+    if (c.docs) {
+      stats_scratch = scratch_stats(q, stream);
+      stats_base = reinterpret_cast<float*>(stats_scratch.span().data());
+      ragged = cs::upload_ragged(*c.docs, forward_tensors(q, k, v, o), ragged_pack, stream);
     }
-    opt = opt.resolved(q.head_dim());
-    const cs::head_plan plan = cs::plan_heads(q.heads(), k.heads(), map);
-    for (std::int64_t j : plan.unread) {
+    for (const cs::segment& s : c.heads.segments) {
+      const auto sq = cs::heads(q, s.q_first, s.q_count);
+      const auto so = cs::heads(o, s.q_first, s.q_count);
+      const auto sk = cs::heads(k, s.kv_first, s.kv_count);
+      const auto sv = cs::heads(v, s.kv_first, s.kv_count);
+      float* stats = stats_base + s.q_first * (c.docs ? 1 : q.seq());
+      cs::graph_desc d = call_desc<T>(false, opt, c, s, q.heads());
+      d.q = cs::describe(sq, c.entries(), c.max_q()), d.o = cs::describe(so, c.entries(), c.max_q());
+      d.k = cs::describe(sk, c.entries(), c.max_kv()), d.v = cs::describe(sv, c.entries(), c.max_kv());
+      d.stats = cs::describe_stats(stats, q.batch(), q.heads(), s.q_count, q.seq(), c.entries(), c.max_q());
+      auto pack = ragged_pack;
+      pack.insert({{cs::uid_q, cs::pointer(sq.data())},
+                   {cs::uid_k, cs::pointer(sk.data())},
+                   {cs::uid_v, cs::pointer(sv.data())},
+                   {cs::uid_o, cs::pointer(so.data())},
+                   {cs::uid_stats, stats}});
+      cs::run(*cache_, d, pack, stream);
+    }
+    if (c.docs)
+      cs::move_stats(lse, stats_base, q.batch(), q.heads(), q.seq(), cs::covered_rows(c.docs->spans), true, stream);
+  }
+
+  //! dq, dk, dv (written, not added to) of q against k, v placed at `at` from dO, o and the fp32
+  //! stats lse ([B, H, S_q] row-major), `opt` resolved. With documents only the rows of documents that
+  //! both blocks reach are written.
+  template <class T>
+  void sdpa_backward(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                     const tensor_view<const T>& o, const float* lse, const tensor_view<const T>& dout, gqa_map map,
+                     const attention_options& opt, placement at, const tensor_view<T>& dq, const tensor_view<T>& dk,
+                     const tensor_view<T>& dv, stream_t stream) const {
+    namespace cs = detail::cudnn_sdpa;
+    const call c = plan_call(q, k, map, opt, at);
+    for (std::int64_t j : c.heads.unread) {
       cs::zero_head(dk, j, stream);
       cs::zero_head(dv, j, stream);
     }
-    for (const cs::segment& s : plan.segments) {
+    if (c.empty() || q.size() == 0) return;
+    std::unordered_map<std::int64_t, void*> ragged_pack;
+    owned_bytes<default_memory_resource> stats_scratch, ragged;
+    const float* stats_base = lse;
+    if (c.docs) {
+      stats_scratch = scratch_stats(q, stream);
+      auto* scratch = reinterpret_cast<float*>(stats_scratch.span().data());
+      // Only reads lse.
+      cs::move_stats(const_cast<float*>(lse), scratch, q.batch(), q.heads(), q.seq(), cs::covered_rows(c.docs->spans),
+                     false, stream);
+      stats_base = scratch;
+      auto tensors = forward_tensors(q, k, v, o);
+      tensors.insert(tensors.end(), {{cs::uid_dout, false, dout.stride(axis::batch), dout.stride(axis::seq)},
+                                     {cs::uid_dq, false, dq.stride(axis::batch), dq.stride(axis::seq)},
+                                     {cs::uid_dk, true, dk.stride(axis::batch), dk.stride(axis::seq)},
+                                     {cs::uid_dv, true, dv.stride(axis::batch), dv.stride(axis::seq)}});
+      ragged = cs::upload_ragged(*c.docs, tensors, ragged_pack, stream);
+    }
+    for (const cs::segment& s : c.heads.segments) {
       const auto sq = cs::heads(q, s.q_first, s.q_count);
       const auto so = cs::heads(o, s.q_first, s.q_count);
       const auto sdo = cs::heads(dout, s.q_first, s.q_count);
@@ -517,37 +676,129 @@ struct cudnn_attention {
       const auto sv = cs::heads(v, s.kv_first, s.kv_count);
       const auto sdk = cs::heads(dk, s.kv_first, s.kv_count);
       const auto sdv = cs::heads(dv, s.kv_first, s.kv_count);
-      const float* stats = lse.data_handle() + s.q_first * q.seq();
-      cs::graph_desc d = call_desc<T>(true, opt, plan, s, q.heads());
-      d.q = cs::describe(sq), d.k = cs::describe(sk), d.v = cs::describe(sv), d.o = cs::describe(so);
-      d.stats = cs::describe_stats(stats, q.batch(), q.heads(), s.q_count, q.seq());
-      d.dout = cs::describe(sdo), d.dq = cs::describe(sdq), d.dk = cs::describe(sdk), d.dv = cs::describe(sdv);
-      std::unordered_map<std::int64_t, void*> pack{
-          {cs::uid_q, cs::pointer(sq.data())},     {cs::uid_k, cs::pointer(sk.data())},
-          {cs::uid_v, cs::pointer(sv.data())},     {cs::uid_o, cs::pointer(so.data())},
-          {cs::uid_stats, cs::pointer(stats)},     {cs::uid_dout, cs::pointer(sdo.data())},
-          {cs::uid_dq, cs::pointer(sdq.data())},   {cs::uid_dk, cs::pointer(sdk.data())},
-          {cs::uid_dv, cs::pointer(sdv.data())}};
+      const float* stats = stats_base + s.q_first * (c.docs ? 1 : q.seq());
+      const std::int64_t n = c.entries(), rq = c.max_q(), rk = c.max_kv();
+      cs::graph_desc d = call_desc<T>(true, opt, c, s, q.heads());
+      d.q = cs::describe(sq, n, rq), d.k = cs::describe(sk, n, rk), d.v = cs::describe(sv, n, rk);
+      d.o = cs::describe(so, n, rq), d.dout = cs::describe(sdo, n, rq), d.dq = cs::describe(sdq, n, rq);
+      d.dk = cs::describe(sdk, n, rk), d.dv = cs::describe(sdv, n, rk);
+      d.stats = cs::describe_stats(stats, q.batch(), q.heads(), s.q_count, q.seq(), n, rq);
+      auto pack = ragged_pack;
+      pack.insert({{cs::uid_q, cs::pointer(sq.data())},   {cs::uid_k, cs::pointer(sk.data())},
+                   {cs::uid_v, cs::pointer(sv.data())},   {cs::uid_o, cs::pointer(so.data())},
+                   {cs::uid_stats, cs::pointer(stats)},   {cs::uid_dout, cs::pointer(sdo.data())},
+                   {cs::uid_dq, cs::pointer(sdq.data())}, {cs::uid_dk, cs::pointer(sdk.data())},
+                   {cs::uid_dv, cs::pointer(sdv.data())}});
       cs::run(*cache_, d, pack, stream);
     }
+  }
+
+  //! The checks of a block pair's views (block_attention_policy): its key block may hold any number
+  //! of rows.
+  template <class T>
+  void check_block(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v) const {
+    check_supported<T>(q.head_dim());
+    detail::check_block_extents(q, k, v);
+    check_rows("q", q);
+    check_rows("k", k);
+    check_rows("v", v);
+  }
+
+  //! Throws unless the view's head_dim stride is 1: cuDNN reads and writes each head's D elements
+  //! contiguously.
+  template <class T>
+  static void check_rows(const char* name, const tensor_view<T>& view) {
+    SEQPAR_EXPECTS(view.stride(axis::head_dim) == 1 || view.size() == 0,
+                   name << ": stride of axis head_dim is " << view.stride(axis::head_dim)
+                        << "; expected 1 (cudnn_attention reads each head's elements contiguously)");
   }
 
  private:
   std::shared_ptr<detail::cudnn_sdpa::cache> cache_ = std::make_shared<detail::cudnn_sdpa::cache>();
 
+  template <class T>
+  void check_supported(std::int64_t head_dim) const {
+    SEQPAR_EXPECTS(supports(dtype_of<T>, head_dim),
+                   "cudnn_attention: element type " << to_string(dtype_of<T>) << " with head_dim " << head_dim
+                                                    << "; expected float16 or bfloat16 with head_dim a multiple of 8 "
+                                                       "up to 128");
+  }
+
+  // What one call runs: its head segments, its documents' entries (if any) and its causal mask.
+  struct call {
+    detail::cudnn_sdpa::head_plan heads;
+    std::optional<detail::cudnn_sdpa::ragged_entries> docs;
+    bool causal = false;
+    std::int64_t bound = 0;
+    std::int64_t total_q = 0, total_kv = 0;  // with documents: rows rounded up to 64
+    std::int64_t entries() const { return docs ? docs->entries() : 0; }
+    std::int64_t max_q() const { return docs ? docs->max_q() : 0; }
+    std::int64_t max_kv() const { return docs ? docs->max_kv() : 0; }
+    bool empty() const { return docs && docs->spans.empty(); }
+  };
+
+  template <class T>
+  static call plan_call(const tensor_view<const T>& q, const tensor_view<const T>& k, gqa_map map,
+                        const attention_options& opt, placement at) {
+    namespace cs = detail::cudnn_sdpa;
+    call c;
+    c.heads = cs::plan_heads(q.heads(), k.heads(), map);
+    if (opt.documents.split()) {
+      c.docs = cs::ragged_entries{cs::document_spans(opt.documents.cu_seqlens, opt.documents.count, at.q_first,
+                                                     q.seq(), at.kv_first, k.seq()),
+                                  q.batch(), q.seq(), k.seq()};
+      c.total_q = (q.batch() * q.seq() + 63) / 64 * 64;
+      c.total_kv = (k.batch() * k.seq() + 63) / 64 * 64;
+    }
+    c.causal = opt.causal && at.masked;
+    if (c.causal) {
+      c.bound = c.docs ? c.docs->causal_bound(at.q_first, at.kv_first) : at.q_first - at.kv_first;
+      SEQPAR_EXPECTS(c.bound >= 0, "pair: query rows from position "
+                                       << at.q_first << " and key rows from " << at.kv_first
+                                       << " under the causal mask; cudnn_attention expects q_first >= kv_first "
+                                          "(cuDNN's causal band takes no negative right bound)");
+    }
+    return c;
+  }
+
+  // The ragged tensors of a forward (the backward reads them too): Q, K, V, O and the token-major
+  // stats.
+  template <class T, class O>
+  static std::vector<detail::cudnn_sdpa::ragged_tensor> forward_tensors(const tensor_view<const T>& q,
+                                                                         const tensor_view<const T>& k,
+                                                                         const tensor_view<const T>& v,
+                                                                         const tensor_view<O>& o) {
+    namespace cs = detail::cudnn_sdpa;
+    return {{cs::uid_q, false, q.stride(axis::batch), q.stride(axis::seq)},
+            {cs::uid_k, true, k.stride(axis::batch), k.stride(axis::seq)},
+            {cs::uid_v, true, v.stride(axis::batch), v.stride(axis::seq)},
+            {cs::uid_o, false, o.stride(axis::batch), o.stride(axis::seq)},
+            {cs::uid_stats, false, q.seq() * q.heads(), q.heads()}};
+  }
+
+  // Stream-ordered fp32 scratch for the token-major stats of every query row of q.
+  template <class T>
+  static owned_bytes<default_memory_resource> scratch_stats(const tensor_view<const T>& q, stream_t stream) {
+    return {static_cast<std::size_t>(q.batch() * q.seq() * q.heads()) * sizeof(float), memory_space::device,
+            default_memory_resource{}, stream};
+  }
+
   // The graph description of one call, its tensors left to the caller.
   template <class T>
-  static detail::cudnn_sdpa::graph_desc call_desc(bool backward, const attention_options& opt,
-                                                 const detail::cudnn_sdpa::head_plan& plan,
+  static detail::cudnn_sdpa::graph_desc call_desc(bool backward, const attention_options& opt, const call& c,
                                                  const detail::cudnn_sdpa::segment& s, std::int64_t H) {
     detail::cudnn_sdpa::graph_desc d;
     d.backward = backward;
     d.io = detail::cudnn_sdpa::data_type<T>();
     d.type = dtype_of<T>;
-    d.causal = opt.causal;
+    d.causal = c.causal;
+    d.bound = c.bound;
     d.scale = opt.scale;
     d.options_key = detail::options_key(opt);
-    if (plan.segments.size() > 1 || s.q_count != H) {
+    d.ragged = c.docs.has_value();
+    d.total_q = c.total_q;
+    d.total_kv = c.total_kv;
+    if (c.heads.segments.size() > 1 || s.q_count != H) {
       std::ostringstream os;
       os << " (query heads " << s.q_first << ".." << s.q_first + s.q_count - 1 << " of " << H << ", kv heads "
          << s.kv_first << ".." << s.kv_first + s.kv_count - 1 << ")";
@@ -556,28 +807,11 @@ struct cudnn_attention {
     return d;
   }
 
-  static void check_documents(const attention_options& opt) {
-    if (opt.documents.split())
-      SEQPAR_FAIL(errc::unsupported,
-                  "options.documents: cudnn_attention does not take packed documents yet; use flash_attention");
-  }
-
-  // cuDNN reads and writes each head's D elements contiguously.
-  template <class T>
-  static void check_rows(const char* name, const tensor_view<T>& view) {
-    SEQPAR_EXPECTS(view.stride(axis::head_dim) == 1 || view.size() == 0,
-                   name << ": stride of axis head_dim is " << view.stride(axis::head_dim)
-                        << "; expected 1 (cudnn_attention reads each head's elements contiguously)");
-  }
-
   // Checks what the policy needs of the views, so that a direct call fails as clearly as a layer.
   template <class T, class O>
   void check(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
              const tensor_view<O>& o) const {
-    SEQPAR_EXPECTS(supports(dtype_of<T>, q.head_dim()),
-                   "cudnn_attention: element type " << to_string(dtype_of<T>) << " with head_dim " << q.head_dim()
-                                                    << "; expected float16 or bfloat16 with head_dim a multiple of 8 "
-                                                       "up to 128");
+    check_supported<T>(q.head_dim());
     detail::check_attention_extents(q, k, v, o);
     check_rows("q", q);
     check_rows("k", k);

@@ -66,8 +66,7 @@ struct basic_flash_attention {
                      attention_options opt, block_pair pair, tensor_view<float> o_part, lse_view lse_part,
                      stream_t stream = nullptr) const {
     check_block<T>(q, k, v);
-    SEQPAR_EXPECTS(detail::same_extents(o_part, q), "o_part: extents differ from q's; expected the same extents");
-    detail::check_lse_extents(lse_part, q);
+    detail::check_partial_extents(q, o_part, lse_part);
     run_forward(q, k, v, map, opt, pair, o_part, lse_part, stream);
   }
 
@@ -173,10 +172,7 @@ struct basic_flash_attention {
   template <class T>
   void check_block(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v) const {
     check_supported<T>(q.head_dim());
-    SEQPAR_EXPECTS(detail::same_extents(k, v) && k.batch() == q.batch() && k.head_dim() == q.head_dim(),
-                   "k, v: extents {" << k.batch() << ", " << k.seq() << ", " << k.heads() << ", " << k.head_dim()
-                                     << "}; expected q's batch and head_dim (" << q.batch() << ", " << q.head_dim()
-                                     << ") and equal k and v");
+    detail::check_block_extents(q, k, v);
   }
 
   template <class F>

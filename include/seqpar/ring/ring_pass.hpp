@@ -162,11 +162,14 @@ struct ring_pass {
     float* const dots = row_terms.template get<float>(0);
     float* const dq_acc = row_terms.template get<float>(1);
     float* const incoming = grads.template get<float>(2);
-    for (const auto& run : runs) {
-      const row_dots_of<T> dot{rows(dout, run.local, run.length), rows(o, run.local, run.length),
-                               lse_view(dots + lse_offset(runs, run), batch, heads, run.length)};
-      for_each_index(where, dot.rows(), dot, stream);
-    }
+    // A policy that reads the final output computes the row dots itself.
+    constexpr bool from_output = block_backward_reads_output<Policy>;
+    if constexpr (!from_output)
+      for (const auto& run : runs) {
+        const row_dots_of<T> dot{rows(dout, run.local, run.length), rows(o, run.local, run.length),
+                                 lse_view(dots + lse_offset(runs, run), batch, heads, run.length)};
+        for_each_index(where, dot.rows(), dot, stream);
+      }
     for_each_index(where, elements_of(r, heads), fill_floats{dq_acc, 0.0f}, stream);
     pack_kv(where, k, v, kv.template get<T>(0), r, stream);
     for (int t = 0; t < P; ++t) {
@@ -178,10 +181,16 @@ struct ring_pass {
       const auto [dks, dvs] = kv_views<float>(mine, s);
       for_each_pair(runs, s, docs, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
         const const_lse_view l(lse + lse_at, batch, heads, qr.length), rd(dots + lse_at, batch, heads, qr.length);
-        policy.block_backward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length),
-                              rows(vs, kr.local, kr.length), rows(dout, qr.local, qr.length), l, rd, map, opt, pair,
-                              rows(acc_view(dq_acc, r, heads), qr.local, qr.length), rows(dks, kr.local, kr.length),
-                              rows(dvs, kr.local, kr.length), stream);
+        const auto dq_rows = rows(acc_view(dq_acc, r, heads), qr.local, qr.length);
+        if constexpr (from_output)
+          policy.block_backward_from_output(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length),
+                                            rows(vs, kr.local, kr.length), rows(o, qr.local, qr.length),
+                                            rows(dout, qr.local, qr.length), l, map, opt, pair, dq_rows,
+                                            rows(dks, kr.local, kr.length), rows(dvs, kr.local, kr.length), stream);
+        else
+          policy.block_backward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length),
+                                rows(vs, kr.local, kr.length), rows(dout, qr.local, qr.length), l, rd, map, opt, pair,
+                                dq_rows, rows(dks, kr.local, kr.length), rows(dvs, kr.local, kr.length), stream);
       });
       if (P == 1) break;
       if (t > 0) send_grads(comm, grads.template get<float>((t - 1) % 2), incoming, t - 1, where, side);

@@ -7,6 +7,9 @@
 #include <seqpar_test/buffers.hpp>
 
 #include <seqpar/policy/attention_policy.hpp>
+#include <seqpar/policy/reference_attention.hpp>
+#include <seqpar/ring/ring_attention.hpp>
+#include <seqpar/ring/ulysses_ring_attention.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -97,6 +100,42 @@ void check_against_device_reference(const Policy& policy, const Reference& refer
       for (std::size_t i = 0; i < want_lse.size(); ++i)
         lse_gap = std::max(lse_gap, double(std::abs(got_lse[i] - want_lse[i])));
       CHECK(lse_gap <= 1e-3);
+    }
+}
+// ring_attention with `policy` on device memory against the host reference, causal and not, over
+// P ranks of `ranks`, 1 and 2 kv heads: contiguous uneven shards (64 P + 5 tokens, head dim 64) and
+// zigzag ones (80 P tokens, head dim 128).
+template <class T, class Policy>
+void check_ring_on_device(const Policy& policy, std::initializer_list<int> ranks) {
+  const auto ring = [policy](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+    return seqpar::ring_attention(policy, comm, part, shape, type, opt);
+  };
+  const auto everything = [](std::int64_t, std::int64_t) { return true; };
+  for (int P : ranks)
+    for (bool causal : {false, true})
+      for (int H_kv : {1, 2}) {
+        (void)check_parallel_attention<T>({P, 2, H_kv, 2, 64 * P + 5, 64, causal}, seqpar::memory_space::device, ring,
+                                          seqpar::reference_attention{}, everything);
+        (void)check_parallel_attention<T>({P, 2, H_kv, 1, 80 * P, 128, causal, seqpar::shard_strategy::zigzag},
+                                          seqpar::memory_space::device, ring, seqpar::reference_attention{},
+                                          everything);
+      }
+}
+
+// The 2-D layer with `policy` on device memory against the host reference, causal and not, for
+// each mesh {u, r}: 2 * r * chunk tokens, 4 query and 2 kv heads, batch 2, head dim D.
+template <class T, class Policy>
+void check_ulysses_ring_on_device(const Policy& policy, std::initializer_list<std::pair<int, int>> meshes,
+                                  std::int64_t chunk, std::int64_t D) {
+  for (auto [u, r] : meshes)
+    for (bool causal : {false, true}) {
+      const auto layout = seqpar::make_token_layout_2d(2 * r * chunk, {u, r});
+      (void)check_parallel_attention_on<T>(
+          {u * r, 4, 2, 2, layout.tokens, D, causal}, layout, seqpar::memory_space::device,
+          [policy](auto& comm, const auto& l, const auto& shape, seqpar::dtype type, const auto& opt) {
+            return seqpar::ulysses_ring_attention(policy, comm, l, shape, type, opt);
+          },
+          seqpar::reference_attention{}, [](std::int64_t, std::int64_t) { return true; });
     }
 }
 }  // namespace seqpar_test
