@@ -1,11 +1,13 @@
-// The CUDA linear-attention policy on one rank: tokens per second of LASP forward and
+// The CUDA linear-attention policies on one rank: tokens per second of LASP forward and
 // forward + backward (P = 1, so only the chunk work is timed), for S = 8K to 512K tokens, and the
-// fraction of the memory-bound floor (minimal bytes moved / measured copy bandwidth) achieved.
-// Without a GPU it says so and exits 77.
+// fraction of the memory-bound floor (minimal bytes moved / measured copy bandwidth) achieved;
+// and the gated policy (scalar and vector log-gates, CUDA cores) on the same shapes for S = 8K and
+// 32K, against the constant-decay rows. Without a GPU it says so and exits 77.
 #include "gpu_support.cuh"
 
 #include <seqpar/comm/in_process.hpp>
 #include <seqpar/lasp/lasp_attention.hpp>
+#include <seqpar/policy/gated_linear_cuda.cuh>
 #include <seqpar/policy/linear_cuda.cuh>
 
 #include <benchmark/benchmark.h>
@@ -59,6 +61,30 @@ void BM_lasp_linear_cuda(benchmark::State& state, bool backward) {
   state.counters["S"] = static_cast<double>(S);
 }
 
+// Gated LASP forward + backward: log-gates fp32 [B, S, H, W], W = 1 (scalar) or D (vector).
+void BM_lasp_gated_cuda(benchmark::State& state, std::int64_t W) {
+  const std::int64_t S = state.range(0) << 10;
+  const std::size_t nqk = B * S * H * D, nvo = B * S * H * E, ng = B * S * H * W;
+  device_array<bf16> q(nqk), k(nqk), v(nvo), o(nvo), dq(nqk), dk(nqk), dv(nvo), dout(nvo);
+  device_array<float> g(ng), dg(ng);
+  for (auto* a : {&q, &k}) cudaMemset(a->p, 0, nqk * sizeof(bf16));
+  for (auto* a : {&v, &dout}) cudaMemset(a->p, 0, nvo * sizeof(bf16));
+  cudaMemset(g.p, 0, ng * sizeof(float));  // log-gate 0: no decay, the work is the same
+  auto comms = seqpar::in_process_communicator::create_group(1, seqpar::memory_space::device);
+  seqpar::lasp_attention layer(seqpar::gated_linear_cuda{}, comms[0], seqpar::make_seq_partition(S, 1),
+                               {.batch = B, .heads = H, .head_dim = D, .value_dim = E},
+                               W == 1 ? seqpar::gate_kind::scalar : seqpar::gate_kind::vector);
+  auto in = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd<const bf16>(a.p, B, S, H, x); };
+  auto out = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd(a.p, B, S, H, x); };
+  const auto gates = seqpar::make_bshd<const float>(g.p, B, S, H, W);
+  seqpar_bench::timed_on_gpu(state, [&] {
+    const auto saved = layer.forward(in(q, D), in(k, D), in(v, E), gates, out(o, E));
+    layer.backward(saved, in(dout, E), out(dq, D), out(dk, D), out(dv, E), seqpar::make_bshd(dg.p, B, S, H, W));
+  });
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(S), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["S"] = static_cast<double>(S);
+}
+
 void sweep(benchmark::internal::Benchmark* b) {
   b->ArgName("Ktokens");
   for (std::int64_t s = 8; s <= 512; s *= 4) b->Arg(s);
@@ -68,5 +94,9 @@ void sweep(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_lasp_linear_cuda, forward, false)->Apply(sweep);
 BENCHMARK_CAPTURE(BM_lasp_linear_cuda, forward_backward, true)->Apply(sweep);
+BENCHMARK_CAPTURE(BM_lasp_gated_cuda, scalar_forward_backward, 1)
+    ->ArgName("Ktokens")->Arg(8)->Arg(32)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_lasp_gated_cuda, vector_forward_backward, D)
+    ->ArgName("Ktokens")->Arg(8)->Arg(32)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 int main(int argc, char** argv) { return seqpar_bench::run_if_gpu(argc, argv); }
