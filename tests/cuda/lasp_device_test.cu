@@ -2,6 +2,7 @@
 // through lasp_attention over the in-process backend on device memory, against the single-device
 // references; chunks long enough to span several sub-blocks and segments, with partial last ones;
 // both the tensor-core and CUDA-core paths; packed documents.
+#include <seqpar_test/all_or_nothing.hpp>
 #include <seqpar_test/gated_lasp_cases.hpp>
 #include <seqpar_test/lasp_cases.hpp>
 
@@ -79,4 +80,27 @@ TEST_CASE_TEMPLATE("gated lasp_attention with gated_linear_cuda: o equals the re
     seqpar_test::check_gated_lasp<T>({.P = 4, .B = 1, .S = 300, .H = 2, .D = 64, .E = 64, .gates = gates},
                                      seqpar::documents_of_lengths(lengths), memory_space::device,
                                      seqpar::gated_linear_cuda{});
+}
+
+TEST_CASE("gated lasp_attention with gated_linear_cuda: a bad device log-gate on one rank stops every rank") {
+  const std::int64_t B = 1, H = 2, D = 4, E = 4;
+  const int P = 2;
+  const auto part = seqpar::make_seq_partition(40, P);
+  seqpar_test::expect_all_or_nothing(
+      P, "g(0, 5, 1, 3) = 0.5; expected a finite log-gate <= 0",
+      [&](seqpar::in_process_communicator& comm, bool bad, seqpar_test::sentinels& s) {
+        seqpar::lasp_attention layer(seqpar::gated_linear_cuda{}, comm, part,
+                                     {.batch = B, .heads = int(H), .head_dim = D, .value_dim = E},
+                                     seqpar::gate_kind::vector);
+        const std::int64_t n = part.size(comm.rank());
+        std::vector<float> gates(B * n * H * D, -0.1f);
+        if (bad) gates[(5 * H + 1) * D + 3] = 0.5f;
+        seqpar_test::buffer<float> g(memory_space::device, gates);
+        auto& x = s.input(B * n * H * D, 0.5f);
+        auto& o = s.make(B * n * H * E);
+        const auto in = seqpar::make_bshd<const float>(x.data(), B, n, H, D);
+        (void)layer.forward(in, in, in, seqpar::make_bshd<const float>(g.data(), B, n, H, D),
+                            seqpar::make_bshd(o.data(), B, n, H, E));
+      },
+      memory_space::device);
 }

@@ -153,3 +153,20 @@ TEST_CASE("gated lasp_attention with gated_linear_cuda under an emulated warp: d
                                            {}, seqpar::memory_space::host, emulated_host_gated{});
     }
 }
+
+TEST_CASE("gated_linear_cuda.check_gates under an emulated warp names the first bad log-gate") {
+  const emulated_gated policy;
+  host_tensor<float> g(2, 300, 3, 4, 1, 0);  // padded tokens: the kernel must walk the view's strides
+  for (std::int64_t b = 0; b < 2; ++b)
+    for (std::int64_t t = 0; t < 300; ++t)
+      for (std::int64_t h = 0; h < 3; ++h)
+        for (std::int64_t d = 0; d < 4; ++d) g.view(b, t, h, d) = -0.25f;
+  CHECK_NOTHROW(policy.check_gates(g.cview()));
+  g.view(1, 7, 2, 1) = 0.5f;
+  g.view(1, 250, 0, 3) = NAN;  // later: the first one is named
+  CHECK_THROWS_WITH_AS(policy.check_gates(g.cview()),
+                       doctest::Contains("g(1, 7, 2, 1) = 0.5; expected a finite log-gate <= 0"), seqpar::error);
+  g.view(0, 299, 1, 0) = -INFINITY;
+  CHECK_THROWS_WITH_AS(policy.check_gates(g.cview()),
+                       doctest::Contains("g(0, 299, 1, 0) = -inf; expected a finite log-gate <= 0"), seqpar::error);
+}

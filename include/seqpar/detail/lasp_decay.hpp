@@ -35,12 +35,14 @@ struct constant_decay {
               state_view out, stream_t s) const {
     policy.state_update(lambda, tokens, in, m, out, s);
   }
+  //! The policy's backward_intra on piece p's rows.
   template <class Policy, class T, class G>
   void backward_intra(const Policy& policy, const document_piece& p, const tensor_view<const T>& q,
                       const tensor_view<const T>& k, const tensor_view<const T>& v, const tensor_view<const T>& dout,
                       const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv, stream_t s) const {
     policy.backward_intra(q, k, v, dout, of(p), dq, dk, dv, s);
   }
+  //! The policy's backward_inter on piece p's rows.
   template <class Policy, class T, class G>
   void backward_inter(const Policy& policy, const document_piece& p, const tensor_view<const T>& q,
                       const tensor_view<const T>& k, const tensor_view<const T>& v, const tensor_view<const T>& dout,
@@ -75,12 +77,14 @@ struct gate_decay {
               state_view out, stream_t s) const {
     policy.state_update(const_chunk_decay_view(total, g.batch(), g.heads(), key_dim), in, m, out, s);
   }
+  //! The policy's backward_intra on piece p's rows, dg's rows of the piece written.
   template <class Policy, class T, class G>
   void backward_intra(const Policy& policy, const document_piece& p, const tensor_view<const T>& q,
                       const tensor_view<const T>& k, const tensor_view<const T>& v, const tensor_view<const T>& dout,
                       const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv, stream_t s) const {
     policy.backward_intra(q, k, v, dout, of(p), dq, dk, dv, detail::rows(dg, p.local, p.length), s);
   }
+  //! The policy's backward_inter on piece p's rows, adding to dg's rows of the piece.
   template <class Policy, class T, class G>
   void backward_inter(const Policy& policy, const document_piece& p, const tensor_view<const T>& q,
                       const tensor_view<const T>& k, const tensor_view<const T>& v, const tensor_view<const T>& dout,

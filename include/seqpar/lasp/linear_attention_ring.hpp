@@ -18,9 +18,9 @@
 #include <seqpar/tensor.hpp>
 
 #include <array>
-#include <limits>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <span>
 #include <type_traits>
@@ -58,7 +58,9 @@ struct lasp_backward_views {
 }  // namespace detail
 
 //! The LASP primitive for one rank and fixed shapes: q, k [B, C, H, D] and v, o [B, C, H, E] with
-//! C = S_r tokens of this rank's chunk, states fp32 [B, H, D, E]. With packed documents the state
+//! C = S_r tokens of this rank's chunk, states fp32 [B, H, D, E]. The state decays by one constant
+//! lambda per head (a linear_attention_policy) or by per-token log-gates passed with each call (a
+//! gated_linear_attention_policy; backward then also gives the gates' gradient). With packed documents the state
 //! resets at every document start: the incoming state reaches only the tokens before this rank's
 //! first document start, and what a rank passes on holds only its last document's tokens when that
 //! document continues past it (each piece of a document on the rank is its own intra-chunk call).

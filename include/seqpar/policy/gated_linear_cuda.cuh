@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
@@ -64,6 +65,32 @@ struct basic_gated_linear_cuda {
     if (out.size() == 0) return;
     launcher(detail::gated_kernels::gated_state_update, dim3(blocks_for(out.size())), dim3(256), 0, stream, total, in,
              m, out);
+  }
+
+  //! Throws seqpar::error naming the first entry of g (device memory, read by a kernel) that is
+  //! not a finite log-gate <= 0; waits for `stream`. linear_attention_ring calls it on device gates
+  //! before anything moves.
+  void check_gates(tensor_view<const float> g, stream_t stream = nullptr) const {
+    if (g.size() == 0) return;
+    constexpr unsigned threads = 128;
+    const unsigned blocks = static_cast<unsigned>(std::clamp<std::int64_t>((g.size() + threads - 1) / threads, 1, 64));
+    const std::int64_t floats = 3 * std::int64_t{blocks} * threads;
+    auto found = launcher.workspace(floats, stream);
+    launcher(detail::gated_kernels::find_bad_gate, dim3(blocks), dim3(threads), 0, stream, g, found.data());
+    std::vector<float> host(static_cast<std::size_t>(floats));
+    launcher.to_host(host.data(), found.data(), floats, stream);
+    std::int64_t first = -1;
+    float value = 0.0f;
+    for (std::size_t m = 0; m < host.size(); m += 3) {
+      if (host[m] < 0) continue;
+      const std::int64_t n = (static_cast<std::int64_t>(host[m]) << 24) + static_cast<std::int64_t>(host[m + 1]);
+      if (first < 0 || n < first) first = n, value = host[m + 2];
+    }
+    if (first < 0) return;
+    const std::int64_t W = g.head_dim(), H = g.heads(), C = g.seq();
+    SEQPAR_FAIL(errc::invalid_argument, "g(" << first / W / H / C << ", " << first / W / H % C << ", "
+                                             << first / W % H << ", " << first % W << ") = " << value
+                                             << "; expected a finite log-gate <= 0 (a decay exp(g) in (0, 1])");
   }
 
   //! dq, dk, dv and dg of the intra term (written)

@@ -236,6 +236,10 @@ struct launcher {
   }
   //! Nothing to order: emulated kernels run one after another, in the order they are launched.
   void order(cudaStream_t, cudaStream_t) const {}
+  //! Emulated kernels write host memory: a plain copy.
+  void to_host(float* dst, const float* src, std::int64_t floats, cudaStream_t) const {
+    std::copy(src, src + floats, dst);
+  }
 };
 
 //! The emulated launcher, one launch at a time: the emulation's block state is global, and the

@@ -237,5 +237,24 @@ __global__ void gate_gradient(tensor_view<const T> q, tensor_view<const T> k, te
   }
 }
 
+//! Per thread, the first logical index n (over batch, token, head and gate column, in that order)
+//! of the entries of g it visits that are not a finite log-gate <= 0, and that entry: found[3 m]
+//! = n / 2^24, found[3 m + 1] = n % 2^24 (both -1 when none), found[3 m + 2] = the value; m is the
+//! thread's index in the grid, whose threads stride over n.
+[[maybe_unused]] static __global__ void find_bad_gate(tensor_view<const float> g, float* found) {
+  const std::int64_t W = g.head_dim(), H = g.heads(), C = g.seq(), n_all = g.size();
+  const std::int64_t me = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  std::int64_t first = -1;
+  float value = 0.0f;
+  for (std::int64_t n = me; n < n_all && first < 0; n += stride) {
+    const float x = g(n / W / H / C, n / W / H % C, n / W % H, n % W);
+    if (!(x <= 0.0f && x > -INFINITY)) first = n, value = x;
+  }
+  found[3 * me] = first < 0 ? -1.0f : static_cast<float>(first >> 24);
+  found[3 * me + 1] = first < 0 ? -1.0f : static_cast<float>(first & 0xFFFFFF);
+  found[3 * me + 2] = value;
+}
+
 }  // namespace gated_kernels
 SEQPAR_DETAIL_KERNEL_NAMESPACE_END

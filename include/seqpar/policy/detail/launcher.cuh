@@ -6,7 +6,9 @@
 //! - launcher.workspace(floats, stream): fp32 scratch for the kernels, an object with data() that
 //!   frees it when destroyed;
 //! - launcher.order(waiting, after): work enqueued on stream `waiting` from now on runs after the
-//!   work already enqueued on stream `after`.
+//!   work already enqueued on stream `after`;
+//! - launcher.to_host(dst, src, floats, stream): copies kernel results (workspace floats) to host
+//!   memory once `stream` has run them.
 //! cuda_launcher (nvcc only) does this on the current CUDA device. The kernel-emulation tests give
 //! the policies a launcher that runs the kernels on the host, so they check the shipped planning.
 #pragma once
@@ -81,6 +83,13 @@ struct cuda_launcher {
 
   //! `floats` of device memory for kernels on `stream`, freed in stream order.
   device_workspace workspace(std::int64_t floats, stream_t stream) const { return {floats, stream}; }
+
+  //! Copies `floats` from device memory `src` to host memory `dst` after the work on `stream`, and waits.
+  void to_host(float* dst, const float* src, std::int64_t floats, stream_t stream) const {
+    if (floats <= 0) return;
+    SEQPAR_CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(float) * floats, cudaMemcpyDeviceToHost, stream));
+    SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
+  }
 
   //! Orders what is enqueued on `waiting` from now on after what is already enqueued on `after`.
   void order(stream_t waiting, stream_t after) const {
