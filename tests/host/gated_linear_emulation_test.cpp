@@ -42,8 +42,7 @@ struct gated_case {
 // Log-gates [B, C, H, 1 or D], packed.
 host_tensor<float> log_gates(const gated_case& c) {
   host_tensor<float> g(c.B, c.C, c.H, c.vector_gate ? c.D : 1, 0, 0);
-  std::uniform_real_distribution<double> u(std::log(c.lo), std::log(c.hi));
-  for (auto& x : g.data) x = std::min(0.0f, static_cast<float>(u(seqpar_test::rng())));
+  for (auto& x : g.data) x = seqpar_test::random_log_gate(c.lo, c.hi);
   return g;
 }
 

@@ -7,6 +7,7 @@
 #include <seqpar/policy/gated_linear_reference.hpp>
 #include <seqpar/policy/linear_reference.hpp>
 #include <seqpar/detail/balanced_split.hpp>
+#include <seqpar_test/gated_lasp_cases.hpp>
 #include <seqpar_test/values.hpp>
 
 #include <doctest/doctest.h>
@@ -32,39 +33,9 @@ std::vector<T> randoms(std::size_t n) {
 }
 
 std::vector<float> log_gates(std::size_t n, double lo, double hi) {
-  std::uniform_real_distribution<double> u(std::log(lo), std::log(hi));
   std::vector<float> g(n);
-  for (auto& e : g) e = std::min(0.0f, static_cast<float>(u(seqpar_test::rng())));
+  for (auto& e : g) e = seqpar_test::random_log_gate(lo, hi);
   return g;
-}
-
-// o [B, S, H, E] of the recurrence M_t = diag(exp(g_t)) M_{t-1} + k_t v_t^T, o_t = q_t^T M_t, in
-// double from the rounded inputs; `state` gets the final M [B, H, D, E].
-template <class T>
-std::vector<double> recurrence(const gated_case& c, const std::vector<T>& q, const std::vector<T>& k,
-                               const std::vector<T>& v, const std::vector<float>& g, std::vector<double>& state) {
-  const std::int64_t B = c.B, S = c.S, H = c.H, D = c.D, E = c.E, gd = c.vector_gate ? D : 1;
-  std::vector<double> o(B * S * H * E, 0.0);
-  state.assign(B * H * D * E, 0.0);
-  auto at = [](const auto& x, std::int64_t i) { return static_cast<double>(seqpar::to_float(x[i])); };
-  for (std::int64_t b = 0; b < B; ++b)
-    for (std::int64_t h = 0; h < H; ++h) {
-      double* M = &state[(b * H + h) * D * E];
-      for (std::int64_t t = 0; t < S; ++t) {
-        const std::int64_t row = (b * S + t) * H + h;
-        for (std::int64_t d = 0; d < D; ++d) {
-          const double decay = std::exp(double(g[row * gd + (c.vector_gate ? d : 0)]));
-          for (std::int64_t e = 0; e < E; ++e)
-            M[d * E + e] = decay * M[d * E + e] + at(k, row * D + d) * at(v, row * E + e);
-        }
-        for (std::int64_t e = 0; e < E; ++e) {
-          double sum = 0;
-          for (std::int64_t d = 0; d < D; ++d) sum += at(q, row * D + d) * M[d * E + e];
-          o[row * E + e] = sum;
-        }
-      }
-    }
-  return o;
 }
 
 // The chunk algebra over P contiguous chunks (the first S % P one token longer), states passed
@@ -122,7 +93,10 @@ TEST_CASE_TEMPLATE("gated chunk algebra chained over P chunks equals the token-b
         auto q = randoms<T>(c.B * c.S * c.H * c.D), k = randoms<T>(q.size()), v = randoms<T>(c.B * c.S * c.H * c.E);
         auto g = log_gates(c.B * c.S * c.H * (vector_gate ? c.D : 1), lo, hi);
         std::vector<double> want_state;
-        const auto want = recurrence(c, q, k, v, g, want_state);
+        const std::int64_t gd = vector_gate ? c.D : 1;
+        const auto want = seqpar_test::gated_recurrence(
+            seqpar_test::dense(q, c.B, c.S, c.H, c.D), seqpar_test::dense(k, c.B, c.S, c.H, c.D),
+            seqpar_test::dense(v, c.B, c.S, c.H, c.E), seqpar_test::dense(g, c.B, c.S, c.H, gd), &want_state).v;
         std::vector<float> state;
         const auto got = chained(c, P, q, k, v, g, state);
         CHECK(gap(got, want) <= tol);

@@ -268,7 +268,7 @@ class linear_attention_ring {
     const int P = seq_.ranks;
     plan.last_rank = P - 1;
     if (!docs.split()) {
-      plan.pieces = {{0, 0, seq_.offset(rank_), chunk()}};
+      plan.pieces = {whole_chunk()};
       return plan;
     }
     plan.pieces = documents_of_rank(docs, seq_, rank_).pieces;

@@ -63,18 +63,7 @@ struct gated_linear_reference {
   template <class T>
   void state_contribution(tensor_view<const T> k, tensor_view<const T> v, tensor_view<const float> g,
                           state_view m, stream_t = nullptr) const {
-    const std::int64_t C = k.seq(), D = k.head_dim(), E = v.head_dim();
-    for_each_head(k, [&](std::int64_t b, std::int64_t h) {
-      const auto G = cumulative(g, b, h, D);
-      std::vector<double> sum(D * E, 0.0);  // token by token, each k_j decayed to the chunk's end
-      for (std::int64_t j = 0; j < C; ++j)
-        for (std::int64_t d = 0; d < D; ++d) {
-          const double kd = std::exp(G[(C - 1) * D + d] - G[j * D + d]) * x(k, b, j, h, d);
-          for (std::int64_t e = 0; e < E; ++e) sum[d * E + e] += kd * x(v, b, j, h, e);
-        }
-      for (std::int64_t d = 0; d < D; ++d)
-        for (std::int64_t e = 0; e < E; ++e) m(b, h, d, e) = static_cast<float>(sum[d * E + e]);
-    });
+    decayed_outer_sum(k, v, g, m, /*to_end=*/true);
   }
 
   //! o += (q_i * exp(G_i))^T kv
@@ -96,12 +85,11 @@ struct gated_linear_reference {
   //! total(b, h, d) = G_{C-1}[d], the log of the chunk's decay (what an all-gather carries with m).
   void chunk_decay(tensor_view<const float> g, chunk_decay_view total, stream_t = nullptr) const {
     const std::int64_t D = total.extent(2);
-    for (std::int64_t b = 0; b < g.batch(); ++b)
-      for (std::int64_t h = 0; h < g.heads(); ++h) {
-        const auto G = cumulative(g, b, h, D);
-        for (std::int64_t d = 0; d < D; ++d)
-          total(b, h, d) = g.seq() ? static_cast<float>(G[(g.seq() - 1) * D + d]) : 0.0f;
-      }
+    for_each_head(g, [&](std::int64_t b, std::int64_t h) {
+      const auto G = cumulative(g, b, h, D);
+      for (std::int64_t d = 0; d < D; ++d)
+        total(b, h, d) = g.seq() ? static_cast<float>(G[(g.seq() - 1) * D + d]) : 0.0f;
+    });
   }
 
   //! out = diag(exp(total)) in + m (in empty: out = m); out may alias in.
@@ -131,16 +119,7 @@ struct gated_linear_reference {
   template <class T>
   void backward_state_contribution(tensor_view<const T> q, tensor_view<const T> dout, tensor_view<const float> g,
                                    state_view gs, stream_t = nullptr) const {
-    const std::int64_t C = q.seq(), D = q.head_dim(), E = dout.head_dim();
-    for_each_head(q, [&](std::int64_t b, std::int64_t h) {
-      const auto G = cumulative(g, b, h, D);
-      for (std::int64_t d = 0; d < D; ++d)
-        for (std::int64_t e = 0; e < E; ++e) {
-          double sum = 0;
-          for (std::int64_t i = 0; i < C; ++i) sum += x(q, b, i, h, d) * std::exp(G[i * D + d]) * x(dout, b, i, h, e);
-          gs(b, h, d, e) = static_cast<float>(sum);
-        }
-    });
+    decayed_outer_sum(q, dout, g, gs, /*to_end=*/false);
   }
 
   //! Adds to dq, dk, dv and dg the gradients of the inter term (incoming state kv) and of the
@@ -158,6 +137,25 @@ struct gated_linear_reference {
   }
 
  private:
+  // out[d][e] = sum_j w_j[d] a_j[d] c_j[e], w_j = exp(G_{C-1} - G_j) (to_end: decayed to the chunk's
+  // end) or exp(G_j) (from the chunk's start).
+  template <class T>
+  static void decayed_outer_sum(const tensor_view<const T>& a, const tensor_view<const T>& c,
+                                const tensor_view<const float>& g, const state_view& out, bool to_end) {
+    const std::int64_t C = a.seq(), D = a.head_dim(), E = c.head_dim();
+    for_each_head(a, [&](std::int64_t b, std::int64_t h) {
+      const auto G = cumulative(g, b, h, D);
+      std::vector<double> sum(D * E, 0.0);
+      for (std::int64_t j = 0; j < C; ++j)
+        for (std::int64_t d = 0; d < D; ++d) {
+          const double w = std::exp(to_end ? G[(C - 1) * D + d] - G[j * D + d] : G[j * D + d]);
+          for (std::int64_t e = 0; e < E; ++e) sum[d * E + e] += w * x(a, b, j, h, d) * x(c, b, j, h, e);
+        }
+      for (std::int64_t d = 0; d < D; ++d)
+        for (std::int64_t e = 0; e < E; ++e) out(b, h, d, e) = static_cast<float>(sum[d * E + e]);
+    });
+  }
+
   // One head's gradients before the gates' reverse sum: q, k [C * D], v [C * E], and G [C * D],
   // the gradient of the cumulative log-gates.
   struct head_gradients {
@@ -202,16 +200,18 @@ struct gated_linear_reference {
     for (std::int64_t i = 0; i < C; ++i)  // inter: (q_i * exp(G_i))^T kv
       for (std::int64_t d = 0; d < D; ++d) {
         const double w = std::exp(G[i * D + d]);
-        const double md = dot_e([&](std::int64_t e) { return in(d, e); }, [&](std::int64_t e) { return x(dout, b, i, h, e); });
+        const double md =
+            dot_e([&](std::int64_t e) { return in(d, e); }, [&](std::int64_t e) { return x(dout, b, i, h, e); });
         grad.q[i * D + d] += w * md;
         grad.G[i * D + d] += x(q, b, i, h, d) * w * md;
       }
     for (std::int64_t d = 0; d < D; ++d) {  // M_out = diag(exp(G_last)) kv + sum_j diag(exp(G_last - G_j)) k_j v_j^T
-      grad.G[last * D + d] +=
-          std::exp(G[last * D + d]) * dot_e([&](std::int64_t e) { return in(d, e); }, [&](std::int64_t e) { return dm(d, e); });
+      grad.G[last * D + d] += std::exp(G[last * D + d]) *
+                              dot_e([&](std::int64_t e) { return in(d, e); }, [&](std::int64_t e) { return dm(d, e); });
       for (std::int64_t j = 0; j < C; ++j) {
         const double w = std::exp(G[last * D + d] - G[j * D + d]);
-        const double vm = dot_e([&](std::int64_t e) { return x(v, b, j, h, e); }, [&](std::int64_t e) { return dm(d, e); });
+        const double vm =
+            dot_e([&](std::int64_t e) { return x(v, b, j, h, e); }, [&](std::int64_t e) { return dm(d, e); });
         const double term = w * x(k, b, j, h, d) * vm;
         grad.k[j * D + d] += w * vm;
         grad.G[last * D + d] += term;

@@ -18,6 +18,7 @@
 #include <random>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace seqpar_test {
@@ -42,19 +43,20 @@ struct gated_case {
 //! Log-gates of a case, exp(g) log-uniform in [lo, hi].
 inline dense4 log_gates(const gated_case& c) {
   dense4 g(c.B, c.S, c.H, c.gate_width());
-  std::uniform_real_distribution<double> u(std::log(c.lo), std::log(c.hi));
-  for (auto& x : g.v) x = std::min(0.0f, static_cast<float>(u(seqpar_test::rng())));
+  for (auto& x : g.v) x = random_log_gate(c.lo, c.hi);
   return g;
 }
 
 //! o of the recurrence M_t = diag(exp(g_t)) M_{t-1} + k_t v_t^T, o_t = q_t^T M_t, in double; a
-//! gate of -inf resets the state.
-inline dense4 gated_recurrence(const dense4& q, const dense4& k, const dense4& v, const dense4& g) {
+//! gate of -inf resets the state. `state`, when given, gets the final M [B, H, D, E].
+inline dense4 gated_recurrence(const dense4& q, const dense4& k, const dense4& v, const dense4& g,
+                               std::vector<double>* state = nullptr) {
   const std::int64_t D = q.X, E = v.X;
   dense4 o(q.B, q.S, q.H, E);
+  std::vector<double> all(q.B * q.H * D * E, 0.0);
   for (std::int64_t b = 0; b < q.B; ++b)
     for (std::int64_t h = 0; h < q.H; ++h) {
-      std::vector<double> M(D * E, 0.0);
+      double* M = &all[(b * q.H + h) * D * E];
       for (std::int64_t t = 0; t < q.S; ++t) {
         for (std::int64_t d = 0; d < D; ++d)
           for (std::int64_t e = 0; e < E; ++e)
@@ -66,14 +68,16 @@ inline dense4 gated_recurrence(const dense4& q, const dense4& k, const dense4& v
         }
       }
     }
+  if (state) *state = std::move(all);
   return o;
 }
 
-//! A dense array's values as floats, and floats back into a dense array of the same extents.
+//! A dense array's values as floats, and packed [B, S, H, X] values back into a dense array.
 inline std::vector<float> floats(const dense4& a) { return seqpar_test::rows_of<float>(a, 0, a.S); }
-inline dense4 dense(const std::vector<float>& x, std::int64_t B, std::int64_t S, std::int64_t H, std::int64_t X) {
+template <class U>
+dense4 dense(const std::vector<U>& x, std::int64_t B, std::int64_t S, std::int64_t H, std::int64_t X) {
   dense4 out(B, S, H, X);
-  for (std::size_t i = 0; i < x.size(); ++i) out.v[i] = x[i];
+  for (std::size_t i = 0; i < x.size(); ++i) out.v[i] = as_double(x[i]);
   return out;
 }
 
@@ -107,8 +111,9 @@ template <class T, class Policy = seqpar::gated_linear_reference>
 void check_gated_lasp(const gated_case& c, const seqpar::document_layout& docs = {},
                       seqpar::memory_space where = seqpar::memory_space::host, Policy policy = {}) {
   INFO(c.name() << (docs.split() ? " documents=" + std::to_string(docs.count()) : std::string()));
-    const auto q = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D), k = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D),
-             v = seqpar_test::random_input<T>(c.B, c.S, c.H, c.E), dout = seqpar_test::random_input<T>(c.B, c.S, c.H, c.E);
+  const auto q = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D), k = seqpar_test::random_input<T>(c.B, c.S, c.H, c.D),
+             v = seqpar_test::random_input<T>(c.B, c.S, c.H, c.E),
+             dout = seqpar_test::random_input<T>(c.B, c.S, c.H, c.E);
   const dense4 g = log_gates(c);
   dense4 reset = g;  // documents are a log-gate of minus infinity at every document start
   for (int d = 1; d < docs.count(); ++d)

@@ -5,6 +5,7 @@
 
 #include <seqpar/types.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -100,6 +101,12 @@ inline std::vector<float> uniform_floats(std::size_t n, std::uint64_t seed) {
   std::vector<float> x(n);
   for (auto& e : x) e = u(engine);
   return x;
+}
+
+//! A log-gate g <= 0 whose decay exp(g) is drawn log-uniformly from [lo, hi] (0 < lo <= hi <= 1).
+inline float random_log_gate(double lo, double hi) {
+  const float g = static_cast<float>(std::uniform_real_distribution<double>(std::log(lo), std::log(hi))(rng()));
+  return g < 0.0f ? g : 0.0f;
 }
 
 //! Uniform random integer in [lo, hi].

@@ -57,8 +57,10 @@ SEQPAR_HOST_DEVICE int walk_gate_columns(std::int64_t gate_width, int X, bool ga
 
 //! With G the chunk's cumulative log-gates (one column per gated dim, or one for all), every token
 //! i of the chunk in walk order gets, forward (pairs j <= i):
-//!   gates on x: out_i[y] = sum_{j<=i} (sum_x a_i[x] b_j[x] e^(G_i[x]-G_j[x])) c_j[y] + sum_x a_i[x] e^(G_i[x]) S_in[x][y]
-//!   gates on y: out_i[y] = sum_{j<=i} (a_i . b_j) c_j[y] e^(G_i[y]-G_j[y]) + e^(G_i[y]) sum_x a_i[x] S_in[x][y]
+//!   gates on x: out_i[y] = sum_{j<=i} (sum_x a_i[x] b_j[x] e^(G_i[x]-G_j[x])) c_j[y]
+//!                          + sum_x a_i[x] e^(G_i[x]) S_in[x][y]
+//!   gates on y: out_i[y] = sum_{j<=i} (a_i . b_j) c_j[y] e^(G_i[y]-G_j[y])
+//!                          + e^(G_i[y]) sum_x a_i[x] S_in[x][y]
 //! and state_out = the state after the last token, S = diag(e^(g_t)) S + b_t c_t^T per token (on x
 //! or y). Reverse, pairs j >= i and e^(G_j - G_i): the walk runs from the last token and decays by
 //! the gate of the token after, so S_in enters token i with e^(G_{C-1} - G_i), and state_out
@@ -180,13 +182,12 @@ __global__ void gate_gradient(tensor_view<const T> q, tensor_view<const T> k, te
     const std::int64_t w = n % W, h = n / W % H, bt = n / W / H;
     const std::int64_t d0 = W == 1 ? 0 : w, d1 = W == 1 ? D : w + 1;
     if (inter) {  // dg_s += passed-through share + sum_{i < s} k_i * pk_i, forwards
-      float through = 0.0f, before = 0.0f;
-      for (std::int64_t d = d0; d < d1; ++d) {
-        float total = 0.0f, row = 0.0f;
-        for (std::int64_t t = 0; t < C; ++t) total += g(bt, t, h, w);
-        for (std::int64_t e = 0; kv.size() && gs.size() && e < kv.extent(3); ++e) row += kv(bt, h, d, e) * gs(bt, h, d, e);
-        through += expf(total) * row;
-      }
+      float total = 0.0f, row = 0.0f, before = 0.0f;  // G_{C-1} of the column, one for all its d
+      for (std::int64_t t = 0; t < C; ++t) total += g(bt, t, h, w);
+      for (std::int64_t d = d0; d < d1; ++d)
+        for (std::int64_t e = 0; kv.size() && gs.size() && e < kv.extent(3); ++e)
+          row += kv(bt, h, d, e) * gs(bt, h, d, e);
+      const float through = expf(total) * row;
       for (std::int64_t t = 0; t < C; ++t) {
         dg(bt, t, h, w) += through + before;
         for (std::int64_t d = d0; d < d1; ++d) before += to_float(k(bt, t, h, d)) * pk(bt, t, h, d);
