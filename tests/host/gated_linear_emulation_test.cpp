@@ -2,8 +2,8 @@
 // CUDA thread), operation by operation against gated_linear_reference in float with the policy's
 // own launch planning: the gated walk forwards and backwards, gates on the contracted or the output
 // columns, given states read as they are or transposed, ragged sub-blocks, several output tiles,
-// scalar and vector gates, gates near 0 and near 1; and whole gated LASP layers with these kernels
-// as their policy.
+// chunks cut into segments (ragged last segment), scalar and vector gates, gates near 0 and near 1;
+// and whole gated LASP layers with these kernels as their policy.
 // Tolerances: 2e-5 (float) and 2.5e-2 (bfloat16) of the largest reference magnitude.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
@@ -37,6 +37,7 @@ struct gated_case {
   std::int64_t pad;
   bool vector_gate;
   double lo, hi;  // exp(g) drawn log-uniformly from [lo, hi]
+  int sms = 1;    // the emulated device's multiprocessors: more of them cut long chunks into segments
 };
 
 // Log-gates [B, C, H, 1 or D], packed.
@@ -49,14 +50,14 @@ host_tensor<float> log_gates(const gated_case& c) {
 template <class T>
 void check_gated(const gated_case& c) {
   INFO("B=" << c.B << " C=" << c.C << " H=" << c.H << " D=" << c.D << " E=" << c.E << " pad=" << c.pad
-            << (c.vector_gate ? " vector" : " scalar") << " gates in [" << c.lo << ", " << c.hi << "]");
+            << (c.vector_gate ? " vector" : " scalar") << " gates in [" << c.lo << ", " << c.hi << "] sms=" << c.sms);
   const host_tensor<T> q(c.B, c.C, c.H, c.D, c.pad, 0.5f), k(c.B, c.C, c.H, c.D, c.pad, 0.5f),
       v(c.B, c.C, c.H, c.E, c.pad, 0.5f), dout(c.B, c.C, c.H, c.E, c.pad, 0.5f);
   const auto g = log_gates(c);
   const auto qf = widened(q), kf = widened(k), vf = widened(v), dof = widened(dout);
   const std::int64_t W = g.view.head_dim();
   const state kv(c.B, c.H, c.D, c.E, 1.0f), gs(c.B, c.H, c.D, c.E, 1.0f);
-  const emulated_gated policy;
+  const emulated_gated policy{seqpar_emulation::launcher{c.sms}};
   const seqpar::gated_linear_reference ref;
   const double tol = std::is_same_v<T, float> ? 2e-5 : 2.5e-2;
 
@@ -117,6 +118,7 @@ void check_gated(const gated_case& c) {
   CHECK(o.padding_untouched());
   CHECK(dq.padding_untouched());
   CHECK(dv.padding_untouched());
+  CHECK(policy.launcher.within_shared);
 }
 }  // namespace
 
@@ -128,6 +130,20 @@ TEST_CASE_TEMPLATE("gated_linear_cuda under an emulated warp equals gated_linear
       check_gated<T>({2, 20, 1, 9, 40, 3, vector_gate, lo, hi});  // two output tiles of E, padded tokens
     }
   check_gated<T>({1, 33, 1, 40, 6, 0, true, 0.5, 1.0});  // two output tiles of D (dq, dk), vector gates
+}
+
+TEST_CASE_TEMPLATE("gated_linear_cuda cuts long chunks into segments that equal one walk", T, float, __nv_bfloat16) {
+  namespace gk = seqpar::detail::gated_kernels;
+  // the cases below take 4 segments (the last of 8 tokens) and 3 (the last of 22)
+  CHECK(gk::plan_walk_segments(200, 2, 64).count == 4);
+  CHECK(gk::plan_walk_segments(200, 2, 64).length == 64);
+  CHECK(gk::plan_walk_segments(150, 4, 64).count == 3);
+  CHECK(gk::plan_walk_segments(150, 4, 1).count == 1);  // one multiprocessor: one walk
+  for (bool vector_gate : {false, true})
+    for (auto [lo, hi] : {std::pair{0.5, 1.0}, std::pair{1e-6, 1e-5}, std::pair{1.0 - 1e-6, 1.0}}) {
+      check_gated<T>({1, 200, 2, 5, 7, 0, vector_gate, lo, hi, 64});
+      check_gated<T>({2, 150, 1, 9, 40, 3, vector_gate, lo, hi, 64});  // two output tiles, padded tokens
+    }
 }
 
 namespace {

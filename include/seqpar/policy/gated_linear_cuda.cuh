@@ -1,7 +1,8 @@
 //! @file gated_linear_cuda.cuh
 //! gated_linear_cuda: the CUDA policy of gated linear attention (nvcc only), scalar or per-key-dim
 //! log-gates, on CUDA cores: every product is one walk over the chunk with a running fp32 state
-//! (gated_linear_kernels.cuh), so work grows linearly with the chunk length. The host code here
+//! (gated_linear_kernels.cuh), so work grows linearly with the chunk length; a long chunk with few
+//! heads is cut into segments that walk in parallel. The host code here
 //! plans every launch and hands it to a launcher (launcher.cuh), so the kernel-emulation tests
 //! run it too.
 #pragma once
@@ -18,9 +19,9 @@
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
 //! The CUDA gated linear-attention policy, its kernels started by Launcher (gated_linear_cuda: on
-//! the current CUDA device): any element type, D and E up to 256, up to 65535 heads and batches;
+//! the current CUDA device): any element type, D and E up to 256, batch * heads up to 65535;
 //! device memory, every operation on the stream it is given (backward allocates two fp32 [B, C, H, D]
-//! scratch arrays there, stream-ordered).
+//! scratch arrays there, and a walk cut into segments their states, stream-ordered).
 template <class Launcher>
 struct basic_gated_linear_cuda {
   //! Opts into seqpar::gated_linear_attention_policy.
@@ -142,33 +143,53 @@ struct basic_gated_linear_cuda {
     return make_bshd(data, x.batch(), x.seq(), x.heads(), x.head_dim());
   }
 
-  // One gated_walk launch: a block per (y tile, head, batch).
+  // One gated walk: a block per (y tile, segment, batch x head). When the blocks of one segment
+  // leave the GPU idle, the chunk is cut into segments: a states pass, scan_walk_states, and (for
+  // an output) the output pass from each segment's prefix.
   template <class T, class O>
   void walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
             tensor_view<O> out, const_state_view state_in, state_view state_out, detail::gated_kernels::walk_mode mode,
             stream_t stream) const {
     namespace gk = detail::gated_kernels;
     if (out.size() == 0 && state_out.size() == 0) return;
-    const std::int64_t Y = out.size() ? out.head_dim() : c.head_dim();
-    if (a.batch() > 65535 || a.heads() > 65535)
-      SEQPAR_FAIL(errc::unsupported, "batch, heads: gated_linear_cuda takes up to 65535 each, got "
-                                         << a.batch() << " and " << a.heads());
+    const std::int64_t Y = out.size() ? out.head_dim() : state_out.extent(3), H = a.heads(), BH = a.batch() * H;
+    if (BH > 65535)
+      SEQPAR_FAIL(errc::unsupported, "batch * heads: gated_linear_cuda takes up to 65535, got " << a.batch() << " * "
+                                                                                                << H);
     const int X = static_cast<int>(a.head_dim());
     const std::size_t bytes =
         detail::shared_bytes<gk::walk_shared>(X, gk::walk_gate_columns(g.head_dim(), X, mode.gate_on_output));
-    const dim3 grid(static_cast<unsigned>((Y + gk::y_tile - 1) / gk::y_tile), static_cast<unsigned>(a.heads()),
-                    static_cast<unsigned>(a.batch()));
-    launcher(gk::gated_walk<T, O>, grid, dim3(128), bytes, stream, a, b, c, g, out, state_in, state_out, mode);
+    const unsigned tiles = static_cast<unsigned>((Y + gk::y_tile - 1) / gk::y_tile);
+    const auto plan = gk::plan_walk_segments(a.seq(), std::int64_t{tiles} * BH, launcher.device().multiprocessors);
+    auto run = [&](tensor_view<O> o, const_state_view in, state_view s_out, gk::walk_segments seg) {
+      const dim3 grid(tiles, static_cast<unsigned>(plan.count), static_cast<unsigned>(BH));
+      launcher(gk::gated_walk<T, O>, grid, dim3(128), bytes, stream, a, b, c, g, o, in, s_out, mode, seg);
+    };
+    if (plan.count == 1) return run(out, state_in, state_out, {});
+    const std::int64_t SB = plan.count * a.batch();
+    auto scratch = launcher.workspace(SB * H * (X * Y + g.head_dim()), stream);
+    const state_view states(scratch.data(), SB, H, X, Y);
+    const chunk_decay_view totals(scratch.data() + states.size(), SB, H, g.head_dim());
+    run({}, {}, states, {.length = plan.length, .states_pass = true, .totals = totals});
+    launcher(gk::scan_walk_states, dim3(blocks_for(BH * X * Y)), dim3(256), 0, stream, states,
+             const_chunk_decay_view(totals), plan.count, state_in, g, state_out, mode);
+    if (out.size()) run(out, states, {}, {.length = plan.length, .from_prefixes = true});
   }
 
+  // dq, dk and dg from the parts pq and pk (see gate_gradient_rows and gate_gradient_scan).
   template <class T>
   void gate_gradient(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> dout, tensor_view<const T> v,
                      tensor_view<float> pq, tensor_view<float> pk, tensor_view<const float> g, const_state_view kv,
                      const_state_view gs, tensor_view<T> dq, tensor_view<T> dk, tensor_view<float> dg, bool inter,
                      stream_t stream) const {
-    const std::int64_t columns = q.batch() * q.heads() * g.head_dim();
-    launcher(detail::gated_kernels::gate_gradient<T>, dim3(blocks_for(columns)), dim3(256), 0, stream, q, k, dout, v,
-             tensor_view<const float>(pq), tensor_view<const float>(pk), g, kv, gs, dq, dk, dg, inter);
+    namespace gk = detail::gated_kernels;
+    const std::int64_t tokens = q.batch() * q.seq() * q.heads(), columns = q.batch() * q.heads() * g.head_dim();
+    launcher(gk::gate_gradient_rows<T>, dim3(blocks_for(tokens)), dim3(256), 0, stream, q, k, dout, v, pq, pk,
+             g.head_dim(), dq, dk, inter);
+    constexpr int threads = 128;
+    launcher(gk::gate_gradient_scan, dim3(static_cast<unsigned>(columns)), dim3(threads),
+             detail::shared_bytes<gk::gate_scan_shared>(threads), stream, tensor_view<const float>(pq),
+             tensor_view<const float>(pk), g, kv, gs, dg, inter);
   }
 };
 

@@ -130,7 +130,7 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
   }
 
   //! The segment states of chunk_scan(states_only) into prefixes; `total` (may be null) the whole sum.
-  void scan_states(float* states, const detail::linear_kernels::segment_plan& plan, std::int64_t C, unsigned BH, int H,
+  void scan_states(float* states, const detail::segment_plan& plan, std::int64_t C, unsigned BH, int H,
                    std::int64_t per_head, const decay_table& table, float* total, bool times_lambda,
                    stream_t stream) const {
     const std::int64_t n = std::int64_t{BH} * per_head;

@@ -7,10 +7,15 @@
 //! Inside a sub-block of 16 tokens the walk uses log-gates summed from the sub-block's start
 //! (L_i), and its state is kept as of the token before the sub-block, so every exponent is a
 //! non-positive sum of at most 16 gates: no cumulative sum over a long chunk loses precision.
+//!
+//! A long chunk with few heads is cut into segments that walk in parallel (plan_walk_segments):
+//! a states pass walks each segment from zero, scan_walk_states turns the segments' states and
+//! log-decays into the state each one starts from, and the output pass walks each from it.
 #pragma once
 
 #include <seqpar/cuda_check.hpp>
 #include <seqpar/policy/linear_state.hpp>
+#include <seqpar/policy/detail/segment_plan.hpp>
 #include <seqpar/policy/detail/shared_layout.cuh>
 #include <seqpar/tensor.hpp>
 #include <seqpar/types.hpp>
@@ -35,6 +40,19 @@ struct walk_mode {
   bool strict = false;          //!< pairs j < i only (j > i reverse): the diagonal left out of out
 };
 
+//! How one gated_walk launch covers the chunk: blockIdx.y is the segment s.
+struct walk_segments {
+  std::int64_t length = 0;     //!< tokens per segment, a multiple of sub_block (0: one segment, the whole chunk)
+  bool states_pass = false;    //!< each segment walks from zero; its end state goes to state_out's batch s B + b
+  bool from_prefixes = false;  //!< each segment starts from state_in's batch s B + b, read as [x][y]
+  chunk_decay_view totals{};   //!< [count B, H, gate width]: each segment's summed walk-step gates (states_pass)
+};
+
+//! plan_segments for gated_walk: whole sub-blocks, segments of 64 tokens or more.
+inline segment_plan plan_walk_segments(std::int64_t C, std::int64_t blocks_per_segment, int sms) {
+  return plan_segments(C, blocks_per_segment, sms, sub_block, 64);
+}
+
 //! Shared memory of gated_walk for X contracted columns and Z gate columns, all fp32.
 struct walk_shared {
   float *a, *b;   //!< [sub_block][X]: the sub-block's rows of a and b
@@ -42,12 +60,14 @@ struct walk_shared {
   float* state;   //!< [X][y_tile]: the running state, as of the token before the sub-block
   float* scores;  //!< [sub_block][sub_block]: the decayed causal a b^T
   float* L;       //!< [sub_block][Z]: log-gates summed from the sub-block's start
+  float* total;   //!< [Z]: log-gates summed from the segment's start
   //! Takes the arrays from `carver`.
   template <class Carver>
   SEQPAR_HOST_DEVICE walk_shared(Carver& carver, int X, int Z)
       : a(carver.template take<float>(sub_block * X)), b(carver.template take<float>(sub_block * X)),
         c(carver.template take<float>(sub_block * y_tile)), state(carver.template take<float>(X * y_tile)),
-        scores(carver.template take<float>(sub_block * sub_block)), L(carver.template take<float>(sub_block * Z)) {}
+        scores(carver.template take<float>(sub_block * sub_block)), L(carver.template take<float>(sub_block * Z)),
+        total(carver.template take<float>(Z)) {}
 };
 
 //! Gate columns a walk keeps per token: 1 for a scalar gate, else the gated dim's (X, or y_tile).
@@ -66,50 +86,59 @@ SEQPAR_HOST_DEVICE int walk_gate_columns(std::int64_t gate_width, int X, bool ga
 //! the gate of the token after, so S_in enters token i with e^(G_{C-1} - G_i), and state_out
 //! includes token 0's own gate (sum_i e^(G_i) b_i c_i^T). Without `intra` only S_in's term is
 //! computed (b and c unread); with `strict`, out leaves out the pair j = i. out may be empty
-//! (state_out only). One block per (y tile, head, batch).
+//! (state_out only; Y is then state_out's). Segments (`seg`) walk their own tokens only, from
+//! state_in's or from zero. One block per (y tile, segment, batch x head).
 template <class T, class O>
 __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c,
                            tensor_view<const float> g, tensor_view<O> out, const_state_view state_in,
-                           state_view state_out, walk_mode mode) {
+                           state_view state_out, walk_mode mode, walk_segments seg) {
   constexpr int cb = sub_block, YT = y_tile;
   const int X = static_cast<int>(a.head_dim());
-  const int Y = static_cast<int>(out.size() ? out.head_dim() : c.head_dim());
-  const int y0 = blockIdx.x * YT, h = blockIdx.y, bt = blockIdx.z;
-  const std::int64_t C = a.seq();
-  const bool vec = g.head_dim() != 1, on_y = mode.gate_on_output;
+  const int Y = static_cast<int>(out.size() ? out.head_dim() : state_out.extent(3));
+  const int y0 = blockIdx.x * YT;
+  const std::int64_t s = blockIdx.y, h = blockIdx.z % a.heads(), bt = blockIdx.z / a.heads();
+  const std::int64_t C = a.seq(), begin = s * seg.length, end = seg.length && begin + seg.length < C ? begin + seg.length : C;
+  const std::int64_t sb = s * a.batch() + bt;  // the batch index of this segment's state
+  const bool vec = g.head_dim() != 1, on_y = mode.gate_on_output, with_out = out.size() != 0;
   const int Z = walk_gate_columns(g.head_dim(), X, on_y);
-  const auto [a_s, b_s, c_s, state, A, L] = carve_shared<walk_shared>(X, Z);
+  const auto [a_s, b_s, c_s, state, A, L, total] = carve_shared<walk_shared>(X, Z);
   // the gate column of gated index z (x, or y0 + z); -1 past Y
   auto column = [&](int z) { return !vec ? 0 : on_y ? (y0 + z < Y ? y0 + z : -1) : z; };
-  // the gate of walk step t (0 past the chunk, and at a reverse walk's first step)
+  // the gate of walk step t (0 past the segment, and at a reverse walk's first step)
   auto gate = [&](std::int64_t t, int z) {
     const int col = column(z);
-    if (t >= C || col < 0 || (mode.reverse && t == 0)) return 0.0f;
+    if (t >= end || col < 0 || (mode.reverse && t == 0)) return 0.0f;
     return g(bt, mode.reverse ? C - t : t, h, col);
   };
   auto time = [&](std::int64_t t) { return mode.reverse ? C - 1 - t : t; };
   for (int k = threadIdx.x; k < X * YT; k += blockDim.x) {
     const int x = k / YT, y = y0 + k % YT;
-    state[k] = state_in.size() && y < Y ? (mode.transposed_in ? state_in(bt, h, y, x) : state_in(bt, h, x, y)) : 0.0f;
+    float start = 0.0f;
+    if (seg.from_prefixes && y < Y) start = state_in(sb, h, x, y);
+    else if (!seg.states_pass && state_in.size() && y < Y)
+      start = mode.transposed_in ? state_in(bt, h, y, x) : state_in(bt, h, x, y);
+    state[k] = start;
   }
-  for (std::int64_t t0 = 0; t0 < C; t0 += cb) {
+  for (int z = threadIdx.x; z < Z; z += blockDim.x) total[z] = 0.0f;
+  for (std::int64_t t0 = begin; t0 < end; t0 += cb) {
     __syncthreads();
     for (int k = threadIdx.x; k < cb * X; k += blockDim.x) {
       const int i = k / X, x = k % X;
-      const bool ok = t0 + i < C;
-      a_s[k] = ok ? to_float(a(bt, time(t0 + i), h, x)) : 0.0f;
+      const bool ok = t0 + i < end;
+      a_s[k] = ok && with_out ? to_float(a(bt, time(t0 + i), h, x)) : 0.0f;
       b_s[k] = ok && mode.intra ? to_float(b(bt, time(t0 + i), h, x)) : 0.0f;
     }
     for (int k = threadIdx.x; k < cb * YT; k += blockDim.x) {
       const int i = k / YT, y = y0 + k % YT;
-      c_s[k] = t0 + i < C && y < Y && mode.intra ? to_float(c(bt, time(t0 + i), h, y)) : 0.0f;
+      c_s[k] = t0 + i < end && y < Y && mode.intra ? to_float(c(bt, time(t0 + i), h, y)) : 0.0f;
     }
     for (int z = threadIdx.x; z < Z; z += blockDim.x) {
       float sum = 0.0f;
       for (int i = 0; i < cb; ++i) L[i * Z + z] = sum += gate(t0 + i, z);
+      total[z] += sum;
     }
     __syncthreads();
-    if (mode.intra)
+    if (mode.intra && with_out)
       for (int k = threadIdx.x; k < cb * cb; k += blockDim.x) {
         const int i = k / cb, j = k % cb;
         float dot = 0.0f;
@@ -123,10 +152,10 @@ __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tenso
         A[k] = dot;
       }
     __syncthreads();
-    if (out.size())
+    if (with_out)
       for (int k = threadIdx.x; k < cb * YT; k += blockDim.x) {
         const int i = k / YT, yy = k % YT;
-        if (t0 + i >= C || y0 + yy >= Y) continue;
+        if (t0 + i >= end || y0 + yy >= Y) continue;
         const int zo = vec ? yy : 0;  // the output column's gate, gates on y
         float intra = 0.0f, inter = 0.0f;
         if (mode.intra)
@@ -154,6 +183,13 @@ __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tenso
   }
   if (state_out.size() == 0) return;
   __syncthreads();
+  if (seg.states_pass) {  // the segment's own state and log-decay, as they are
+    for (int k = threadIdx.x; k < X * YT; k += blockDim.x)
+      if (y0 + k % YT < Y) state_out(sb, h, k / YT, y0 + k % YT) = state[k];
+    for (int z = threadIdx.x; z < Z; z += blockDim.x)
+      if (column(z) >= 0 && ((vec && on_y) || blockIdx.x == 0)) seg.totals(sb, h, column(z)) = total[z];
+    return;
+  }
   for (int k = threadIdx.x; k < X * YT; k += blockDim.x) {
     const int x = k / YT, y = y0 + k % YT, col = column(!vec ? 0 : on_y ? k % YT : x);
     if (y >= Y) continue;
@@ -162,53 +198,133 @@ __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tenso
   }
 }
 
-//! The gates' gradient from the parts of dq and dk one term gives (fp32 pq, pk), which it also
-//! writes (or adds) into dq and dk. With G_{C-1} in dG, sums of large terms that cancel would lose
-//! the small result in fp32, so each dg_s is formed from the sums that do not cancel:
-//! - intra (dout and v given; pq, pk strict, without the pairs j = i): dg_s = sum_{i >= s} (q_i * pq_i -
-//!   k_i * pk_i), and dq_i = pq_i + k_i (dO_i . v_i), dk_i = pk_i + q_i (dO_i . v_i);
-//! - inter (kv and gs, pq from kv and pk from gs): dg_s = e^(G_{C-1}) rowdot(kv, gs) +
-//!   sum_{i >= s} q_i * pq_i + sum_{i < s} k_i * pk_i.
-//! Per key dim; a scalar gate sums over d. One thread per (batch, head, gate column).
-template <class T>
-__global__ void gate_gradient(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> dout,
-                              tensor_view<const T> v, tensor_view<const float> pq, tensor_view<const float> pk,
-                              tensor_view<const float> g, const_state_view kv, const_state_view gs, tensor_view<T> dq,
-                              tensor_view<T> dk, tensor_view<float> dg, bool inter) {
-  const std::int64_t C = q.seq(), H = q.heads(), D = q.head_dim(), W = g.head_dim();
-  const std::int64_t columns = q.batch() * H * W;
-  for (std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; n < columns;
+//! Turns the end states of a states pass (`states`, [count B, H, X, Y], each segment walked from
+//! zero, and their log-decays `totals`) into the states the segments start from, in place:
+//! P_0 = state_in (as gated_walk reads it; zero if empty), P_{s+1} = diag(e^(totals_s)) P_s + m_s,
+//! the diag on x or, gates on y, on y. Writes the state after the chunk, P_count, to state_out (if
+//! not empty), times e^(g_0) for a reverse walk as gated_walk does. One thread per (b, h, x, y).
+[[maybe_unused]] static __global__ void scan_walk_states(state_view states, const_chunk_decay_view totals, int count,
+                                                         const_state_view state_in, tensor_view<const float> g,
+                                                         state_view state_out, walk_mode mode) {
+  const std::int64_t B = states.extent(0) / count, H = states.extent(1), X = states.extent(2), Y = states.extent(3);
+  const std::int64_t W = totals.extent(2), n_all = B * H * X * Y;
+  for (std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; n < n_all;
        n += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t w = n % W, h = n / W % H, bt = n / W / H;
-    const std::int64_t d0 = W == 1 ? 0 : w, d1 = W == 1 ? D : w + 1;
-    if (inter) {  // dg_s += passed-through share + sum_{i < s} k_i * pk_i, forwards
-      float total = 0.0f, row = 0.0f, before = 0.0f;  // G_{C-1} of the column, one for all its d
-      for (std::int64_t t = 0; t < C; ++t) total += g(bt, t, h, w);
-      for (std::int64_t d = d0; d < d1; ++d)
-        for (std::int64_t e = 0; kv.size() && gs.size() && e < kv.extent(3); ++e)
-          row += kv(bt, h, d, e) * gs(bt, h, d, e);
-      const float through = expf(total) * row;
-      for (std::int64_t t = 0; t < C; ++t) {
-        dg(bt, t, h, w) += through + before;
-        for (std::int64_t d = d0; d < d1; ++d) before += to_float(k(bt, t, h, d)) * pk(bt, t, h, d);
-      }
+    const std::int64_t y = n % Y, x = n / Y % X, h = n / Y / X % H, bt = n / Y / X / H;
+    const std::int64_t col = W == 1 ? 0 : mode.gate_on_output ? y : x;
+    float P = !state_in.size() ? 0.0f : mode.transposed_in ? state_in(bt, h, y, x) : state_in(bt, h, x, y);
+    for (std::int64_t s = 0; s < count; ++s) {
+      float& m = states(s * B + bt, h, x, y);
+      const float own = m;
+      m = P;
+      P = expf(totals(s * B + bt, h, col)) * P + own;
     }
-    float after = 0.0f;  // sum_{i >= s} of q_i * pq_i (- k_i * pk_i, intra), backwards
-    for (std::int64_t t = C - 1; t >= 0; --t) {
-      float diagonal = 0.0f;  // dO_t . v_t, the pair the strict intra parts leave out
-      for (std::int64_t e = 0; !inter && e < v.head_dim(); ++e)
-        diagonal += to_float(dout(bt, t, h, e)) * to_float(v(bt, t, h, e));
-      for (std::int64_t d = d0; d < d1; ++d) {
-        const float qd = to_float(q(bt, t, h, d)), kd = to_float(k(bt, t, h, d));
-        const float part_q = pq(bt, t, h, d), part_k = pk(bt, t, h, d);
-        after += qd * part_q - (inter ? 0.0f : kd * part_k);
-        T &gq = dq(bt, t, h, d), &gk = dk(bt, t, h, d);
-        gq = from_float<T>((inter ? to_float(gq) : 0.0f) + part_q + kd * diagonal);
-        gk = from_float<T>((inter ? to_float(gk) : 0.0f) + part_k + qd * diagonal);
-      }
-      float& out = dg(bt, t, h, w);
-      out = (inter ? out : 0.0f) + after;
+    if (state_out.size() == 0) continue;
+    const float first = mode.reverse && g.seq() > 0 ? expf(g(bt, 0, h, col)) : 1.0f;
+    state_out(bt, h, x, y) = first * P;
+  }
+}
+
+//! Per token and head, the parts of dq and dk one term gives (fp32 pq, pk) written (intra, with
+//! the diagonal pair the strict walks leave out added back: dq_t = pq_t + k_t (dO_t . v_t), dk_t =
+//! pk_t + q_t (dO_t . v_t)) or added (inter) into dq and dk; and, in place of pq and pk's column w
+//! (of each gate column w: d = w, or 0 for a scalar gate), what that gate column's gradient sums
+//! over tokens: u_t = sum_{d of w} (q_t[d] pq_t[d] - k_t[d] pk_t[d], intra; q_t[d] pq_t[d], inter)
+//! into pq, and w_t = sum_{d of w} k_t[d] pk_t[d] into pk. One thread per (batch, token, head).
+template <class T>
+__global__ void gate_gradient_rows(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> dout,
+                                   tensor_view<const T> v, tensor_view<float> pq, tensor_view<float> pk,
+                                   std::int64_t W, tensor_view<T> dq, tensor_view<T> dk, bool inter) {
+  const std::int64_t C = q.seq(), H = q.heads(), D = q.head_dim(), n_all = q.batch() * C * H;
+  for (std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; n < n_all;
+       n += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t h = n % H, t = n / H % C, bt = n / H / C;
+    float diagonal = 0.0f;  // dO_t . v_t
+    for (std::int64_t e = 0; !inter && e < v.head_dim(); ++e)
+      diagonal += to_float(dout(bt, t, h, e)) * to_float(v(bt, t, h, e));
+    float u = 0.0f, w = 0.0f;
+    for (std::int64_t d = 0; d < D; ++d) {
+      const float qd = to_float(q(bt, t, h, d)), kd = to_float(k(bt, t, h, d));
+      const float part_q = pq(bt, t, h, d), part_k = pk(bt, t, h, d);
+      u += qd * part_q - (inter ? 0.0f : kd * part_k);
+      w += kd * part_k;
+      T &gq = dq(bt, t, h, d), &gk = dk(bt, t, h, d);
+      gq = from_float<T>((inter ? to_float(gq) : 0.0f) + part_q + kd * diagonal);
+      gk = from_float<T>((inter ? to_float(gk) : 0.0f) + part_k + qd * diagonal);
+      if (W == 1) continue;
+      pq(bt, t, h, d) = u, pk(bt, t, h, d) = w;
+      u = w = 0.0f;
     }
+    if (W == 1) pq(bt, t, h, 0) = u, pk(bt, t, h, 0) = w;
+  }
+}
+
+//! Shared memory of gate_gradient_scan: four floats per thread.
+struct gate_scan_shared {
+  float *later, *earlier;  //!< each thread's run sums of u and w, then the sums of the runs after and before it
+  float *log_decay, *row;  //!< each thread's share of G_{C-1} and of rowdot(kv, gs), then (first) their totals
+  //! Takes the arrays from `carver`.
+  template <class Carver>
+  SEQPAR_HOST_DEVICE gate_scan_shared(Carver& carver, int threads)
+      : later(carver.template take<float>(threads)), earlier(carver.template take<float>(threads)),
+        log_decay(carver.template take<float>(threads)), row(carver.template take<float>(threads)) {}
+};
+
+//! dg of each gate column (batch, head, w) from gate_gradient_rows' sums u and w, with G_{C-1} the
+//! column's summed log-gates and rowdot over the column's key dims:
+//! - intra: dg_s = sum_{i >= s} u_i (written);
+//! - inter: dg_s += e^(G_{C-1}) rowdot(kv, gs) + sum_{i >= s} u_i + sum_{i < s} w_i.
+//! Sums of large terms that cancel would lose the small result in fp32, so each dg_s is formed from
+//! the sums that do not cancel. One block per column, each thread a run of consecutive tokens.
+[[maybe_unused]] static __global__ void gate_gradient_scan(tensor_view<const float> u, tensor_view<const float> w,
+                                                           tensor_view<const float> g, const_state_view kv,
+                                                           const_state_view gs, tensor_view<float> dg, bool inter) {
+  const std::int64_t C = g.seq(), H = g.heads(), W = g.head_dim(), D = u.head_dim();
+  const std::int64_t wc = blockIdx.x % W, h = blockIdx.x / W % H, bt = blockIdx.x / W / H;
+  const int me = threadIdx.x, threads = blockDim.x;
+  const std::int64_t run = (C + threads - 1) / threads, t0 = me * run, t1 = t0 + run < C ? t0 + run : C;
+  const auto [later, earlier, log_decay, row] = carve_shared<gate_scan_shared>(threads);
+  float su = 0.0f, sw = 0.0f, sg = 0.0f, sr = 0.0f;
+  for (std::int64_t t = t0; t < t1; ++t) {
+    su += u(bt, t, h, wc);
+    if (inter) sw += w(bt, t, h, wc), sg += g(bt, t, h, wc);
+  }
+  if (inter && kv.size() && gs.size()) {
+    const std::int64_t d0 = W == 1 ? 0 : wc, dims = W == 1 ? D : 1, E = kv.extent(3);
+    for (std::int64_t n = me; n < dims * E; n += threads)
+      sr += kv(bt, h, d0 + n / E, n % E) * gs(bt, h, d0 + n / E, n % E);
+  }
+  later[me] = su, earlier[me] = sw, log_decay[me] = sg, row[me] = sr;
+  __syncthreads();
+  if (me == 0) {  // a few hundred runs: one thread scans them
+    float after = 0.0f, before = 0.0f, G = 0.0f, R = 0.0f;
+    for (int i = threads - 1; i >= 0; --i) {
+      const float own = later[i];
+      later[i] = after;
+      after += own;
+    }
+    for (int i = 0; i < threads; ++i) {
+      const float own = earlier[i];
+      earlier[i] = before;
+      before += own;
+      G += log_decay[i], R += row[i];
+    }
+    log_decay[0] = G, row[0] = R;
+  }
+  __syncthreads();
+  if (inter) {
+    const float through = expf(log_decay[0]) * row[0];
+    float before = earlier[me];
+    for (std::int64_t t = t0; t < t1; ++t) {
+      dg(bt, t, h, wc) += through + before;
+      before += w(bt, t, h, wc);
+    }
+  }
+  float after = later[me];
+  for (std::int64_t t = t1 - 1; t >= t0; --t) {
+    after += u(bt, t, h, wc);
+    float& out = dg(bt, t, h, wc);
+    out = (inter ? out : 0.0f) + after;
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include <seqpar/detail/mma.cuh>
 #include <seqpar/policy/detail/linear_cuda_core.cuh>
+#include <seqpar/policy/detail/segment_plan.hpp>
 #include <seqpar/policy/detail/shared_layout.cuh>
 
 #include <algorithm>
@@ -65,24 +66,9 @@ struct rows_times_state_shared {
         lo(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))), slots(carver.template take<float>(4)) {}
 };
 
-//! How a chunk is cut into segments: `count` segments of `length` tokens (the last may be shorter).
-struct segment_plan {
-  std::int64_t length;  //!< tokens per segment, a multiple of tc_tokens
-  int count;            //!< segments
-};
-
-//! As many segments as one wave of resident blocks takes (two blocks of `blocks_per_segment` x
-//! count per multiprocessor: count x blocks_per_segment <= 2 sms), so no partial second wave
-//! leaves most of the GPU idle; but no more than 256-token segments give (short segments cost more
-//! in state passes than they gain). Lengths are rounded up to whole sub-blocks, so the count may
-//! come out a little lower; a single segment whose blocks alone exceed the wave stays one segment.
+//! plan_segments for chunk_scan: whole 64-token sub-blocks, segments of 256 tokens or more.
 inline segment_plan plan_segments(std::int64_t C, std::int64_t blocks_per_segment, int sms) {
-  const std::int64_t per = std::max<std::int64_t>(blocks_per_segment, 1);
-  const std::int64_t wave = std::max<std::int64_t>(2 * std::int64_t{sms} / per, 1);
-  const std::int64_t target = std::clamp<std::int64_t>(wave, 1, std::max<std::int64_t>((C + 255) / 256, 1));
-  const std::int64_t even = (C + target - 1) / target;
-  const std::int64_t length = std::max<std::int64_t>((even + tc_tokens - 1) / tc_tokens * tc_tokens, tc_tokens);
-  return {length, static_cast<int>(std::max<std::int64_t>((C + length - 1) / length, 1))};
+  return detail::plan_segments(C, blocks_per_segment, sms, tc_tokens, 256);
 }
 
 //! Copies `n` token rows, in time order t0, t0 + 1, ... (token C - 1 - t when `reverse`), columns
