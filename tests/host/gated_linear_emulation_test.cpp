@@ -2,8 +2,9 @@
 // CUDA thread), operation by operation against gated_linear_reference in float with the policy's
 // own launch planning: the gated walk forwards and backwards, gates on the contracted or the output
 // columns, given states read as they are or transposed, ragged sub-blocks, several output tiles,
-// chunks cut into segments (ragged last segment), scalar and vector gates, gates near 0 and near 1;
-// and whole gated LASP layers with these kernels as their policy.
+// chunks cut into segments (ragged last segment), scalar and vector gates, gates near 0 and near 1,
+// on CUDA cores and (fp16 and bf16 with scalar gates) on tensor cores; and whole gated LASP layers
+// with these kernels as their policy.
 // Tolerances: 2e-5 (float) and 2.5e-2 (bfloat16) of the largest reference magnitude.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
@@ -38,6 +39,7 @@ struct gated_case {
   bool vector_gate;
   double lo, hi;  // exp(g) drawn log-uniformly from [lo, hi]
   int sms = 1;    // the emulated device's multiprocessors: more of them cut long chunks into segments
+  int major = 7;  // its compute capability: from 8, fp16 and bf16 with scalar gates take tensor cores
 };
 
 // Log-gates [B, C, H, 1 or D], packed.
@@ -50,14 +52,15 @@ host_tensor<float> log_gates(const gated_case& c) {
 template <class T>
 void check_gated(const gated_case& c) {
   INFO("B=" << c.B << " C=" << c.C << " H=" << c.H << " D=" << c.D << " E=" << c.E << " pad=" << c.pad
-            << (c.vector_gate ? " vector" : " scalar") << " gates in [" << c.lo << ", " << c.hi << "] sms=" << c.sms);
+            << (c.vector_gate ? " vector" : " scalar") << " gates in [" << c.lo << ", " << c.hi << "] sms=" << c.sms
+            << " major=" << c.major);
   const host_tensor<T> q(c.B, c.C, c.H, c.D, c.pad, 0.5f), k(c.B, c.C, c.H, c.D, c.pad, 0.5f),
       v(c.B, c.C, c.H, c.E, c.pad, 0.5f), dout(c.B, c.C, c.H, c.E, c.pad, 0.5f);
   const auto g = log_gates(c);
   const auto qf = widened(q), kf = widened(k), vf = widened(v), dof = widened(dout);
   const std::int64_t W = g.view.head_dim();
   const state kv(c.B, c.H, c.D, c.E, 1.0f), gs(c.B, c.H, c.D, c.E, 1.0f);
-  const emulated_gated policy{seqpar_emulation::launcher{c.sms}};
+  const emulated_gated policy{seqpar_emulation::launcher{c.sms, c.major}};
   const seqpar::gated_linear_reference ref;
   const double tol = std::is_same_v<T, float> ? 2e-5 : 2.5e-2;
 
@@ -144,6 +147,16 @@ TEST_CASE_TEMPLATE("gated_linear_cuda cuts long chunks into segments that equal 
       check_gated<T>({1, 200, 2, 5, 7, 0, vector_gate, lo, hi, 64});
       check_gated<T>({2, 150, 1, 9, 40, 3, vector_gate, lo, hi, 64});  // two output tiles, padded tokens
     }
+}
+
+TEST_CASE_TEMPLATE("gated_linear_cuda runs scalar gates on tensor cores, in segments, equal to gated_linear_reference",
+                   T, __half, __nv_bfloat16) {
+  namespace lk = seqpar::detail::linear_kernels;
+  CHECK(lk::plan_segments(600, 2, 64).count == 3);  // the first cases below: 3 segments, the last of 88 tokens
+  for (auto [lo, hi] : {std::pair{0.5, 1.0}, std::pair{1e-6, 1e-5}, std::pair{1.0 - 1e-6, 1.0}})
+    check_gated<T>({1, 600, 2, 5, 7, 0, false, lo, hi, 64, 8});
+  check_gated<T>({2, 70, 1, 80, 72, 3, false, 0.5, 1.0, 1, 8});  // two state tiles, two output tiles, padded tokens
+  check_gated<T>({1, 50, 1, 160, 24, 0, false, 0.5, 1.0, 1, 8});  // D = 160: products over D on CUDA cores
 }
 
 namespace {

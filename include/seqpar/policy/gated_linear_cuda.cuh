@@ -1,19 +1,24 @@
 //! @file gated_linear_cuda.cuh
 //! gated_linear_cuda: the CUDA policy of gated linear attention (nvcc only), scalar or per-key-dim
-//! log-gates, on CUDA cores: every product is one walk over the chunk with a running fp32 state
-//! (gated_linear_kernels.cuh), so work grows linearly with the chunk length; a long chunk with few
-//! heads is cut into segments that walk in parallel. The host code here
+//! log-gates: every product is one walk over the chunk with a running fp32 state, so work grows
+//! linearly with the chunk length; a long chunk with few heads is cut into segments that walk in
+//! parallel. fp16 and bf16 with scalar gates and D up to 128 walk on tensor cores (linear_cuda's
+//! chunk_scan with gate_weights, gated_tensor_core.cuh), the rest on CUDA cores
+//! (gated_linear_kernels.cuh). The host code here
 //! plans every launch and hands it to a launcher (launcher.cuh), so the kernel-emulation tests
 //! run it too.
 #pragma once
 
 #include <seqpar/cuda_check.hpp>
+#include <seqpar/detail/vector_copy.cuh>
 #include <seqpar/policy/gated_linear_policy.hpp>
 #include <seqpar/policy/detail/gated_linear_kernels.cuh>
+#include <seqpar/policy/detail/gated_tensor_core.cuh>
 #include <seqpar/policy/detail/launcher.cuh>
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
@@ -143,9 +148,10 @@ struct basic_gated_linear_cuda {
     return make_bshd(data, x.batch(), x.seq(), x.heads(), x.head_dim());
   }
 
-  // One gated walk: a block per (y tile, segment, batch x head). When the blocks of one segment
-  // leave the GPU idle, the chunk is cut into segments: a states pass, scan_walk_states, and (for
-  // an output) the output pass from each segment's prefix.
+  // One gated walk. fp16 and bf16 with a scalar gate and a contracted dim up to 128 run on tensor
+  // cores (tensor_walk); the rest on CUDA cores, where a block per (y tile, segment, batch x head)
+  // walks. When the blocks of one segment leave the GPU idle, the chunk is cut into segments: a
+  // states pass, scan_walk_states, and (for an output) the output pass from each segment's prefix.
   template <class T, class O>
   void walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
             tensor_view<O> out, const_state_view state_in, state_view state_out, detail::gated_kernels::walk_mode mode,
@@ -156,24 +162,90 @@ struct basic_gated_linear_cuda {
     if (BH > 65535)
       SEQPAR_FAIL(errc::unsupported, "batch * heads: gated_linear_cuda takes up to 65535, got " << a.batch() << " * "
                                                                                                 << H);
-    const int X = static_cast<int>(a.head_dim());
-    const std::size_t bytes =
-        detail::shared_bytes<gk::walk_shared>(X, gk::walk_gate_columns(g.head_dim(), X, mode.gate_on_output));
-    const unsigned tiles = static_cast<unsigned>((Y + gk::y_tile - 1) / gk::y_tile);
-    const auto plan = gk::plan_walk_segments(a.seq(), std::int64_t{tiles} * BH, launcher.device().multiprocessors);
-    auto run = [&](tensor_view<O> o, const_state_view in, state_view s_out, gk::walk_segments seg) {
-      const dim3 grid(tiles, static_cast<unsigned>(plan.count), static_cast<unsigned>(BH));
-      launcher(gk::gated_walk<T, O>, grid, dim3(128), bytes, stream, a, b, c, g, o, in, s_out, mode, seg);
-    };
-    if (plan.count == 1) return run(out, state_in, state_out, {});
-    const std::int64_t SB = plan.count * a.batch();
+    const detail::device_info info = launcher.device();
+    if constexpr (detail::mma::input<T>) {
+      if (g.head_dim() == 1 && a.head_dim() <= detail::linear_kernels::tc_max_x && info.major >= 8)
+        return tensor_walk(a, b, c, g, out, state_in, state_out, mode, info.multiprocessors, stream);
+    }
+    const auto plan = gk::plan_walk_segments(a.seq(), (Y + gk::y_tile - 1) / gk::y_tile * BH, info.multiprocessors);
+    if (plan.count == 1) return core_walk(a, b, c, g, out, state_in, state_out, mode, 1, {}, stream);
+    const std::int64_t SB = plan.count * a.batch(), X = a.head_dim();
     auto scratch = launcher.workspace(SB * H * (X * Y + g.head_dim()), stream);
     const state_view states(scratch.data(), SB, H, X, Y);
     const chunk_decay_view totals(scratch.data() + states.size(), SB, H, g.head_dim());
-    run({}, {}, states, {.length = plan.length, .states_pass = true, .totals = totals});
-    launcher(gk::scan_walk_states, dim3(blocks_for(BH * X * Y)), dim3(256), 0, stream, states,
-             const_chunk_decay_view(totals), plan.count, state_in, g, state_out, mode);
-    if (out.size()) run(out, states, {}, {.length = plan.length, .from_prefixes = true});
+    core_walk(a, b, c, g, tensor_view<O>{}, {}, states, mode, plan.count,
+              {.length = plan.length, .states_pass = true, .totals = totals}, stream);
+    fold_segments(states, totals, plan.count, state_in, g, state_out, mode, stream);
+    if (out.size())
+      core_walk(a, b, c, g, out, states, {}, mode, plan.count, {.length = plan.length, .from_prefixes = true}, stream);
+  }
+
+  // One gated_walk launch on CUDA cores, a block per (y tile, segment, batch x head).
+  template <class T, class O>
+  void core_walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
+                 tensor_view<O> out, const_state_view state_in, state_view state_out,
+                 detail::gated_kernels::walk_mode mode, int segments, detail::gated_kernels::walk_segments seg,
+                 stream_t stream) const {
+    namespace gk = detail::gated_kernels;
+    const std::int64_t Y = out.size() ? out.head_dim() : state_out.extent(3);
+    const int X = static_cast<int>(a.head_dim());
+    const std::size_t bytes =
+        detail::shared_bytes<gk::walk_shared>(X, gk::walk_gate_columns(g.head_dim(), X, mode.gate_on_output));
+    const dim3 grid(static_cast<unsigned>((Y + gk::y_tile - 1) / gk::y_tile), static_cast<unsigned>(segments),
+                    static_cast<unsigned>(a.batch() * a.heads()));
+    launcher(gk::gated_walk<T, O>, grid, dim3(128), bytes, stream, a, b, c, g, out, state_in, state_out, mode, seg);
+  }
+
+  // The segments' own states and log-decays into the states they start from, and the state after
+  // the chunk into state_out (see scan_walk_states).
+  void fold_segments(state_view states, chunk_decay_view totals, int segments, const_state_view state_in,
+                     tensor_view<const float> g, state_view state_out, detail::gated_kernels::walk_mode mode,
+                     stream_t stream) const {
+    const std::int64_t n = states.size() / segments;
+    launcher(detail::gated_kernels::scan_walk_states, dim3(blocks_for(n)), dim3(256), 0, stream, states,
+             const_chunk_decay_view(totals), segments, state_in, g, state_out, mode);
+  }
+
+  // A walk with a scalar gate on tensor cores: linear_tensor_core.cuh's chunk_scan with
+  // gate_weights, cut into segments as linear_cuda's; a given state and the segments' states are
+  // folded by scan_walk_states, so the scan always starts from its prefixes.
+  template <class T, class O>
+  void tensor_walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
+                   tensor_view<O> out, const_state_view state_in, state_view state_out,
+                   detail::gated_kernels::walk_mode mode, int sms, stream_t stream) const {
+    namespace lk = detail::linear_kernels;
+    const std::int64_t Y = out.size() ? out.head_dim() : state_out.extent(3), H = a.heads(), BH = a.batch() * H;
+    const std::int64_t X = a.head_dim();
+    const unsigned tiles = static_cast<unsigned>((Y + lk::tc_y_tile - 1) / lk::tc_y_tile);
+    const auto plan = lk::plan_segments(a.seq(), std::int64_t{tiles} * BH, sms);
+    const bool fold = plan.count > 1 || state_in.size() || state_out.size();
+    const std::int64_t SB = plan.count * a.batch();
+    auto scratch = launcher.workspace(fold ? SB * H * (X * Y + 1) : 0, stream);
+    const state_view states(scratch.data(), SB, H, X, Y);
+    const chunk_decay_view totals(scratch.data() + states.size(), SB, H, 1);
+    const std::initializer_list<tensor_view<const T>> rows{a, b, c};
+    const bool vec =
+        std::all_of(rows.begin(), rows.end(), [](const auto& x) { return detail::device::rows_are_vectorizable(x); });
+    const int Xp = lk::tc_padded(X);
+    auto scan = [&](tensor_view<O> o, float* st, bool states_only) {
+      const lk::scan_mode m{.reverse = mode.reverse, .states_only = states_only, .strict = mode.strict,
+                            .accumulate = mode.accumulate, .intra = mode.intra};
+      const dim3 grid(tiles, static_cast<unsigned>(plan.count), static_cast<unsigned>(BH));
+      auto run = [&](auto kernel) {
+        launcher(kernel, grid, dim3(128), detail::shared_bytes<lk::chunk_scan_shared<T>>(Xp), stream, a, b, c, o, st,
+                 plan.length, lk::gate_weights{g, totals}, m, vec);
+      };
+      if (lk::tc_state_tiles(Xp) == 1) run(lk::chunk_scan<T, 1, lk::gate_weights, O>);
+      else run(lk::chunk_scan<T, 2, lk::gate_weights, O>);
+    };
+    if (fold) {
+      if (mode.intra) scan({}, states.data_handle(), true);
+      else  // no pairs: the segments' own states are zeros, and only their log-gates are summed
+        core_walk(a, b, c, g, tensor_view<O>{}, {}, states, mode, plan.count,
+                  {.length = plan.length, .states_pass = true, .totals = totals}, stream);
+      fold_segments(states, totals, plan.count, state_in, g, state_out, mode, stream);
+    }
+    if (out.size()) scan(out, fold ? states.data_handle() : nullptr, false);
   }
 
   // dq, dk and dg from the parts pq and pk (see gate_gradient_rows and gate_gradient_scan).

@@ -121,12 +121,13 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
     namespace lk = detail::linear_kernels;
     const int Xp = lk::tc_padded(b.head_dim());
     const std::size_t bytes = detail::shared_bytes<lk::chunk_scan_shared<T>>(Xp);
+    const lk::scan_mode mode{.reverse = reverse, .states_only = states_only};
     auto run = [&](auto kernel) {
-      launcher(kernel, grid, dim3(128), bytes, stream, a, b, v, out, states, segment_length, table, reverse,
-               states_only, vec);
+      launcher(kernel, grid, dim3(128), bytes, stream, a, b, v, out, states, segment_length,
+               lk::constant_weights{table}, mode, vec);
     };
-    if (lk::tc_state_tiles(Xp) == 1) run(lk::chunk_scan<T, 1>);
-    else run(lk::chunk_scan<T, 2>);
+    if (lk::tc_state_tiles(Xp) == 1) run(lk::chunk_scan<T, 1, lk::constant_weights>);
+    else run(lk::chunk_scan<T, 2, lk::constant_weights>);
   }
 
   //! The segment states of chunk_scan(states_only) into prefixes; `total` (may be null) the whole sum.

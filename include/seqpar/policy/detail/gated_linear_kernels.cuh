@@ -97,7 +97,8 @@ __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tenso
   const int Y = static_cast<int>(out.size() ? out.head_dim() : state_out.extent(3));
   const int y0 = blockIdx.x * YT;
   const std::int64_t s = blockIdx.y, h = blockIdx.z % a.heads(), bt = blockIdx.z / a.heads();
-  const std::int64_t C = a.seq(), begin = s * seg.length, end = seg.length && begin + seg.length < C ? begin + seg.length : C;
+  const std::int64_t C = a.seq(), begin = s * seg.length,
+                     end = seg.length && begin + seg.length < C ? begin + seg.length : C;
   const std::int64_t sb = s * a.batch() + bt;  // the batch index of this segment's state
   const bool vec = g.head_dim() != 1, on_y = mode.gate_on_output, with_out = out.size() != 0;
   const int Z = walk_gate_columns(g.head_dim(), X, on_y);

@@ -8,7 +8,8 @@
 //! registers in fp32; the products read it as two T parts (hi + lo), so it keeps about twice T's
 //! precision; for fp16 the parts are of the state times a power of two that keeps them in range. Segments start from the decayed prefix of the states of the segments before them:
 //! chunk_scan(states_only) computes each segment's state, scan_segment_states turns them into
-//! prefixes, and chunk_scan computes the output.
+//! prefixes, and chunk_scan computes the output. chunk_scan takes its decay weights as a type:
+//! constant_weights here, gate_weights (gated_tensor_core.cuh) for scalar log-gates.
 #pragma once
 
 #include <seqpar/detail/mma.cuh>
@@ -38,19 +39,62 @@ SEQPAR_HOST_DEVICE constexpr int tc_ld(int cols) { return cols + 8; }
 SEQPAR_HOST_DEVICE constexpr int tc_state_tiles(int Xp) { return Xp <= 64 ? 1 : 2; }
 
 //! Shared memory of chunk_scan for padded D = Xp: A and B rows, V rows, the state's hi and lo
-//! parts, the powers lambda^0 .. lambda^64 and one float per warp.
+//! parts, the decay weights' table and one float per warp.
 template <class T>
 struct chunk_scan_shared {
   mma::smem_tile<T> a, b, v, hi, lo;  //!< the tiles, in this order
-  float* pw;                          //!< lambda^0 .. lambda^tc_tokens
+  float* pw;                          //!< the weights' table (2 tc_tokens floats; see constant_weights)
   float* slots;                       //!< one per warp, for state_scale
   //! Takes the tiles, powers and slots from `carver`.
   template <class Carver>
   SEQPAR_HOST_DEVICE chunk_scan_shared(Carver& carver, int Xp)
       : a(mma::take_tile<T>(carver, tc_tokens, tc_ld(Xp))), b(mma::take_tile<T>(carver, tc_tokens, tc_ld(Xp))),
         v(mma::take_tile<T>(carver, tc_tokens, tc_ld(tc_y_tile))), hi(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))),
-        lo(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))), pw(carver.template take<float>(tc_tokens + 1)),
+        lo(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))), pw(carver.template take<float>(2 * tc_tokens)),
         slots(carver.template take<float>(4)) {}
+};
+
+//! What one chunk_scan launch computes, beside its decay weights.
+struct scan_mode {
+  bool reverse = false;      //!< time runs backwards: token C - 1 - t at time t
+  bool states_only = false;  //!< no output: each segment's own state (from zero) into `states`
+  bool strict = false;       //!< pairs j < i only: the diagonal left out of out
+  bool accumulate = false;   //!< out += rather than out =
+  bool intra = true;         //!< the chunk's own pairs and their share of the state (else only the prefix's term)
+};
+
+//! The decay weights of chunk_scan for one constant decay lambda per head: w(i, j) = lambda^(i-j)
+//! between tokens of a sub-block, lambda^(i+1) from the state before it to token i, and the
+//! state decays by lambda^n over n tokens. A block's weights (start()) read a table of
+//! lambda^0 .. lambda^tc_tokens in shared memory.
+struct constant_weights {
+  decay_table decay;  //!< lambda per head
+
+  //! One block's weights: the table's powers.
+  struct block {
+    const float* pw;  //!< lambda^0 .. lambda^tc_tokens (shared)
+    //! Nothing to read per sub-block.
+    __device__ void load(std::int64_t, int) {}
+    //! Nothing to prepare per sub-block.
+    __device__ void prepare() {}
+    //! Weight of the pair (i, j), j <= i, of a sub-block.
+    __device__ float pair(int i, int j) const { return pw[i - j]; }
+    //! Weight of the state before the sub-block at its token i.
+    __device__ float into(int i) const { return pw[i + 1]; }
+    //! Decay of the state over the sub-block's n tokens.
+    __device__ float through(int n) const { return pw[n]; }
+    //! Weight of token j's share of the state after the sub-block's n tokens.
+    __device__ float tail(int n, int j) const { return pw[n - 1 - j]; }
+    //! Nothing to write when a segment ends.
+    __device__ void finish(std::int64_t, bool) const {}
+  };
+  //! Fills the table for head h (the first barrier of the sub-block loop publishes it). const, so
+  //! a kernel reads the table of lambdas where it was passed rather than from a local copy.
+  __device__ block start(float* table, std::int64_t, std::int64_t h, std::int64_t, bool) const {
+    const double lambda = decay.lambda[h];
+    for (int k = threadIdx.x; k <= tc_tokens; k += blockDim.x) table[k] = static_cast<float>(pow(lambda, double(k)));
+    return {table};
+  }
 };
 
 //! Shared memory of rows_times_state for padded D = Xp: the token rows, the state's two parts and
@@ -143,14 +187,14 @@ __device__ inline void times_state(float (&acc)[8][4], mma::smem_tile<T> a, int 
 }
 
 //! The A fragment of A[x][j] = w_j s(j, x0 + x) for j in 16kk .. 16kk + 15: rows of s transposed
-//! and weighted, w_j = lambda^(n-1-j) for the sub-block's n tokens (0 past them).
-template <class T>
+//! and weighted, w_j = weight(j) for the sub-block's n tokens (0 past them).
+template <class T, class Weight>
 __device__ inline void load_a_weighted_transposed(std::uint32_t (&a)[4], mma::smem_tile<T> s, int x0, int kk,
-                                                  const float* pw, int n) {
+                                                  const Weight& weight, int n) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   auto at = [&](int x, int j) {
     j += 16 * kk;
-    return j < n ? pw[n - 1 - j] * to_float(s(j, x0 + x)) : 0.0f;
+    return j < n ? weight(j) * to_float(s(j, x0 + x)) : 0.0f;
   };
   a[0] = mma::pack<T>(at(g, 2 * t), at(g, 2 * t + 1));
   a[1] = mma::pack<T>(at(g + 8, 2 * t), at(g + 8, 2 * t + 1));
@@ -158,24 +202,26 @@ __device__ inline void load_a_weighted_transposed(std::uint32_t (&a)[4], mma::sm
   a[3] = mma::pack<T>(at(g + 8, 2 * t + 8), at(g + 8, 2 * t + 9));
 }
 
-//! One segment of out_i = sum_{j <= i} lambda^(i-j) (a_i . b_j) v_j (time running backwards with
-//! `reverse`: token C - 1 - t at time t), columns 64 blockIdx.x.., segment blockIdx.y of
-//! `segment_length` tokens, batch * head blockIdx.z. The segment starts from the fp32 state in
+//! One segment of out_i = sum_{j <= i} w(i, j) (a_i . b_j) v_j + w(i) a_i S (time running
+//! backwards with `reverse`: token C - 1 - t at time t), S the state before the segment, w the
+//! decay weights (constant_weights, or a gated kind); columns 64 blockIdx.x.., segment blockIdx.y
+//! of `segment_length` tokens, batch * head blockIdx.z. The segment starts from the fp32 state in
 //! `states` (null: zero). With `states_only`, no output: the segment's own state (from zero) is
-//! written to `states` instead. States are [segment][batch * head][D][E]. MT: tc_state_tiles(Xp).
-template <class T, int MT>
+//! written to `states` instead. States are [segment][batch * head][D][Y], Y out's columns (v's
+//! with states_only). MT: tc_state_tiles(Xp). Without `intra`, b and v are not read.
+template <class T, int MT, class Weights, class O = T>
 __global__ void __launch_bounds__(128)
-    chunk_scan(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> v, tensor_view<T> out,
-               float* states, std::int64_t segment_length, decay_table decay, bool reverse, bool states_only,
-               bool vec) {
-  const int X = static_cast<int>(b.head_dim()), Y = static_cast<int>(v.head_dim()), Xp = tc_padded(X);
-  const int H = static_cast<int>(b.heads()), y0 = blockIdx.x * tc_y_tile, warp = threadIdx.x / 32;
-  const std::int64_t bh = blockIdx.z, bt = bh / H, h = bh % H, C = b.seq();
+    chunk_scan(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> v, tensor_view<O> out,
+               float* states, std::int64_t segment_length, Weights decay_weights, scan_mode mode, bool vec) {
+  const bool reverse = mode.reverse, states_only = mode.states_only;
+  const int X = static_cast<int>(a.head_dim()), Xp = tc_padded(X);
+  const int Y = static_cast<int>(states_only ? v.head_dim() : out.head_dim());
+  const int H = static_cast<int>(a.heads()), y0 = blockIdx.x * tc_y_tile, warp = threadIdx.x / 32;
+  const std::int64_t bh = blockIdx.z, bt = bh / H, h = bh % H, C = a.seq();
   const std::int64_t begin = blockIdx.y * segment_length, end = C < begin + segment_length ? C : begin + segment_length;
-  const std::int64_t BH = b.batch() * H;
+  const std::int64_t BH = a.batch() * H;
   const auto [a_s, b_s, v_s, hi, lo, pw, slots] = carve_shared<chunk_scan_shared<T>>(Xp);
-  const float lambda = decay.lambda[h];
-  for (int k = threadIdx.x; k <= tc_tokens; k += blockDim.x) pw[k] = static_cast<float>(pow(double(lambda), double(k)));
+  auto weights = decay_weights.start(pw, bt, h, C, reverse);
 
   // state[i][n][e]: row 16 (warp + 4 i) + c_row(e), column 8 n + c_col(e) of this block's tile.
   float state[MT][8][4];
@@ -219,47 +265,55 @@ __global__ void __launch_bounds__(128)
     const int n = end - t0 < tc_tokens ? static_cast<int>(end - t0) : tc_tokens;
     __syncthreads();  // the last sub-block's readers are done
     if (!states_only) load_token_rows(a_s, a, bt, h, t0, n, 0, Xp, reverse, vec);
-    load_token_rows(b_s, b, bt, h, t0, n, 0, Xp, reverse, vec);
-    load_token_rows(v_s, v, bt, h, t0, n, y0, tc_y_tile, reverse, vec);
+    if (mode.intra) {
+      load_token_rows(b_s, b, bt, h, t0, n, 0, Xp, reverse, vec);
+      load_token_rows(v_s, v, bt, h, t0, n, y0, tc_y_tile, reverse, vec);
+    }
+    weights.load(t0, n);
     __syncthreads();
+    weights.prepare();
     if (!states_only) {
       const int row0 = 16 * warp;
       float s[8][4], acc[8][4];
       mma::zero(s);
-      for (int kk = 0; kk < Xp / 16; ++kk) {
-        std::uint32_t af[4];
-        mma::load_a(af, a_s, row0, kk * 16);
+      if (mode.intra)
+        for (int kk = 0; kk < Xp / 16; ++kk) {
+          std::uint32_t af[4];
+          mma::load_a(af, a_s, row0, kk * 16);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          std::uint32_t bf[2];
-          mma::load_b_transposed(bf, b_s, kk * 16, j * 8);
-          mma::mma_16x8x16<T>(s[j], af, bf);
+          for (int j = 0; j < 8; ++j) {
+            std::uint32_t bf[2];
+            mma::load_b_transposed(bf, b_s, kk * 16, j * 8);
+            mma::mma_16x8x16<T>(s[j], af, bf);
+          }
         }
-      }
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = row0 + mma::c_row(e), c = 8 * j + mma::c_col(e);
-          s[j][e] = c <= r ? pw[r - c] * s[j][e] : 0.0f;
+          s[j][e] = c < r || (c == r && !mode.strict) ? weights.pair(r, c) * s[j][e] : 0.0f;
         }
-      // acc = lambda^(r+1) a_r . state, then += (masked S) V
+      // acc = w(r) a_r . state, then += (masked S) V
       mma::zero(acc);
       times_state(acc, a_s, row0, hi, lo, Xp / 16);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[j][e] *= pw[row0 + mma::c_row(e) + 1] * unscale;
-      mma::product_from_accumulators<tc_tokens / 16>(acc, s, v_s);
+        for (int e = 0; e < 4; ++e) acc[j][e] *= weights.into(row0 + mma::c_row(e)) * unscale;
+      if (mode.intra) mma::product_from_accumulators<tc_tokens / 16>(acc, s, v_s);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = row0 + mma::c_row(e), y = y0 + 8 * j + mma::c_col(e);
-          if (r < n && y < Y) out(bt, reverse ? C - 1 - (t0 + r) : t0 + r, h, y) = from_float<T>(acc[j][e]);
+          if (r >= n || y >= Y) continue;
+          O& o = out(bt, reverse ? C - 1 - (t0 + r) : t0 + r, h, y);
+          o = from_float<O>((mode.accumulate ? to_float(o) : 0.0f) + acc[j][e]);
         }
     }
-    // state = lambda^n state + B^T diag(lambda^(n-1-j)) V
+    // state = w(n) state + B^T diag(w(n-1-j)) V
+    const auto tail = [&](int j) { return weights.tail(n, j); };
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       const int x0 = 16 * (warp + 4 * i);
@@ -267,11 +321,12 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) state[i][j][e] *= pw[n];
+        for (int e = 0; e < 4; ++e) state[i][j][e] *= weights.through(n);
+      if (!mode.intra) continue;
 #pragma unroll
       for (int kk = 0; kk < tc_tokens / 16; ++kk) {
         std::uint32_t af[4];
-        load_a_weighted_transposed<T>(af, b_s, x0, kk, pw, n);
+        load_a_weighted_transposed<T>(af, b_s, x0, kk, tail, n);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           std::uint32_t bf[2];
@@ -295,6 +350,7 @@ __global__ void __launch_bounds__(128)
           std::int64_t offset;
           if (state_at(i, n, e, offset)) states[offset] = state[i][n][e];
         }
+  weights.finish(blockIdx.y * a.batch() + bt, states_only);
 }
 
 //! Turns the segment states [segments][batch * head][D][E] of a chunk of C tokens (segments of

@@ -28,7 +28,8 @@ inline segment_plan plan_segments(std::int64_t C, std::int64_t blocks_per_segmen
                                   std::int64_t shortest) {
   const std::int64_t per = std::max<std::int64_t>(blocks_per_segment, 1);
   const std::int64_t wave = std::max<std::int64_t>(2 * std::int64_t{sms} / per, 1);
-  const std::int64_t target = std::clamp<std::int64_t>(wave, 1, std::max<std::int64_t>((C + shortest - 1) / shortest, 1));
+  const std::int64_t target =
+      std::clamp<std::int64_t>(wave, 1, std::max<std::int64_t>((C + shortest - 1) / shortest, 1));
   const std::int64_t even = (C + target - 1) / target;
   const std::int64_t length = std::max<std::int64_t>((even + granule - 1) / granule * granule, granule);
   return {length, static_cast<int>(std::max<std::int64_t>((C + length - 1) / length, 1))};
