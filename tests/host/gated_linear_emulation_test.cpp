@@ -5,7 +5,9 @@
 // chunks cut into segments (ragged last segment), scalar and vector gates, gates near 0 and near 1,
 // on CUDA cores and (fp16 and bf16 with scalar gates) on tensor cores; and whole gated LASP layers
 // with these kernels as their policy.
-// Tolerances: 2e-5 (float) and 2.5e-2 (bfloat16) of the largest reference magnitude.
+// Tolerances: 2e-5 (float) and 2.5e-2 (bfloat16) of the largest reference magnitude; in float,
+// 4e-6 for the gates' gradient, which is made of the weights between different tokens only: with
+// gates near 0 an error in those weights (log-gates summed without compensation) shows there.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
 #include <seqpar/comm/in_process.hpp>
@@ -62,7 +64,7 @@ void check_gated(const gated_case& c) {
   const state kv(c.B, c.H, c.D, c.E, 1.0f), gs(c.B, c.H, c.D, c.E, 1.0f);
   const emulated_gated policy{seqpar_emulation::launcher{c.sms, c.major}};
   const seqpar::gated_linear_reference ref;
-  const double tol = std::is_same_v<T, float> ? 2e-5 : 2.5e-2;
+  const double tol = std::is_same_v<T, float> ? 2e-5 : 2.5e-2, dg_tol = std::is_same_v<T, float> ? 4e-6 : tol;
 
   host_tensor<T> o(c.B, c.C, c.H, c.E, c.pad, 0);
   host_tensor<float> o_ref(c.B, c.C, c.H, c.E, 0, 0);
@@ -105,7 +107,7 @@ void check_gated(const gated_case& c) {
   CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
   CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
   CHECK(relative_gap(dv.view, dv_ref.view) <= tol);
-  CHECK(relative_gap(dg.view, dg_ref.view) <= tol);
+  CHECK(relative_gap(dg.view, dg_ref.view) <= dg_tol);
   same_values(dq, dq_ref);
   same_values(dk, dk_ref);
   same_values(dv, dv_ref);
@@ -117,7 +119,7 @@ void check_gated(const gated_case& c) {
   CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
   CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
   CHECK(relative_gap(dv.view, dv_ref.view) <= tol);
-  CHECK(relative_gap(dg.view, dg_ref.view) <= tol);
+  CHECK(relative_gap(dg.view, dg_ref.view) <= dg_tol);
   CHECK(o.padding_untouched());
   CHECK(dq.padding_untouched());
   CHECK(dv.padding_untouched());

@@ -7,6 +7,10 @@
 //! Inside a sub-block of 16 tokens the walk uses log-gates summed from the sub-block's start
 //! (L_i), and its state is kept as of the token before the sub-block, so every exponent is a
 //! non-positive sum of at most 16 gates: no cumulative sum over a long chunk loses precision.
+//! Each L_i carries the rounding error of its sum (compensated summation), so that L_i - L_j is
+//! as exact as the gates between j and i: with strong gates (|g| near 14) the plain fp32 sums
+//! would put errors of 1e-5 into the weights of neighbouring tokens, and the gates' gradient is
+//! made of those weights only.
 //!
 //! A long chunk with few heads is cut into segments that walk in parallel (plan_walk_segments):
 //! a states pass walks each segment from zero, scan_walk_states turns the segments' states and
@@ -55,19 +59,20 @@ inline segment_plan plan_walk_segments(std::int64_t C, std::int64_t blocks_per_s
 
 //! Shared memory of gated_walk for X contracted columns and Z gate columns, all fp32.
 struct walk_shared {
-  float *a, *b;   //!< [sub_block][X]: the sub-block's rows of a and b
-  float* c;       //!< [sub_block][y_tile]: its rows of c
-  float* state;   //!< [X][y_tile]: the running state, as of the token before the sub-block
-  float* scores;  //!< [sub_block][sub_block]: the decayed causal a b^T
-  float* L;       //!< [sub_block][Z]: log-gates summed from the sub-block's start
-  float* total;   //!< [Z]: log-gates summed from the segment's start
+  float *a, *b;    //!< [sub_block][X]: the sub-block's rows of a and b
+  float* c;        //!< [sub_block][y_tile]: its rows of c
+  float* state;    //!< [X][y_tile]: the running state, as of the token before the sub-block
+  float* scores;   //!< [sub_block][sub_block]: the decayed causal a b^T
+  float* L;        //!< [sub_block][Z]: log-gates summed from the sub-block's start
+  float* L_error;  //!< [sub_block][Z]: what rounding left out of L
+  float* total;    //!< [Z]: log-gates summed from the segment's start
   //! Takes the arrays from `carver`.
   template <class Carver>
   SEQPAR_HOST_DEVICE walk_shared(Carver& carver, int X, int Z)
       : a(carver.template take<float>(sub_block * X)), b(carver.template take<float>(sub_block * X)),
         c(carver.template take<float>(sub_block * y_tile)), state(carver.template take<float>(X * y_tile)),
         scores(carver.template take<float>(sub_block * sub_block)), L(carver.template take<float>(sub_block * Z)),
-        total(carver.template take<float>(Z)) {}
+        L_error(carver.template take<float>(sub_block * Z)), total(carver.template take<float>(Z)) {}
 };
 
 //! Gate columns a walk keeps per token: 1 for a scalar gate, else the gated dim's (X, or y_tile).
@@ -102,7 +107,11 @@ __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tenso
   const std::int64_t sb = s * a.batch() + bt;  // the batch index of this segment's state
   const bool vec = g.head_dim() != 1, on_y = mode.gate_on_output, with_out = out.size() != 0;
   const int Z = walk_gate_columns(g.head_dim(), X, on_y);
-  const auto [a_s, b_s, c_s, state, A, L, total] = carve_shared<walk_shared>(X, Z);
+  const auto [a_s, b_s, c_s, state, A, L, L_error, total] = carve_shared<walk_shared>(X, Z);
+  // sum of the log-gates of sub-block tokens j+1..i in gate column z
+  auto span = [&](int i, int j, int z) {
+    return (L[i * Z + z] - L[j * Z + z]) + (L_error[i * Z + z] - L_error[j * Z + z]);
+  };
   // the gate column of gated index z (x, or y0 + z); -1 past Y
   auto column = [&](int z) { return !vec ? 0 : on_y ? (y0 + z < Y ? y0 + z : -1) : z; };
   // the gate of walk step t (0 past the segment, and at a reverse walk's first step)
@@ -133,9 +142,17 @@ __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tenso
       const int i = k / YT, y = y0 + k % YT;
       c_s[k] = t0 + i < end && y < Y && mode.intra ? to_float(c(bt, time(t0 + i), h, y)) : 0.0f;
     }
+    for (int k = threadIdx.x; k < cb * Z; k += blockDim.x) L[k] = gate(t0 + k / Z, k % Z);
+    __syncthreads();  // then each gate column sums its sub-block's gates in place
     for (int z = threadIdx.x; z < Z; z += blockDim.x) {
-      float sum = 0.0f;
-      for (int i = 0; i < cb; ++i) L[i * Z + z] = sum += gate(t0 + i, z);
+      float sum = 0.0f, error = 0.0f;
+#pragma unroll 1
+      for (int i = 0; i < cb; ++i) {
+        const float x = L[i * Z + z], next = sum + x, x_part = next - sum;
+        error += (sum - (next - x_part)) + (x - x_part);  // what next = sum + x rounded away
+        L[i * Z + z] = sum = next;
+        L_error[i * Z + z] = error;
+      }
       total[z] += sum;
     }
     __syncthreads();
@@ -145,10 +162,10 @@ __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tenso
         float dot = 0.0f;
         if (j < i || (j == i && !mode.strict)) {
           if (vec && !on_y)
-            for (int x = 0; x < X; ++x) dot += a_s[i * X + x] * b_s[j * X + x] * expf(L[i * Z + x] - L[j * Z + x]);
+            for (int x = 0; x < X; ++x) dot += a_s[i * X + x] * b_s[j * X + x] * expf(span(i, j, x));
           else
             for (int x = 0; x < X; ++x) dot += a_s[i * X + x] * b_s[j * X + x];
-          if (!vec && !on_y) dot *= expf(L[i] - L[j]);
+          if (!vec && !on_y) dot *= expf(span(i, j, 0));
         }
         A[k] = dot;
       }
@@ -161,7 +178,7 @@ __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tenso
         float intra = 0.0f, inter = 0.0f;
         if (mode.intra)
           for (int j = 0; j <= i; ++j)
-            intra += A[i * cb + j] * c_s[j * YT + yy] * (on_y ? expf(L[i * Z + zo] - L[j * Z + zo]) : 1.0f);
+            intra += A[i * cb + j] * c_s[j * YT + yy] * (on_y ? expf(span(i, j, zo)) : 1.0f);
         if (on_y || !vec) {
           for (int x = 0; x < X; ++x) inter += a_s[i * X + x] * state[x * YT + yy];
           inter *= expf(L[i * Z + (on_y ? zo : 0)]);
@@ -175,11 +192,10 @@ __global__ void gated_walk(tensor_view<const T> a, tensor_view<const T> b, tenso
     for (int k = threadIdx.x; k < X * YT; k += blockDim.x) {
       const int x = k / YT, yy = k % YT;
       const int z = !vec ? 0 : on_y ? yy : x;
-      const float last = L[(cb - 1) * Z + z];
       float add = 0.0f;
       if (mode.intra)
-        for (int j = 0; j < cb; ++j) add += expf(last - L[j * Z + z]) * b_s[j * X + x] * c_s[j * YT + yy];
-      state[k] = expf(last) * state[k] + add;
+        for (int j = 0; j < cb; ++j) add += expf(span(cb - 1, j, z)) * b_s[j * X + x] * c_s[j * YT + yy];
+      state[k] = expf(L[(cb - 1) * Z + z]) * state[k] + add;
     }
   }
   if (state_out.size() == 0) return;
