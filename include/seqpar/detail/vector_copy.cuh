@@ -34,6 +34,12 @@ bool rows_are_vectorizable(const tensor_view<T>& v) {
   return true;
 }
 
+//! True when the rows of every one of `views` can be read or written as 16-byte vectors.
+template <class... Views>
+bool all_rows_are_vectorizable(const Views&... views) {
+  return (rows_are_vectorizable(views) && ...);
+}
+
 //! A grid-stride launch shape for `work` items of 256 threads each handling one item per step.
 inline dim3 grid_for(std::int64_t work, int rows) {
   const std::int64_t blocks = std::clamp<std::int64_t>((work + 255) / 256, 1, 2048);

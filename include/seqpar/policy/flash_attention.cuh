@@ -107,8 +107,7 @@ struct basic_flash_attention {
     opt = opt.resolved(q.head_dim());
     if constexpr (detail::mma::input<T>) {
       if (q.size() == 0) return;
-      const bool vec = detail::device::rows_are_vectorizable(q) && detail::device::rows_are_vectorizable(k) &&
-                       detail::device::rows_are_vectorizable(v);
+      const bool vec = detail::device::all_rows_are_vectorizable(q, k, v);
       const auto pos = positions(q, k, opt, pair);
       with_head_dim(q.head_dim(), [&]<int D>() {
         namespace fk = detail::flash_kernels;
@@ -128,8 +127,7 @@ struct basic_flash_attention {
                     stream_t stream) const {
     opt = opt.resolved(q.head_dim());
     if constexpr (detail::mma::input<T>) {
-      const bool vec = detail::device::rows_are_vectorizable(q) && detail::device::rows_are_vectorizable(k) &&
-                       detail::device::rows_are_vectorizable(v) && detail::device::rows_are_vectorizable(dout) &&
+      const bool vec = detail::device::all_rows_are_vectorizable(q, k, v, dout) &&
                        (o.data() == nullptr || detail::device::rows_are_vectorizable(o));
       const auto pos = positions(q, k, opt, pair);
       const std::int64_t rows = q.batch() * q.heads() * q.seq();

@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 #include <vector>
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
@@ -223,20 +222,12 @@ struct basic_gated_linear_cuda {
     auto scratch = launcher.workspace(fold ? SB * H * (X * Y + 1) : 0, stream);
     const state_view states(scratch.data(), SB, H, X, Y);
     const chunk_decay_view totals(scratch.data() + states.size(), SB, H, 1);
-    const std::initializer_list<tensor_view<const T>> rows{a, b, c};
-    const bool vec =
-        std::all_of(rows.begin(), rows.end(), [](const auto& x) { return detail::device::rows_are_vectorizable(x); });
-    const int Xp = lk::tc_padded(X);
+    const bool vec = detail::device::all_rows_are_vectorizable(a, b, c);
     auto scan = [&](tensor_view<O> o, float* st, bool states_only) {
       const lk::scan_mode m{.reverse = mode.reverse, .states_only = states_only, .strict = mode.strict,
                             .accumulate = mode.accumulate, .intra = mode.intra};
       const dim3 grid(tiles, static_cast<unsigned>(plan.count), static_cast<unsigned>(BH));
-      auto run = [&](auto kernel) {
-        launcher(kernel, grid, dim3(128), detail::shared_bytes<lk::chunk_scan_shared<T>>(Xp), stream, a, b, c, o, st,
-                 plan.length, lk::gate_weights{g, totals}, m, vec);
-      };
-      if (lk::tc_state_tiles(Xp) == 1) run(lk::chunk_scan<T, 1, lk::gate_weights, O>);
-      else run(lk::chunk_scan<T, 2, lk::gate_weights, O>);
+      lk::launch_chunk_scan(launcher, grid, a, b, c, o, st, plan.length, lk::gate_weights{g, totals}, m, vec, stream);
     };
     if (fold) {
       if (mode.intra) scan({}, states.data_handle(), true);

@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
@@ -67,13 +66,13 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
       const dim3 grid(tiles, static_cast<unsigned>(plan.count), BH);
       launcher.order(side, stream);
       launch_chunk_scan<T>(grid, k, k, v, tensor_view<T>{}, states.data(), plan.length, table, false, true,
-                           vectorizable<T>({k, v}), side);
+                           detail::device::all_rows_are_vectorizable(k, v), side);
       scan_states(states.data(), plan, q.seq(), BH, static_cast<int>(q.heads()), per_head, table, m.data_handle(),
                   false, side);
       launcher.order(stream, side);
       if (o.size() != 0)
         launch_chunk_scan<T>(grid, q, k, v, o, plan.count > 1 ? states.data() : nullptr, plan.length, table, false,
-                             false, vectorizable<T>({q, k, v}), stream);
+                             false, detail::device::all_rows_are_vectorizable(q, k, v), stream);
     }, [&] {
       this->forward_intra(q, k, v, decay, o, stream);
       this->state_contribution(k, v, decay, m, side);
@@ -108,26 +107,14 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
     return static_cast<unsigned>((Y + tile - 1) / tile);
   }
 
-  template <class T>
-  static bool vectorizable(std::initializer_list<tensor_view<const T>> views) {
-    return std::all_of(views.begin(), views.end(), [](const auto& x) { return detail::device::rows_are_vectorizable(x); });
-  }
-
-  //! One chunk_scan launch (see linear_tensor_core.cuh) for padded D = Xp.
+  //! One chunk_scan launch (see linear_tensor_core.cuh) with lambda's decay weights.
   template <class T>
   void launch_chunk_scan(dim3 grid, tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> v,
                          tensor_view<T> out, float* states, std::int64_t segment_length, const decay_table& table,
                          bool reverse, bool states_only, bool vec, stream_t stream) const {
     namespace lk = detail::linear_kernels;
-    const int Xp = lk::tc_padded(b.head_dim());
-    const std::size_t bytes = detail::shared_bytes<lk::chunk_scan_shared<T>>(Xp);
-    const lk::scan_mode mode{.reverse = reverse, .states_only = states_only};
-    auto run = [&](auto kernel) {
-      launcher(kernel, grid, dim3(128), bytes, stream, a, b, v, out, states, segment_length,
-               lk::constant_weights{table}, mode, vec);
-    };
-    if (lk::tc_state_tiles(Xp) == 1) run(lk::chunk_scan<T, 1, lk::constant_weights>);
-    else run(lk::chunk_scan<T, 2, lk::constant_weights>);
+    lk::launch_chunk_scan(launcher, grid, a, b, v, out, states, segment_length, lk::constant_weights{table},
+                          {.reverse = reverse, .states_only = states_only}, vec, stream);
   }
 
   //! The segment states of chunk_scan(states_only) into prefixes; `total` (may be null) the whole sum.
@@ -163,7 +150,7 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
       const std::int64_t per_head = a.head_dim() * v.head_dim();
       auto states = launcher.workspace(plan.count > 1 ? plan.count * BH * per_head : 0, stream);
       float* const prefixes = plan.count > 1 ? states.data() : nullptr;  // null: every segment starts from zero
-      const bool vec = vectorizable<T>({a, b, v});
+      const bool vec = detail::device::all_rows_are_vectorizable(a, b, v);
       const dim3 grid(tiles, static_cast<unsigned>(plan.count), BH);
       if (plan.count > 1) {
         launch_chunk_scan<T>(grid, a, b, v, out, prefixes, plan.length, table, reverse, true, vec, stream);
@@ -190,7 +177,7 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
       auto states = launcher.workspace(plan.count * BH * per_head, stream);
       const dim3 grid(tiles, static_cast<unsigned>(plan.count), BH);
       launch_chunk_scan<T>(grid, a, a, b, tensor_view<T>{}, states.data(), plan.length, table, lq, true,
-                           vectorizable<T>({a, b}), stream);
+                           detail::device::all_rows_are_vectorizable(a, b), stream);
       scan_states(states.data(), plan, a.seq(), BH, static_cast<int>(a.heads()), per_head, table, m.data_handle(), lq,
                   stream);
     }, [&] { core_outer_sum(a, b, m, table, w, stream); });
@@ -211,7 +198,7 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
       const dim3 grid(static_cast<unsigned>(std::clamp<std::int64_t>(std::min(token_tiles, fill), 1, 1 << 30)), tiles, BH);
       const std::size_t bytes = detail::shared_bytes<lk::rows_times_state_shared<T>>(lk::tc_padded(a.head_dim()));
       launcher(lk::rows_times_state<T>, grid, dim3(128), bytes, stream, a, s, transposed, out, table, w,
-               vectorizable<T>({a, tensor_view<const T>(out)}));
+               detail::device::all_rows_are_vectorizable(a, out));
     }, [&] { core_add_rows(a, s, transposed, out, table, w, stream); });
   }
 

@@ -6,7 +6,8 @@
 //! mma.sync products (S = A B^T masked by lambda^(i-j), then S V); the running fp32 state adds
 //! lambda^(i+1) A state and is updated with B^T diag(lambda^(n-1-j)) V. The state stays in
 //! registers in fp32; the products read it as two T parts (hi + lo), so it keeps about twice T's
-//! precision; for fp16 the parts are of the state times a power of two that keeps them in range. Segments start from the decayed prefix of the states of the segments before them:
+//! precision; for fp16 the parts are of the state times a power of two that keeps them in range.
+//! Segments start from the decayed prefix of the states of the segments before them:
 //! chunk_scan(states_only) computes each segment's state, scan_segment_states turns them into
 //! prefixes, and chunk_scan computes the output. chunk_scan takes its decay weights as a type:
 //! constant_weights here, gate_weights (gated_tensor_core.cuh) for scalar log-gates.
@@ -420,6 +421,21 @@ __global__ void __launch_bounds__(128)
         o = from_float<T>(to_float(o) + weight_of[e / 2] * unscale * acc[j][e]);
       }
   }
+}
+
+//! One chunk_scan launch of 128-thread blocks over `grid` (y tiles, segments, batch x head), with
+//! its shared memory and state tiles for the padded contracted dim of a and b.
+template <class Weights, class T, class O, class Launcher>
+void launch_chunk_scan(const Launcher& launcher, dim3 grid, tensor_view<const T> a, tensor_view<const T> b,
+                       tensor_view<const T> v, tensor_view<O> out, float* states, std::int64_t segment_length,
+                       const Weights& weights, scan_mode mode, bool vec, stream_t stream) {
+  const int Xp = tc_padded(b.head_dim());
+  auto run = [&](auto kernel) {
+    launcher(kernel, grid, dim3(128), shared_bytes<chunk_scan_shared<T>>(Xp), stream, a, b, v, out, states,
+             segment_length, weights, mode, vec);
+  };
+  if (tc_state_tiles(Xp) == 1) run(chunk_scan<T, 1, Weights, O>);
+  else run(chunk_scan<T, 2, Weights, O>);
 }
 
 }  // namespace linear_kernels
