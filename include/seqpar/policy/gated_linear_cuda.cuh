@@ -147,9 +147,10 @@ struct basic_gated_linear_cuda {
     return make_bshd(data, x.batch(), x.seq(), x.heads(), x.head_dim());
   }
 
-  // One gated walk. fp16 and bf16 with a scalar gate and a contracted dim up to 128 run on tensor
-  // cores (tensor_walk); the rest on CUDA cores, where a block per (y tile, segment, batch x head)
-  // walks. When the blocks of one segment leave the GPU idle, the chunk is cut into segments: a
+  // One gated walk. fp16 and bf16 with a contracted dim up to 128 and a scalar gate, or vector
+  // gates on the contracted dim, run on tensor cores (tensor_walk); the rest (vector gates on the
+  // output columns, fp32, larger dims, before sm_80) on CUDA cores, where a block per (y tile,
+  // segment, batch x head) walks. When the blocks of one segment leave the GPU idle, the chunk is cut into segments: a
   // states pass, scan_walk_states, and (for an output) the output pass from each segment's prefix.
   template <class T, class O>
   void walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
@@ -163,7 +164,8 @@ struct basic_gated_linear_cuda {
                                                                                                 << H);
     const detail::device_info info = launcher.device();
     if constexpr (detail::mma::input<T>) {
-      if (g.head_dim() == 1 && a.head_dim() <= detail::linear_kernels::tc_max_x && info.major >= 8)
+      const bool gates_fit = g.head_dim() == 1 || !mode.gate_on_output;
+      if (gates_fit && a.head_dim() <= detail::linear_kernels::tc_max_x && info.major >= 8)
         return tensor_walk(a, b, c, g, out, state_in, state_out, mode, info.multiprocessors, stream);
     }
     const auto plan = gk::plan_walk_segments(a.seq(), (Y + gk::y_tile - 1) / gk::y_tile * BH, info.multiprocessors);
@@ -205,9 +207,10 @@ struct basic_gated_linear_cuda {
              const_chunk_decay_view(totals), segments, state_in, g, state_out, mode);
   }
 
-  // A walk with a scalar gate on tensor cores: linear_tensor_core.cuh's chunk_scan with
-  // gate_weights, cut into segments as linear_cuda's; a given state and the segments' states are
-  // folded by scan_walk_states, so the scan always starts from its prefixes.
+  // A walk on tensor cores: linear_tensor_core.cuh's chunk_scan with gate_weights (scalar gates) or
+  // column_gate_weights (vector gates on the contracted dim), cut into segments as linear_cuda's; a
+  // given state and the segments' states are folded by scan_walk_states, so the scan always starts
+  // from its prefixes.
   template <class T, class O>
   void tensor_walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
                    tensor_view<O> out, const_state_view state_in, state_view state_out,
@@ -219,15 +222,20 @@ struct basic_gated_linear_cuda {
     const auto plan = lk::plan_segments(a.seq(), std::int64_t{tiles} * BH, sms);
     const bool fold = plan.count > 1 || state_in.size() || state_out.size();
     const std::int64_t SB = plan.count * a.batch();
-    auto scratch = launcher.workspace(fold ? SB * H * (X * Y + 1) : 0, stream);
+    const std::int64_t W = g.head_dim();
+    auto scratch = launcher.workspace(fold ? SB * H * (X * Y + W) : 0, stream);
     const state_view states(scratch.data(), SB, H, X, Y);
-    const chunk_decay_view totals(scratch.data() + states.size(), SB, H, 1);
+    const chunk_decay_view totals(scratch.data() + states.size(), SB, H, W);
     const bool vec = detail::device::all_rows_are_vectorizable(a, b, c);
     auto scan = [&](tensor_view<O> o, float* st, bool states_only) {
       const lk::scan_mode m{.reverse = mode.reverse, .states_only = states_only, .strict = mode.strict,
                             .accumulate = mode.accumulate, .intra = mode.intra};
       const dim3 grid(tiles, static_cast<unsigned>(plan.count), static_cast<unsigned>(BH));
-      lk::launch_chunk_scan(launcher, grid, a, b, c, o, st, plan.length, lk::gate_weights{g, totals}, m, vec, stream);
+      if (W == 1)
+        lk::launch_chunk_scan(launcher, grid, a, b, c, o, st, plan.length, lk::gate_weights{g, totals}, m, vec, stream);
+      else
+        lk::launch_chunk_scan(launcher, grid, a, b, c, o, st, plan.length, lk::column_gate_weights{g, totals}, m, vec,
+                              stream);
     };
     if (fold) {
       if (mode.intra) scan({}, states.data_handle(), true);

@@ -40,18 +40,21 @@ SEQPAR_HOST_DEVICE constexpr int tc_ld(int cols) { return cols + 8; }
 SEQPAR_HOST_DEVICE constexpr int tc_state_tiles(int Xp) { return Xp <= 64 ? 1 : 2; }
 
 //! Shared memory of chunk_scan for padded D = Xp: A and B rows, V rows, the state's hi and lo
-//! parts, the decay weights' table and one float per warp.
+//! parts, the decay weights' table (`table` floats) and one float per warp.
 template <class T>
 struct chunk_scan_shared {
   mma::smem_tile<T> a, b, v, hi, lo;  //!< the tiles, in this order
-  float* pw;                          //!< the weights' table (2 tc_tokens floats; see constant_weights)
+  float* pw;                          //!< the weights' table (see each weights' table_floats)
   float* slots;                       //!< one per warp, for state_scale
-  //! Takes the tiles, powers and slots from `carver`.
+  //! Takes the tiles, table and slots from `carver`.
   template <class Carver>
-  SEQPAR_HOST_DEVICE chunk_scan_shared(Carver& carver, int Xp)
-      : a(mma::take_tile<T>(carver, tc_tokens, tc_ld(Xp))), b(mma::take_tile<T>(carver, tc_tokens, tc_ld(Xp))),
-        v(mma::take_tile<T>(carver, tc_tokens, tc_ld(tc_y_tile))), hi(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))),
-        lo(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))), pw(carver.template take<float>(2 * tc_tokens)),
+  SEQPAR_HOST_DEVICE chunk_scan_shared(Carver& carver, int Xp, int table)
+      : a(mma::take_tile<T>(carver, tc_tokens, tc_ld(Xp))),
+        b(mma::take_tile<T>(carver, tc_tokens, tc_ld(Xp))),
+        v(mma::take_tile<T>(carver, tc_tokens, tc_ld(tc_y_tile))),
+        hi(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))),
+        lo(mma::take_tile<T>(carver, Xp, tc_ld(tc_y_tile))),
+        pw(carver.template take<float>(table)),
         slots(carver.template take<float>(4)) {}
 };
 
@@ -70,6 +73,10 @@ struct scan_mode {
 //! lambda^0 .. lambda^tc_tokens in shared memory.
 struct constant_weights {
   decay_table decay;  //!< lambda per head
+  //! One weight per pair of tokens (not one per contracted column).
+  static constexpr bool per_column = false;
+  //! Floats of its shared table.
+  SEQPAR_HOST_DEVICE static constexpr int table_floats(int) { return 2 * tc_tokens; }
 
   //! One block's weights: the table's powers.
   struct block {
@@ -82,10 +89,10 @@ struct constant_weights {
     __device__ float pair(int i, int j) const { return pw[i - j]; }
     //! Weight of the state before the sub-block at its token i.
     __device__ float into(int i) const { return pw[i + 1]; }
-    //! Decay of the state over the sub-block's n tokens.
-    __device__ float through(int n) const { return pw[n]; }
-    //! Weight of token j's share of the state after the sub-block's n tokens.
-    __device__ float tail(int n, int j) const { return pw[n - 1 - j]; }
+    //! Decay of the state's row x over the sub-block's n tokens (the same for every x).
+    __device__ float through(int n, int) const { return pw[n]; }
+    //! Weight of token j's share of the state's row x after the sub-block's n tokens (the same for every x).
+    __device__ float tail(int n, int j, int) const { return pw[n - 1 - j]; }
     //! Nothing to write when a segment ends.
     __device__ void finish(std::int64_t, bool) const {}
   };
@@ -169,13 +176,14 @@ __device__ inline void split_store(mma::smem_tile<T> hi, mma::smem_tile<T> lo, i
   lo(r, c) = from_float<T>(v - to_float(h));
 }
 
-//! acc += rows row0 .. row0 + 15 of `a` (k_steps x 16 columns) times the state (hi + lo), 64 columns.
-template <class T>
-__device__ inline void times_state(float (&acc)[8][4], mma::smem_tile<T> a, int row0, mma::smem_tile<T> hi,
+//! acc += A times the state (hi + lo), 64 columns, A's 16 rows and k_steps x 16 columns given by
+//! load_a_fragment(af, kk), a fragment per k-step kk.
+template <class T, class LoadA>
+__device__ inline void times_state(float (&acc)[8][4], const LoadA& load_a_fragment, mma::smem_tile<T> hi,
                                    mma::smem_tile<T> lo, int k_steps) {
   for (int kk = 0; kk < k_steps; ++kk) {
     std::uint32_t af[4];
-    mma::load_a(af, a, row0, kk * 16);
+    load_a_fragment(af, kk);
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
       std::uint32_t bf[2];
@@ -187,20 +195,84 @@ __device__ inline void times_state(float (&acc)[8][4], mma::smem_tile<T> a, int 
   }
 }
 
-//! The A fragment of A[x][j] = w_j s(j, x0 + x) for j in 16kk .. 16kk + 15: rows of s transposed
-//! and weighted, w_j = weight(j) for the sub-block's n tokens (0 past them).
-template <class T, class Weight>
-__device__ inline void load_a_weighted_transposed(std::uint32_t (&a)[4], mma::smem_tile<T> s, int x0, int kk,
-                                                  const Weight& weight, int n) {
+//! acc += rows row0 .. row0 + 15 of `a` (k_steps x 16 columns) times the state (hi + lo), 64 columns.
+template <class T>
+__device__ inline void times_state(float (&acc)[8][4], mma::smem_tile<T> a, int row0, mma::smem_tile<T> hi,
+                                   mma::smem_tile<T> lo, int k_steps) {
+  times_state(
+      acc, [&](std::uint32_t(&af)[4], int kk) { mma::load_a(af, a, row0, kk * 16); }, hi, lo, k_steps);
+}
+
+//! The A fragment of the 16 x 16 matrix A[r][c] = at(r, c) (fp32, rounded to T), element by element.
+template <class T, class At>
+__device__ inline void a_fragment(std::uint32_t (&a)[4], const At& at) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  auto at = [&](int x, int j) {
-    j += 16 * kk;
-    return j < n ? weight(j) * to_float(s(j, x0 + x)) : 0.0f;
-  };
   a[0] = mma::pack<T>(at(g, 2 * t), at(g, 2 * t + 1));
   a[1] = mma::pack<T>(at(g + 8, 2 * t), at(g + 8, 2 * t + 1));
   a[2] = mma::pack<T>(at(g, 2 * t + 8), at(g, 2 * t + 9));
   a[3] = mma::pack<T>(at(g + 8, 2 * t + 8), at(g + 8, 2 * t + 9));
+}
+
+//! The A fragment of A[x][j] = w(j, x0 + x) s(j, x0 + x) for j in 16kk .. 16kk + 15: rows of s
+//! transposed and weighted, w = weight for the sub-block's n tokens (0 past them).
+template <class T, class Weight>
+__device__ inline void load_a_weighted_transposed(std::uint32_t (&a)[4], mma::smem_tile<T> s, int x0, int kk,
+                                                  const Weight& weight, int n) {
+  a_fragment<T>(a, [&](int x, int j) {
+    j += 16 * kk;
+    return j < n ? weight(j, x0 + x) * to_float(s(j, x0 + x)) : 0.0f;
+  });
+}
+
+//! The A fragment of A[r][x] = w(row0 + r, col0 + x) s(row0 + r, col0 + x): load_a, weighted.
+template <class T, class Weight>
+__device__ inline void load_a_weighted(std::uint32_t (&a)[4], mma::smem_tile<T> s, int row0, int col0,
+                                       const Weight& weight) {
+  a_fragment<T>(a, [&](int r, int x) { return weight(row0 + r, col0 + x) * to_float(s(row0 + r, col0 + x)); });
+}
+
+//! The B fragment for B[k][n] = w(n0 + n, k0 + k) s(n0 + n, k0 + k): load_b_transposed, weighted.
+template <class T, class Weight>
+__device__ inline void load_b_weighted_transposed(std::uint32_t (&b)[2], mma::smem_tile<T> s, int k0, int n0,
+                                                  const Weight& weight) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  auto at = [&](int k, int n) { return weight(n0 + n, k0 + k) * to_float(s(n0 + n, k0 + k)); };
+  b[0] = mma::pack<T>(at(2 * t, g), at(2 * t + 1, g));
+  b[1] = mma::pack<T>(at(2 * t + 8, g), at(2 * t + 9, g));
+}
+
+//! The masked-off S = A B^T of a warp's 16 rows row0.. (tokens i) against the sub-block's 64 tokens j
+//! with a weight per contracted column, w(i, j, x) = weights.factor(i, j, x) (column_gate_weights):
+//! the slices before the warp's on tensor cores, their operands weighted through the token before
+//! the warp's slice (a_i by w(i, row0 - 1, x), b_j by w(row0 - 1, j, x): each at most 1), and the
+//! pairs within the slice (j <= i) on CUDA cores; the rest stays 0.
+template <class T, class Weights>
+__device__ inline void column_weighted_scores(float (&s)[8][4], mma::smem_tile<T> a, mma::smem_tile<T> b, int row0,
+                                              int X, const Weights& weights) {
+  const int ref = row0 - 1;
+  if (row0 > 0)
+    for (int kk = 0; kk < tc_padded(X) / 16; ++kk) {
+      std::uint32_t af[4];
+      load_a_weighted<T>(af, a, row0, kk * 16, [&](int i, int x) { return weights.factor(i, ref, x); });
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if (8 * j > ref) continue;
+        std::uint32_t bf[2];
+        load_b_weighted_transposed<T>(bf, b, kk * 16, j * 8, [&](int jj, int x) { return weights.factor(ref, jj, x); });
+        mma::mma_16x8x16<T>(s[j], af, bf);
+      }
+    }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if (8 * j < row0 || 8 * j >= row0 + 16) continue;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = row0 + mma::c_row(e), jj = 8 * j + mma::c_col(e);
+      float dot = 0.0f;
+      for (int x = 0; jj <= i && x < X; ++x) dot += to_float(a(i, x)) * to_float(b(jj, x)) * weights.factor(i, jj, x);
+      s[j][e] = dot;
+    }
+  }
 }
 
 //! One segment of out_i = sum_{j <= i} w(i, j) (a_i . b_j) v_j + w(i) a_i S (time running
@@ -209,7 +281,9 @@ __device__ inline void load_a_weighted_transposed(std::uint32_t (&a)[4], mma::sm
 //! of `segment_length` tokens, batch * head blockIdx.z. The segment starts from the fp32 state in
 //! `states` (null: zero). With `states_only`, no output: the segment's own state (from zero) is
 //! written to `states` instead. States are [segment][batch * head][D][Y], Y out's columns (v's
-//! with states_only). MT: tc_state_tiles(Xp). Without `intra`, b and v are not read.
+//! with states_only). MT: tc_state_tiles(Xp). Without `intra`, b and v are not read. Weights with a
+//! weight per contracted column (per_column) weight a_i and b_j column by column instead, and the
+//! state's rows (see column_weighted_scores).
 template <class T, int MT, class Weights, class O = T>
 __global__ void __launch_bounds__(128)
     chunk_scan(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> v, tensor_view<O> out,
@@ -221,7 +295,8 @@ __global__ void __launch_bounds__(128)
   const std::int64_t bh = blockIdx.z, bt = bh / H, h = bh % H, C = a.seq();
   const std::int64_t begin = blockIdx.y * segment_length, end = C < begin + segment_length ? C : begin + segment_length;
   const std::int64_t BH = a.batch() * H;
-  const auto [a_s, b_s, v_s, hi, lo, pw, slots] = carve_shared<chunk_scan_shared<T>>(Xp);
+  const auto [a_s, b_s, v_s, hi, lo, pw, slots] = carve_shared<chunk_scan_shared<T>>(Xp, Weights::table_floats(Xp));
+  constexpr bool per_column = Weights::per_column;
   auto weights = decay_weights.start(pw, bt, h, C, reverse);
 
   // state[i][n][e]: row 16 (warp + 4 i) + c_row(e), column 8 n + c_col(e) of this block's tile.
@@ -277,7 +352,9 @@ __global__ void __launch_bounds__(128)
       const int row0 = 16 * warp;
       float s[8][4], acc[8][4];
       mma::zero(s);
-      if (mode.intra)
+      if constexpr (per_column) {
+        if (mode.intra) column_weighted_scores<T>(s, a_s, b_s, row0, X, weights);
+      } else if (mode.intra)
         for (int kk = 0; kk < Xp / 16; ++kk) {
           std::uint32_t af[4];
           mma::load_a(af, a_s, row0, kk * 16);
@@ -293,15 +370,28 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = row0 + mma::c_row(e), c = 8 * j + mma::c_col(e);
-          s[j][e] = c < r || (c == r && !mode.strict) ? weights.pair(r, c) * s[j][e] : 0.0f;
+          float w = 1.0f;
+          if constexpr (!per_column) w = weights.pair(r, c);
+          s[j][e] = c < r || (c == r && !mode.strict) ? w * s[j][e] : 0.0f;
         }
       // acc = w(r) a_r . state, then += (masked S) V
       mma::zero(acc);
-      times_state(acc, a_s, row0, hi, lo, Xp / 16);
+      if constexpr (per_column) {
+        const auto into = [&](int i, int x) { return weights.factor(i, -1, x); };
+        times_state<T>(
+            acc, [&](std::uint32_t(&af)[4], int kk) { load_a_weighted<T>(af, a_s, row0, kk * 16, into); }, hi, lo,
+            Xp / 16);
+      } else {
+        times_state(acc, a_s, row0, hi, lo, Xp / 16);
+      }
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[j][e] *= weights.into(row0 + mma::c_row(e)) * unscale;
+        for (int e = 0; e < 4; ++e) {
+          float w = unscale;
+          if constexpr (!per_column) w *= weights.into(row0 + mma::c_row(e));
+          acc[j][e] *= w;
+        }
       if (mode.intra) mma::product_from_accumulators<tc_tokens / 16>(acc, s, v_s);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
@@ -314,7 +404,7 @@ __global__ void __launch_bounds__(128)
         }
     }
     // state = w(n) state + B^T diag(w(n-1-j)) V
-    const auto tail = [&](int j) { return weights.tail(n, j); };
+    const auto tail = [&](int j, int x) { return weights.tail(n, j, x); };
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       const int x0 = 16 * (warp + 4 * i);
@@ -322,7 +412,7 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) state[i][j][e] *= weights.through(n);
+        for (int e = 0; e < 4; ++e) state[i][j][e] *= weights.through(n, x0 + mma::c_row(e));
       if (!mode.intra) continue;
 #pragma unroll
       for (int kk = 0; kk < tc_tokens / 16; ++kk) {
@@ -430,9 +520,9 @@ void launch_chunk_scan(const Launcher& launcher, dim3 grid, tensor_view<const T>
                        tensor_view<const T> v, tensor_view<O> out, float* states, std::int64_t segment_length,
                        const Weights& weights, scan_mode mode, bool vec, stream_t stream) {
   const int Xp = tc_padded(b.head_dim());
+  const std::size_t bytes = shared_bytes<chunk_scan_shared<T>>(Xp, Weights::table_floats(Xp));
   auto run = [&](auto kernel) {
-    launcher(kernel, grid, dim3(128), shared_bytes<chunk_scan_shared<T>>(Xp), stream, a, b, v, out, states,
-             segment_length, weights, mode, vec);
+    launcher(kernel, grid, dim3(128), bytes, stream, a, b, v, out, states, segment_length, weights, mode, vec);
   };
   if (tc_state_tiles(Xp) == 1) run(chunk_scan<T, 1, Weights, O>);
   else run(chunk_scan<T, 2, Weights, O>);
