@@ -3,8 +3,8 @@
 // own launch planning: the gated walk forwards and backwards, gates on the contracted or the output
 // columns, given states read as they are or transposed, ragged sub-blocks, several output tiles,
 // chunks cut into segments (ragged last segment), scalar and vector gates, gates near 0 and near 1,
-// on CUDA cores and (fp16 and bf16; scalar gates, and vector gates on the contracted dim) on tensor
-// cores; and whole gated LASP layers with these kernels as their policy.
+// on CUDA cores and (fp16 and bf16; scalar gates, vector gates on the contracted or the output
+// columns) on tensor cores; and whole gated LASP layers with these kernels as their policy.
 // Tolerances: 2e-5 (float) and 2.5e-2 (bfloat16) of the largest reference magnitude; in float,
 // 4e-6 for the gates' gradient, which is made of the weights between different tokens only: with
 // gates near 0 an error in those weights (log-gates summed without compensation) shows there.
@@ -155,13 +155,13 @@ TEST_CASE_TEMPLATE("gated_linear_cuda runs gates on tensor cores, in segments, e
                    __half, __nv_bfloat16) {
   namespace lk = seqpar::detail::linear_kernels;
   CHECK(lk::plan_segments(600, 2, 64).count == 3);  // the first cases below: 3 segments, the last of 88 tokens
-  // scalar gates: every walk on tensor cores; vector gates: the walks gated on the contracted dim
+  // scalar and vector gates (on the contracted or the output columns): every walk with D, E <= 128 on tensor cores
   for (bool vector_gate : {false, true}) {
     // [0.97, 1]: about a third of the state lives through a 64-token sub-block
     for (auto [lo, hi] : {std::pair{0.5, 1.0}, std::pair{1e-6, 1e-5}, std::pair{1.0 - 1e-6, 1.0}, std::pair{0.97, 1.0}})
       check_gated<T>({1, 600, 2, 5, 7, 0, vector_gate, lo, hi, 64, 8});
     check_gated<T>({2, 70, 1, 80, 72, 3, vector_gate, 0.5, 1.0, 1, 8});  // two state and output tiles, padded tokens
-    check_gated<T>({1, 50, 1, 160, 24, 0, vector_gate, 0.5, 1.0, 1, 8});  // D = 160: products over D on CUDA cores
+    check_gated<T>({1, 50, 1, 160, 24, 0, vector_gate, 0.5, 1.0, 1, 8});  // D = 160: walks over D on CUDA cores
   }
 }
 

@@ -2,9 +2,8 @@
 //! gated_linear_cuda: the CUDA policy of gated linear attention (nvcc only), scalar or per-key-dim
 //! log-gates: every product is one walk over the chunk with a running fp32 state, so work grows
 //! linearly with the chunk length; a long chunk with few heads is cut into segments that walk in
-//! parallel. fp16 and bf16 with scalar gates and D up to 128 walk on tensor cores (linear_cuda's
-//! chunk_scan with gate_weights, gated_tensor_core.cuh), the rest on CUDA cores
-//! (gated_linear_kernels.cuh). The host code here
+//! parallel. fp16 and bf16 with D up to 128 walk on tensor cores (linear_cuda's chunk_scan with
+//! the weights of gated_tensor_core.cuh), the rest on CUDA cores (gated_linear_kernels.cuh). The host code here
 //! plans every launch and hands it to a launcher (launcher.cuh), so the kernel-emulation tests
 //! run it too.
 #pragma once
@@ -147,11 +146,11 @@ struct basic_gated_linear_cuda {
     return make_bshd(data, x.batch(), x.seq(), x.heads(), x.head_dim());
   }
 
-  // One gated walk. fp16 and bf16 with a contracted dim up to 128 and a scalar gate, or vector
-  // gates on the contracted dim, run on tensor cores (tensor_walk); the rest (vector gates on the
-  // output columns, fp32, larger dims, before sm_80) on CUDA cores, where a block per (y tile,
-  // segment, batch x head) walks. When the blocks of one segment leave the GPU idle, the chunk is cut into segments: a
-  // states pass, scan_walk_states, and (for an output) the output pass from each segment's prefix.
+  // One gated walk. fp16 and bf16 with a contracted dim up to 128 run on tensor cores
+  // (tensor_walk); the rest (fp32, larger dims, before sm_80) on CUDA cores, where a block per (y
+  // tile, segment, batch x head) walks. When the blocks of one segment leave the GPU idle, the
+  // chunk is cut into segments: a states pass, scan_walk_states, and (for an output) the output
+  // pass from each segment's prefix.
   template <class T, class O>
   void walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
             tensor_view<O> out, const_state_view state_in, state_view state_out, detail::gated_kernels::walk_mode mode,
@@ -164,8 +163,7 @@ struct basic_gated_linear_cuda {
                                                                                                 << H);
     const detail::device_info info = launcher.device();
     if constexpr (detail::mma::input<T>) {
-      const bool gates_fit = g.head_dim() == 1 || !mode.gate_on_output;
-      if (gates_fit && a.head_dim() <= detail::linear_kernels::tc_max_x && info.major >= 8)
+      if (a.head_dim() <= detail::linear_kernels::tc_max_x && info.major >= 8)
         return tensor_walk(a, b, c, g, out, state_in, state_out, mode, info.multiprocessors, stream);
     }
     const auto plan = gk::plan_walk_segments(a.seq(), (Y + gk::y_tile - 1) / gk::y_tile * BH, info.multiprocessors);
@@ -207,10 +205,10 @@ struct basic_gated_linear_cuda {
              const_chunk_decay_view(totals), segments, state_in, g, state_out, mode);
   }
 
-  // A walk on tensor cores: linear_tensor_core.cuh's chunk_scan with gate_weights (scalar gates) or
-  // column_gate_weights (vector gates on the contracted dim), cut into segments as linear_cuda's; a
-  // given state and the segments' states are folded by scan_walk_states, so the scan always starts
-  // from its prefixes.
+  // A walk on tensor cores: linear_tensor_core.cuh's chunk_scan with gate_weights (scalar gates),
+  // column_gate_weights (vector gates on the contracted dim) or output_gate_weights (on the output
+  // columns), cut into segments as linear_cuda's; a given state and the segments' states are folded
+  // by scan_walk_states, so the scan always starts from its prefixes.
   template <class T, class O>
   void tensor_walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
                    tensor_view<O> out, const_state_view state_in, state_view state_out,
@@ -231,11 +229,12 @@ struct basic_gated_linear_cuda {
       const lk::scan_mode m{.reverse = mode.reverse, .states_only = states_only, .strict = mode.strict,
                             .accumulate = mode.accumulate, .intra = mode.intra};
       const dim3 grid(tiles, static_cast<unsigned>(plan.count), static_cast<unsigned>(BH));
-      if (W == 1)
-        lk::launch_chunk_scan(launcher, grid, a, b, c, o, st, plan.length, lk::gate_weights{g, totals}, m, vec, stream);
-      else
-        lk::launch_chunk_scan(launcher, grid, a, b, c, o, st, plan.length, lk::column_gate_weights{g, totals}, m, vec,
-                              stream);
+      auto launch = [&](auto weights) {
+        lk::launch_chunk_scan(launcher, grid, a, b, c, o, st, plan.length, weights, m, vec, stream);
+      };
+      if (W == 1) launch(lk::gate_weights{g, totals});
+      else if (mode.gate_on_output) launch(lk::output_gate_weights{g, totals});
+      else launch(lk::column_gate_weights{g, totals});
     };
     if (fold) {
       if (mode.intra) scan({}, states.data_handle(), true);

@@ -1,8 +1,9 @@
 //! @file gated_tensor_core.cuh
 //! The decay weights that run linear_tensor_core.cuh's chunk_scan with log-gates (nvcc only; fp16
 //! and bf16, D up to 128): gated_linear_cuda's walks on tensor cores. A scalar gate decays the
-//! whole state, so it does not matter which dim of the state it is said to gate; vector gates run
-//! there when they gate the contracted dim.
+//! whole state, so it does not matter which dim of the state it is said to gate; vector gates
+//! weigh either the contracted columns (column_gate_weights) or the output columns
+//! (output_gate_weights).
 #pragma once
 
 #include <seqpar/policy/detail/linear_tensor_core.cuh>
@@ -24,8 +25,8 @@ namespace linear_kernels {
 struct gate_weights {
   tensor_view<const float> g;  //!< the log-gates
   chunk_decay_view totals{};   //!< each segment's summed log-gates, written by a states pass (may be empty)
-  //! One weight per pair of tokens (not one per contracted column).
-  static constexpr bool per_column = false;
+  //! One weight per pair of tokens.
+  static constexpr weight_kind kind = weight_kind::per_pair;
   //! Floats of its shared table.
   SEQPAR_HOST_DEVICE static constexpr int table_floats(int) { return 2 * tc_tokens; }
 
@@ -60,8 +61,8 @@ struct gate_weights {
     __device__ float pair(int i, int j) const { return expf(L[i] - L[j]); }
     //! Weight of the state before the sub-block at its token i.
     __device__ float into(int i) const { return expf(L[i]); }
-    //! Decay of the state's row x over the sub-block's n tokens (the same for every x).
-    __device__ float through(int n, int) const { return expf(L[n - 1]); }
+    //! Decay of the state's element (x, y) over the sub-block's n tokens (the same for every x, y).
+    __device__ float through(int n, int, int) const { return expf(L[n - 1]); }
     //! Weight of token j's share of the state's row x after the sub-block's n tokens (the same for every x).
     __device__ float tail(int n, int j, int) const { return expf(L[n - 1] - L[j]); }
     //! A states pass writes the segment's summed log-gates (batch index segment x B + b of totals).
@@ -72,6 +73,47 @@ struct gate_weights {
   //! The weights of the block of batch b and head h over `table` (2 tc_tokens floats, shared).
   __device__ block start(float* table, std::int64_t b, std::int64_t h, std::int64_t C, bool reverse) const {
     return {g, totals, table, table + tc_tokens, b, h, C, reverse};
+  }
+};
+
+//! One block's vector log-gates of a sub-block in the columns c0 .. c0 + width: L[r][c], the gates
+//! of steps 0 .. r summed (shared), from which factor(i, j, c) = e^(L_i[c] - L_j[c]) (L_(-1) = 0);
+//! the part column_gate_weights and output_gate_weights share.
+struct gate_columns {
+  tensor_view<const float> g;  //!< the log-gates
+  chunk_decay_view totals;     //!< each segment's summed log-gates, written by a states pass (may be empty)
+  float* L;                    //!< [tc_tokens][width]: the sub-block's gates, then their sums (shared)
+  int width, c0;               //!< the columns' count and the first one
+  std::int64_t bt, h, C;       //!< the block's batch and head, and the chunk's length
+  bool reverse;                //!< time runs backwards
+  float total = 0.0f;          //!< the segment's log-gates so far in column c0 + threadIdx.x
+
+  //! Reads the gates of the sub-block's n steps from t0 (zeros past them and past g's columns).
+  __device__ void load(std::int64_t t0, int n) {
+    const int G = static_cast<int>(g.head_dim());
+    for (int k = threadIdx.x; k < tc_tokens * width; k += blockDim.x) {
+      const int r = k / width, c = c0 + k % width;
+      const std::int64_t t = t0 + r;
+      L[k] = r < n && c < G && !(reverse && t == 0) ? g(bt, reverse ? C - t : t, h, c) : 0.0f;
+    }
+  }
+  //! L from the gates, a thread per column (after the barrier that follows load; ends with one).
+  __device__ void prepare() {
+    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+      float sum = 0.0f;
+      for (int r = 0; r < tc_tokens; ++r) L[r * width + c] = sum += L[r * width + c];
+    }
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < width) total += L[(tc_tokens - 1) * width + threadIdx.x];
+  }
+  //! e^(L_i[c] - L_j[c]) for column c0 + c, j <= i (j = -1: e^(L_i[c])).
+  __device__ float factor(int i, int j, int c) const {
+    return expf(L[i * width + c] - (j >= 0 ? L[j * width + c] : 0.0f));
+  }
+  //! A states pass writes the segment's summed log-gates (batch index segment x B + b of totals).
+  __device__ void write_totals(std::int64_t segment_batch, bool states_only) const {
+    if (states_only && totals.size() && static_cast<int>(threadIdx.x) < width && c0 + threadIdx.x < totals.extent(2))
+      totals(segment_batch, h, c0 + threadIdx.x) = total;
   }
 };
 
@@ -86,53 +128,69 @@ struct column_gate_weights {
   tensor_view<const float> g;  //!< the log-gates
   chunk_decay_view totals{};   //!< each segment's summed log-gates, written by a states pass (may be empty)
   //! One weight per contracted column.
-  static constexpr bool per_column = true;
+  static constexpr weight_kind kind = weight_kind::per_contracted;
   //! Floats of its shared table for padded D = Xp.
   SEQPAR_HOST_DEVICE static constexpr int table_floats(int Xp) { return tc_tokens * Xp; }
 
-  //! One block's weights.
-  struct block {
-    tensor_view<const float> g;  //!< the log-gates
-    chunk_decay_view totals;     //!< as column_gate_weights'
-    float* L;                    //!< [tc_tokens][Xp]: the sub-block's gates, then their sums (shared)
-    int Xp;                      //!< padded D
-    std::int64_t bt, h, C;       //!< the block's batch and head, and the chunk's length
-    bool reverse;                //!< time runs backwards
-    float total = 0.0f;          //!< the segment's log-gates so far in column threadIdx.x
-
-    //! Reads the gates of the sub-block's n steps from t0 (zeros past them and past D).
-    __device__ void load(std::int64_t t0, int n) {
-      const int D = static_cast<int>(g.head_dim());
-      for (int k = threadIdx.x; k < tc_tokens * Xp; k += blockDim.x) {
-        const int r = k / Xp, x = k % Xp;
-        const std::int64_t t = t0 + r;
-        L[k] = r < n && x < D && !(reverse && t == 0) ? g(bt, reverse ? C - t : t, h, x) : 0.0f;
-      }
-    }
-    //! L from the gates, a thread per column (after the barrier that follows load; ends with one).
-    __device__ void prepare() {
-      for (int x = threadIdx.x; x < Xp; x += blockDim.x) {
-        float sum = 0.0f;
-        for (int r = 0; r < tc_tokens; ++r) L[r * Xp + x] = sum += L[r * Xp + x];
-      }
-      __syncthreads();
-      if (static_cast<int>(threadIdx.x) < Xp) total += L[(tc_tokens - 1) * Xp + threadIdx.x];
-    }
-    //! e^(L_i[x] - L_j[x]), j <= i (j = -1: e^(L_i[x])).
-    __device__ float factor(int i, int j, int x) const { return expf(L[i * Xp + x] - (j >= 0 ? L[j * Xp + x] : 0.0f)); }
+  //! One block's weights: the gates of every padded column.
+  struct block : gate_columns {
     //! Decay of the state's row x over the sub-block's n tokens.
-    __device__ float through(int n, int x) const { return factor(n - 1, -1, x); }
+    __device__ float through(int n, int x, int) const { return factor(n - 1, -1, x); }
     //! Weight of token j's share of the state's row x after the sub-block's n tokens.
     __device__ float tail(int n, int j, int x) const { return factor(n - 1, j, x); }
-    //! A states pass writes the segment's summed log-gates (batch index segment x B + b of totals).
+    //! The first output tile's block writes a states pass's totals.
     __device__ void finish(std::int64_t segment_batch, bool states_only) const {
-      if (states_only && totals.size() && blockIdx.x == 0 && threadIdx.x < totals.extent(2))
-        totals(segment_batch, h, threadIdx.x) = total;
+      if (blockIdx.x == 0) write_totals(segment_batch, states_only);
     }
   };
   //! The weights of the block of batch b and head h over `table` (table_floats, shared).
   __device__ block start(float* table, std::int64_t b, std::int64_t h, std::int64_t C, bool reverse) const {
-    return {g, totals, table, tc_padded(g.head_dim()), b, h, C, reverse};
+    return {{g, totals, table, tc_padded(g.head_dim()), 0, b, h, C, reverse}};
+  }
+};
+
+//! chunk_scan's decay weights for vector log-gates on the output columns, g [B, C, H, Y]: as
+//! column_gate_weights for the block's 64 output columns y0.. (blockIdx.x): the pair (i, j) weighs
+//! v_j[y] by factor(i, j, y), the state before the sub-block reaches out_i[y] with factor(i, -1,
+//! y), and its column y decays by factor(n - 1, -1, y). The table holds L (tc_tokens rows of the
+//! tile's 64 columns), then e^(gate) of each step and column (the pairs within a warp's slice
+//! multiply them up instead of exponentiating each pair), then a 16 x 16 scratch per warp. A
+//! states pass writes each segment's summed log-gates to `totals` ([segments x B, H, Y]).
+struct output_gate_weights {
+  tensor_view<const float> g;  //!< the log-gates
+  chunk_decay_view totals{};   //!< each segment's summed log-gates, written by a states pass (may be empty)
+  //! One weight per output column.
+  static constexpr weight_kind kind = weight_kind::per_output;
+  //! Floats of its shared table.
+  SEQPAR_HOST_DEVICE static constexpr int table_floats(int) { return 2 * tc_tokens * tc_y_tile + 4 * 256; }
+
+  //! One block's weights: the gates of its output tile.
+  struct block : gate_columns {
+    //! e^(the gates), then L, from the gates (after the barrier that follows load; ends with one).
+    __device__ void prepare() {
+      for (int k = threadIdx.x; k < tc_tokens * tc_y_tile; k += blockDim.x) steps()[k] = expf(L[k]);
+      __syncthreads();  // the sums below overwrite the gates
+      gate_columns::prepare();
+    }
+    //! e^(the gate of step r) in the tile's column y: factor(r, r - 1, y) without a subtraction.
+    __device__ float step(int r, int y) const { return steps()[r * tc_y_tile + y]; }
+    //! Decay of the state's column y over the sub-block's n tokens.
+    __device__ float through(int n, int, int y) const { return factor(n - 1, -1, y); }
+    //! The keys' side of token j's share of the state: unweighted (v_j carries the weight).
+    __device__ float tail(int, int, int) const { return 1.0f; }
+    //! Warp w's 16 x 16 scratch.
+    __device__ float* scratch(int w) const { return L + 2 * tc_tokens * tc_y_tile + 256 * w; }
+    //! A states pass writes the tile's totals.
+    __device__ void finish(std::int64_t segment_batch, bool states_only) const {
+      write_totals(segment_batch, states_only);
+    }
+
+   private:
+    __device__ float* steps() const { return L + tc_tokens * tc_y_tile; }
+  };
+  //! The weights of the block of batch b and head h over `table` (table_floats, shared).
+  __device__ block start(float* table, std::int64_t b, std::int64_t h, std::int64_t C, bool reverse) const {
+    return {{g, totals, table, tc_y_tile, static_cast<int>(blockIdx.x) * tc_y_tile, b, h, C, reverse}};
   }
 };
 

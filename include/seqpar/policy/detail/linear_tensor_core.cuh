@@ -58,6 +58,10 @@ struct chunk_scan_shared {
         slots(carver.template take<float>(4)) {}
 };
 
+//! What a chunk_scan decay weight depends on: the pair of tokens (constant_weights, gate_weights),
+//! or also the contracted column (column_gate_weights) or the output column (output_gate_weights).
+enum class weight_kind { per_pair, per_contracted, per_output };
+
 //! What one chunk_scan launch computes, beside its decay weights.
 struct scan_mode {
   bool reverse = false;      //!< time runs backwards: token C - 1 - t at time t
@@ -73,8 +77,8 @@ struct scan_mode {
 //! lambda^0 .. lambda^tc_tokens in shared memory.
 struct constant_weights {
   decay_table decay;  //!< lambda per head
-  //! One weight per pair of tokens (not one per contracted column).
-  static constexpr bool per_column = false;
+  //! One weight per pair of tokens.
+  static constexpr weight_kind kind = weight_kind::per_pair;
   //! Floats of its shared table.
   SEQPAR_HOST_DEVICE static constexpr int table_floats(int) { return 2 * tc_tokens; }
 
@@ -89,8 +93,8 @@ struct constant_weights {
     __device__ float pair(int i, int j) const { return pw[i - j]; }
     //! Weight of the state before the sub-block at its token i.
     __device__ float into(int i) const { return pw[i + 1]; }
-    //! Decay of the state's row x over the sub-block's n tokens (the same for every x).
-    __device__ float through(int n, int) const { return pw[n]; }
+    //! Decay of the state's element (x, y) over the sub-block's n tokens (the same for every x, y).
+    __device__ float through(int n, int, int) const { return pw[n]; }
     //! Weight of token j's share of the state's row x after the sub-block's n tokens (the same for every x).
     __device__ float tail(int n, int j, int) const { return pw[n - 1 - j]; }
     //! Nothing to write when a segment ends.
@@ -231,14 +235,26 @@ __device__ inline void load_a_weighted(std::uint32_t (&a)[4], mma::smem_tile<T> 
   a_fragment<T>(a, [&](int r, int x) { return weight(row0 + r, col0 + x) * to_float(s(row0 + r, col0 + x)); });
 }
 
+//! The B fragment of the 16 x 8 matrix B[k][n] = at(k, n) (fp32, rounded to T), element by element.
+template <class T, class At>
+__device__ inline void b_fragment(std::uint32_t (&b)[2], const At& at) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  b[0] = mma::pack<T>(at(2 * t, g), at(2 * t + 1, g));
+  b[1] = mma::pack<T>(at(2 * t + 8, g), at(2 * t + 9, g));
+}
+
 //! The B fragment for B[k][n] = w(n0 + n, k0 + k) s(n0 + n, k0 + k): load_b_transposed, weighted.
 template <class T, class Weight>
 __device__ inline void load_b_weighted_transposed(std::uint32_t (&b)[2], mma::smem_tile<T> s, int k0, int n0,
                                                   const Weight& weight) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  auto at = [&](int k, int n) { return weight(n0 + n, k0 + k) * to_float(s(n0 + n, k0 + k)); };
-  b[0] = mma::pack<T>(at(2 * t, g), at(2 * t + 1, g));
-  b[1] = mma::pack<T>(at(2 * t + 8, g), at(2 * t + 9, g));
+  b_fragment<T>(b, [&](int k, int n) { return weight(n0 + n, k0 + k) * to_float(s(n0 + n, k0 + k)); });
+}
+
+//! The B fragment for B[k][n] = w(k0 + k, n0 + n) s(k0 + k, n0 + n): load_b, weighted.
+template <class T, class Weight>
+__device__ inline void load_b_weighted(std::uint32_t (&b)[2], mma::smem_tile<T> s, int k0, int n0,
+                                       const Weight& weight) {
+  b_fragment<T>(b, [&](int k, int n) { return weight(k0 + k, n0 + n) * to_float(s(k0 + k, n0 + n)); });
 }
 
 //! The masked-off S = A B^T of a warp's 16 rows row0.. (tokens i) against the sub-block's 64 tokens j
@@ -275,6 +291,59 @@ __device__ inline void column_weighted_scores(float (&s)[8][4], mma::smem_tile<T
   }
 }
 
+//! acc[i][y] += sum_{j <= i} s_ij v_j[y] w(i, j, y) for a warp's 16 rows row0.. (tokens i) with a
+//! weight per output column of the block's tile, w(i, j, y) = weights.factor(i, j, y)
+//! (output_gate_weights), s the masked scores: the slices before the warp's on tensor cores, v_j
+//! weighted by w(r, j, y) and the product by w(i, r, y), r = row0 - 1 (each at most 1); the pairs
+//! within the slice on CUDA cores, its 16 x 16 scores through the warp's shared scratch, w as a
+//! product of the steps' e^(gate) (weights.step). Every warp of the block calls it.
+template <class T, class Weights>
+__device__ inline void output_weighted_product(float (&acc)[8][4], const float (&s)[8][4], mma::smem_tile<T> v,
+                                               int row0, const Weights& weights) {
+  const int ref = row0 - 1, slice = row0 / 16;
+  if (row0 > 0) {
+    float part[8][4];
+    mma::zero(part);
+#pragma unroll
+    for (int kk = 0; kk < tc_tokens / 16; ++kk) {
+      if (kk >= slice) continue;
+      std::uint32_t af[4];
+      mma::a_from_accumulators<T>(af, s, kk);
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        std::uint32_t bf[2];
+        load_b_weighted<T>(bf, v, kk * 16, n * 8, [&](int j, int y) { return weights.factor(ref, j, y); });
+        mma::mma_16x8x16<T>(part[n], af, bf);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        acc[n][e] += part[n][e] * weights.factor(row0 + mma::c_row(e), ref, 8 * n + mma::c_col(e));
+  }
+  float* own = weights.scratch(threadIdx.x / 32);  // [16][16]: the slice's scores
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (j / 2 == slice)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) own[mma::c_row(e) * 16 + 8 * (j % 2) + mma::c_col(e)] = s[j][e];
+  __syncthreads();  // every warp of the block comes here
+#pragma unroll
+  for (int n = 0; n < 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = mma::c_row(e), y = 8 * n + mma::c_col(e);
+      float sum = 0.0f, w = 1.0f;  // w = factor(row0 + i, row0 + j, y), from j = i down
+      for (int j = i; j >= 0; --j) {
+        sum += own[i * 16 + j] * to_float(v(row0 + j, y)) * w;
+        w *= weights.step(row0 + j, y);
+      }
+      acc[n][e] += sum;
+    }
+  __syncthreads();  // the scratch is free again
+}
+
 //! One segment of out_i = sum_{j <= i} w(i, j) (a_i . b_j) v_j + w(i) a_i S (time running
 //! backwards with `reverse`: token C - 1 - t at time t), S the state before the segment, w the
 //! decay weights (constant_weights, or a gated kind); columns 64 blockIdx.x.., segment blockIdx.y
@@ -282,8 +351,9 @@ __device__ inline void column_weighted_scores(float (&s)[8][4], mma::smem_tile<T
 //! `states` (null: zero). With `states_only`, no output: the segment's own state (from zero) is
 //! written to `states` instead. States are [segment][batch * head][D][Y], Y out's columns (v's
 //! with states_only). MT: tc_state_tiles(Xp). Without `intra`, b and v are not read. Weights with a
-//! weight per contracted column (per_column) weight a_i and b_j column by column instead, and the
-//! state's rows (see column_weighted_scores).
+//! weight per contracted column weight a_i and b_j column by column instead, and the state's rows
+//! (see column_weighted_scores); with a weight per output column, v_j and the output's columns, and
+//! the state's columns (see output_weighted_product).
 template <class T, int MT, class Weights, class O = T>
 __global__ void __launch_bounds__(128)
     chunk_scan(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> v, tensor_view<O> out,
@@ -296,7 +366,8 @@ __global__ void __launch_bounds__(128)
   const std::int64_t begin = blockIdx.y * segment_length, end = C < begin + segment_length ? C : begin + segment_length;
   const std::int64_t BH = a.batch() * H;
   const auto [a_s, b_s, v_s, hi, lo, pw, slots] = carve_shared<chunk_scan_shared<T>>(Xp, Weights::table_floats(Xp));
-  constexpr bool per_column = Weights::per_column;
+  constexpr bool per_column = Weights::kind == weight_kind::per_contracted;
+  constexpr bool per_output = Weights::kind == weight_kind::per_output;
   auto weights = decay_weights.start(pw, bt, h, C, reverse);
 
   // state[i][n][e]: row 16 (warp + 4 i) + c_row(e), column 8 n + c_col(e) of this block's tile.
@@ -371,7 +442,7 @@ __global__ void __launch_bounds__(128)
         for (int e = 0; e < 4; ++e) {
           const int r = row0 + mma::c_row(e), c = 8 * j + mma::c_col(e);
           float w = 1.0f;
-          if constexpr (!per_column) w = weights.pair(r, c);
+          if constexpr (Weights::kind == weight_kind::per_pair) w = weights.pair(r, c);
           s[j][e] = c < r || (c == r && !mode.strict) ? w * s[j][e] : 0.0f;
         }
       // acc = w(r) a_r . state, then += (masked S) V
@@ -389,10 +460,15 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float w = unscale;
-          if constexpr (!per_column) w *= weights.into(row0 + mma::c_row(e));
+          if constexpr (per_output) w *= weights.factor(row0 + mma::c_row(e), -1, 8 * j + mma::c_col(e));
+          else if constexpr (!per_column) w *= weights.into(row0 + mma::c_row(e));
           acc[j][e] *= w;
         }
-      if (mode.intra) mma::product_from_accumulators<tc_tokens / 16>(acc, s, v_s);
+      if constexpr (per_output) {
+        if (mode.intra) output_weighted_product<T>(acc, s, v_s, row0, weights);
+      } else if (mode.intra) {
+        mma::product_from_accumulators<tc_tokens / 16>(acc, s, v_s);
+      }
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -412,7 +488,7 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) state[i][j][e] *= weights.through(n, x0 + mma::c_row(e));
+        for (int e = 0; e < 4; ++e) state[i][j][e] *= weights.through(n, x0 + mma::c_row(e), 8 * j + mma::c_col(e));
       if (!mode.intra) continue;
 #pragma unroll
       for (int kk = 0; kk < tc_tokens / 16; ++kk) {
@@ -421,7 +497,9 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           std::uint32_t bf[2];
-          mma::load_b(bf, v_s, kk * 16, j * 8);
+          if constexpr (per_output)
+            load_b_weighted<T>(bf, v_s, kk * 16, j * 8, [&](int jj, int y) { return weights.factor(n - 1, jj, y); });
+          else mma::load_b(bf, v_s, kk * 16, j * 8);
           mma::mma_16x8x16<T>(state[i][j], af, bf);
         }
       }
