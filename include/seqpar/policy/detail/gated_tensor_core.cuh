@@ -71,7 +71,7 @@ struct gate_weights {
     }
   };
   //! The weights of the block of batch b and head h over `table` (2 tc_tokens floats, shared).
-  __device__ block start(float* table, std::int64_t b, std::int64_t h, std::int64_t C, bool reverse) const {
+  __device__ block start(float* table, std::int64_t b, std::int64_t h, std::int64_t C, bool reverse, int) const {
     return {g, totals, table, table + tc_tokens, b, h, C, reverse};
   }
 };
@@ -143,54 +143,75 @@ struct column_gate_weights {
       if (blockIdx.x == 0) write_totals(segment_batch, states_only);
     }
   };
-  //! The weights of the block of batch b and head h over `table` (table_floats, shared).
-  __device__ block start(float* table, std::int64_t b, std::int64_t h, std::int64_t C, bool reverse) const {
-    return {{g, totals, table, tc_padded(g.head_dim()), 0, b, h, C, reverse}};
+  //! The weights of the block of batch b and head h over `table` (table_floats(Xp), shared).
+  __device__ block start(float* table, std::int64_t b, std::int64_t h, std::int64_t C, bool reverse, int Xp) const {
+    return {{g, totals, table, Xp, 0, b, h, C, reverse}};
   }
 };
 
 //! chunk_scan's decay weights for vector log-gates on the output columns, g [B, C, H, Y]: as
 //! column_gate_weights for the block's 64 output columns y0.. (blockIdx.x): the pair (i, j) weighs
 //! v_j[y] by factor(i, j, y), the state before the sub-block reaches out_i[y] with factor(i, -1,
-//! y), and its column y decays by factor(n - 1, -1, y). The table holds L (tc_tokens rows of the
-//! tile's 64 columns), then e^(gate) of each step and column (the pairs within a warp's slice
-//! multiply them up instead of exponentiating each pair), then a 16 x 16 scratch per warp. A
-//! states pass writes each segment's summed log-gates to `totals` ([segments x B, H, Y]).
+//! y), and its column y decays by factor(n - 1, -1, y). The table holds v weighted for the state
+//! update (a 2-byte T tile, made once per sub-block for all four warps), L (tc_tokens rows of the
+//! tile's 64 columns), a 16 x 16 scratch per warp, and for a padded D up to 64 e^(gate) of each
+//! step and column, which the pairs within a warp's slice multiply up instead of exponentiating
+//! each pair (for larger D that table would leave room for one block per SM only). A states pass
+//! writes each segment's summed log-gates to `totals` ([segments x B, H, Y]).
 struct output_gate_weights {
   tensor_view<const float> g;  //!< the log-gates
   chunk_decay_view totals{};   //!< each segment's summed log-gates, written by a states pass (may be empty)
   //! One weight per output column.
   static constexpr weight_kind kind = weight_kind::per_output;
-  //! Floats of its shared table.
-  SEQPAR_HOST_DEVICE static constexpr int table_floats(int) { return 2 * tc_tokens * tc_y_tile + 4 * 256; }
+  //! Floats of the table's weighted v tile (16-byte rows, so L stays 16-byte aligned).
+  static constexpr int values_floats = tc_tokens * tc_ld(tc_y_tile) / 2;
+  //! Whether the table keeps the steps' e^(gate) for padded D = Xp.
+  SEQPAR_HOST_DEVICE static constexpr bool keeps_steps(int Xp) { return tc_state_tiles(Xp) == 1; }
+  //! Floats of its shared table for padded D = Xp.
+  SEQPAR_HOST_DEVICE static constexpr int table_floats(int Xp) {
+    return values_floats + (keeps_steps(Xp) ? 2 : 1) * tc_tokens * tc_y_tile + 4 * 256;
+  }
 
   //! One block's weights: the gates of its output tile.
   struct block : gate_columns {
-    //! e^(the gates), then L, from the gates (after the barrier that follows load; ends with one).
-    __device__ void prepare() {
-      for (int k = threadIdx.x; k < tc_tokens * tc_y_tile; k += blockDim.x) steps()[k] = expf(L[k]);
-      __syncthreads();  // the sums below overwrite the gates
-      gate_columns::prepare();
+    //! e^(the gate of step r) in the tile's column y, factor(r, r - 1, y), in a chunk_scan of MT
+    //! state tiles: from the table when it keeps them (MT = 1).
+    template <int MT>
+    __device__ float step(int r, int y) const {
+      if constexpr (MT == 1) return steps()[r * tc_y_tile + y];
+      else return factor(r, r - 1, y);
     }
-    //! e^(the gate of step r) in the tile's column y: factor(r, r - 1, y) without a subtraction.
-    __device__ float step(int r, int y) const { return steps()[r * tc_y_tile + y]; }
     //! Decay of the state's column y over the sub-block's n tokens.
     __device__ float through(int n, int, int y) const { return factor(n - 1, -1, y); }
     //! The keys' side of token j's share of the state: unweighted (v_j carries the weight).
     __device__ float tail(int, int, int) const { return 1.0f; }
+    //! v weighted for the state update, factor(n - 1, j, y) v_j[y], in the table's tile, and with
+    //! MT = 1 the steps' e^(gate) (every thread calls it, after prepare; it ends with a barrier).
+    template <int MT, class T>
+    __device__ mma::smem_tile<T> weigh_values(mma::smem_tile<T> v, int n) const {
+      static_assert(sizeof(T) == 2, "the table's values tile holds 2-byte elements");
+      const mma::smem_tile<T> out{reinterpret_cast<T*>(L - values_floats), tc_ld(tc_y_tile)};
+      for (int k = threadIdx.x; k < tc_tokens * tc_y_tile; k += blockDim.x) {
+        const int r = k / tc_y_tile, y = k % tc_y_tile;
+        out(r, y) = from_float<T>(r < n ? factor(n - 1, r, y) * to_float(v(r, y)) : 0.0f);
+        if constexpr (MT == 1) steps()[k] = factor(r, r - 1, y);
+      }
+      __syncthreads();
+      return out;
+    }
     //! Warp w's 16 x 16 scratch.
-    __device__ float* scratch(int w) const { return L + 2 * tc_tokens * tc_y_tile + 256 * w; }
+    __device__ float* scratch(int w) const { return L + tc_tokens * tc_y_tile + 256 * w; }
     //! A states pass writes the tile's totals.
     __device__ void finish(std::int64_t segment_batch, bool states_only) const {
       write_totals(segment_batch, states_only);
     }
 
    private:
-    __device__ float* steps() const { return L + tc_tokens * tc_y_tile; }
+    __device__ float* steps() const { return L + tc_tokens * tc_y_tile + 4 * 256; }
   };
-  //! The weights of the block of batch b and head h over `table` (table_floats, shared).
-  __device__ block start(float* table, std::int64_t b, std::int64_t h, std::int64_t C, bool reverse) const {
-    return {{g, totals, table, tc_y_tile, static_cast<int>(blockIdx.x) * tc_y_tile, b, h, C, reverse}};
+  //! The weights of the block of batch b and head h over `table` (table_floats(Xp), shared).
+  __device__ block start(float* table, std::int64_t b, std::int64_t h, std::int64_t C, bool reverse, int) const {
+    return {{g, totals, table + values_floats, tc_y_tile, static_cast<int>(blockIdx.x) * tc_y_tile, b, h, C, reverse}};
   }
 };
 

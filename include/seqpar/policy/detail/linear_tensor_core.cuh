@@ -102,7 +102,7 @@ struct constant_weights {
   };
   //! Fills the table for head h (the first barrier of the sub-block loop publishes it). const, so
   //! a kernel reads the table of lambdas where it was passed rather than from a local copy.
-  __device__ block start(float* table, std::int64_t, std::int64_t h, std::int64_t, bool) const {
+  __device__ block start(float* table, std::int64_t, std::int64_t h, std::int64_t, bool, int) const {
     const double lambda = decay.lambda[h];
     for (int k = threadIdx.x; k <= tc_tokens; k += blockDim.x) table[k] = static_cast<float>(pow(lambda, double(k)));
     return {table};
@@ -296,8 +296,9 @@ __device__ inline void column_weighted_scores(float (&s)[8][4], mma::smem_tile<T
 //! (output_gate_weights), s the masked scores: the slices before the warp's on tensor cores, v_j
 //! weighted by w(r, j, y) and the product by w(i, r, y), r = row0 - 1 (each at most 1); the pairs
 //! within the slice on CUDA cores, its 16 x 16 scores through the warp's shared scratch, w as a
-//! product of the steps' e^(gate) (weights.step). Every warp of the block calls it.
-template <class T, class Weights>
+//! product of the steps' e^(gate) (weights.step<MT>, MT the kernel's state tiles). Every warp of
+//! the block calls it.
+template <class T, int MT, class Weights>
 __device__ inline void output_weighted_product(float (&acc)[8][4], const float (&s)[8][4], mma::smem_tile<T> v,
                                                int row0, const Weights& weights) {
   const int ref = row0 - 1, slice = row0 / 16;
@@ -337,7 +338,7 @@ __device__ inline void output_weighted_product(float (&acc)[8][4], const float (
       float sum = 0.0f, w = 1.0f;  // w = factor(row0 + i, row0 + j, y), from j = i down
       for (int j = i; j >= 0; --j) {
         sum += own[i * 16 + j] * to_float(v(row0 + j, y)) * w;
-        w *= weights.step(row0 + j, y);
+        w *= weights.template step<MT>(row0 + j, y);
       }
       acc[n][e] += sum;
     }
@@ -368,7 +369,7 @@ __global__ void __launch_bounds__(128)
   const auto [a_s, b_s, v_s, hi, lo, pw, slots] = carve_shared<chunk_scan_shared<T>>(Xp, Weights::table_floats(Xp));
   constexpr bool per_column = Weights::kind == weight_kind::per_contracted;
   constexpr bool per_output = Weights::kind == weight_kind::per_output;
-  auto weights = decay_weights.start(pw, bt, h, C, reverse);
+  auto weights = decay_weights.start(pw, bt, h, C, reverse, Xp);
 
   // state[i][n][e]: row 16 (warp + 4 i) + c_row(e), column 8 n + c_col(e) of this block's tile.
   float state[MT][8][4];
@@ -419,6 +420,9 @@ __global__ void __launch_bounds__(128)
     weights.load(t0, n);
     __syncthreads();
     weights.prepare();
+    mma::smem_tile<T> v_update = v_s;  // v as the state update reads it
+    if constexpr (per_output)
+      if (mode.intra) v_update = weights.template weigh_values<MT>(v_s, n);
     if (!states_only) {
       const int row0 = 16 * warp;
       float s[8][4], acc[8][4];
@@ -465,7 +469,7 @@ __global__ void __launch_bounds__(128)
           acc[j][e] *= w;
         }
       if constexpr (per_output) {
-        if (mode.intra) output_weighted_product<T>(acc, s, v_s, row0, weights);
+        if (mode.intra) output_weighted_product<T, MT>(acc, s, v_s, row0, weights);
       } else if (mode.intra) {
         mma::product_from_accumulators<tc_tokens / 16>(acc, s, v_s);
       }
@@ -497,9 +501,7 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           std::uint32_t bf[2];
-          if constexpr (per_output)
-            load_b_weighted<T>(bf, v_s, kk * 16, j * 8, [&](int jj, int y) { return weights.factor(n - 1, jj, y); });
-          else mma::load_b(bf, v_s, kk * 16, j * 8);
+          mma::load_b(bf, v_update, kk * 16, j * 8);
           mma::mma_16x8x16<T>(state[i][j], af, bf);
         }
       }
