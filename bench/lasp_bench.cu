@@ -1,8 +1,8 @@
 // The CUDA linear-attention policies on one rank: tokens per second of LASP forward and
 // forward + backward (P = 1, so only the chunk work is timed), for S = 8K to 512K tokens, and the
 // fraction of the memory-bound floor (minimal bytes moved / measured copy bandwidth) achieved;
-// and the gated policy (scalar and vector log-gates, CUDA cores) on the same shapes for S = 8K and
-// 32K, against the constant-decay rows. Without a GPU it says so and exits 77.
+// and the gated policy (scalar and vector log-gates, bf16, so on tensor cores) on the same shapes
+// for S = 8K and 32K, against the constant-decay rows. Without a GPU it says so and exits 77.
 #include "gpu_support.cuh"
 
 #include <seqpar/comm/in_process.hpp>
