@@ -3,9 +3,9 @@
 //! log-gates: every product is one walk over the chunk with a running fp32 state, so work grows
 //! linearly with the chunk length; a long chunk with few heads is cut into segments that walk in
 //! parallel. fp16 and bf16 with D up to 128 walk on tensor cores (linear_cuda's chunk_scan with
-//! the weights of gated_tensor_core.cuh), the rest on CUDA cores (gated_linear_kernels.cuh). The host code here
-//! plans every launch and hands it to a launcher (launcher.cuh), so the kernel-emulation tests
-//! run it too.
+//! the weights of gated_tensor_core.cuh), the rest on CUDA cores (gated_linear_kernels.cuh). The
+//! host code here plans every launch and hands it to a launcher (launcher.cuh), so the
+//! kernel-emulation tests run it too.
 #pragma once
 
 #include <seqpar/cuda_check.hpp>

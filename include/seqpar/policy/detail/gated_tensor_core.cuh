@@ -165,28 +165,28 @@ struct output_gate_weights {
   static constexpr weight_kind kind = weight_kind::per_output;
   //! Floats of the table's weighted v tile (16-byte rows, so L stays 16-byte aligned).
   static constexpr int values_floats = tc_tokens * tc_ld(tc_y_tile) / 2;
-  //! Whether the table keeps the steps' e^(gate) for padded D = Xp.
-  SEQPAR_HOST_DEVICE static constexpr bool keeps_steps(int Xp) { return tc_state_tiles(Xp) == 1; }
+  //! Whether the table keeps the steps' e^(gate) in a chunk_scan of MT state tiles.
+  SEQPAR_HOST_DEVICE static constexpr bool keeps_steps(int MT) { return MT == 1; }
   //! Floats of its shared table for padded D = Xp.
   SEQPAR_HOST_DEVICE static constexpr int table_floats(int Xp) {
-    return values_floats + (keeps_steps(Xp) ? 2 : 1) * tc_tokens * tc_y_tile + 4 * 256;
+    return values_floats + (keeps_steps(tc_state_tiles(Xp)) ? 2 : 1) * tc_tokens * tc_y_tile + 4 * 256;
   }
 
   //! One block's weights: the gates of its output tile.
   struct block : gate_columns {
     //! e^(the gate of step r) in the tile's column y, factor(r, r - 1, y), in a chunk_scan of MT
-    //! state tiles: from the table when it keeps them (MT = 1).
+    //! state tiles: from the table when it keeps them.
     template <int MT>
     __device__ float step(int r, int y) const {
-      if constexpr (MT == 1) return steps()[r * tc_y_tile + y];
+      if constexpr (keeps_steps(MT)) return steps()[r * tc_y_tile + y];
       else return factor(r, r - 1, y);
     }
     //! Decay of the state's column y over the sub-block's n tokens.
     __device__ float through(int n, int, int y) const { return factor(n - 1, -1, y); }
     //! The keys' side of token j's share of the state: unweighted (v_j carries the weight).
     __device__ float tail(int, int, int) const { return 1.0f; }
-    //! v weighted for the state update, factor(n - 1, j, y) v_j[y], in the table's tile, and with
-    //! MT = 1 the steps' e^(gate) (every thread calls it, after prepare; it ends with a barrier).
+    //! v weighted for the state update, factor(n - 1, j, y) v_j[y], in the table's tile, and the
+    //! steps' e^(gate) if it keeps them (every thread calls it, after prepare; it ends with a barrier).
     template <int MT, class T>
     __device__ mma::smem_tile<T> weigh_values(mma::smem_tile<T> v, int n) const {
       static_assert(sizeof(T) == 2, "the table's values tile holds 2-byte elements");
@@ -194,7 +194,7 @@ struct output_gate_weights {
       for (int k = threadIdx.x; k < tc_tokens * tc_y_tile; k += blockDim.x) {
         const int r = k / tc_y_tile, y = k % tc_y_tile;
         out(r, y) = from_float<T>(r < n ? factor(n - 1, r, y) * to_float(v(r, y)) : 0.0f);
-        if constexpr (MT == 1) steps()[k] = factor(r, r - 1, y);
+        if constexpr (keeps_steps(MT)) steps()[k] = factor(r, r - 1, y);
       }
       __syncthreads();
       return out;
