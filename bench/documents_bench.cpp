@@ -38,13 +38,13 @@ void BM_ring_documents(benchmark::State& state) {
   for (auto _ : state)
     seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& comm) {
       seqpar::ring_attention layer(seqpar::reference_attention{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
-                                   seqpar::dtype::float32, {.causal = true});
+                                   seqpar::elements<float>, {.causal = true});
       const std::int64_t n = part.size(comm.rank());
       std::vector<float> x(n * H * D, 0.25f), o(x.size()), g(x.size());
       const auto in = seqpar::make_bshd<const float>(x.data(), 1, n, H, D);
       auto out = [&](std::vector<float>& y) { return seqpar::make_bshd(y.data(), 1, n, H, D); };
-      const auto saved = layer.forward(in, in, in, out(o), docs);
-      layer.backward(saved, in, out(g), out(g), out(g));
+      const auto saved = layer.forward({.q = in, .k = in, .v = in, .o = out(o), .documents = &docs}, {.stream = nullptr});
+      layer.backward(saved, {.dout = in, .dq = out(g), .dk = out(g), .dv = out(g)}, {.stream = nullptr});
     });
   state.counters["documents"] = docs.count();
   state.counters["work_fraction"] = seqpar_bench::score_pairs(docs, S, true) / seqpar_bench::score_pairs({}, S, true);

@@ -26,11 +26,12 @@ void run_layer(Layer& layer, std::int64_t n, std::int64_t W) {
   auto out = [&](std::vector<float>& y, std::int64_t w) { return seqpar::make_bshd(y.data(), B, n, H, w); };
   if constexpr (Layer::gated) {
     const auto gates = seqpar::make_bshd<const float>(g.data(), B, n, H, W);
-    const auto saved = layer.forward(in, in, in, gates, out(o, E));
-    layer.backward(saved, in, out(dq, D), out(dk, D), out(dv, E), out(dg, W));
+    const auto saved = layer.forward({.q = in, .k = in, .v = in, .g = gates, .o = out(o, E)}, {.stream = nullptr});
+    layer.backward(saved, {.dout = in, .dq = out(dq, D), .dk = out(dk, D), .dv = out(dv, E), .dg = out(dg, W)},
+                   {.stream = nullptr});
   } else {
-    const auto saved = layer.forward(in, in, in, out(o, E));
-    layer.backward(saved, in, out(dq, D), out(dk, D), out(dv, E));
+    const auto saved = layer.forward({.q = in, .k = in, .v = in, .o = out(o, E)}, {.stream = nullptr});
+    layer.backward(saved, {.dout = in, .dq = out(dq, D), .dk = out(dk, D), .dv = out(dv, E)}, {.stream = nullptr});
   }
 }
 
@@ -42,11 +43,13 @@ void BM_lasp_host(benchmark::State& state) {
     seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& comm) {
       const std::int64_t n = part.size(comm.rank());
       if (kind == 0) {
-        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, std::vector<float>(H, 0.95f));
+        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>,
+                                     std::vector<float>(H, 0.95f));
         run_layer(layer, n, 0);
       } else {
         const auto gates = kind == 1 ? seqpar::gate_kind::scalar : seqpar::gate_kind::vector;
-        seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, part, shape, gates);
+        seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, part, shape, seqpar::elements<float>,
+                                     gates);
         run_layer(layer, n, kind == 1 ? 1 : D);
       }
     });

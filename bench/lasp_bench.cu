@@ -46,12 +46,15 @@ void BM_lasp_linear_cuda(benchmark::State& state, bool backward) {
   cudaMemset(q.p, 0, qk), cudaMemset(k.p, 0, qk), cudaMemset(v.p, 0, vo), cudaMemset(dout.p, 0, vo);
   auto comms = seqpar::in_process_communicator::create_group(1, seqpar::memory_space::device);
   seqpar::lasp_attention layer(seqpar::linear_cuda{}, comms[0], seqpar::make_seq_partition(S, 1),
-                               {.batch = B, .heads = H, .head_dim = D, .value_dim = E}, std::vector<float>(H, 0.99f));
+                               {.batch = B, .heads = H, .head_dim = D, .value_dim = E}, seqpar::elements<bf16>,
+                               std::vector<float>(H, 0.99f));
   auto in = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd<const bf16>(a.p, B, S, H, x); };
   auto out = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd(a.p, B, S, H, x); };
   seqpar_bench::timed_on_gpu(state, [&] {
-    const auto saved = layer.forward(in(q, D), in(k, D), in(v, E), out(o, E));
-    if (backward) layer.backward(saved, in(dout, E), out(dq, D), out(dk, D), out(dv, E));
+    const auto saved = layer.forward({.q = in(q, D), .k = in(k, D), .v = in(v, E), .o = out(o, E)}, {.stream = nullptr});
+    if (backward)
+      layer.backward(saved, {.dout = in(dout, E), .dq = out(dq, D), .dk = out(dk, D), .dv = out(dv, E)},
+                     {.stream = nullptr});
   });
   // Minimal bytes: forward reads q, k, v and writes o (2 qk + 2 vo); backward reads q, k, v, dO and
   // writes dq, dk, dv (4 qk + 3 vo).
@@ -72,14 +75,18 @@ void BM_lasp_gated_cuda(benchmark::State& state, std::int64_t W) {
   cudaMemset(g.p, 0, ng * sizeof(float));  // log-gate 0: no decay, the work is the same
   auto comms = seqpar::in_process_communicator::create_group(1, seqpar::memory_space::device);
   seqpar::lasp_attention layer(seqpar::gated_linear_cuda{}, comms[0], seqpar::make_seq_partition(S, 1),
-                               {.batch = B, .heads = H, .head_dim = D, .value_dim = E},
+                               {.batch = B, .heads = H, .head_dim = D, .value_dim = E}, seqpar::elements<bf16>,
                                W == 1 ? seqpar::gate_kind::scalar : seqpar::gate_kind::vector);
   auto in = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd<const bf16>(a.p, B, S, H, x); };
   auto out = [&](device_array<bf16>& a, std::int64_t x) { return seqpar::make_bshd(a.p, B, S, H, x); };
   const auto gates = seqpar::make_bshd<const float>(g.p, B, S, H, W);
   seqpar_bench::timed_on_gpu(state, [&] {
-    const auto saved = layer.forward(in(q, D), in(k, D), in(v, E), gates, out(o, E));
-    layer.backward(saved, in(dout, E), out(dq, D), out(dk, D), out(dv, E), seqpar::make_bshd(dg.p, B, S, H, W));
+    const auto saved =
+        layer.forward({.q = in(q, D), .k = in(k, D), .v = in(v, E), .g = gates, .o = out(o, E)}, {.stream = nullptr});
+    layer.backward(saved,
+                   {.dout = in(dout, E), .dq = out(dq, D), .dk = out(dk, D), .dv = out(dv, E),
+                    .dg = seqpar::make_bshd(dg.p, B, S, H, W)},
+                   {.stream = nullptr});
   });
   state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(S), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["S"] = static_cast<double>(S);

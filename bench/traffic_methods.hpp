@@ -154,9 +154,14 @@ rank_run lasp(Comm& comm, const shape& s, seqpar::lasp_strategy strategy) {
   return on_comm(comm, [&comm, ring, x, st, ws, n, s] {
     const auto v = seqpar::make_bshd<const bf16>(x.get(), 1, n, s.H, s.D);
     const std::vector<float> decay(s.H, 0.99f);
-    ring->forward(no_compute{comm.memory()}, comm, v, v, v, decay, seqpar::make_bshd(x.get(), 1, n, s.H, s.D),
-                  seqpar::make_state(st.get(), 1, s.H, s.D, s.D),
-                  std::span<std::byte>(ws.get(), ring->workspace_bytes()));
+    const seqpar::lasp_ring_forward_args<bf16> args{.q = v,
+                                                    .k = v,
+                                                    .v = v,
+                                                    .decay = decay,
+                                                    .o = seqpar::make_bshd(x.get(), 1, n, s.H, s.D),
+                                                    .saved = seqpar::make_state(st.get(), 1, s.H, s.D, s.D),
+                                                    .workspace = std::span<std::byte>(ws.get(), ring->workspace_bytes())};
+    ring->forward(no_compute{comm.memory()}, comm, args, {.stream = nullptr});
   });
 }
 template <class Comm>
@@ -183,11 +188,11 @@ rank_run megatron_sp(Comm& comm, const shape& s) {
 template <class Layer>
 rank_run layer_forward(std::shared_ptr<Layer> layer, seqpar::memory_space where, std::int64_t n, const shape& s,
                        std::function<traffic()> sent) {
-  layer->set_call_checks(seqpar::call_checks::local);
   auto x = buffer<bf16>(where, n * s.H * s.D), o = buffer<bf16>(where, n * s.H * s.D);
   return {[layer, x, o, n, s] {
             const auto in = seqpar::make_bshd<const bf16>(x.get(), 1, n, s.H, s.D);
-            (void)layer->forward(in, in, in, seqpar::make_bshd(o.get(), 1, n, s.H, s.D));
+            (void)layer->forward({.q = in, .k = in, .v = in, .o = seqpar::make_bshd(o.get(), 1, n, s.H, s.D)},
+                                 {.stream = nullptr, .checks = seqpar::call_checks::local});
           },
           std::move(sent)};
 }
@@ -203,8 +208,8 @@ inline seqpar::attention_shape layer_shape(const shape& s) {
 template <int groups, class Comm>
 rank_run ulysses_layer(Comm& comm, const shape& s) {
   const auto part = seqpar::make_seq_partition(s.S, s.P);
-  auto layer = std::make_shared<seqpar::ulysses_attention<no_block_compute, Comm>>(
-      no_block_compute{comm.memory()}, comm, part, layer_shape(s), seqpar::dtype::bfloat16, seqpar::attention_options{},
+  auto layer = std::make_shared<seqpar::ulysses_attention<no_block_compute, Comm, bf16>>(
+      no_block_compute{comm.memory()}, comm, part, layer_shape(s), seqpar::elements<bf16>, seqpar::attention_options{},
       seqpar::ulysses_options{.head_groups = groups});
   return layer_forward(layer, comm.memory(), part.size(comm.rank()), s, [&comm] { return traffic_of(comm); });
 }
@@ -213,8 +218,8 @@ rank_run ulysses_layer(Comm& comm, const shape& s) {
 template <class Comm>
 rank_run ring_attention(Comm& comm, const shape& s) {
   const auto part = seqpar::make_seq_partition(s.S, s.P, seqpar::shard_strategy::zigzag);
-  auto layer = std::make_shared<seqpar::ring_attention<no_block_compute, Comm>>(
-      no_block_compute{comm.memory()}, comm, part, layer_shape(s), seqpar::dtype::bfloat16,
+  auto layer = std::make_shared<seqpar::ring_attention<no_block_compute, Comm, bf16>>(
+      no_block_compute{comm.memory()}, comm, part, layer_shape(s), seqpar::elements<bf16>,
       seqpar::attention_options{.causal = true});
   return layer_forward(layer, comm.memory(), part.size(comm.rank()), s, [&comm] { return traffic_of(comm); });
 }
@@ -224,8 +229,8 @@ rank_run ring_attention(Comm& comm, const shape& s) {
 template <int u, class Comm>
 rank_run ulysses_ring(Comm& comm, const shape& s) {
   const auto layout = seqpar::make_token_layout_2d(s.S, {.ulysses = u, .ring = s.P / u});
-  auto layer = std::make_shared<seqpar::ulysses_ring_attention<no_block_compute, Comm>>(
-      no_block_compute{comm.memory()}, comm, layout, layer_shape(s), seqpar::dtype::bfloat16,
+  auto layer = std::make_shared<seqpar::ulysses_ring_attention<no_block_compute, Comm, bf16>>(
+      no_block_compute{comm.memory()}, comm, layout, layer_shape(s), seqpar::elements<bf16>,
       seqpar::attention_options{.causal = true});
   return layer_forward(layer, comm.memory(), layout.size(comm.rank()), s, [layer] {
     // The two groups are distinct links: bytes add, the busiest link is the larger.

@@ -86,9 +86,12 @@ int main() {
     };
     std::vector<float> lq = rows(q, H), lkv = rows(kv, H_kv), lo(lq.size());
     seqpar::ulysses_attention layer(user::my_policy{}, comm, part,
-                                    {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32, opt);
-    const auto saved = layer.forward(seqpar::make_bshd<const float>(lq.data(), B, n, H, D), seqpar::make_bshd<const float>(lkv.data(), B, n, H_kv, D),
-                  seqpar::make_bshd<const float>(lkv.data(), B, n, H_kv, D), seqpar::make_bshd(lo.data(), B, n, H, D));
+                                    {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::elements<float>, opt);
+    const auto saved = layer.forward({.q = seqpar::make_bshd<const float>(lq.data(), B, n, H, D),
+                                      .k = seqpar::make_bshd<const float>(lkv.data(), B, n, H_kv, D),
+                                      .v = seqpar::make_bshd<const float>(lkv.data(), B, n, H_kv, D),
+                                      .o = seqpar::make_bshd(lo.data(), B, n, H, D)},
+                                     {.stream = nullptr});
     const auto want = rows(o_ref, H);
     for (std::size_t i = 0; i < lo.size(); ++i) rank_error[r] = std::max(rank_error[r], double(std::fabs(lo[i] - want[i])));
   });

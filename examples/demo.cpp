@@ -125,13 +125,14 @@ void ulysses_layer(seqpar::memory_space where, const AttentionPolicy& policy) {
     float *pq = mem.upload(lq), *pk = mem.upload(lk), *pv = mem.upload(lv), *pdo = mem.upload(ldo), *po = mem.upload(o[r]),
           *pdq = mem.upload(dq[r]), *pdk = mem.upload(dk[r]), *pdv = mem.upload(dv[r]);
     seqpar::ulysses_attention layer(policy, comm, part, {.batch = 1, .heads = H, .kv_heads = H_kv, .head_dim = D},
-                                    seqpar::dtype::float32, opt);
+                                    seqpar::elements<float>, opt);
     auto c = [&](float* p, std::int64_t h) { return seqpar::make_bshd<const float>(p, 1, n, h, D); };
     auto m = [&](float* p, std::int64_t h) { return seqpar::make_bshd(p, 1, n, h, D); };
     comm.barrier();
     const auto start = clock_type::now();
-    const auto saved = layer.forward(c(pq, H), c(pk, H_kv), c(pv, H_kv), m(po, H));
-    layer.backward(saved, c(pdo, H), m(pdq, H), m(pdk, H_kv), m(pdv, H_kv));
+    const auto saved = layer.forward({.q = c(pq, H), .k = c(pk, H_kv), .v = c(pv, H_kv), .o = m(po, H)}, {.stream = nullptr});
+    layer.backward(saved, {.dout = c(pdo, H), .dq = m(pdq, H), .dk = m(pdk, H_kv), .dv = m(pdv, H_kv)},
+                   {.stream = nullptr});
     if (where == seqpar::memory_space::device) SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
     comm.barrier();
     if (r == 0) ms = std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
@@ -178,13 +179,14 @@ void lasp_layer(seqpar::memory_space where, const LinearPolicy& policy) {
       std::vector<float> o(lv.size()), dq(lq.size()), dk(lk.size()), dv(lv.size());
       float *pq = mem.upload(lq), *pk = mem.upload(lk), *pv = mem.upload(lv), *pdo = mem.upload(ldo), *po = mem.upload(o),
             *pdq = mem.upload(dq), *pdk = mem.upload(dk), *pdv = mem.upload(dv);
-      seqpar::lasp_attention layer(pol, comm, part, {.batch = 1, .heads = H, .head_dim = D, .value_dim = E}, decay);
+      seqpar::lasp_attention layer(pol, comm, part, {.batch = 1, .heads = H, .head_dim = D, .value_dim = E},
+                                   seqpar::elements<float>, decay);
       auto c = [&](float* p, std::int64_t x) { return seqpar::make_bshd<const float>(p, 1, n, H, x); };
       auto m = [&](float* p, std::int64_t x) { return seqpar::make_bshd(p, 1, n, H, x); };
       comm.barrier();
       const auto start = clock_type::now();
-      const auto saved = layer.forward(c(pq, D), c(pk, D), c(pv, E), m(po, E));
-      layer.backward(saved, c(pdo, E), m(pdq, D), m(pdk, D), m(pdv, E));
+      const auto saved = layer.forward({.q = c(pq, D), .k = c(pk, D), .v = c(pv, E), .o = m(po, E)}, {.stream = nullptr});
+      layer.backward(saved, {.dout = c(pdo, E), .dq = m(pdq, D), .dk = m(pdk, D), .dv = m(pdv, E)}, {.stream = nullptr});
       if (mem_space == seqpar::memory_space::device) SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
       comm.barrier();
       if (ms && r == 0) *ms = std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
@@ -242,11 +244,13 @@ void ulysses_ring_layer() {
     std::vector<float> lo(lq.size()), ldq(lq.size()), ldk(lk.size()), ldv(lk.size());
     seqpar::ulysses_ring_attention layer(seqpar::reference_attention{}, world, layout,
                                          {.batch = 1, .heads = H, .kv_heads = H_kv, .head_dim = D},
-                                         seqpar::dtype::float32, opt);
+                                         seqpar::elements<float>, opt);
     world.barrier();
     const auto start = clock_type::now();
-    const auto saved = layer.forward(cv(lq, n, H), cv(lk, n, H_kv), cv(lv, n, H_kv), mv(lo, n, H));
-    layer.backward(saved, cv(ldo, n, H), mv(ldq, n, H), mv(ldk, n, H_kv), mv(ldv, n, H_kv));
+    const auto saved =
+        layer.forward({.q = cv(lq, n, H), .k = cv(lk, n, H_kv), .v = cv(lv, n, H_kv), .o = mv(lo, n, H)}, {.stream = nullptr});
+    layer.backward(saved, {.dout = cv(ldo, n, H), .dq = mv(ldq, n, H), .dk = mv(ldk, n, H_kv), .dv = mv(ldv, n, H_kv)},
+                   {.stream = nullptr});
     world.barrier();
     if (rank == 0) ms = std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
     auto put = [&](const std::vector<float>& x, std::vector<float>& g, int h) {

@@ -115,18 +115,20 @@ int main(int argc, char** argv) {
           *o = device_rows(at, n, H, 3), *dout = device_rows(at, n, H, 7), *dq = device_rows(at, n, H, 3),
           *dk = device_rows(at, n, H_kv, 3), *dv = device_rows(at, n, H_kv, 3);
     seqpar::ulysses_attention ulysses(seqpar::reference_attention_cuda{}, comm, part,
-                                      {.batch = 1, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32,
+                                      {.batch = 1, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::elements<float>,
                                       opt);
-    const auto saved = ulysses.forward(c(q, H), c(k, H_kv), c(v, H_kv), m(o, H), stream);
-    ulysses.backward(saved, c(dout, H), m(dq, H), m(dk, H_kv), m(dv, H_kv), stream);
+    const auto saved = ulysses.forward({.q = c(q, H), .k = c(k, H_kv), .v = c(v, H_kv), .o = m(o, H)}, {.stream = stream});
+    ulysses.backward(saved, {.dout = c(dout, H), .dq = m(dq, H), .dk = m(dk, H_kv), .dv = m(dv, H_kv)},
+                     {.stream = stream});
 
     // LASP: the same q as queries, keys and values over H heads: E = D.
     float *lv = device_rows(at, n, H, 4), *lo = device_rows(at, n, H, 5), *lk = device_rows(at, n, H, 6),
           *ldq = device_rows(at, n, H, 5), *ldk = device_rows(at, n, H, 5), *ldv = device_rows(at, n, H, 5);
     const std::vector<float> decay(H, 0.99f);
-    seqpar::lasp_attention lasp(seqpar::linear_cuda{}, comm, part, {.batch = 1, .heads = H, .head_dim = D}, decay);
-    const auto lsaved = lasp.forward(c(q, H), c(lk, H), c(lv, H), m(lo, H), stream);
-    lasp.backward(lsaved, c(dout, H), m(ldq, H), m(ldk, H), m(ldv, H), stream);
+    seqpar::lasp_attention lasp(seqpar::linear_cuda{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
+                                seqpar::elements<float>, decay);
+    const auto lsaved = lasp.forward({.q = c(q, H), .k = c(lk, H), .v = c(lv, H), .o = m(lo, H)}, {.stream = stream});
+    lasp.backward(lsaved, {.dout = c(dout, H), .dq = m(ldq, H), .dk = m(ldk, H), .dv = m(ldv, H)}, {.stream = stream});
 
     // Ring attention (zigzag shards where S splits into 2P blocks) and the 2-D layer (the smallest
     // u >= 2 whose ring groups split S into 2r blocks; u = P is pure Ulysses), on the same inputs.
@@ -157,14 +159,15 @@ int main(int argc, char** argv) {
     auto run_layer = [&](auto& layer, run& x) {
       auto cr = [&](int i, std::int64_t h) { return seqpar::make_bshd<const float>(x.views[i], 1, x.n, h, D); };
       auto mr = [&](int i, std::int64_t h) { return seqpar::make_bshd(x.views[i], 1, x.n, h, D); };
-      const auto ctx = layer.forward(cr(0, H), cr(1, H_kv), cr(2, H_kv), mr(4, H), stream);
-      layer.backward(ctx, cr(3, H), mr(5, H), mr(6, H_kv), mr(7, H_kv), stream);
+      const auto ctx =
+          layer.forward({.q = cr(0, H), .k = cr(1, H_kv), .v = cr(2, H_kv), .o = mr(4, H)}, {.stream = stream});
+      layer.backward(ctx, {.dout = cr(3, H), .dq = mr(5, H), .dk = mr(6, H_kv), .dv = mr(7, H_kv)}, {.stream = stream});
     };
-    seqpar::ring_attention ring(seqpar::reference_attention_cuda{}, comm, ring_part, shape, seqpar::dtype::float32,
+    seqpar::ring_attention ring(seqpar::reference_attention_cuda{}, comm, ring_part, shape, seqpar::elements<float>,
                                 opt);
     run_layer(ring, ring_run);
     seqpar::ulysses_ring_attention mesh(seqpar::reference_attention_cuda{}, comm, layout, shape,
-                                        seqpar::dtype::float32, opt);
+                                        seqpar::elements<float>, opt);
     run_layer(mesh, mesh_run);
     SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
 

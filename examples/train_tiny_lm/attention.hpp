@@ -55,13 +55,19 @@ class layer_attention final : public attention_ops<float> {
     std::transform(q, q + s.q.size(), s.q.begin(), [&](float x) { return x * q_scale_; });
     s.k.assign(k, k + rows * c_.kv_width());
     s.v.assign(v, v + rows * c_.kv_width()), s.o.resize(rows * c_.q_width());
-    s.context = layer_.forward(in(s.q.data(), c_.heads), in(s.k.data(), c_.kv_heads), in(s.v.data(), c_.kv_heads),
-                               out(s.o.data(), c_.heads));
+    s.context = layer_.forward({.q = in(s.q.data(), c_.heads),
+                                .k = in(s.k.data(), c_.kv_heads),
+                                .v = in(s.v.data(), c_.kv_heads),
+                                .o = out(s.o.data(), c_.heads)},
+                               {.stream = nullptr});
     std::copy(s.o.begin(), s.o.end(), o);
   }
   void backward(int layer, const float* dout, float* dq, float* dk, float* dv) override {
     auto& s = saved_.at(layer);
-    layer_.backward(s.context, in(dout, c_.heads), out(dq, c_.heads), out(dk, c_.kv_heads), out(dv, c_.kv_heads));
+    layer_.backward(s.context,
+                    {.dout = in(dout, c_.heads), .dq = out(dq, c_.heads), .dk = out(dk, c_.kv_heads),
+                     .dv = out(dv, c_.kv_heads)},
+                    {.stream = nullptr});
     std::transform(dq, dq + s.q.size(), dq, [&](float x) { return x * q_scale_; });
     s = {};
   }
@@ -102,7 +108,7 @@ void with_attention(attention_kind kind, Comm& sp, seqpar::mesh_2d sp_mesh, cons
   const int r = sp.rank();
   if (kind == attention_kind::ring2d) {
     const auto layout = seqpar::make_token_layout_2d(S, sp_mesh);
-    seqpar::ulysses_ring_attention layer(seqpar::reference_attention{}, sp, layout, shape, seqpar::dtype::float32,
+    seqpar::ulysses_ring_attention layer(seqpar::reference_attention{}, sp, layout, shape, seqpar::elements<float>,
                                          causal);
     run(layer, layout.size(r), [&](std::int64_t s) { return layout.global(r, s); });
     return;
@@ -110,10 +116,11 @@ void with_attention(attention_kind kind, Comm& sp, seqpar::mesh_2d sp_mesh, cons
   const auto part = seqpar::make_seq_partition(S, sp.size());
   if (kind == attention_kind::lasp) {
     // Linear attention has no softmax scale of its own: q takes softmax's 1 / sqrt(head_dim).
-    seqpar::lasp_attention layer(seqpar::linear_reference{}, sp, part, shape, lasp_decays(c.heads));
+    seqpar::lasp_attention layer(seqpar::linear_reference{}, sp, part, shape, seqpar::elements<float>,
+                                 lasp_decays(c.heads));
     run(layer, part.size(r), [&](std::int64_t s) { return part.global(r, s); }, 1.0f / std::sqrt(float(c.head_dim)));
   } else {
-    seqpar::ulysses_attention layer(seqpar::reference_attention{}, sp, part, shape, seqpar::dtype::float32, causal);
+    seqpar::ulysses_attention layer(seqpar::reference_attention{}, sp, part, shape, seqpar::elements<float>, causal);
     run(layer, part.size(r), [&](std::int64_t s) { return part.global(r, s); });
   }
 }

@@ -115,13 +115,30 @@ class owned_bytes {
   void* data_ = nullptr;
 };
 
-namespace detail {
-//! A call's workspace: the caller's, when it passed one, or none (the call takes its own).
-using optional_workspace = std::optional<std::span<std::byte>>;
+//! A caller's workspace for one call (16-byte aligned, at least the call's workspace_bytes(args));
+//! none, the default: the call takes its own from the layer's resource.
+class workspace_arg {
+ public:
+  //! No workspace: the call takes its own.
+  workspace_arg() = default;
+  //! The caller's `bytes` (which may be empty when a call needs none).
+  workspace_arg(std::span<std::byte> bytes) : bytes_(bytes), given_(true) {}  // NOLINT(google-explicit-constructor)
+  //! True when the caller gave one.
+  explicit operator bool() const { return given_; }
+  //! The caller's bytes (empty when none was given).
+  std::span<std::byte> operator*() const { return bytes_; }
+  //! The caller's bytes, for member access.
+  const std::span<std::byte>* operator->() const { return &bytes_; }
 
+ private:
+  std::span<std::byte> bytes_{};
+  bool given_ = false;
+};
+
+namespace detail {
 //! Throws unless a caller's workspace (when given) holds `need` bytes (`what` names that size) at
 //! 16-byte alignment.
-inline void check_workspace(const optional_workspace& workspace, std::size_t need, const char* what) {
+inline void check_workspace(const workspace_arg& workspace, std::size_t need, const char* what) {
   if (!workspace) return;
   SEQPAR_EXPECTS(workspace->size() >= need,
                  "workspace: expected at least " << what << " = " << need << " bytes, got " << workspace->size());
@@ -131,7 +148,7 @@ inline void check_workspace(const optional_workspace& workspace, std::size_t nee
 //! The caller's workspace, or `need` bytes in `where` from `resource` in `stream` order, kept in
 //! `own` for the call.
 template <memory_resource Resource>
-std::span<std::byte> workspace_for(const optional_workspace& workspace, owned_bytes<Resource>& own, std::size_t need,
+std::span<std::byte> workspace_for(const workspace_arg& workspace, owned_bytes<Resource>& own, std::size_t need,
                                    memory_space where, const Resource& resource, stream_t stream) {
   if (workspace) return *workspace;
   own = owned_bytes<Resource>(need, where, resource, stream);

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <seqpar/attention_shape.hpp>
+#include <seqpar/call.hpp>
 #include <seqpar/config.hpp>
 #include <seqpar/error.hpp>
 #include <seqpar/group_shard.hpp>
+#include <seqpar/layer_arguments.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/memory_space.hpp>
 #include <seqpar/shard.hpp>

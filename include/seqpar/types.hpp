@@ -29,6 +29,16 @@ inline constexpr dtype dtype_of = std::same_as<T, float>    ? dtype::float32
                                   : std::same_as<T, __half> ? dtype::float16
                                                             : dtype::bfloat16;
 
+//! The element type a layer is built for, as a value: `seqpar::elements<__nv_bfloat16>`. The
+//! layer's call arguments are views of that type, so a view of another type does not compile.
+template <element T>
+struct element_tag {
+  using type = T;  //!< the element type
+};
+//! The element_tag of T.
+template <element T>
+inline constexpr element_tag<T> elements{};
+
 //! Name of a dtype ("float32", "float16", "bfloat16").
 inline constexpr const char* to_string(dtype t) noexcept {
   switch (t) {

@@ -67,35 +67,43 @@ TEST_CASE("all or nothing on the GPU: ulysses_attention and lasp_attention backw
       [&](seqpar::in_process_communicator& comm, bool bad, sentinels& s) {
         seqpar::ulysses_attention layer(seqpar::reference_attention_cuda{}, comm, part,
                                         {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
-                                        seqpar::dtype::float32, {.causal = true});
+                                        seqpar::elements<float>, {.causal = true});
         const std::int64_t n = part.size(comm.rank());
         auto& q = s.input(B * n * H * D, 0.5f);
         auto& kv = s.input(B * n * H_kv * D, 0.25f);
         auto& o = s.input(B * n * H * D, 0.f);
-        const auto saved =
-            layer.forward(in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, n, H_kv), out_view(o, n, H));
+        const auto saved = layer.forward(
+            {.q = in_view(q, n, H), .k = in_view(kv, n, H_kv), .v = in_view(kv, n, H_kv), .o = out_view(o, n, H)},
+            {.stream = nullptr});
         auto& dq = s.make(B * n * H * D);
         auto& dk = s.make(B * n * H_kv * D);
         auto& dv = s.make(B * n * H * D);
-        layer.backward(saved, in_view(q, n, H), out_view(dq, n, H), out_view(dk, n, H_kv),
-                       out_view(dv, n, bad ? H : H_kv));
+        layer.backward(saved,
+                       {.dout = in_view(q, n, H), .dq = out_view(dq, n, H), .dk = out_view(dk, n, H_kv),
+                        .dv = out_view(dv, n, bad ? H : H_kv)},
+                       {.stream = nullptr});
       },
       memory_space::device);
   expect_all_or_nothing(
       P, "dq: expected extents",
       [&](seqpar::in_process_communicator& comm, bool bad, sentinels& s) {
         seqpar::lasp_attention layer(seqpar::linear_cuda{}, comm, part,
-                                     {.batch = B, .heads = 2, .head_dim = D, .value_dim = E}, {0.9f, 1.0f});
+                                     {.batch = B, .heads = 2, .head_dim = D, .value_dim = E},
+                                     seqpar::elements<float>, {0.9f, 1.0f});
         const std::int64_t n = part.size(comm.rank());
         auto& q = s.input(B * n * 2 * D, 0.5f);
         auto& v = s.input(B * n * 2 * E, 0.25f);
         auto& o = s.input(B * n * 2 * E, 0.f);
-        const auto saved = layer.forward(in_view(q, n, 2), in_view(q, n, 2), in_view(v, n, 2, E), out_view(o, n, 2, E));
+        const auto saved = layer.forward(
+            {.q = in_view(q, n, 2), .k = in_view(q, n, 2), .v = in_view(v, n, 2, E), .o = out_view(o, n, 2, E)},
+            {.stream = nullptr});
         auto& dq = s.make(B * (n + 1) * 2 * D);
         auto& dk = s.make(B * n * 2 * D);
         auto& dv = s.make(B * n * 2 * E);
-        layer.backward(saved, in_view(v, n, 2, E), out_view(dq, bad ? n + 1 : n, 2), out_view(dk, n, 2),
-                       out_view(dv, n, 2, E));
+        layer.backward(saved,
+                       {.dout = in_view(v, n, 2, E), .dq = out_view(dq, bad ? n + 1 : n, 2), .dk = out_view(dk, n, 2),
+                        .dv = out_view(dv, n, 2, E)},
+                       {.stream = nullptr});
       },
       memory_space::device);
 }

@@ -43,7 +43,7 @@ TEST_CASE_TEMPLATE("ulysses_attention in head groups with flash_attention equals
     for (bool causal : {false, true})
       (void)seqpar_test::check_parallel_attention<T>(
           {g.P, g.H, g.H_kv, 2, 40 * g.P + 3, 64, causal}, memory_space::device,
-          [&](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+          [&](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
             return seqpar::ulysses_attention(seqpar::flash_attention{}, comm, part, shape, type, opt,
                                              seqpar::ulysses_options{.head_groups = g.groups});
           },
@@ -86,7 +86,7 @@ TEST_CASE_TEMPLATE("ring_attention with flash_attention on the GPU equals the ho
 
 TEST_CASE("ring and 2-D layers with the device oracles (fp32, block-sparse) equal the host policies") {
   const auto ring = [](const auto& policy) {
-    return [policy](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+    return [policy](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
       return seqpar::ring_attention(policy, comm, part, shape, type, opt);
     };
   };
@@ -115,13 +115,13 @@ TEST_CASE("packed documents on the GPU: ids from a device scan, each document al
   for (bool causal : {false, true}) {
     (void)seqpar_test::check_parallel_attention<float>(
         {4, 4, 2, 1, 192, 16, causal}, memory_space::device,
-        [](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+        [](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
           return seqpar::ulysses_attention(seqpar::reference_attention_cuda{}, comm, part, shape, type, opt);
         },
         seqpar::reference_attention{}, everything, docs);
     (void)seqpar_test::check_parallel_attention<__half>(
         {4, 2, 1, 1, 192, 64, causal, seqpar::shard_strategy::zigzag}, memory_space::device,
-        [](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+        [](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
           return seqpar::ring_attention(seqpar::flash_attention{}, comm, part, shape, type, opt);
         },
         seqpar::reference_attention{}, everything, docs);
@@ -138,7 +138,7 @@ TEST_CASE_TEMPLATE("ulysses_ring_attention with flash_attention on the GPU equal
         const auto layout = seqpar::make_token_layout_2d(2 * r * 70, {u, r});
         (void)seqpar_test::check_parallel_attention_on<T>(
             {u * r, 4, H_kv, 2, layout.tokens, 64, causal}, layout, memory_space::device,
-            [](auto& comm, const auto& l, const auto& shape, seqpar::dtype type, const auto& opt) {
+            [](auto& comm, const auto& l, const auto& shape, auto type, const auto& opt) {
               return seqpar::ulysses_ring_attention(seqpar::flash_attention{}, comm, l, shape, type, opt);
             },
             seqpar::reference_attention{}, everything);
@@ -155,12 +155,12 @@ TEST_CASE_TEMPLATE("flash_attention equals the device reference over many tiles,
 TEST_CASE("flash_attention refuses what it cannot compute, before anything moves") {
   auto comms = seqpar::in_process_communicator::create_group(1, memory_space::device);
   const auto part = seqpar::make_seq_partition(64, 1);
-  auto layer = [&](seqpar::dtype t, std::int64_t D) {
+  auto layer = [&](auto t, std::int64_t D) {
     seqpar::ulysses_attention l(seqpar::flash_attention{}, comms[0], part, {.batch = 1, .heads = 2, .head_dim = D}, t);
   };
-  CHECK_THROWS_WITH_AS(layer(seqpar::dtype::float32, 64),
+  CHECK_THROWS_WITH_AS(layer(seqpar::elements<float>, 64),
                        doctest::Contains("policy: does not support element type float32 with head_dim 64"), seqpar::error);
-  CHECK_THROWS_WITH_AS(layer(seqpar::dtype::bfloat16, 96),
+  CHECK_THROWS_WITH_AS(layer(seqpar::elements<__nv_bfloat16>, 96),
                        doctest::Contains("policy: does not support element type bfloat16 with head_dim 96"), seqpar::error);
   // A direct call with k shorter than q: refused, o untouched.
   using bf16 = __nv_bfloat16;

@@ -50,12 +50,12 @@ TEST_CASE_TEMPLATE("ulysses_attention with cudnn_attention equals the host refer
 TEST_CASE("cudnn_attention refuses what it cannot compute, and builds each graph once") {
   auto comms = seqpar::in_process_communicator::create_group(1, memory_space::device);
   const auto part = seqpar::make_seq_partition(64, 1);
-  auto layer = [&](seqpar::dtype t, std::int64_t D) {
+  auto layer = [&](auto t, std::int64_t D) {
     seqpar::ulysses_attention l(seqpar::cudnn_attention{}, comms[0], part, {.batch = 1, .heads = 2, .head_dim = D}, t);
   };
-  CHECK_THROWS_WITH_AS(layer(seqpar::dtype::float32, 64),
+  CHECK_THROWS_WITH_AS(layer(seqpar::elements<float>, 64),
                        doctest::Contains("policy: does not support element type float32 with head_dim 64"), seqpar::error);
-  CHECK_THROWS_WITH_AS(layer(seqpar::dtype::bfloat16, 100),
+  CHECK_THROWS_WITH_AS(layer(seqpar::elements<__nv_bfloat16>, 100),
                        doctest::Contains("policy: does not support element type bfloat16 with head_dim 100"), seqpar::error);
 
   using bf16 = __nv_bfloat16;
@@ -121,7 +121,7 @@ TEST_CASE_TEMPLATE("cudnn_attention with packed documents equals the device refe
 TEST_CASE_TEMPLATE("ulysses_attention with cudnn_attention and packed documents equals each document alone", T,
                    __half, __nv_bfloat16) {
   const auto docs = seqpar::documents_of_lengths(std::vector<std::int32_t>{1, 60, 3, 64, 1, 63});  // S = 192
-  const auto ulysses = [](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+  const auto ulysses = [](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
     return seqpar::ulysses_attention(seqpar::cudnn_attention{}, comm, part, shape, type, opt);
   };
   for (int P : {1, 2, 4})
@@ -158,7 +158,7 @@ TEST_CASE("cudnn_attention with documents: graphs are cached by bucketed entry c
 // backward handed the final output (block_backward_from_output).
 TEST_CASE_TEMPLATE("ring and 2-D layers with cudnn_block_attention equal the host reference", T, __half,
                    __nv_bfloat16) {
-  const auto ring = [](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+  const auto ring = [](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
     return seqpar::ring_attention(seqpar::cudnn_block_attention{}, comm, part, shape, type, opt);
   };
   seqpar_test::check_ring_on_device<T>(seqpar::cudnn_block_attention{}, {1, 2, 4});

@@ -91,7 +91,7 @@ TEST_CASE("gated lasp_attention with gated_linear_cuda: a bad device log-gate on
       [&](seqpar::in_process_communicator& comm, bool bad, seqpar_test::sentinels& s) {
         seqpar::lasp_attention layer(seqpar::gated_linear_cuda{}, comm, part,
                                      {.batch = B, .heads = int(H), .head_dim = D, .value_dim = E},
-                                     seqpar::gate_kind::vector);
+                                     seqpar::elements<float>, seqpar::gate_kind::vector);
         const std::int64_t n = part.size(comm.rank());
         std::vector<float> gates(B * n * H * D, -0.1f);
         if (bad) gates[(5 * H + 1) * D + 3] = 0.5f;
@@ -99,8 +99,12 @@ TEST_CASE("gated lasp_attention with gated_linear_cuda: a bad device log-gate on
         auto& x = s.input(B * n * H * D, 0.5f);
         auto& o = s.make(B * n * H * E);
         const auto in = seqpar::make_bshd<const float>(x.data(), B, n, H, D);
-        (void)layer.forward(in, in, in, seqpar::make_bshd<const float>(g.data(), B, n, H, D),
-                            seqpar::make_bshd(o.data(), B, n, H, E));
+        (void)layer.forward({.q = in,
+                             .k = in,
+                             .v = in,
+                             .g = seqpar::make_bshd<const float>(g.data(), B, n, H, D),
+                             .o = seqpar::make_bshd(o.data(), B, n, H, E)},
+                            {.stream = nullptr});
       },
       memory_space::device);
 }

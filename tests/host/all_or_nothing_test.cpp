@@ -136,9 +136,13 @@ TEST_CASE("all or nothing: linear_attention_ring forward and backward, both stra
         std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f), ws(ring.workspace_bytes() / 4 + 4);
         auto& o = s.make(B * n * 2 * E);
         auto& state = s.make(ring.state_elements());
-        ring.forward(seqpar::linear_reference{}, comm, in_view(q, n, 2), in_view(q, n, 2), in_view(v, n, 2, E), decay,
-                     out_view(o, bad ? n - 1 : n, 2, E), seqpar::make_state(state.data(), B, 2, D, E),
-                     std::as_writable_bytes(std::span(ws)));
+        ring.forward(seqpar::linear_reference{}, comm,
+                     seqpar::lasp_ring_forward_args<float>{.q = in_view(q, n, 2), .k = in_view(q, n, 2),
+                                                           .v = in_view(v, n, 2, E), .decay = decay,
+                                                           .o = out_view(o, bad ? n - 1 : n, 2, E),
+                                                           .saved = seqpar::make_state(state.data(), B, 2, D, E),
+                                                           .workspace = std::as_writable_bytes(std::span(ws))},
+                     {.stream = nullptr});
       });
       expect_all_or_nothing(P, "dk: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
         seqpar::linear_attention_ring ring(comm.rank(), part, shape, strategy);
@@ -148,9 +152,15 @@ TEST_CASE("all or nothing: linear_attention_ring forward and backward, both stra
         auto& dq = s.make(B * n * 2 * D);
         auto& dk = s.make(B * n * 2 * D);
         auto& dv = s.make(B * n * 2 * E);
-        ring.backward(seqpar::linear_reference{}, comm, in_view(q, n, 2), in_view(q, n, 2), in_view(v, n, 2, E),
-                      in_view(v, n, 2, E), decay, seqpar::make_state(state.data(), B, 2, D, E), out_view(dq, n, 2),
-                      out_view(dk, n, bad ? 1 : 2), out_view(dv, n, 2, E), std::as_writable_bytes(std::span(ws)));
+        ring.backward(seqpar::linear_reference{}, comm,
+                      seqpar::lasp_ring_backward_args<float>{.q = in_view(q, n, 2), .k = in_view(q, n, 2),
+                                                             .v = in_view(v, n, 2, E), .dout = in_view(v, n, 2, E),
+                                                             .decay = decay,
+                                                             .saved = seqpar::make_state(state.data(), B, 2, D, E),
+                                                             .dq = out_view(dq, n, 2), .dk = out_view(dk, n, bad ? 1 : 2),
+                                                             .dv = out_view(dv, n, 2, E),
+                                                             .workspace = std::as_writable_bytes(std::span(ws))},
+                      {.stream = nullptr});
       });
     }
 }
@@ -159,7 +169,7 @@ namespace {
 // A Ulysses layer of the cases' shapes on `comm`.
 auto ulysses_layer(in_process_communicator& comm, const seqpar::seq_partition& part) {
   return seqpar::ulysses_attention(seqpar::reference_attention{}, comm, part,
-                                   {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32,
+                                   {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::elements<float>,
                                    {.causal = true});
 }
 }  // namespace
@@ -172,8 +182,11 @@ TEST_CASE("all or nothing: ulysses_attention forward, backward and construction"
       const std::int64_t n = part.size(comm.rank());
       std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f);
       auto& o = s.make(B * n * H * D);
-      (void)layer.forward(in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, n, H_kv),
-                          out_view(o, bad ? n - 1 : n, H));
+      (void)layer.forward({.q = in_view(q, n, H),
+                           .k = in_view(kv, n, H_kv),
+                           .v = in_view(kv, n, H_kv),
+                           .o = out_view(o, bad ? n - 1 : n, H)},
+                          {.stream = nullptr});
     });
     for (const char* which : {"dq", "dk", "dout"}) {
       const std::string name = which;
@@ -181,32 +194,41 @@ TEST_CASE("all or nothing: ulysses_attention forward, backward and construction"
         auto layer = ulysses_layer(comm, part);
         const std::int64_t n = part.size(comm.rank());
         std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f), o(q.size());
-        const auto saved =
-            layer.forward(in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, n, H_kv), out_view(o, n, H));
+        const auto saved = layer.forward(
+            {.q = in_view(q, n, H), .k = in_view(kv, n, H_kv), .v = in_view(kv, n, H_kv), .o = out_view(o, n, H)},
+            {.stream = nullptr});
         auto& dq = s.make(B * n * H * D);
         auto& dk = s.make(B * n * H * D);
         auto& dv = s.make(B * n * H_kv * D);
-        layer.backward(saved, in_view(q, bad && name == "dout" ? n + 1 : n, H),
-                       out_view(dq, n, bad && name == "dq" ? H - 1 : H),
-                       out_view(dk, n, bad && name == "dk" ? H_kv - 1 : H_kv), out_view(dv, n, H_kv));
+        layer.backward(saved,
+                       {.dout = in_view(q, bad && name == "dout" ? n + 1 : n, H),
+                        .dq = out_view(dq, n, bad && name == "dq" ? H - 1 : H),
+                        .dk = out_view(dk, n, bad && name == "dk" ? H_kv - 1 : H_kv),
+                        .dv = out_view(dv, n, H_kv)},
+                       {.stream = nullptr});
       });
     }
     expect_all_or_nothing(P, "saved: an empty context", [&](in_process_communicator& comm, bool bad, sentinels& s) {
       auto layer = ulysses_layer(comm, part);
       const std::int64_t n = part.size(comm.rank());
       std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f), o(q.size());
-      auto saved = layer.forward(in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, n, H_kv), out_view(o, n, H));
+      auto saved = layer.forward(
+          {.q = in_view(q, n, H), .k = in_view(kv, n, H_kv), .v = in_view(kv, n, H_kv), .o = out_view(o, n, H)},
+          {.stream = nullptr});
       if (bad) saved = {};
       auto& dq = s.make(B * n * H * D);
       auto& dk = s.make(B * n * H_kv * D);
       auto& dv = s.make(B * n * H_kv * D);
-      layer.backward(saved, in_view(q, n, H), out_view(dq, n, H), out_view(dk, n, H_kv), out_view(dv, n, H_kv));
+      layer.backward(saved,
+                     {.dout = in_view(q, n, H), .dq = out_view(dq, n, H), .dk = out_view(dk, n, H_kv),
+                      .dv = out_view(dv, n, H_kv)},
+                     {.stream = nullptr});
     });
     expect_all_or_nothing(
         P, "shape.kv_heads: expected a divisor of heads = 4", [&](in_process_communicator& comm, bool bad, sentinels&) {
           seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
                                           {.batch = B, .heads = H, .kv_heads = bad ? 3 : H_kv, .head_dim = D},
-                                          seqpar::dtype::float32);
+                                          seqpar::elements<float>);
         });
   }
 }
@@ -220,7 +242,7 @@ TEST_CASE("ulysses_attention: a rank built with other shapes fails at constructi
     try {
       seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
                                       {.batch = B, .heads = H, .kv_heads = comm.rank() == 2 ? H : H_kv, .head_dim = D},
-                                      seqpar::dtype::float32);
+                                      seqpar::elements<float>);
     } catch (const seqpar::error& e) {
       code[comm.rank()] = e.code(), what[comm.rank()] = e.what();
     }
@@ -242,27 +264,39 @@ TEST_CASE("all or nothing: lasp_attention forward, backward and construction") {
     for (int P : {2, 3}) {
       const auto part = seqpar::make_seq_partition(tokens(P), P);
       expect_all_or_nothing(P, "o: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
-        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, decay, strategy);
+        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay,
+                                     strategy);
         const std::int64_t n = part.size(comm.rank());
         std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f);
         auto& o = s.make(B * n * 2 * E);
-        (void)layer.forward(in_view(q, n, 2), in_view(q, n, 2), in_view(v, n, 2, E),
-                            out_view(o, bad ? n - 1 : n, 2, E));
+        (void)layer.forward({.q = in_view(q, n, 2),
+                             .k = in_view(q, n, 2),
+                             .v = in_view(v, n, 2, E),
+                             .o = out_view(o, bad ? n - 1 : n, 2, E)},
+                            {.stream = nullptr});
       });
       expect_all_or_nothing(P, "dk: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
-        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, decay, strategy);
+        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay,
+                                     strategy);
         const std::int64_t n = part.size(comm.rank());
         std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f), o(v.size());
-        const auto saved = layer.forward(in_view(q, n, 2), in_view(q, n, 2), in_view(v, n, 2, E), out_view(o, n, 2, E));
+        const auto saved = layer.forward(
+            {.q = in_view(q, n, 2), .k = in_view(q, n, 2), .v = in_view(v, n, 2, E), .o = out_view(o, n, 2, E)},
+            {.stream = nullptr});
         auto& dq = s.make(B * n * 2 * D);
         auto& dk = s.make(B * n * 2 * D);
         auto& dv = s.make(B * n * 2 * E);
-        layer.backward(saved, in_view(v, n, 2, E), out_view(dq, n, 2), out_view(dk, n, bad ? 1 : 2),
-                       out_view(dv, n, 2, E));
+        layer.backward(saved,
+                       {.dout = in_view(v, n, 2, E),
+                        .dq = out_view(dq, n, 2),
+                        .dk = out_view(dk, n, bad ? 1 : 2),
+                        .dv = out_view(dv, n, 2, E)},
+                       {.stream = nullptr});
       });
       expect_all_or_nothing(P, "decay[1]: expected lambda in (0, 1], got 1.5",
                             [&](in_process_communicator& comm, bool bad, sentinels&) {
                               seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape,
+                                                           seqpar::elements<float>,
                                                            bad ? std::vector<float>{0.9f, 1.5f} : decay, strategy);
                             });
     }

@@ -94,23 +94,26 @@ TEST_CASE("ulysses_attention: bad input is refused at plan time or before anythi
   const auto part = seqpar::make_seq_partition(8, 2);
   run([&](auto& comm) {
     seqpar::ulysses_attention layer(narrow_policy{}, comm, part, {.batch = 1, .heads = 4, .head_dim = 8},
-                                    seqpar::dtype::float32, {0.3f, false});
+                                    seqpar::elements<float>, {0.3f, false});
   });
   for (auto& m : messages) CHECK(m.find("policy: does not support element type float32 with head_dim 8") != std::string::npos);
   run([&](auto& comm) {
     seqpar::ulysses_attention layer(narrow_policy{}, comm, part, {.batch = 1, .heads = 4, .head_dim = 64},
-                                    seqpar::dtype::float32, {0.3f, true});
+                                    seqpar::elements<float>, {0.3f, true});
   });
   for (auto& m : messages) CHECK(m.find("options.causal: the policy cannot apply a causal mask") != std::string::npos);
   run([&](auto& comm) {
     seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
-                                    {.batch = 1, .heads = 4, .kv_heads = 2, .head_dim = 4}, seqpar::dtype::float32,
+                                    {.batch = 1, .heads = 4, .kv_heads = 2, .head_dim = 4}, seqpar::elements<float>,
                                     {0.5f, true});
     std::vector<float> q(4 * 4 * 4, 1.0f), kv(5 * 2 * 4, 1.0f), o(q.size(), seqpar_test::poison<float>());
     const int r = comm.rank();
     try {
-      (void)layer.forward(seqpar::make_bshd<const float>(q.data(), 1, 4, 4, 4), seqpar::make_bshd<const float>(kv.data(), 1, 5, 2, 4),
-                    seqpar::make_bshd<const float>(kv.data(), 1, 5, 2, 4), seqpar::make_bshd(o.data(), 1, 4, 4, 4));
+      (void)layer.forward({.q = seqpar::make_bshd<const float>(q.data(), 1, 4, 4, 4),
+                           .k = seqpar::make_bshd<const float>(kv.data(), 1, 5, 2, 4),
+                           .v = seqpar::make_bshd<const float>(kv.data(), 1, 5, 2, 4),
+                           .o = seqpar::make_bshd(o.data(), 1, 4, 4, 4)},
+                          {.stream = nullptr});
     } catch (...) {
       for (float x : o) untouched[r] &= seqpar_test::same_bits(x, seqpar_test::poison<float>());
       throw;

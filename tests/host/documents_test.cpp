@@ -29,13 +29,13 @@ seqpar::document_layout lengths(std::vector<std::int32_t> l) { return seqpar::do
 
 template <class Policy>
 auto ulysses_of(const Policy& policy) {
-  return [policy](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+  return [policy](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
     return seqpar::ulysses_attention(policy, comm, part, shape, type, opt);
   };
 }
 template <class Policy>
 auto ring_of(const Policy& policy) {
-  return [policy](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+  return [policy](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
     return seqpar::ring_attention(policy, comm, part, shape, type, opt);
   };
 }
@@ -154,7 +154,7 @@ TEST_CASE_TEMPLATE("packed documents through ring_attention and the 2-D layer eq
         const auto layout = seqpar::make_token_layout_2d(2 * r * 4, {u, r});
         (void)seqpar_test::check_parallel_attention_on<T>(
             {u * r, 4, H_kv, 2, layout.tokens, 4, causal}, layout, memory_space::host,
-            [&](auto& comm, const auto& l, const auto& shape, seqpar::dtype type, const auto& opt) {
+            [&](auto& comm, const auto& l, const auto& shape, auto type, const auto& opt) {
               return seqpar::ulysses_ring_attention(policy, comm, l, shape, type, opt);
             },
             policy, everything, lengths({1, std::int32_t(layout.tokens - 4), 3}));
@@ -181,9 +181,9 @@ std::vector<std::vector<float>> run_layer(int P, std::int64_t S, std::int64_t H,
     auto layer = make(comm, part);
     auto in = [&](const std::vector<float>& v) { return seqpar::make_bshd<const float>(v.data() + at, 1, n, H, D); };
     auto mine = [&](int w) { return seqpar::make_bshd(out[w].data() + at, 1, n, H, D); };
-    const auto saved = docs ? layer.forward(in(x.q), in(x.k), in(x.v), mine(0), *docs)
-                            : layer.forward(in(x.q), in(x.k), in(x.v), mine(0));
-    layer.backward(saved, in(x.dout), mine(1), mine(2), mine(3));
+    const auto saved =
+        layer.forward({.q = in(x.q), .k = in(x.k), .v = in(x.v), .o = mine(0), .documents = docs}, {.stream = nullptr});
+    layer.backward(saved, {.dout = in(x.dout), .dq = mine(1), .dk = mine(2), .dv = mine(3)}, {.stream = nullptr});
   });
   return out;
 }
@@ -221,11 +221,11 @@ TEST_CASE("packed documents: one document equals the unpacked call exactly") {
   for (bool causal : {false, true}) {
     auto ring = [&](auto& comm, const auto& part) {
       return seqpar::ring_attention(seqpar::reference_attention{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
-                                    seqpar::dtype::float32, {.causal = causal});
+                                    seqpar::elements<float>, {.causal = causal});
     };
     auto ulysses = [&](auto& comm, const auto& part) {
       return seqpar::ulysses_attention(seqpar::reference_attention{}, comm, part,
-                                       {.batch = 1, .heads = H, .head_dim = D}, seqpar::dtype::float32,
+                                       {.batch = 1, .heads = H, .head_dim = D}, seqpar::elements<float>,
                                        {.causal = causal});
     };
     CHECK(run_layer(3, S, H, D, ring, x, &one) == run_layer(3, S, H, D, ring, x, nullptr));
@@ -233,7 +233,7 @@ TEST_CASE("packed documents: one document equals the unpacked call exactly") {
   }
   auto lasp = [&](auto& comm, const auto& part) {
     return seqpar::lasp_attention(seqpar::linear_reference{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
-                                  std::vector<float>(H, 0.9f));
+                                  seqpar::elements<float>, std::vector<float>(H, 0.9f));
   };
   CHECK(run_layer(3, S, H, D, lasp, x, &one) == run_layer(3, S, H, D, lasp, x, nullptr));
 }
@@ -257,18 +257,19 @@ TEST_CASE("ring_attention skips block pairs that share no document") {
   const auto part = seqpar::make_seq_partition(16, 4);
   const auto docs = lengths({4, 4, 4, 4});
   seqpar::run_in_process(4, memory_space::host, [&](seqpar::in_process_communicator& comm) {
-    seqpar::ring_attention layer(policy, comm, part, {.batch = 1, .heads = 1, .head_dim = 2}, seqpar::dtype::float32);
+    seqpar::ring_attention layer(policy, comm, part, {.batch = 1, .heads = 1, .head_dim = 2}, seqpar::elements<float>);
     std::vector<float> x(8, 0.5f), o(8);
     const auto in = seqpar::make_bshd<const float>(x.data(), 1, 4, 1, 2);
-    (void)layer.forward(in, in, in, seqpar::make_bshd(o.data(), 1, 4, 1, 2), docs);
+    (void)layer.forward({.q = in, .k = in, .v = in, .o = seqpar::make_bshd(o.data(), 1, 4, 1, 2), .documents = &docs},
+                        {.stream = nullptr});
   });
   CHECK(pairs == 4);
   pairs = 0;
   seqpar::run_in_process(4, memory_space::host, [&](seqpar::in_process_communicator& comm) {
-    seqpar::ring_attention layer(policy, comm, part, {.batch = 1, .heads = 1, .head_dim = 2}, seqpar::dtype::float32);
+    seqpar::ring_attention layer(policy, comm, part, {.batch = 1, .heads = 1, .head_dim = 2}, seqpar::elements<float>);
     std::vector<float> x(8, 0.5f), o(8);
     const auto in = seqpar::make_bshd<const float>(x.data(), 1, 4, 1, 2);
-    (void)layer.forward(in, in, in, seqpar::make_bshd(o.data(), 1, 4, 1, 2));
+    (void)layer.forward({.q = in, .k = in, .v = in, .o = seqpar::make_bshd(o.data(), 1, 4, 1, 2)}, {.stream = nullptr});
   });
   CHECK(pairs == 16);
 }
@@ -283,15 +284,16 @@ TEST_CASE("packed documents: changing one document changes nothing in the others
       for (auto* x : {&changed.q, &changed.k, &changed.v}) (*x)[t * H * D + e] += 1.0f;
   auto ulysses = [&](auto& comm, const auto& part) {
     return seqpar::ulysses_attention(seqpar::reference_attention{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
-                                     seqpar::dtype::float32, {.causal = true});
+                                     seqpar::elements<float>, {.causal = true});
   };
   auto ring = [&](auto& comm, const auto& part) {
     return seqpar::ring_attention(seqpar::reference_attention{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
-                                  seqpar::dtype::float32, {.causal = true});
+                                  seqpar::elements<float>, {.causal = true});
   };
   auto lasp = [&](auto& comm, const auto& part) {
     return seqpar::lasp_attention(seqpar::linear_reference{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
-                                  std::vector<float>(H, 0.95f), seqpar::lasp_strategy::all_gather);
+                                  seqpar::elements<float>, std::vector<float>(H, 0.95f),
+                                  seqpar::lasp_strategy::all_gather);
   };
   for (int layer = 0; layer < 3; ++layer) {
     CAPTURE(layer);
@@ -321,11 +323,17 @@ TEST_CASE("all or nothing: documents that differ between ranks, or do not cover 
   auto body = [&](const seqpar::document_layout& bad_docs) {
     return [&](seqpar::in_process_communicator& comm, bool bad, seqpar_test::sentinels& outputs) {
       seqpar::ring_attention layer(seqpar::reference_attention{}, comm, part, {.batch = 1, .heads = 1, .head_dim = 2},
-                                   seqpar::dtype::float32);
+                                   seqpar::elements<float>);
       auto& x = outputs.input(8, 0.25f);
       auto& o = outputs.make(8);
       const auto in = seqpar::make_bshd<const float>(x.data(), 1, 4, 1, 2);
-      (void)layer.forward(in, in, in, seqpar::make_bshd(o.data(), 1, 4, 1, 2), bad ? bad_docs : docs);
+      (void)layer.forward(
+          {.q = in,
+           .k = in,
+           .v = in,
+           .o = seqpar::make_bshd(o.data(), 1, 4, 1, 2),
+           .documents = bad ? &bad_docs : &docs},
+          {.stream = nullptr});
     };
   };
   seqpar_test::expect_all_or_nothing(3, "docs: this rank's documents (2 over 12 tokens) differ from the other ranks'",

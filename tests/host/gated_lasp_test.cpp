@@ -83,9 +83,13 @@ TEST_CASE("gated lasp_attention: bytes per rank equal the formula, the same for 
           };
           auto out = [&](std::vector<float>& x, std::int64_t w) { return seqpar::make_bshd(x.data(), B, n, H, w); };
           seqpar::lasp_attention layer(states_only{}, comm, part,
-                                       {.batch = B, .heads = int(H), .head_dim = D, .value_dim = E}, gates, strategy);
-          const auto saved = layer.forward(in(q, D), in(q, D), in(v, E), in(g, W), out(o, E));
-          layer.backward(saved, in(v, E), out(dq, D), out(dk, D), out(dv, E), out(dg, W));
+                                       {.batch = B, .heads = int(H), .head_dim = D, .value_dim = E},
+                                       seqpar::elements<float>, gates, strategy);
+          const auto saved = layer.forward({.q = in(q, D), .k = in(q, D), .v = in(v, E), .g = in(g, W), .o = out(o, E)},
+                                           {.stream = nullptr});
+          layer.backward(saved,
+                         {.dout = in(v, E), .dq = out(dq, D), .dk = out(dk, D), .dv = out(dv, E), .dg = out(dg, W)},
+                         {.stream = nullptr});
           bytes[r] = comm.bytes_sent();
           for (int j = 0; j < P; ++j) to_peer[r][j] = comm.bytes_sent_to(j);
         });
@@ -124,17 +128,19 @@ TEST_CASE("gated lasp_attention: bad gates are refused by every rank before anyt
         const auto part = seqpar::make_seq_partition(2 * P + 1, P);
         seqpar_test::expect_all_or_nothing(
             P, c.message, [&](seqpar::in_process_communicator& comm, bool bad, seqpar_test::sentinels& s) {
-              seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, part, shape, c.kind, strategy);
+              seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, part, shape, seqpar::elements<float>,
+                                           c.kind, strategy);
               const std::int64_t n = part.size(comm.rank()), good = c.kind == gate_kind::scalar ? 1 : D,
                                  W = bad ? c.width : good;
               std::vector<float> q(B * n * H * D, 0.5f), v(B * n * H * E, 0.25f), g(B * n * H * W, -0.1f);
               if (bad) g[(1 * H + 1) * W + W - 1] = c.value;
               auto& o = s.make(v.size());
-              (void)layer.forward(seqpar::make_bshd<const float>(q.data(), B, n, H, D),
-                                  seqpar::make_bshd<const float>(q.data(), B, n, H, D),
-                                  seqpar::make_bshd<const float>(v.data(), B, n, H, E),
-                                  seqpar::make_bshd<const float>(g.data(), B, n, H, W),
-                                  seqpar::make_bshd(o.data(), B, n, H, E));
+              (void)layer.forward({.q = seqpar::make_bshd<const float>(q.data(), B, n, H, D),
+                                   .k = seqpar::make_bshd<const float>(q.data(), B, n, H, D),
+                                   .v = seqpar::make_bshd<const float>(v.data(), B, n, H, E),
+                                   .g = seqpar::make_bshd<const float>(g.data(), B, n, H, W),
+                                   .o = seqpar::make_bshd(o.data(), B, n, H, E)},
+                                  {.stream = nullptr});
             });
       }
   // backward: a dg of the wrong width on one rank leaves every gradient untouched
@@ -143,26 +149,35 @@ TEST_CASE("gated lasp_attention: bad gates are refused by every rank before anyt
     seqpar_test::expect_all_or_nothing(
         P, "dg: last extent 1; expected 3 for the layer's vector gates",
         [&](seqpar::in_process_communicator& comm, bool bad, seqpar_test::sentinels& s) {
-          seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, part, shape, gate_kind::vector);
+          seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, part, shape, seqpar::elements<float>,
+                                       gate_kind::vector);
           const std::int64_t n = part.size(comm.rank());
           std::vector<float> q(B * n * H * D, 0.5f), v(B * n * H * E, 0.25f), g(B * n * H * D, -0.1f), o(v.size());
           auto cview = [&](std::vector<float>& x, std::int64_t w) {
             return seqpar::make_bshd<const float>(x.data(), B, n, H, w);
           };
-          const auto saved = layer.forward(cview(q, D), cview(q, D), cview(v, E), cview(g, D),
-                                           seqpar::make_bshd(o.data(), B, n, H, E));
+          const auto saved = layer.forward({.q = cview(q, D),
+                                            .k = cview(q, D),
+                                            .v = cview(v, E),
+                                            .g = cview(g, D),
+                                            .o = seqpar::make_bshd(o.data(), B, n, H, E)},
+                                           {.stream = nullptr});
           auto &dq = s.make(q.size()), &dk = s.make(q.size()), &dv = s.make(v.size());
           auto& dg = s.make(B * n * H * D);
-          layer.backward(saved, cview(v, E), seqpar::make_bshd(dq.data(), B, n, H, D),
-                         seqpar::make_bshd(dk.data(), B, n, H, D), seqpar::make_bshd(dv.data(), B, n, H, E),
-                         seqpar::make_bshd(dg.data(), B, n, H, bad ? 1 : D));
+          layer.backward(saved,
+                         {.dout = cview(v, E),
+                          .dq = seqpar::make_bshd(dq.data(), B, n, H, D),
+                          .dk = seqpar::make_bshd(dk.data(), B, n, H, D),
+                          .dv = seqpar::make_bshd(dv.data(), B, n, H, E),
+                          .dg = seqpar::make_bshd(dg.data(), B, n, H, bad ? 1 : D)},
+                         {.stream = nullptr});
         });
   }
   seqpar_test::expect_all_or_nothing(
       2, "gates: expected gate_kind::scalar or gate_kind::vector, got 5",
       [&](seqpar::in_process_communicator& comm, bool bad, seqpar_test::sentinels&) {
         seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, seqpar::make_seq_partition(5, 2), shape,
-                                     bad ? static_cast<gate_kind>(5) : gate_kind::scalar);
+                                     seqpar::elements<float>, bad ? static_cast<gate_kind>(5) : gate_kind::scalar);
       });
 }
 
@@ -190,13 +205,20 @@ TEST_CASE("gated lasp_attention with g = log(lambda) equals the constant-decay l
       for (int gated = 0; gated < 2; ++gated) {
         std::vector<float> o(xv.size()), dq(xq.size()), dk(xq.size()), dv(xv.size());
         if (gated) {
-          seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, part, shape, gate_kind::scalar, strategy);
-          const auto saved = layer.forward(in(xq, D), in(xk, D), in(xv, E), in(g, 1), out(o, E));
-          layer.backward(saved, in(xdo, E), out(dq, D), out(dk, D), out(dv, E), out(dg, 1));
+          seqpar::lasp_attention layer(seqpar::gated_linear_reference{}, comm, part, shape, seqpar::elements<float>,
+                                       gate_kind::scalar, strategy);
+          const auto saved = layer.forward(
+              {.q = in(xq, D), .k = in(xk, D), .v = in(xv, E), .g = in(g, 1), .o = out(o, E)}, {.stream = nullptr});
+          layer.backward(saved,
+                         {.dout = in(xdo, E), .dq = out(dq, D), .dk = out(dk, D), .dv = out(dv, E), .dg = out(dg, 1)},
+                         {.stream = nullptr});
         } else {
-          seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, decay, strategy);
-          const auto saved = layer.forward(in(xq, D), in(xk, D), in(xv, E), out(o, E));
-          layer.backward(saved, in(xdo, E), out(dq, D), out(dk, D), out(dv, E));
+          seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay,
+                                       strategy);
+          const auto saved =
+              layer.forward({.q = in(xq, D), .k = in(xk, D), .v = in(xv, E), .o = out(o, E)}, {.stream = nullptr});
+          layer.backward(saved, {.dout = in(xdo, E), .dq = out(dq, D), .dk = out(dk, D), .dv = out(dv, E)},
+                         {.stream = nullptr});
         }
         outs[gated] = {o, dq, dk, dv};
       }

@@ -42,9 +42,12 @@ TEST_CASE("lasp_attention: bytes per rank are one state per hop, the same for S 
         auto in = [&](std::vector<float>& x, std::int64_t w) { return seqpar::make_bshd<const float>(x.data(), B, n, H, w); };
         auto out = [&](std::vector<float>& x, std::int64_t w) { return seqpar::make_bshd(x.data(), B, n, H, w); };
         seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part,
-                                     {.batch = B, .heads = int(H), .head_dim = D, .value_dim = E}, {0.99f}, strategy);
-        const auto saved = layer.forward(in(q, D), in(q, D), in(v, E), out(o, E));
-        layer.backward(saved, in(v, E), out(dq, D), out(dk, D), out(dv, E));
+                                     {.batch = B, .heads = int(H), .head_dim = D, .value_dim = E},
+                                     seqpar::elements<float>, {0.99f}, strategy);
+        const auto saved =
+            layer.forward({.q = in(q, D), .k = in(q, D), .v = in(v, E), .o = out(o, E)}, {.stream = nullptr});
+        layer.backward(saved, {.dout = in(v, E), .dq = out(dq, D), .dk = out(dk, D), .dv = out(dv, E)},
+                       {.stream = nullptr});
         bytes[r] = comm.bytes_sent();
         to_peer[r].resize(P);
         for (int j = 0; j < P; ++j) to_peer[r][j] = comm.bytes_sent_to(j);
@@ -80,10 +83,14 @@ TEST_CASE("linear_attention_ring: bad input names the argument before anything m
       std::vector<float> state(2 * 2 * state_e);
       std::vector<std::byte> ws(ring.workspace_bytes());
       try {
-        ring.forward(seqpar::linear_reference{}, comm, seqpar::make_bshd<const float>(q.data(), 1, 4, 2, 2),
-                     seqpar::make_bshd<const float>(q.data(), 1, 4, 2, 2),
-                     seqpar::make_bshd<const float>(v.data(), 1, 4, 2, 3), decay,
-                     seqpar::make_bshd(o.data(), 1, 4, 2, 3), seqpar::make_state(state.data(), 1, 2, 2, state_e), ws);
+        ring.forward(seqpar::linear_reference{}, comm,
+                     seqpar::lasp_ring_forward_args<float>{.q = seqpar::make_bshd<const float>(q.data(), 1, 4, 2, 2),
+                                                           .k = seqpar::make_bshd<const float>(q.data(), 1, 4, 2, 2),
+                                                           .v = seqpar::make_bshd<const float>(v.data(), 1, 4, 2, 3),
+                                                           .decay = decay, .o = seqpar::make_bshd(o.data(), 1, 4, 2, 3),
+                                                           .saved = seqpar::make_state(state.data(), 1, 2, 2, state_e),
+                                                           .workspace = ws},
+                     {.stream = nullptr});
       } catch (const seqpar::error& e) {
         messages[r] = e.what();
       }

@@ -54,8 +54,8 @@ TEST_CASE("ulysses_attention: two forwards in flight, backwards in reverse order
   seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& comm) {
     const std::int64_t n = part.size(comm.rank());
     counted_resource resource;
-    seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part, shape, seqpar::dtype::float32,
-                                    {.causal = true}, resource);
+    seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part, shape, seqpar::elements<float>,
+                                    {.causal = true}, seqpar::ulysses_options{}, resource);
     CHECK(*resource.live == 0);  // the layer itself holds no activation buffers
     std::vector<std::vector<float>> q, kv, dout;
     for (unsigned m = 0; m < 2; ++m) {
@@ -65,7 +65,10 @@ TEST_CASE("ulysses_attention: two forwards in flight, backwards in reverse order
     }
     auto grads = [&](int m, const auto& saved) {
       std::vector<float> dq(B * n * H * D), dk(B * n * H_kv * D), dv(dk.size());
-      layer.backward(saved, cview(dout[m], n, H), view(dq, n, H), view(dk, n, H_kv), view(dv, n, H_kv));
+      layer.backward(saved,
+                     {.dout = cview(dout[m], n, H), .dq = view(dq, n, H), .dk = view(dk, n, H_kv),
+                      .dv = view(dv, n, H_kv)},
+                     {.stream = nullptr});
       return std::vector<std::vector<float>>{dq, dk, dv};
     };
     std::vector<float> o0(B * n * H * D), o1(o0.size());
@@ -73,13 +76,19 @@ TEST_CASE("ulysses_attention: two forwards in flight, backwards in reverse order
     std::vector<std::vector<std::vector<float>>> want;
     for (int m = 0; m < 2; ++m) {
       std::vector<float> o(o0.size());
-      const auto saved = layer.forward(cview(q[m], n, H), cview(kv[m], n, H_kv), cview(kv[m], n, H_kv), view(o, n, H));
+      const auto saved = layer.forward(
+          {.q = cview(q[m], n, H), .k = cview(kv[m], n, H_kv), .v = cview(kv[m], n, H_kv), .o = view(o, n, H)},
+          {.stream = nullptr});
       want.push_back(grads(m, saved));
     }
     CHECK(*resource.live == 0);
     // Interleaved: both forwards first, backwards in reverse order.
-    auto saved0 = layer.forward(cview(q[0], n, H), cview(kv[0], n, H_kv), cview(kv[0], n, H_kv), view(o0, n, H));
-    const auto saved1 = layer.forward(cview(q[1], n, H), cview(kv[1], n, H_kv), cview(kv[1], n, H_kv), view(o1, n, H));
+    auto saved0 = layer.forward(
+        {.q = cview(q[0], n, H), .k = cview(kv[0], n, H_kv), .v = cview(kv[0], n, H_kv), .o = view(o0, n, H)},
+        {.stream = nullptr});
+    const auto saved1 = layer.forward(
+        {.q = cview(q[1], n, H), .k = cview(kv[1], n, H_kv), .v = cview(kv[1], n, H_kv), .o = view(o1, n, H)},
+        {.stream = nullptr});
     CHECK(*resource.live == static_cast<long>(2 * layer.context_bytes()));
     CHECK(saved0.bytes() == layer.context_bytes());
     CHECK(grads(1, saved1) == want[1]);
@@ -95,31 +104,47 @@ TEST_CASE("ulysses_attention: a caller workspace gives the same results; too sma
     const std::int64_t n = part.size(comm.rank());
     counted_resource resource;
     seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
-                                    {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32,
-                                    {}, resource);
+                                    {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::elements<float>,
+                                    {}, seqpar::ulysses_options{}, resource);
+    using layer_type = decltype(layer);
+    const std::size_t forward_bytes = layer.workspace_bytes(layer_type::forward_args{}),
+                      backward_bytes = layer.workspace_bytes(layer_type::backward_args{});
     const auto q = seqpar_test::uniform_floats(B * n * H * D, 1 + comm.rank()), kv = seqpar_test::uniform_floats(B * n * H_kv * D, 9 + comm.rank());
     std::vector<float> o1(q.size()), o2(q.size()), dq1(q.size()), dq2(q.size()), dk1(kv.size()), dk2(kv.size()),
         dv1(kv.size()), dv2(kv.size());
-    std::vector<float> ws(layer.workspace_bytes() / sizeof(float) + 1);
+    std::vector<float> ws(backward_bytes / sizeof(float) + 1);
     const auto bytes = std::as_writable_bytes(std::span(ws));
-    CHECK(layer.forward_workspace_bytes() <= layer.workspace_bytes());
+    CHECK(forward_bytes <= backward_bytes);
     {
-      const auto a = layer.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(o1, n, H));
-      layer.backward(a, cview(q, n, H), view(dq1, n, H), view(dk1, n, H_kv), view(dv1, n, H_kv));
+      const auto a = layer.forward(
+          {.q = cview(q, n, H), .k = cview(kv, n, H_kv), .v = cview(kv, n, H_kv), .o = view(o1, n, H)},
+          {.stream = nullptr});
+      layer.backward(a,
+                     {.dout = cview(q, n, H), .dq = view(dq1, n, H), .dk = view(dk1, n, H_kv),
+                      .dv = view(dv1, n, H_kv)},
+                     {.stream = nullptr});
     }
     const long before = *resource.live;
-    const auto b = layer.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(o2, n, H), bytes);
+    const auto b = layer.forward(
+        {.q = cview(q, n, H), .k = cview(kv, n, H_kv), .v = cview(kv, n, H_kv), .o = view(o2, n, H),
+         .workspace = bytes},
+        {.stream = nullptr});
     CHECK(*resource.live - before == static_cast<long>(layer.context_bytes()));  // no exchange buffers taken
-    layer.backward(b, cview(q, n, H), view(dq2, n, H), view(dk2, n, H_kv), view(dv2, n, H_kv), bytes);
+    layer.backward(b,
+                   {.dout = cview(q, n, H), .dq = view(dq2, n, H), .dk = view(dk2, n, H_kv),
+                    .dv = view(dv2, n, H_kv), .workspace = bytes},
+                   {.stream = nullptr});
     CHECK(o1 == o2);
     CHECK(dq1 == dq2);
     CHECK(dk1 == dk2);
     CHECK(dv1 == dv2);
     CHECK_THROWS_WITH_AS(
-        layer.backward(b, cview(q, n, H), view(dq2, n, H), view(dk2, n, H_kv), view(dv2, n, H_kv),
-                       bytes.first(layer.forward_workspace_bytes())),
+        layer.backward(b,
+                       {.dout = cview(q, n, H), .dq = view(dq2, n, H), .dk = view(dk2, n, H_kv),
+                        .dv = view(dv2, n, H_kv), .workspace = bytes.first(forward_bytes)},
+                       {.stream = nullptr}),
         doctest::Contains(
-            ("workspace: expected at least workspace_bytes() = " + std::to_string(layer.workspace_bytes())).c_str()),
+            ("workspace: expected at least workspace_bytes(args) = " + std::to_string(backward_bytes)).c_str()),
         seqpar::error);
   });
 }
@@ -129,17 +154,21 @@ TEST_CASE("ulysses_attention: the default scale is 1 / sqrt(head_dim)") {
   seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& comm) {
     const std::int64_t n = part.size(comm.rank());
     const seqpar::attention_shape shape{.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D};
-    seqpar::ulysses_attention by_default(seqpar::reference_attention{}, comm, part, shape, seqpar::dtype::float32);
-    seqpar::ulysses_attention stated(seqpar::reference_attention{}, comm, part, shape, seqpar::dtype::float32,
+    seqpar::ulysses_attention by_default(seqpar::reference_attention{}, comm, part, shape, seqpar::elements<float>);
+    seqpar::ulysses_attention stated(seqpar::reference_attention{}, comm, part, shape, seqpar::elements<float>,
                                      {.scale = 0.5f});  // 1 / sqrt(4)
-    seqpar::ulysses_attention other(seqpar::reference_attention{}, comm, part, shape, seqpar::dtype::float32,
+    seqpar::ulysses_attention other(seqpar::reference_attention{}, comm, part, shape, seqpar::elements<float>,
                                     {.scale = 0.25f});
     CHECK(by_default.options().scale == 0.5f);
     const auto q = seqpar_test::uniform_floats(B * n * H * D, 3 + comm.rank()), kv = seqpar_test::uniform_floats(B * n * H_kv * D, 4 + comm.rank());
     std::vector<float> a(q.size()), b(q.size()), c(q.size());
-    (void)by_default.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(a, n, H));
-    (void)stated.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(b, n, H));
-    (void)other.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(c, n, H));
+    auto args = [&](std::vector<float>& o) {
+      return decltype(by_default)::forward_args{
+          .q = cview(q, n, H), .k = cview(kv, n, H_kv), .v = cview(kv, n, H_kv), .o = view(o, n, H)};
+    };
+    (void)by_default.forward(args(a), {.stream = nullptr});
+    (void)stated.forward(args(b), {.stream = nullptr});
+    (void)other.forward(args(c), {.stream = nullptr});
     CHECK(a == b);
     CHECK(a != c);
   });
@@ -150,14 +179,19 @@ TEST_CASE("ulysses_attention: a context of a layer with other shapes is refused"
   seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& comm) {
     const std::int64_t n = part.size(comm.rank());
     seqpar::ulysses_attention causal(seqpar::reference_attention{}, comm, part,
-                                     {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32,
+                                     {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::elements<float>,
                                      {.causal = true});
     seqpar::ulysses_attention plain(seqpar::reference_attention{}, comm, part,
-                                    {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32);
+                                    {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::elements<float>);
     const auto q = seqpar_test::uniform_floats(B * n * H * D, 1), kv = seqpar_test::uniform_floats(B * n * H_kv * D, 2);
     std::vector<float> o(q.size()), dq(q.size()), dk(kv.size()), dv(kv.size());
-    const auto saved = causal.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(o, n, H));
-    CHECK_THROWS_WITH_AS(plain.backward(saved, cview(q, n, H), view(dq, n, H), view(dk, n, H_kv), view(dv, n, H_kv)),
+    const auto saved = causal.forward(
+        {.q = cview(q, n, H), .k = cview(kv, n, H_kv), .v = cview(kv, n, H_kv), .o = view(o, n, H)},
+        {.stream = nullptr});
+    CHECK_THROWS_WITH_AS(plain.backward(saved,
+                                        {.dout = cview(q, n, H), .dq = view(dq, n, H), .dk = view(dk, n, H_kv),
+                                         .dv = view(dv, n, H_kv)},
+                                        {.stream = nullptr}),
                          doctest::Contains("saved: a context of a layer with other shapes"), seqpar::error);
   });
 }
@@ -170,8 +204,8 @@ TEST_CASE("lasp_attention: two forwards in flight, backwards in reverse order, e
       const std::int64_t n = part.size(comm.rank());
       counted_resource resource;
       seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part,
-                                   {.batch = B, .heads = H, .head_dim = D, .value_dim = E}, {0.9f, 1.f, 0.5f, 0.99f},
-                                   strategy, resource);
+                                   {.batch = B, .heads = H, .head_dim = D, .value_dim = E}, seqpar::elements<float>,
+                                   {0.9f, 1.f, 0.5f, 0.99f}, strategy, resource);
       CHECK(*resource.live == 0);
       std::vector<std::vector<float>> q, k, v, dout;
       for (unsigned m = 0; m < 2; ++m) {
@@ -181,11 +215,16 @@ TEST_CASE("lasp_attention: two forwards in flight, backwards in reverse order, e
         dout.push_back(seqpar_test::uniform_floats(B * n * H * E, 10 * m + 7 + comm.rank()));
       }
       auto forward = [&](int m, std::vector<float>& o) {
-        return layer.forward(cview(q[m], n, H), cview(k[m], n, H), cview(v[m], n, H, E), view(o, n, H, E));
+        return layer.forward(
+            {.q = cview(q[m], n, H), .k = cview(k[m], n, H), .v = cview(v[m], n, H, E), .o = view(o, n, H, E)},
+            {.stream = nullptr});
       };
       auto grads = [&](int m, const auto& saved) {
         std::vector<float> dq(B * n * H * D), dk(dq.size()), dv(B * n * H * E);
-        layer.backward(saved, cview(dout[m], n, H, E), view(dq, n, H), view(dk, n, H), view(dv, n, H, E));
+        layer.backward(saved,
+                       {.dout = cview(dout[m], n, H, E), .dq = view(dq, n, H), .dk = view(dk, n, H),
+                        .dv = view(dv, n, H, E)},
+                       {.stream = nullptr});
         return std::vector<std::vector<float>>{dq, dk, dv};
       };
       std::vector<std::vector<std::vector<float>>> want;
@@ -205,18 +244,22 @@ TEST_CASE("call_checks: group agrees in one control call per layer call; local m
     seqpar::counting_communicator comm(inner);
     const std::int64_t n = part.size(comm.rank());
     seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
-                                    {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32);
+                                    {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::elements<float>);
     CHECK(comm.control_calls() == 2);  // construction: the arguments, then the fingerprint
     const auto q = seqpar_test::uniform_floats(B * n * H * D, 1), kv = seqpar_test::uniform_floats(B * n * H_kv * D, 2);
     std::vector<float> o(q.size()), dq(q.size()), dk(kv.size()), dv(kv.size());
-    auto saved = layer.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(o, n, H));
-    layer.backward(saved, cview(q, n, H), view(dq, n, H), view(dk, n, H_kv), view(dv, n, H_kv));
+    using layer_type = decltype(layer);
+    const layer_type::forward_args fwd{
+        .q = cview(q, n, H), .k = cview(kv, n, H_kv), .v = cview(kv, n, H_kv), .o = view(o, n, H)};
+    const layer_type::backward_args bwd{
+        .dout = cview(q, n, H), .dq = view(dq, n, H), .dk = view(dk, n, H_kv), .dv = view(dv, n, H_kv)};
+    auto saved = layer.forward(fwd, {.stream = nullptr});
+    layer.backward(saved, bwd, {.stream = nullptr});
     CHECK(comm.control_calls() == 4);
     const auto payload = comm.bytes_sent();
-    layer.set_call_checks(seqpar::call_checks::local);
-    CHECK(layer.checks() == seqpar::call_checks::local);
-    saved = layer.forward(cview(q, n, H), cview(kv, n, H_kv), cview(kv, n, H_kv), view(o, n, H));
-    layer.backward(saved, cview(q, n, H), view(dq, n, H), view(dk, n, H_kv), view(dv, n, H_kv));
+    const seqpar::execution local{.stream = nullptr, .checks = seqpar::call_checks::local};
+    saved = layer.forward(fwd, local);
+    layer.backward(saved, bwd, local);
     CHECK(comm.control_calls() == 4);
     CHECK(comm.bytes_sent() == 2 * payload);  // the same payload either way
   });

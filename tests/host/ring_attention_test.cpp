@@ -26,7 +26,7 @@ const auto everything = [](std::int64_t, std::int64_t) { return true; };
 // Builds a ring layer with `policy`, for check_parallel_attention.
 template <class Policy>
 auto ring_of(const Policy& policy) {
-  return [policy](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+  return [policy](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
     return seqpar::ring_attention(policy, comm, part, shape, type, opt);
   };
 }
@@ -135,12 +135,13 @@ double worst_step_imbalance(int P, shard_strategy strategy) {
   seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& comm) {
     work_counter policy;
     policy.part = part, policy.work = &work, policy.m = &m, policy.rank = comm.rank();
-    seqpar::ring_attention layer(policy, comm, part, {.batch = 1, .heads = 1, .head_dim = 2}, seqpar::dtype::float32,
+    seqpar::ring_attention layer(policy, comm, part, {.batch = 1, .heads = 1, .head_dim = 2}, seqpar::elements<float>,
                                  {.causal = true});
     const std::int64_t n = part.size(comm.rank());
     std::vector<float> x(n * 2, 0.5f), o(x.size());
     const auto in = seqpar::make_bshd<const float>(x.data(), 1, n, 1, 2);
-    (void)layer.forward(in, in, in, seqpar::make_bshd(o.data(), 1, n, 1, 2));
+    (void)layer.forward({.q = in, .k = in, .v = in, .o = seqpar::make_bshd(o.data(), 1, n, 1, 2)},
+                        {.stream = nullptr});
   });
   double worst = 1;
   for (int t = 1; t < P; ++t) {  // step 0 is each rank's own diagonal block
@@ -173,15 +174,17 @@ TEST_CASE("ring_attention: bytes per rank equal the formula, forward and backwar
     const int r = comm.rank();
     const std::int64_t n = part.size(r);
     seqpar::ring_attention layer(seqpar::reference_attention{}, comm, part,
-                                 {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::bfloat16);
+                                 {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::elements<__nv_bfloat16>);
     using bf16 = __nv_bfloat16;
     std::vector<bf16> q(B * n * H * D, bf16(0.5f)), kv(B * n * H_kv * D, bf16(0.25f)), o(q.size()), dq(q.size()),
         dk(kv.size()), dv(kv.size());
     auto in = [&](std::vector<bf16>& x, int h) { return seqpar::make_bshd<const bf16>(x.data(), B, n, h, D); };
     auto out = [&](std::vector<bf16>& x, int h) { return seqpar::make_bshd(x.data(), B, n, h, D); };
-    const auto saved = layer.forward(in(q, H), in(kv, H_kv), in(kv, H_kv), out(o, H));
+    const auto saved =
+        layer.forward({.q = in(q, H), .k = in(kv, H_kv), .v = in(kv, H_kv), .o = out(o, H)}, {.stream = nullptr});
     forward[r] = comm.bytes_sent();
-    layer.backward(saved, in(q, H), out(dq, H), out(dk, H_kv), out(dv, H_kv));
+    layer.backward(saved, {.dout = in(q, H), .dq = out(dq, H), .dk = out(dk, H_kv), .dv = out(dv, H_kv)},
+                   {.stream = nullptr});
     total[r] = comm.bytes_sent();
   });
   for (int r = 0; r < P; ++r) {
@@ -204,7 +207,7 @@ TEST_CASE("all or nothing: ring_attention forward and backward") {
   const auto part = seqpar::make_seq_partition(2 * P + 1, P);
   auto layer_of = [&](seqpar::in_process_communicator& comm) {
     return seqpar::ring_attention(seqpar::reference_attention{}, comm, part,
-                                  {.batch = 1, .heads = 2, .kv_heads = 1, .head_dim = 4}, seqpar::dtype::float32,
+                                  {.batch = 1, .heads = 2, .kv_heads = 1, .head_dim = 4}, seqpar::elements<float>,
                                   {.causal = true});
   };
   seqpar_test::expect_all_or_nothing(
@@ -214,10 +217,11 @@ TEST_CASE("all or nothing: ring_attention forward and backward") {
         auto& q = s.input(n * 2 * 4, 1.f);
         auto& kv = s.input((n + 1) * 4, 1.f);
         auto& o = s.make(n * 2 * 4);
-        (void)layer.forward(seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4),
-                            seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4),
-                            seqpar::make_bshd<const float>(kv.data(), 1, bad ? n + 1 : n, 1, 4),
-                            seqpar::make_bshd(o.data(), 1, n, 2, 4));
+        (void)layer.forward({.q = seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4),
+                             .k = seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4),
+                             .v = seqpar::make_bshd<const float>(kv.data(), 1, bad ? n + 1 : n, 1, 4),
+                             .o = seqpar::make_bshd(o.data(), 1, n, 2, 4)},
+                            {.stream = nullptr});
       });
   seqpar_test::expect_all_or_nothing(
       P, "dk: expected extents", [&](seqpar::in_process_communicator& comm, bool bad, seqpar_test::sentinels& s) {
@@ -226,15 +230,20 @@ TEST_CASE("all or nothing: ring_attention forward and backward") {
         auto& q = s.input(n * 2 * 4, 1.f);
         auto& kv = s.input(n * 4, 1.f);
         auto& o = s.input(n * 2 * 4, 0.f);
-        const auto saved = layer.forward(
-            seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4), seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4),
-            seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4), seqpar::make_bshd(o.data(), 1, n, 2, 4));
+        const auto saved = layer.forward({.q = seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4),
+                                          .k = seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4),
+                                          .v = seqpar::make_bshd<const float>(kv.data(), 1, n, 1, 4),
+                                          .o = seqpar::make_bshd(o.data(), 1, n, 2, 4)},
+                                         {.stream = nullptr});
         auto& dq = s.make(n * 2 * 4);
         auto& dk = s.make(n * 2 * 4);
         auto& dv = s.make(n * 4);
-        layer.backward(saved, seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4),
-                       seqpar::make_bshd(dq.data(), 1, n, 2, 4), seqpar::make_bshd(dk.data(), 1, n, bad ? 2 : 1, 4),
-                       seqpar::make_bshd(dv.data(), 1, n, 1, 4));
+        layer.backward(saved,
+                       {.dout = seqpar::make_bshd<const float>(q.data(), 1, n, 2, 4),
+                        .dq = seqpar::make_bshd(dq.data(), 1, n, 2, 4),
+                        .dk = seqpar::make_bshd(dk.data(), 1, n, bad ? 2 : 1, 4),
+                        .dv = seqpar::make_bshd(dv.data(), 1, n, 1, 4)},
+                       {.stream = nullptr});
       });
 }
 

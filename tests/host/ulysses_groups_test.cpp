@@ -82,12 +82,17 @@ std::vector<rank_result<T>> run_layer(const heads_case& c, std::int64_t S, bool 
     auto mv = [&](std::vector<T>& x, int h) { return seqpar::make_bshd(x.data(), B, n, h, D); };
     const seqpar::attention_options opt{0.5f, causal};
     seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part,
-                                    {.batch = B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = D}, seqpar::dtype_of<T>,
+                                    {.batch = B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = D}, seqpar::elements<T>,
                                     opt, seqpar::ulysses_options{.head_groups = groups});
     comm.clear();  // the construction's agreement
-    const auto saved = docs.split() ? layer.forward(cv(hq, c.H), cv(hk, c.H_kv), cv(hv, c.H_kv), mv(o, c.H), docs)
-                                    : layer.forward(cv(hq, c.H), cv(hk, c.H_kv), cv(hv, c.H_kv), mv(o, c.H));
-    layer.backward(saved, cv(hdo, c.H), mv(dq, c.H), mv(dk, c.H_kv), mv(dv, c.H_kv));
+    const auto saved = layer.forward({.q = cv(hq, c.H),
+                                      .k = cv(hk, c.H_kv),
+                                      .v = cv(hv, c.H_kv),
+                                      .o = mv(o, c.H),
+                                      .documents = docs.split() ? &docs : nullptr},
+                                     {.stream = nullptr});
+    layer.backward(saved, {.dout = cv(hdo, c.H), .dq = mv(dq, c.H), .dk = mv(dk, c.H_kv), .dv = mv(dv, c.H_kv)},
+                   {.stream = nullptr});
     out[r].tensors = {o, dq, dk, dv};
     out[r].bytes_to_peer.assign(c.P, 0);
     for (int p = 0; p < c.P; ++p) out[r].bytes_to_peer[p] = comm.bytes_sent_to(p);
@@ -133,7 +138,7 @@ TEST_CASE("ulysses_attention with head groups equals one device (and the dense d
       const int groups = most_groups(c);
       (void)seqpar_test::check_parallel_attention<float>(
           {c.P, c.H, c.H_kv, 2, 3 * c.P + 1, 4, causal}, memory_space::host,
-          [&](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+          [&](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
             return seqpar::ulysses_attention(policy, comm, part, shape, type, opt,
                                              seqpar::ulysses_options{.head_groups = groups});
           },
@@ -227,7 +232,7 @@ TEST_CASE("ulysses_attention: a head-group count outside 1 to the fewest kv head
     CAPTURE(groups);
     seqpar_test::expect_all_or_nothing(2, "head_groups: expected 1 to 2", [&](auto& comm, bool bad, auto&) {
       seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, seqpar::make_seq_partition(8, 2),
-                                      {.batch = 1, .heads = 6, .kv_heads = 3, .head_dim = 4}, seqpar::dtype::float32,
+                                      {.batch = 1, .heads = 6, .kv_heads = 3, .head_dim = 4}, seqpar::elements<float>,
                                       {}, seqpar::ulysses_options{.head_groups = bad ? groups : 2});
     });
   }

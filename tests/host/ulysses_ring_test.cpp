@@ -25,7 +25,7 @@ void check_2d(int u, int r, int H, int H_kv, std::int64_t S, bool causal) {
   const auto layout = seqpar::make_token_layout_2d(S, {u, r});
   (void)seqpar_test::check_parallel_attention_on<T>(
       {u * r, H, H_kv, 2, S, 4, causal}, layout, memory_space::host,
-      [&](auto& comm, const auto& l, const auto& shape, seqpar::dtype type, const auto& opt) {
+      [&](auto& comm, const auto& l, const auto& shape, auto type, const auto& opt) {
         return seqpar::ulysses_ring_attention(policy, comm, l, shape, type, opt);
       },
       policy, everything);
@@ -85,17 +85,18 @@ TEST_CASE("all or nothing: ulysses_ring_attention construction and forward") {
   seqpar_test::expect_all_or_nothing(P, "mesh: ulysses * ring = 6", [&](auto& comm, bool bad, seqpar_test::sentinels&) {
     seqpar::ulysses_ring_attention layer(seqpar::reference_attention{}, comm,
                                          bad ? seqpar::token_layout_2d{12, {2, 3}} : layout,
-                                         {.batch = 1, .heads = 2, .head_dim = 4}, seqpar::dtype::float32);
+                                         {.batch = 1, .heads = 2, .head_dim = 4}, seqpar::elements<float>);
   });
   seqpar_test::expect_all_or_nothing(P, "o: expected extents", [&](auto& comm, bool bad, seqpar_test::sentinels& s) {
     seqpar::ulysses_ring_attention layer(seqpar::reference_attention{}, comm, layout,
-                                         {.batch = 1, .heads = 2, .head_dim = 4}, seqpar::dtype::float32,
+                                         {.batch = 1, .heads = 2, .head_dim = 4}, seqpar::elements<float>,
                                          {.causal = true});
     const std::int64_t n = layout.size(comm.rank());
     auto& x = s.input(n * 2 * 4, 1.f);
     auto& o = s.make((n + 1) * 2 * 4);
     const auto in = seqpar::make_bshd<const float>(x.data(), 1, n, 2, 4);
-    (void)layer.forward(in, in, in, seqpar::make_bshd(o.data(), 1, bad ? n + 1 : n, 2, 4));
+    (void)layer.forward({.q = in, .k = in, .v = in, .o = seqpar::make_bshd(o.data(), 1, bad ? n + 1 : n, 2, 4)},
+                        {.stream = nullptr});
   });
 }
 
@@ -113,16 +114,18 @@ TEST_CASE("ulysses_ring_attention: bytes per rank equal the formula, Ulysses par
       seqpar::counting_communicator world(inner);
       seqpar::ulysses_ring_attention layer(seqpar::reference_attention{}, world, layout,
                                            {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
-                                           seqpar::dtype::bfloat16);
+                                           seqpar::elements<bf16>);
       const int rank = world.rank();
       const std::int64_t n = layout.size(rank);
       std::vector<bf16> q(B * n * H * D, bf16(0.5f)), kv(B * n * H_kv * D, bf16(0.25f)), o(q.size()), dq(q.size()),
           dk(kv.size()), dv(kv.size());
       auto in = [&](std::vector<bf16>& x, int h) { return seqpar::make_bshd<const bf16>(x.data(), B, n, h, D); };
       auto out = [&](std::vector<bf16>& x, int h) { return seqpar::make_bshd(x.data(), B, n, h, D); };
-      const auto saved = layer.forward(in(q, H), in(kv, H_kv), in(kv, H_kv), out(o, H));
+      const auto saved =
+          layer.forward({.q = in(q, H), .k = in(kv, H_kv), .v = in(kv, H_kv), .o = out(o, H)}, {.stream = nullptr});
       ulysses_fwd[rank] = layer.ulysses_group().bytes_sent(), ring_fwd[rank] = layer.ring_group().bytes_sent();
-      layer.backward(saved, in(q, H), out(dq, H), out(dk, H_kv), out(dv, H_kv));
+      layer.backward(saved, {.dout = in(q, H), .dq = out(dq, H), .dk = out(dk, H_kv), .dv = out(dv, H_kv)},
+                     {.stream = nullptr});
       ulysses_all[rank] = layer.ulysses_group().bytes_sent(), ring_all[rank] = layer.ring_group().bytes_sent();
       heads[rank] = layer.plan().heads();
       CHECK(world.bytes_sent() == 0);  // everything moves in the two groups

@@ -410,7 +410,7 @@ TEST_CASE("gradient rule: the mesh's reduce-scattered gradient equals one rank's
       }
       seqpar::ulysses_attention layer(seqpar::reference_attention{}, mesh.sp_group(), seq,
                                       {.batch = b_local, .heads = H, .kv_heads = H_kv, .head_dim = D},
-                                      seqpar::dtype::float32, opt);
+                                      seqpar::elements<float>, opt);
       auto view = [&](const float* p, int h) { return seqpar::make_bshd<const float>(p, b_local, n, h, D); };
       auto mview = [&](float* p, int h) { return seqpar::make_bshd(p, b_local, n, h, D); };
       decltype(layer)::context saved;
@@ -421,10 +421,13 @@ TEST_CASE("gradient rule: the mesh's reduce-scattered gradient equals one rank's
             x.data(), y.data(), b_local * n, w.parameter(0).data(), w.parameter(1).data(), w.parameter(2).data(),
             scale,
             [&](const float* q, const float* k, const float* v, float* o) {
-              saved = layer.forward(view(q, H), view(k, H_kv), view(v, H_kv), mview(o, H));
+              saved = layer.forward({.q = view(q, H), .k = view(k, H_kv), .v = view(v, H_kv), .o = mview(o, H)},
+                                    {.stream = nullptr});
             },
             [&](const float* dout, float* dq, float* dk, float* dv) {
-              layer.backward(saved, view(dout, H), mview(dq, H), mview(dk, H_kv), mview(dv, H_kv));
+              layer.backward(saved,
+                             {.dout = view(dout, H), .dq = mview(dq, H), .dk = mview(dk, H_kv), .dv = mview(dv, H_kv)},
+                             {.stream = nullptr});
             },
             grads.parameter(0).data(), grads.parameter(1).data(), grads.parameter(2).data());
         params.reduce_scatter(std::move(grads));

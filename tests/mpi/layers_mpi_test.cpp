@@ -51,10 +51,11 @@ TEST_CASE("mpi: ulysses_attention and lasp_attention are all or nothing, one bad
     return seqpar::make_bshd(x.data(), B, len, h, d);
   };
   seqpar::ulysses_attention attn(seqpar::reference_attention{}, comm, part,
-                                 {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::dtype::float32,
+                                 {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, seqpar::elements<float>,
                                  {.causal = true});
   seqpar::lasp_attention lin(seqpar::linear_reference{}, comm, part,
-                             {.batch = B, .heads = 2, .head_dim = D, .value_dim = E}, {0.9f, 0.99f});
+                             {.batch = B, .heads = 2, .head_dim = D, .value_dim = E}, seqpar::elements<float>,
+                             {0.9f, 0.99f});
   std::vector<float> q(B * n * H * D, 0.5f), kv(B * n * H_kv * D, 0.25f), v(B * n * 2 * E, 0.125f);
   for (int culprit = 0; culprit < P; ++culprit) {
     CAPTURE(culprit);
@@ -63,7 +64,9 @@ TEST_CASE("mpi: ulysses_attention and lasp_attention are all or nothing, one bad
       std::vector<float> o(B * n * H * D, seqpar_test::poison<float>());
       std::optional<seqpar::error> e;
       try {
-        (void)attn.forward(cv(q, n, H, D), cv(kv, n, H_kv, D), cv(kv, n, H_kv, D), mv(o, bad ? n - 1 : n, H, D));
+        (void)attn.forward(
+            {.q = cv(q, n, H, D), .k = cv(kv, n, H_kv, D), .v = cv(kv, n, H_kv, D), .o = mv(o, bad ? n - 1 : n, H, D)},
+            {.stream = nullptr});
       } catch (const seqpar::error& x) {
         e = x;
       }
@@ -73,10 +76,14 @@ TEST_CASE("mpi: ulysses_attention and lasp_attention are all or nothing, one bad
     {  // Ulysses backward: dk one head short on the culprit.
       std::vector<float> o(B * n * H * D), dq(o.size(), seqpar_test::poison<float>()),
           dk(B * n * H_kv * D, seqpar_test::poison<float>()), dv(dk);
-      const auto saved = attn.forward(cv(q, n, H, D), cv(kv, n, H_kv, D), cv(kv, n, H_kv, D), mv(o, n, H, D));
+      const auto saved = attn.forward(
+          {.q = cv(q, n, H, D), .k = cv(kv, n, H_kv, D), .v = cv(kv, n, H_kv, D), .o = mv(o, n, H, D)}, {.stream = nullptr});
       std::optional<seqpar::error> e;
       try {
-        attn.backward(saved, cv(q, n, H, D), mv(dq, n, H, D), mv(dk, n, bad ? H_kv - 1 : H_kv, D), mv(dv, n, H_kv, D));
+        attn.backward(saved,
+                      {.dout = cv(q, n, H, D), .dq = mv(dq, n, H, D), .dk = mv(dk, n, bad ? H_kv - 1 : H_kv, D),
+                       .dv = mv(dv, n, H_kv, D)},
+                      {.stream = nullptr});
       } catch (const seqpar::error& x) {
         e = x;
       }
@@ -86,10 +93,14 @@ TEST_CASE("mpi: ulysses_attention and lasp_attention are all or nothing, one bad
     {  // LASP backward: dv with the wrong value dim on the culprit.
       std::vector<float> o(v.size()), dq(B * n * 2 * D, seqpar_test::poison<float>()), dk(dq),
           dv(v.size(), seqpar_test::poison<float>());
-      const auto saved = lin.forward(cv(q, n, 2, D), cv(q, n, 2, D), cv(v, n, 2, E), mv(o, n, 2, E));
+      const auto saved = lin.forward({.q = cv(q, n, 2, D), .k = cv(q, n, 2, D), .v = cv(v, n, 2, E), .o = mv(o, n, 2, E)},
+                                     {.stream = nullptr});
       std::optional<seqpar::error> e;
       try {
-        lin.backward(saved, cv(v, n, 2, E), mv(dq, n, 2, D), mv(dk, n, 2, D), mv(dv, n, 2, bad ? E - 1 : E));
+        lin.backward(saved,
+                     {.dout = cv(v, n, 2, E), .dq = mv(dq, n, 2, D), .dk = mv(dk, n, 2, D),
+                      .dv = mv(dv, n, 2, bad ? E - 1 : E)},
+                     {.stream = nullptr});
       } catch (const seqpar::error& x) {
         e = x;
       }
@@ -137,8 +148,10 @@ double gap_to_one_device(seqpar::mpi_communicator& comm, const Layout& layout, s
   auto lview = [&](std::vector<float>& x, int h) { return seqpar::make_bshd(x.data(), B, n, h, D); };
   auto layer = make_layer(comm, layout, seqpar::attention_shape{.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
                           opt);
-  const auto saved = layer.forward(cv(lview(q, H)), cv(lview(k, H_kv)), cv(lview(v, H_kv)), lview(lo, H));
-  layer.backward(saved, cv(lview(dout, H)), lview(ldq, H), lview(ldk, H_kv), lview(ldv, H_kv));
+  const auto saved = layer.forward(
+      {.q = cv(lview(q, H)), .k = cv(lview(k, H_kv)), .v = cv(lview(v, H_kv)), .o = lview(lo, H)}, {.stream = nullptr});
+  layer.backward(saved, {.dout = cv(lview(dout, H)), .dq = lview(ldq, H), .dk = lview(ldk, H_kv), .dv = lview(ldv, H_kv)},
+                 {.stream = nullptr});
   double gap = 0;
   auto compare = [&](const std::vector<float>& mine, const std::vector<float>& whole, int h) {
     const auto want = shard_of(whole, h);
@@ -155,14 +168,15 @@ TEST_CASE("mpi: ring_attention and the 2-D layer (causal, GQA) equal one device,
   const std::int64_t S = 4 * P;
   const auto part = seqpar::make_seq_partition(S, P, seqpar::shard_strategy::zigzag);
   CHECK(gap_to_one_device(comm, part, S, [](auto& c, const auto& l, const auto& shape, const auto& opt) {
-          return seqpar::ring_attention(seqpar::reference_attention{}, c, l, shape, seqpar::dtype::float32, opt);
+          return seqpar::ring_attention(seqpar::reference_attention{}, c, l, shape, seqpar::elements<float>, opt);
         }) <= 1e-5);
   for (int u : {1, 2, P}) {
     if (P % u) continue;
     CAPTURE(u);
     const auto layout = seqpar::make_token_layout_2d(S, {u, P / u});
     CHECK(gap_to_one_device(comm, layout, S, [](auto& c, const auto& l, const auto& shape, const auto& opt) {
-            return seqpar::ulysses_ring_attention(seqpar::reference_attention{}, c, l, shape, seqpar::dtype::float32, opt);
+            return seqpar::ulysses_ring_attention(seqpar::reference_attention{}, c, l, shape, seqpar::elements<float>,
+                                                  opt);
           }) <= 1e-5);
   }
 }

@@ -5,12 +5,15 @@
 #pragma once
 
 #include <seqpar/attention_shape.hpp>
+#include <seqpar/call.hpp>
 #include <seqpar/comm/agreement.hpp>
 #include <seqpar/detail/document_agreement.hpp>
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/detail/lasp_decay.hpp>
 #include <seqpar/detail/stream_fork.hpp>
+#include <seqpar/detail/workspace_layout.hpp>
 #include <seqpar/documents.hpp>
+#include <seqpar/layer_arguments.hpp>
 #include <seqpar/error.hpp>
 #include <seqpar/policy/linear_attention_policy.hpp>
 #include <seqpar/policy/linear_state.hpp>
@@ -37,25 +40,37 @@ enum class lasp_strategy {
 //! Name of a strategy ("chain", "all_gather").
 inline constexpr const char* to_string(lasp_strategy s) noexcept { return s == lasp_strategy::chain ? "chain" : "all_gather"; }
 
-namespace detail {
-//! The element type of a LASP forward's views: q, k, v and a writable o share it.
-template <class Q, class K, class V, class O>
-struct lasp_forward_views {
-  using element = std::remove_const_t<Q>;  //!< the shared element type
-  static_assert(std::is_same_v<std::remove_const_t<K>, element> && std::is_same_v<std::remove_const_t<V>, element> &&
-                    std::is_same_v<O, element>,
-                "linear_attention_ring::forward: q, k, v and o must share one element type, and o must be writable");
+//! The arguments of linear_attention_ring::forward: this rank's chunk.
+template <element T>
+struct lasp_ring_forward_args {
+  tensor_view<const T> q;                      //!< [B, C, H, D]
+  tensor_view<const T> k;                      //!< [B, C, H, D]
+  tensor_view<const T> v;                      //!< [B, C, H, E]
+  std::span<const float> decay{};              //!< a linear_attention_policy's lambda per head in (0, 1]
+  tensor_view<const float> g{};                //!< a gated policy's fp32 log-gates [B, C, H, 1 or D], <= 0
+  tensor_view<T> o;                            //!< [B, C, H, E], written
+  state_view saved{};                          //!< receives KV_r, fp32 [B, H, D, E]
+  const document_layout* documents = nullptr;  //!< packed documents over the global sequence; none: one
+  std::span<std::byte> workspace{};            //!< workspace_bytes(), 16-byte aligned
 };
-//! The element type of a LASP backward's views: all share it, the gradients writable.
-template <class Q, class K, class V, class DO, class G>
-struct lasp_backward_views {
-  using element = std::remove_const_t<Q>;  //!< the shared element type
-  static_assert(std::is_same_v<std::remove_const_t<K>, element> && std::is_same_v<std::remove_const_t<V>, element> &&
-                    std::is_same_v<std::remove_const_t<DO>, element> && std::is_same_v<G, element>,
-                "linear_attention_ring::backward: all views must share one element type, and the gradients must be "
-                "writable");
+
+//! The arguments of linear_attention_ring::backward: this rank's chunk and what its forward had.
+template <element T>
+struct lasp_ring_backward_args {
+  tensor_view<const T> q;                      //!< the forward's q
+  tensor_view<const T> k;                      //!< the forward's k
+  tensor_view<const T> v;                      //!< the forward's v
+  tensor_view<const T> dout;                   //!< [B, C, H, E]
+  std::span<const float> decay{};              //!< the forward's decays (constant-decay policies)
+  tensor_view<const float> g{};                //!< the forward's log-gates (gated policies)
+  const_state_view saved{};                    //!< the forward's KV_r
+  tensor_view<T> dq;                           //!< [B, C, H, D], written
+  tensor_view<T> dk;                           //!< [B, C, H, D], written
+  tensor_view<T> dv;                           //!< [B, C, H, E], written
+  tensor_view<float> dg{};                     //!< gated: the log-gates' gradient, g's shape, written
+  const document_layout* documents = nullptr;  //!< the forward's documents
+  std::span<std::byte> workspace{};            //!< workspace_bytes(), 16-byte aligned
 };
-}  // namespace detail
 
 //! The LASP primitive for one rank and fixed shapes: q, k [B, C, H, D] and v, o [B, C, H, E] with
 //! C = S_r tokens of this rank's chunk, states fp32 [B, H, D, E]. The state decays by one constant
@@ -93,12 +108,10 @@ class linear_attention_ring {
 
   //! Elements of one state, B * H * D * E.
   std::size_t state_elements() const { return static_cast<std::size_t>(batch_ * heads_ * dk_ * dv_); }
-  //! Workspace bytes forward and backward need, with constant decays or gates: three states
-  //! (chain), or P + 2 (all-gather), the P + 1 contributions each with a chunk's log-decay [B, H, D].
+  //! Workspace bytes forward and backward need, with constant decays or gates (workspace_layout_of
+  //! with a gated chunk's log-decay, the larger).
   std::size_t workspace_bytes() const {
-    const std::size_t n = state_elements(), w = n + detail::gate_decay::extra_floats(batch_, heads_, dk_);
-    const std::size_t floats = strategy_ == lasp_strategy::chain ? w + 2 * n : w * (seq_.ranks + 1) + n;
-    return floats * sizeof(float);
+    return workspace_layout_of(detail::gate_decay::extra_floats(batch_, heads_, dk_)).bytes();
   }
   //! This rank's chunk length C = S_r.
   std::int64_t chunk() const { return seq_.size(rank_); }
@@ -111,87 +124,74 @@ class linear_attention_ring {
   //! The sequence partition.
   const seq_partition& seq() const { return seq_; }
 
-  //! LASP forward: o = this rank's outputs; `saved` receives KV_r, the state of all earlier tokens.
-  template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class O>
-  void forward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
-               std::span<const float> decay, tensor_view<O> o, state_view saved, std::span<std::byte> workspace,
-               stream_t stream = nullptr, call_checks checks = call_checks::group) {
-    forward(policy, comm, q, k, v, decay, document_layout{}, o, saved, workspace, stream, checks);
+  //! LASP forward: args.o = this rank's outputs; args.saved receives KV_r, the state of the
+  //! earlier tokens (of this rank's first document, with args.documents). A linear_attention_policy
+  //! takes args.decay (lambda per head); a gated_linear_attention_policy takes args.g (the state
+  //! decaying by diag(exp(g_t)) at token t). Runs check_forward and check_buffers on this rank and,
+  //! with exec.checks == call_checks::group, the group agrees before anything is written or sent.
+  template <class Policy, communicator Comm, element T>
+    requires linear_attention_policy<Policy> || gated_linear_attention_policy<Policy>
+  void forward(const Policy& policy, Comm& comm, const lasp_ring_forward_args<T>& args, const execution& exec) {
+    const document_layout& docs = detail::documents_of(args.documents);
+    agree(comm, exec.checks, exec.stream, docs, [&] {
+      check_forward(policy, comm, args, exec.stream);
+      check_buffers(args.saved, args.workspace);
+    });
+    if constexpr (gated_linear_attention_policy<Policy>)
+      run_forward(policy, comm, args.q, args.k, args.v, detail::gate_decay{args.g, dk_}, docs, args.o, args.saved,
+                  args.workspace, exec.stream);
+    else
+      run_forward(policy, comm, args.q, args.k, args.v, detail::constant_decay{args.decay}, docs, args.o, args.saved,
+                  args.workspace, exec.stream);
   }
 
-  //! As forward above, over packed documents `docs` (the global layout, the same on every rank):
-  //! `saved` receives the state of the earlier tokens of this rank's first document.
-  template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class O>
-  void forward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
-               std::span<const float> decay, const document_layout& docs, tensor_view<O> o, state_view saved,
-               std::span<std::byte> workspace, stream_t stream = nullptr, call_checks checks = call_checks::group) {
-    using T = typename detail::lasp_forward_views<Q, K, V, O>::element;
-    agree(comm, checks, stream, docs, [&] { check_forward(policy, comm, q, k, v, decay, o, saved, workspace); });
-    run_forward(policy, comm, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v),
-                detail::constant_decay{decay}, docs, o, saved, workspace, stream);
+  //! LASP backward: args.dq, dk, dv (and, gated, the log-gates' gradient args.dg: fp32, g's shape;
+  //! a scalar gate's entry sums over the key dims) of this rank's chunk from args.dout, the
+  //! forward's q, k, v, decays or gates and documents, and its args.saved KV_r.
+  template <class Policy, communicator Comm, element T>
+    requires linear_attention_policy<Policy> || gated_linear_attention_policy<Policy>
+  void backward(const Policy& policy, Comm& comm, const lasp_ring_backward_args<T>& args, const execution& exec) {
+    const document_layout& docs = detail::documents_of(args.documents);
+    agree(comm, exec.checks, exec.stream, docs, [&] {
+      check_backward(policy, comm, args, exec.stream);
+      check_workspace(args.workspace);
+    });
+    if constexpr (gated_linear_attention_policy<Policy>)
+      run_backward(policy, comm, args.q, args.k, args.v, args.dout, detail::gate_decay{args.g, dk_, args.dg}, docs,
+                   args.saved, args.dq, args.dk, args.dv, args.workspace, exec.stream);
+    else
+      run_backward(policy, comm, args.q, args.k, args.v, args.dout, detail::constant_decay{args.decay}, docs,
+                   args.saved, args.dq, args.dk, args.dv, args.workspace, exec.stream);
   }
 
-  //! LASP backward: dq, dk, dv of this rank's chunk from dout and the `saved` KV_r of forward.
-  template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class DO, class G>
-  void backward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
-                tensor_view<DO> dout, std::span<const float> decay, const_state_view saved, tensor_view<G> dq,
-                tensor_view<G> dk, tensor_view<G> dv, std::span<std::byte> workspace, stream_t stream = nullptr,
-                call_checks checks = call_checks::group) {
-    backward(policy, comm, q, k, v, dout, decay, document_layout{}, saved, dq, dk, dv, workspace, stream, checks);
+  //! The checks forward makes on this rank of everything but args.saved and args.workspace (it
+  //! throws what forward would), without running it: views, decays or gates (gates in host memory
+  //! are read; a device policy may check its memory's through check_gates(g, stream)) and
+  //! documents. For layers that agree on all their arguments in one step.
+  template <class Policy, class Comm, element T>
+  void check_forward(const Policy& policy, const Comm& comm, const lasp_ring_forward_args<T>& args,
+                     stream_t stream) const {
+    check_call<T>(policy, comm);
+    check_decays(policy, args.decay, args.g, stream);
+    check_views({"q", "k", "v", "o"}, args.q, args.k, args.v, args.o);
+    check_documents(detail::documents_of(args.documents));
   }
-
-  //! As backward above, over the packed documents `docs` of the forward.
-  template <linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class DO, class G>
-  void backward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
-                tensor_view<DO> dout, std::span<const float> decay, const document_layout& docs,
-                const_state_view saved, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
-                std::span<std::byte> workspace, stream_t stream = nullptr, call_checks checks = call_checks::group) {
-    using T = typename detail::lasp_backward_views<Q, K, V, DO, G>::element;
-    agree(comm, checks, stream, docs,
-          [&] { check_backward(policy, comm, q, k, v, dout, decay, saved, dq, dk, dv, workspace); });
-    run_backward(policy, comm, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v),
-                 tensor_view<const T>(dout), detail::constant_decay{decay}, docs, saved, dq, dk, dv, workspace, stream);
-  }
-
-  //! Gated LASP forward (a gated_linear_attention_policy): as forward above, the state decaying
-  //! by diag(exp(g_t)) at token t. g: fp32 log-gates of this rank's tokens, [B, S_r, H, 1] (one
-  //! per head and token) or [B, S_r, H, D] (one per key dim), finite and <= 0. `saved` receives
-  //! the state of the earlier tokens (of this rank's first document, with `docs`).
-  template <gated_linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class O>
-  void forward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
-               tensor_view<const float> g, const document_layout& docs, tensor_view<O> o, state_view saved,
-               std::span<std::byte> workspace, stream_t stream = nullptr, call_checks checks = call_checks::group) {
-    using T = typename detail::lasp_forward_views<Q, K, V, O>::element;
-    agree(comm, checks, stream, docs, [&] { check_forward(policy, comm, q, k, v, g, o, saved, workspace, stream); });
-    run_forward(policy, comm, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v),
-                detail::gate_decay{g, dk_}, docs, o, saved, workspace, stream);
-  }
-
-  //! Gated LASP backward: dq, dk, dv and the log-gates' gradient dg (fp32, g's shape; a scalar
-  //! gate's entry sums over the key dims) from dout, the forward's g and its `saved` state.
-  template <gated_linear_attention_policy Policy, communicator Comm, class Q, class K, class V, class DO, class G>
-  void backward(const Policy& policy, Comm& comm, tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v,
-                tensor_view<DO> dout, tensor_view<const float> g, const document_layout& docs,
-                const_state_view saved, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv, tensor_view<float> dg,
-                std::span<std::byte> workspace, stream_t stream = nullptr, call_checks checks = call_checks::group) {
-    using T = typename detail::lasp_backward_views<Q, K, V, DO, G>::element;
-    agree(comm, checks, stream, docs,
-          [&] { check_backward(policy, comm, q, k, v, dout, g, saved, dq, dk, dv, dg, workspace, stream); });
-    run_backward(policy, comm, tensor_view<const T>(q), tensor_view<const T>(k), tensor_view<const T>(v),
-                 tensor_view<const T>(dout), detail::gate_decay{g, dk_, dg}, docs, saved, dq, dk, dv, workspace,
-                 stream);
-  }
-
-  //! The checks forward makes on this rank (it throws what forward would), without running it:
-  //! for layers that agree on all their arguments in one step.
-  template <class Policy, class Comm, class Q, class K, class V, class O>
-  void check_forward(const Policy& policy, const Comm& comm, const tensor_view<Q>& q, const tensor_view<K>& k,
-                     const tensor_view<V>& v, std::span<const float> decay, const tensor_view<O>& o,
-                     const state_view& saved, std::span<std::byte> workspace) const {
-    check_call<std::remove_const_t<Q>>(policy, comm, workspace);
-    check_decay(decay, heads_);
-    check_views({"q", "k", "v", "o"}, q, k, v, o);
-    check_state("saved", saved);
+  //! The checks backward makes on this rank of everything but args.workspace, without running it.
+  template <class Policy, class Comm, element T>
+  void check_backward(const Policy& policy, const Comm& comm, const lasp_ring_backward_args<T>& args,
+                      stream_t stream) const {
+    check_call<T>(policy, comm);
+    check_decays(policy, args.decay, args.g, stream);
+    check_views({"q", "k", "v", "dout"}, args.q, args.k, args.v, args.dout);
+    check_views({"dq", "dk", "dv", "dout"}, args.dq, args.dk, args.dv, args.dout);
+    if constexpr (gated_linear_attention_policy<Policy>)
+      detail::check_extents("dg", args.dg, {batch_, chunk(), heads_, args.g.head_dim()});
+    else
+      SEQPAR_EXPECTS(args.dg.data() == nullptr && args.dg.size() == 0,
+                     "dg: given with a policy of constant decays; expected none (a gated_linear_attention_policy "
+                     "gives the log-gates' gradient)");
+    check_state("saved", args.saved);
+    check_documents(detail::documents_of(args.documents));
   }
   //! The checks of a call's documents: the default layout, or one over the partition's tokens
   //! with at least one token on every rank.
@@ -202,57 +202,29 @@ class linear_attention_ring {
     SEQPAR_EXPECTS(seq_.tokens >= seq_.ranks, "docs: packed documents need a token on every rank; "
                                                   << seq_.tokens << " tokens over " << seq_.ranks << " ranks");
   }
-  //! The checks backward makes on this rank, without running it.
-  template <class Policy, class Comm, class Q, class K, class V, class DO, class G>
-  void check_backward(const Policy& policy, const Comm& comm, const tensor_view<Q>& q, const tensor_view<K>& k,
-                      const tensor_view<V>& v, const tensor_view<DO>& dout, std::span<const float> decay,
-                      const const_state_view& saved, const tensor_view<G>& dq, const tensor_view<G>& dk,
-                      const tensor_view<G>& dv, std::span<std::byte> workspace) const {
-    check_call<std::remove_const_t<Q>>(policy, comm, workspace);
-    check_decay(decay, heads_);
-    check_views({"q", "k", "v", "dout"}, q, k, v, dout);
-    check_views({"dq", "dk", "dv", "dout"}, dq, dk, dv, dout);
-    check_state("saved", saved);
-  }
-
-  //! The checks the gated forward makes on this rank, without running it (gates in host memory
-  //! are read; a device policy may check its memory's through check_gates(g, stream)).
-  template <class Policy, class Comm, class Q, class K, class V, class O>
-  void check_forward(const Policy& policy, const Comm& comm, const tensor_view<Q>& q, const tensor_view<K>& k,
-                     const tensor_view<V>& v, const tensor_view<const float>& g, const tensor_view<O>& o,
-                     const state_view& saved, std::span<std::byte> workspace, stream_t stream) const {
-    check_call<std::remove_const_t<Q>>(policy, comm, workspace);
-    check_views({"q", "k", "v", "o"}, q, k, v, o);
-    check_gates(policy, g, comm.memory(), stream);
-    check_state("saved", saved);
-  }
-  //! The checks the gated backward makes on this rank, without running it.
-  template <class Policy, class Comm, class Q, class K, class V, class DO, class G>
-  void check_backward(const Policy& policy, const Comm& comm, const tensor_view<Q>& q, const tensor_view<K>& k,
-                      const tensor_view<V>& v, const tensor_view<DO>& dout, const tensor_view<const float>& g,
-                      const const_state_view& saved, const tensor_view<G>& dq, const tensor_view<G>& dk,
-                      const tensor_view<G>& dv, const tensor_view<float>& dg, std::span<std::byte> workspace,
-                      stream_t stream) const {
-    check_call<std::remove_const_t<Q>>(policy, comm, workspace);
-    check_views({"q", "k", "v", "dout"}, q, k, v, dout);
-    check_views({"dq", "dk", "dv", "dout"}, dq, dk, dv, dout);
-    check_gates(policy, g, comm.memory(), stream);
-    detail::check_extents("dg", dg, {batch_, chunk(), heads_, g.head_dim()});
-    check_state("saved", saved);
-  }
 
  private:
-  // Runs `check` and the documents' checks on this rank, and the group agrees (with
-  // call_checks::group) before anything is written or sent.
+  // A linear_attention_policy's decays (lambda per head, no gates), or a gated policy's log-gates
+  // ([B, S_r, H, 1 or D], finite and <= 0; no decays).
+  template <class Policy>
+  void check_decays(const Policy& policy, std::span<const float> decay, const tensor_view<const float>& g,
+                    stream_t stream) const {
+    if constexpr (gated_linear_attention_policy<Policy>) {
+      SEQPAR_EXPECTS(decay.empty(), "decay: given with a gated policy; expected none (its log-gates g decay the "
+                                    "state)");
+      check_gates(policy, g, policy.memory(), stream);
+    } else {
+      SEQPAR_EXPECTS(g.data() == nullptr && g.size() == 0,
+                     "g: given with a policy of constant decays; expected none (a gated_linear_attention_policy "
+                     "takes log-gates)");
+      check_decay(decay, heads_);
+    }
+  }
+  // Runs `check` on this rank, and the group agrees (with call_checks::group, on the documents too)
+  // before anything is written or sent.
   template <class Comm, class Check>
   void agree(Comm& comm, call_checks checks, stream_t stream, const document_layout& docs, const Check& check) const {
-    agree_on_arguments(
-        comm, checks, stream,
-        [&] {
-          check();
-          check_documents(docs);
-        },
-        detail::documents_agreement(docs));
+    agree_on_arguments(comm, checks, stream, check, detail::documents_agreement(docs));
   }
 
   // What this rank holds of the documents: its pieces (one, the whole chunk, without documents),
@@ -307,11 +279,11 @@ class linear_attention_ring {
                    const tensor_view<T>& o, state_view saved, std::span<std::byte> workspace, stream_t stream) {
     const memory_space where = comm.memory();
     const pieces_plan plan = plan_of(docs);
-    float* ws = reinterpret_cast<float*>(workspace.data());
-    // A contribution is m, then (gated) the log of this chunk's decay, which an all-gather carries.
-    const std::size_t n = state_elements(), w = n + decay.extra_floats(batch_, heads_, dk_);
-    const state_view m = state(ws), next = state(ws + w);
-    float *const total = ws + n, *const gathered = ws + w;
+    const std::size_t n = state_elements(), extra = decay.extra_floats(batch_, heads_, dk_), w = n + extra;
+    const auto layout = workspace_layout_of(extra);
+    float* const contribution = layout.template as<float>(workspace, 0).data();
+    const state_view m = state(contribution), next = state(layout.template as<float>(workspace, 1).data());
+    float *const total = contribution + n, *const gathered = layout.template as<float>(workspace, 1).data();
     // Fork first, so the side stream's state work does not queue behind the intra-chunk product;
     // that product needs no message and runs on `stream` meanwhile.
     const stream_t side = fork_->fork(where, stream);
@@ -343,7 +315,7 @@ class linear_attention_ring {
                                                span_if(rank_ == s + 1, saved), rank_ == s + 1 ? s : no_rank, side);
       }
     } else {
-      comm.all_gather(std::span<const float>(ws, w), std::span<float>(gathered, w * seq_.ranks), side);
+      comm.all_gather(std::span<const float>(contribution, w), std::span<float>(gathered, w * seq_.ranks), side);
       prefix_of_gathered(policy, decay, gathered, w, saved, plan.first_rank, where, side, /*forward=*/true);
     }
     fork_->join(where, stream);
@@ -364,10 +336,12 @@ class linear_attention_ring {
     const document_piece &first = plan.pieces.front(), &last = plan.pieces.back();
     const bool single = plan.pieces.size() == 1;
 
-    float* ws = reinterpret_cast<float*>(workspace.data());
-    const std::size_t n = state_elements(), w = n + decay.extra_floats(batch_, heads_, dk_);
-    const state_view gq = state(ws), g_in = state(ws + w), g_out = state(ws + w + n);
-    float *const total = ws + n, *const gathered = ws + w;
+    const std::size_t n = state_elements(), extra = decay.extra_floats(batch_, heads_, dk_), w = n + extra;
+    const auto layout = workspace_layout_of(extra);
+    float* const contribution = layout.template as<float>(workspace, 0).data();
+    const state_view gq = state(contribution), g_in = state(layout.template as<float>(workspace, 1).data()),
+                     g_out = state(layout.template as<float>(workspace, 2).data());
+    float *const total = contribution + n, *const gathered = layout.template as<float>(workspace, 1).data();
     const stream_t side = fork_->fork(where, stream);  // before the intra-chunk work, as in forward
     for (const document_piece& piece : plan.pieces)
       decay.backward_intra(policy, piece, rows(cq, piece), rows(ck, piece), rows(cv, piece), rows(cdo, piece),
@@ -390,8 +364,8 @@ class linear_attention_ring {
                                                span_if(rank_ == s - 1, g_in), rank_ == s - 1 ? s : no_rank, side);
       }
     } else {
-      comm.all_gather(std::span<const float>(ws, w), std::span<float>(gathered, w * seq_.ranks), side);
-      g = state(ws + w * (seq_.ranks + 1));
+      comm.all_gather(std::span<const float>(contribution, w), std::span<float>(gathered, w * seq_.ranks), side);
+      g = g_out;
       prefix_of_gathered(policy, decay, gathered, w, g, plan.last_rank, where, side, /*forward=*/false);
     }
     fork_->join(where, stream);
@@ -407,6 +381,16 @@ class linear_attention_ring {
     if (plan.last_continues)
       decay.backward_inter(policy, last, rows(cq, last), rows(ck, last), rows(cv, last), rows(cdo, last),
                            zero(gq, where, stream), g, rows(dq, last), rows(dk, last), rows(dv, last), stream);
+  }
+
+  // The workspace with `extra` floats of a chunk's log-decay: this rank's contribution (its state
+  // term, then the log-decay: contiguous, as the all-gather sends it); then the chain's two states
+  // (passed on, and backward's received and passed on), or every rank's contribution and the
+  // folded state (all-gather).
+  detail::workspace_layout<3> workspace_layout_of(std::size_t extra) const {
+    const std::size_t n = state_elements() * sizeof(float), w = n + extra * sizeof(float);
+    if (strategy_ == lasp_strategy::chain) return detail::workspace_layout<3>({w, n, n});
+    return detail::workspace_layout<3>({w, w * static_cast<std::size_t>(seq_.ranks), n});
   }
 
   // This rank's whole chunk as one piece.
@@ -436,8 +420,18 @@ class linear_attention_ring {
       for (int j = first - 1; j > end; --j) decay.update(policy, total(j), seq_.size(j), out, part(j), out, side);
   }
 
+  // Throws unless forward's `saved` state and `workspace` are what it writes.
+  void check_buffers(const state_view& saved, std::span<std::byte> workspace) const {
+    check_state("saved", saved);
+    check_workspace(workspace);
+  }
+  void check_workspace(std::span<std::byte> workspace) const {
+    SEQPAR_EXPECTS(workspace.size() >= workspace_bytes(), "workspace: expected at least workspace_bytes() = "
+                                                              << workspace_bytes() << " bytes, got " << workspace.size());
+    SEQPAR_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 == 0, "workspace: expected 16-byte alignment");
+  }
   template <class T, class Policy, class Comm>
-  void check_call(const Policy& policy, const Comm& comm, std::span<std::byte> workspace) const {
+  void check_call(const Policy& policy, const Comm& comm) const {
     SEQPAR_EXPECTS(comm.size() == seq_.ranks, "comm: a group of " << comm.size() << " ranks; expected the partition's "
                                                                   << seq_.ranks);
     SEQPAR_EXPECTS(comm.rank() == rank_, "comm: rank " << comm.rank() << "; expected " << rank_);
@@ -447,9 +441,6 @@ class linear_attention_ring {
     SEQPAR_EXPECTS(policy.supports(dtype_of<T>, dk_, dv_), "policy: does not support element type "
                                                                << to_string(dtype_of<T>) << " with D = " << dk_
                                                                << ", E = " << dv_);
-    SEQPAR_EXPECTS(workspace.size() >= workspace_bytes(), "workspace: expected at least workspace_bytes() = "
-                                                              << workspace_bytes() << " bytes, got " << workspace.size());
-    SEQPAR_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 == 0, "workspace: expected 16-byte alignment");
   }
 
   // Checks log-gates: [B, S_r, H, 1 or D], and in host memory every entry finite and <= 0 (a

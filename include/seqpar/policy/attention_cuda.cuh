@@ -167,6 +167,8 @@ struct device_masked_attention {
   bool supports(dtype, std::int64_t d) const { return d >= 1 && d <= detail::attention_kernels::max_head_dim; }
   //! Causal masking is supported.
   bool supports_causal() const { return true; }
+  //! Packed documents are served (options.documents masks across them).
+  bool supports_documents() const { return true; }
 
   //! o and lse from q, k, v.
   template <class T>

@@ -81,7 +81,9 @@ concept computes_attention = requires(const P& p, tensor_view<const float> in, t
 //!   head, reading kv head map.kv_head(h); lse = log-sum-exp of each row's scaled scores;
 //! - backward(q, k, v, o, lse, dO, map, options, dq, dk, dv): the gradients; dk and dv sum over
 //!   the query heads that read each kv head;
-//! - memory(), supports(dtype, head_dim), supports_causal().
+//! - memory(), supports(dtype, head_dim), supports_causal();
+//! - and, optionally, supports_documents() (true: it masks by options.documents). A policy that
+//!   does not declare it is never handed packed documents: the layers refuse them by name.
 //! q, o, dO, dq: [B, S, h, D]; k, v, dk, dv: [B, S, k, D]; every call takes a stream last.
 template <class P>
 concept attention_policy = detail::opts_into_attention_policy<P> && detail::states_attention_support<P> &&
@@ -141,6 +143,27 @@ void check_lse_extents(const L& lse, const tensor_view<T>& q) {
                  "lse: extents {" << lse.extent(0) << ", " << lse.extent(1) << ", " << lse.extent(2)
                                   << "}; expected q's {batch, heads, seq} = {" << q.batch() << ", " << q.heads() << ", "
                                   << q.seq() << "} floats");
+}
+
+//! A policy that says whether it serves packed documents.
+template <class P>
+concept declares_documents = requires(const P& p) {
+  { p.supports_documents() } -> std::same_as<bool>;
+};
+
+//! True when `policy` declares that it masks by packed documents.
+template <class P>
+bool serves_documents(const P& policy) {
+  if constexpr (declares_documents<P>) return policy.supports_documents();
+  else return false;
+}
+
+//! Throws unless `policy` serves the documents of a call (none, or a policy that declares them).
+template <class P>
+void check_policy_serves_documents(const P& policy, const document_layout& docs) {
+  SEQPAR_EXPECTS(!docs.split() || serves_documents(policy),
+                 "documents: the policy does not declare packed documents (supports_documents() returning true); "
+                 "expected no documents, or a policy that masks by them");
 }
 
 //! Throws unless `policy` works on `memory`, supports `type` with `head_dim`, and can apply the

@@ -554,6 +554,8 @@ struct cudnn_attention {
   }
   //! Causal masking is supported.
   bool supports_causal() const { return true; }
+  //! Packed documents are served (options.documents masks across them).
+  bool supports_documents() const { return true; }
 
   //! Number of cuDNN graphs this policy (and its copies) has built.
   std::size_t cached_graphs() const { return cache_->size(); }

@@ -38,6 +38,8 @@ struct basic_flash_attention {
   }
   //! Causal masking is supported.
   bool supports_causal() const { return true; }
+  //! Packed documents are served (options.documents masks across them).
+  bool supports_documents() const { return true; }
 
   //! o and lse from q, k, v.
   template <class T>

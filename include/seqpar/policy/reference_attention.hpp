@@ -35,6 +35,8 @@ struct masked_attention {
   bool supports(dtype, std::int64_t head_dim) const { return head_dim >= 1; }
   //! Causal masking is supported (it combines with the mask).
   bool supports_causal() const { return true; }
+  //! Packed documents are served (options.documents masks across them).
+  bool supports_documents() const { return true; }
 
   //! o and lse from q, k, v.
   template <class T>

@@ -9,6 +9,7 @@
 #include <seqpar/detail/for_each_index.hpp>
 #include <seqpar/documents.hpp>
 #include <seqpar/detail/stream_fork.hpp>
+#include <seqpar/detail/workspace_layout.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/block_attention.hpp>
 #include <seqpar/shard.hpp>
@@ -105,29 +106,48 @@ struct ring_pass {
   //! Floats of the lse of `rank`'s rows.
   std::size_t lse_floats(int rank) const { return static_cast<std::size_t>(batch * heads * seq.size(rank)); }
 
-  //! o and lse (lse_floats(comm.rank()) floats) of this rank's queries against every shard.
+  //! The workspace of a forward on `rank` with elements of T: the two K/V shards in flight, the
+  //! fp32 output and a block pair's partial, and the partial's lse.
+  template <class T>
+  workspace_layout<5> forward_layout(int rank) const {
+    const std::size_t kv = 2 * kv_elements() * sizeof(T), acc = elements_of(rank, heads) * sizeof(float);
+    return workspace_layout<5>({kv, kv, acc, acc, lse_floats(rank) * sizeof(float)});
+  }
+  //! The workspace of a backward on `rank` with elements of T: the two K/V shards in flight, three
+  //! fp32 dK/dV shards (this rank's share of two by step parity, and the incoming one), the row dots
+  //! and the fp32 dQ.
+  template <class T>
+  workspace_layout<7> backward_layout(int rank) const {
+    const std::size_t kv = 2 * kv_elements(), rows = std::max(lse_floats(rank), elements_of(rank, heads));
+    return workspace_layout<7>({kv * sizeof(T), kv * sizeof(T), kv * sizeof(float), kv * sizeof(float),
+                                kv * sizeof(float), rows * sizeof(float), rows * sizeof(float)});
+  }
+
+  //! o and lse (lse_floats(comm.rank()) floats) of this rank's queries against every shard, in
+  //! `workspace` (forward_layout<T>(comm.rank()).bytes()).
   template <class Policy, class Comm, class Resource, class T>
-  void forward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork,
+  void forward(const Policy& policy, Comm& comm, std::span<std::byte> workspace, stream_fork& fork,
                const call_documents<Resource>& docs, tensor_view<const T> q, tensor_view<const T> k,
                tensor_view<const T> v, tensor_view<T> o, float* lse, stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
     const memory_space where = comm.memory();
     const auto runs = token_runs(seq, r);
     const attention_options opt = options.with_documents(docs.ids());  // what the policy gets
-    const buffers<Resource> kv(2 * kv_elements() * sizeof(T), 2, where, resource, stream);
-    const buffers<Resource> acc(elements_of(r, heads) * sizeof(float), 2, where, resource, stream);  // o, a partial
-    const buffers<Resource> part_lse(lse_floats(r) * sizeof(float), 1, where, resource, stream);
-    float* const o_acc = acc.template get<float>(0);
+    const auto layout = forward_layout<T>(r);
+    auto kv = [&](int i) { return layout.template as<T>(workspace, i).data(); };
+    float* const o_acc = layout.template as<float>(workspace, 2).data();
+    float* const part_o = layout.template as<float>(workspace, 3).data();
+    float* const part_lse = layout.template as<float>(workspace, 4).data();
     for_each_index(where, lse_floats(r), fill_floats{lse, -std::numeric_limits<float>::infinity()}, stream);
     for_each_index(where, elements_of(r, heads), fill_floats{o_acc, 0.0f}, stream);
-    pack_kv(where, k, v, kv.template get<T>(0), r, stream);
+    pack_kv(where, k, v, kv(0), r, stream);
     for (int t = 0; t < P; ++t) {
       const int s = (r - t + P) % P;
       const stream_t side = t + 1 < P ? fork.fork(where, stream) : stream;
-      const auto [ks, vs] = kv_views<const T>(kv.template get<T>(t % 2), s);
+      const auto [ks, vs] = kv_views<const T>(kv(t % 2), s);
       for_each_pair(runs, s, docs, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
-        const auto part = make_bshd(acc.template get<float>(1), batch, qr.length, heads, head_dim);
-        const lse_view part_l(part_lse.template get<float>(0), batch, heads, qr.length);
+        const auto part = make_bshd(part_o, batch, qr.length, heads, head_dim);
+        const lse_view part_l(part_lse, batch, heads, qr.length);
         policy.block_forward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length), rows(vs, kr.local, kr.length),
                              map, opt, pair, part, part_l, stream);
         const merge_partial_rows merge{rows(acc_view(o_acc, r, heads), qr.local, qr.length),
@@ -136,15 +156,16 @@ struct ring_pass {
         for_each_index(where, merge.rows(), merge, stream);
       });
       if (t + 1 == P) break;
-      send_on(comm, kv.template get<T>(t % 2), kv.template get<T>((t + 1) % 2), s, side);
+      send_on(comm, kv(t % 2), kv((t + 1) % 2), s, side);
       fork.join(where, stream);
     }
     copy(where, tensor_view<const float>(acc_view(o_acc, r, heads)), o, stream);
   }
 
-  //! dq, dk, dv of this rank's rows from dO, the forward's o and its lse.
+  //! dq, dk, dv of this rank's rows from dO, the forward's o and its lse, in `workspace`
+  //! (backward_layout<T>(comm.rank()).bytes()).
   template <class Policy, class Comm, class Resource, class T>
-  void backward(const Policy& policy, Comm& comm, const Resource& resource, stream_fork& fork,
+  void backward(const Policy& policy, Comm& comm, std::span<std::byte> workspace, stream_fork& fork,
                 const call_documents<Resource>& docs, tensor_view<const T> q, tensor_view<const T> k,
                 tensor_view<const T> v, tensor_view<const T> o, tensor_view<const T> dout, const float* lse,
                 tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, stream_t stream) const {
@@ -153,15 +174,14 @@ struct ring_pass {
     const auto runs = token_runs(seq, r);
     const attention_options opt = options.with_documents(docs.ids());  // what the policy gets
     const std::int64_t kv_n = 2 * kv_elements();
-    const buffers<Resource> kv(kv_n * sizeof(T), 2, where, resource, stream);
+    const auto layout = backward_layout<T>(r);
+    auto kv = [&](int i) { return layout.template as<T>(workspace, i).data(); };
     // This rank's share of the gradients of the shard it holds (two, by step parity), and the
     // gradients of the next shard from the ranks before it.
-    const buffers<Resource> grads(kv_n * sizeof(float), 3, where, resource, stream);
-    const buffers<Resource> row_terms(std::max(lse_floats(r), elements_of(r, heads)) * sizeof(float), 2, where,
-                                      resource, stream);
-    float* const dots = row_terms.template get<float>(0);
-    float* const dq_acc = row_terms.template get<float>(1);
-    float* const incoming = grads.template get<float>(2);
+    auto grads = [&](int i) { return layout.template as<float>(workspace, 2 + i).data(); };
+    float* const dots = layout.template as<float>(workspace, 5).data();
+    float* const dq_acc = layout.template as<float>(workspace, 6).data();
+    float* const incoming = grads(2);
     // A policy that reads the final output computes the row dots itself.
     constexpr bool from_output = block_backward_reads_output<Policy>;
     if constexpr (!from_output)
@@ -171,13 +191,13 @@ struct ring_pass {
         for_each_index(where, dot.rows(), dot, stream);
       }
     for_each_index(where, elements_of(r, heads), fill_floats{dq_acc, 0.0f}, stream);
-    pack_kv(where, k, v, kv.template get<T>(0), r, stream);
+    pack_kv(where, k, v, kv(0), r, stream);
     for (int t = 0; t < P; ++t) {
       const int s = (r - t + P) % P;
       const stream_t side = P > 1 ? fork.fork(where, stream) : stream;
-      float* const mine = grads.template get<float>(t % 2);
+      float* const mine = grads(t % 2);
       for_each_index(where, kv_n, fill_floats{mine, 0.0f}, stream);
-      const auto [ks, vs] = kv_views<const T>(kv.template get<T>(t % 2), s);
+      const auto [ks, vs] = kv_views<const T>(kv(t % 2), s);
       const auto [dks, dvs] = kv_views<float>(mine, s);
       for_each_pair(runs, s, docs, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
         const const_lse_view l(lse + lse_at, batch, heads, qr.length), rd(dots + lse_at, batch, heads, qr.length);
@@ -193,14 +213,14 @@ struct ring_pass {
                                 dq_rows, rows(dks, kr.local, kr.length), rows(dvs, kr.local, kr.length), stream);
       });
       if (P == 1) break;
-      if (t > 0) send_grads(comm, grads.template get<float>((t - 1) % 2), incoming, t - 1, where, side);
-      if (t + 1 < P) send_on(comm, kv.template get<T>(t % 2), kv.template get<T>((t + 1) % 2), s, side);
+      if (t > 0) send_grads(comm, grads((t - 1) % 2), incoming, t - 1, where, side);
+      if (t + 1 < P) send_on(comm, kv(t % 2), kv((t + 1) % 2), s, side);
       fork.join(where, stream);
     }
     // After P hops each shard's gradients are home.
-    float* home = grads.template get<float>(0);
+    float* home = grads(0);
     if (P > 1) {
-      send_grads(comm, grads.template get<float>((P - 1) % 2), incoming, P - 1, where, stream);
+      send_grads(comm, grads((P - 1) % 2), incoming, P - 1, where, stream);
       home = incoming;
     }
     copy(where, tensor_view<const float>(acc_view(dq_acc, r, heads)), dq, stream);
@@ -210,22 +230,6 @@ struct ring_pass {
   }
 
  private:
-  // `count` buffers of `bytes` each (16-byte aligned) in one stream-ordered allocation.
-  template <class Resource>
-  class buffers {
-   public:
-    buffers(std::size_t bytes, int count, memory_space where, const Resource& resource, stream_t stream)
-        : stride_((bytes + 15) / 16 * 16), own_(stride_ * count, where, resource, stream) {}
-    template <class U>
-    U* get(int i) const {
-      return reinterpret_cast<U*>(own_.span().data() + stride_ * i);
-    }
-
-   private:
-    std::size_t stride_;
-    owned_bytes<Resource> own_;
-  };
-
   std::size_t elements_of(int rank, int h) const {
     return static_cast<std::size_t>(batch * seq.size(rank) * h * head_dim);
   }

@@ -1,5 +1,5 @@
 //! @file ulysses_ring_attention.hpp
-//! ulysses_ring_attention<Policy, Comm>: the 2-D layer. P = u * r ranks: Ulysses groups of u
+//! ulysses_ring_attention<Policy, Comm, T>: the 2-D layer. P = u * r ranks: Ulysses groups of u
 //! contiguous ranks (meant to share a node) exchange sequence shards for head shards; ring groups of
 //! r ranks, one rank of each Ulysses group, then run ring attention on those heads; the Ulysses
 //! inverse brings the outputs back. u = 1 is pure ring, r = 1 pure Ulysses. Host or device memory.
@@ -7,8 +7,11 @@
 
 #include <seqpar/attention_shape.hpp>
 #include <seqpar/comm/agreement.hpp>
+#include <seqpar/call.hpp>
 #include <seqpar/detail/call_documents.hpp>
-#include <seqpar/detail/context_stamp.hpp>
+#include <seqpar/detail/layer_skeleton.hpp>
+#include <seqpar/detail/workspace_layout.hpp>
+#include <seqpar/layer_arguments.hpp>
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/mesh.hpp>
 #include <seqpar/policy/block_attention.hpp>
@@ -16,8 +19,8 @@
 #include <seqpar/ulysses/all_to_all_heads.hpp>
 
 #include <memory>
-#include <optional>
 #include <sstream>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -60,39 +63,40 @@ SEQPAR_NAMESPACE_END
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
 //! The 2-D layer of one rank of `world` (P = u * r ranks): q [B, n, H, D], k and v [B, n, H_kv, D]
-//! with this rank's n = layout.size(rank) tokens of token_layout_2d, in the communicator's memory
-//! (device memory needs the calling file compiled by nvcc). forward returns a context owning this
-//! rank's head-sharded q, k, v, o over its ring group's tokens and their fp32 lse. Every call agrees
+//! of elements T with this rank's n = layout.size(rank) tokens of token_layout_2d, in the
+//! communicator's memory (device memory needs the calling file compiled by nvcc). forward returns a
+//! context owning this rank's head-sharded q, k, v, o over its ring group's tokens and their fp32
+//! lse. Every call runs the checks can_run runs and, with call_checks::group (the default), agrees
 //! across the world group before anything moves.
-template <block_attention_policy Policy, communicator Comm, memory_resource Resource = default_memory_resource>
+template <block_attention_policy Policy, communicator Comm, element T, memory_resource Resource = default_memory_resource>
 class ulysses_ring_attention {
  public:
-  //! What forward saves for backward.
-  class context {
-   public:
-    //! An empty context (what backward refuses).
-    context() = default;
-    //! True until a forward fills it.
-    bool empty() const { return !stamp_.filled; }
+  using element_type = T;                             //!< the element type of every view
+  using forward_args = attention_forward_args<T>;    //!< what forward takes
+  using backward_args = attention_backward_args<T>;  //!< what backward takes
 
+  //! What forward saves for backward.
+  class context : public detail::layer_context {
    private:
     friend class ulysses_ring_attention;
     owned_bytes<Resource> q_, k_, v_, o_, lse_;
     detail::call_documents<Resource> docs_;
-    detail::context_stamp stamp_;
   };
 
   //! The layer of rank world.rank() over `layout` (built by make_token_layout_2d), with `shape` =
-  //! {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}. Collective over `world`: it checks
-  //! the arguments everywhere and splits `world` into the Ulysses and ring groups.
+  //! {.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D}, on elements T (`seqpar::elements<T>`).
+  //! Collective over `world`: it checks the arguments everywhere and splits `world` into the
+  //! Ulysses and ring groups.
   ulysses_ring_attention(Policy policy, Comm& world, const token_layout_2d& layout, const attention_shape& shape,
-                         dtype type, attention_options options = {}, Resource resource = {})
+                         element_tag<T>, attention_options options = {}, Resource resource = {})
       : policy_(std::move(policy)),
         world_(world),
         resource_(resource),
         layout_(layout),
         options_(options.resolved(shape.head_dim)),
-        plan_(agreed_plan(policy_, world, layout, shape, type, options)),
+        plan_(detail::layer_skeleton<Comm>::agreed(world, [&] { return make_plan(policy_, world, layout, shape, options); })),
+        skeleton_(world, "ulysses_ring_attention", fingerprint_of(layout, shape, options_),
+                  describe(layout, shape, options_)),
         ulysses_(world.split(layout.mesh.ring_index(world.rank()), layout.mesh.ulysses_index(world.rank()))),
         ring_(world.split(layout.mesh.ulysses_index(world.rank()), layout.mesh.ring_index(world.rank()))) {
     const auto& h = plan_.heads();
@@ -104,93 +108,82 @@ class ulysses_ring_attention {
                               shape.head_dim,
                               gqa_map{h.first(i), h.group(), h.kv_first(i)},
                               options_};
-    std::ostringstream description;
-    description << "shape " << shape << ", " << layout.tokens << " tokens, mesh " << layout.mesh.ulysses << " x "
-                << layout.mesh.ring << ", " << to_string(type) << ", causal = " << options_.causal;
-    agree_on_fingerprint(world, fingerprint_of(), "ulysses_ring_attention", description.str());
   }
 
-  //! o = attention(q, k, v) for this rank's tokens; returns what backward needs.
-  template <class Q, class K, class V, class O>
-  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
-                                stream_t stream = nullptr) {
-    return forward(q, k, v, o, document_layout{}, stream);
+  //! Bytes of the workspace a forward takes when its arguments carry one (the exchange buffers and
+  //! the ring's).
+  std::size_t workspace_bytes(const forward_args&) const { return forward_layout().bytes(); }
+  //! Bytes of the workspace a backward takes when its arguments carry one (the exchange buffers,
+  //! this rank's head-sharded dO, dQ, dK, dV and the ring's).
+  std::size_t workspace_bytes(const backward_args&) const { return backward_layout().bytes(); }
+
+  //! Whether forward(args, ...) would run, and if not why: the checks forward runs on this rank.
+  call_status can_run(const forward_args& args) const {
+    return call_status::of([&] { check_forward(args); });
+  }
+  //! Whether backward(saved, args, ...) would run, and if not why.
+  call_status can_run(const context& saved, const backward_args& args) const {
+    return call_status::of([&] { check_backward(saved, args); });
   }
 
-  //! As forward above, for a packed sequence: attention stays inside each document of `docs` (over
-  //! the global sequence, the same on every rank), and ring block pairs with no document in common
-  //! are skipped. The context keeps the documents for backward.
-  template <class Q, class K, class V, class O>
-  [[nodiscard]] context forward(tensor_view<Q> q, tensor_view<K> k, tensor_view<V> v, tensor_view<O> o,
-                                const document_layout& docs, stream_t stream = nullptr) {
-    using T = std::remove_const_t<Q>;
-    static_assert(detail::qkv_types_match<Q, K, V, O, O, O>,
-                  "ulysses_ring_attention::forward: q, k, v and o must share one element type, and o must be writable");
+  //! o = attention(q, k, v) for this rank's tokens; returns what backward needs. With
+  //! args.documents attention stays inside each document (over the global sequence, the same on
+  //! every rank), and ring block pairs with no document in common are skipped.
+  [[nodiscard]] context forward(const forward_args& args, const execution& exec) {
+    const stream_t stream = exec.stream;
+    const document_layout& docs = detail::documents_of(args.documents);
     const memory_space where = world_.memory();
     context saved;
-    agree_on_arguments(world_, checks_, stream, [&] {
-      check_type<T>("q");
-      detail::check_extents("q", q, detail::seq_side_extents(plan_, 0));
-      detail::check_extents("k", k, detail::seq_side_extents(plan_, 1));
-      detail::check_extents("v", v, detail::seq_side_extents(plan_, 2));
-      detail::check_extents("o", o, detail::seq_side_extents(plan_, 0));
+    owned_bytes<Resource> own;
+    std::span<std::byte> ws;
+    skeleton_.agree_on_call(exec, [&] {
+      check_forward(args);
       saved.q_ = owned_bytes<Resource>(head_bytes(true), where, resource_);
       saved.k_ = owned_bytes<Resource>(head_bytes(false), where, resource_);
       saved.v_ = owned_bytes<Resource>(head_bytes(false), where, resource_);
       saved.o_ = owned_bytes<Resource>(head_bytes(true), where, resource_);
       saved.lse_ = owned_bytes<Resource>(pass_.lse_floats(ring_.rank()) * sizeof(float), where, resource_);
-      detail::check_documents(docs, layout_.tokens);
+      ws = detail::workspace_for(args.workspace, own, workspace_bytes(args), where, resource_, stream);
       saved.docs_ = detail::call_documents<Resource>(docs, where, resource_, stream);
     }, detail::documents_agreement(docs));
-    owned_bytes<Resource> ws(plan_.workspace_bytes(), where, resource_, stream);
-    const tensor_view<T> hq = heads<T>(saved.q_, true), hk = heads<T>(saved.k_, false), hv = heads<T>(saved.v_, false),
-                         ho = heads<T>(saved.o_, true);
-    detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::forward, qkv_views{q, k, v},
-                             qkv_views{hq, hk, hv}, ws.span(), stream);
-    pass_.forward(policy_, ring_, resource_, *fork_, saved.docs_, tensor_view<const T>(hq),
+    const auto layout = forward_layout();
+    const std::span<std::byte> exchange = layout.part(ws, 0);
+    const tensor_view<T> hq = heads(saved.q_.span(), true), hk = heads(saved.k_.span(), false),
+                         hv = heads(saved.v_.span(), false), ho = heads(saved.o_.span(), true);
+    detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::forward, qkv_views{args.q, args.k, args.v},
+                             qkv_views{hq, hk, hv}, exchange, stream);
+    pass_.forward(policy_, ring_, layout.part(ws, 1), *fork_, saved.docs_, tensor_view<const T>(hq),
                   tensor_view<const T>(hk), tensor_view<const T>(hv), ho,
                   reinterpret_cast<float*>(saved.lse_.span().data()), stream);
-    detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::inverse, tensor_view<const T>(ho), o, ws.span(),
-                             stream);
-    saved.stamp_.set(fingerprint_of(), dtype_of<T>);
+    detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::inverse, tensor_view<const T>(ho), args.o,
+                             exchange, stream);
+    skeleton_.template stamp<T>(saved);
     return saved;
   }
 
   //! dq, dk, dv of this rank's tokens from dO and the context of a forward of this layer.
-  template <class DO, class G>
-  void backward(const context& saved, tensor_view<DO> dout, tensor_view<G> dq, tensor_view<G> dk, tensor_view<G> dv,
-                stream_t stream = nullptr) {
-    using T = std::remove_const_t<DO>;
-    static_assert(std::is_same_v<G, T>,
-                  "ulysses_ring_attention::backward: dout, dq, dk and dv must share one "
-                  "element type, and the gradients must be writable");
-    agree_on_arguments(world_, checks_, stream, [&] {
-      saved.stamp_.check(fingerprint_of(), dtype_of<T>);
-      detail::check_extents("dout", dout, detail::seq_side_extents(plan_, 0));
-      detail::check_extents("dq", dq, detail::seq_side_extents(plan_, 0));
-      detail::check_extents("dk", dk, detail::seq_side_extents(plan_, 1));
-      detail::check_extents("dv", dv, detail::seq_side_extents(plan_, 2));
+  void backward(const context& saved, const backward_args& args, const execution& exec) {
+    const stream_t stream = exec.stream;
+    owned_bytes<Resource> own;
+    std::span<std::byte> ws;
+    skeleton_.agree_on_call(exec, [&] {
+      check_backward(saved, args);
+      ws = detail::workspace_for(args.workspace, own, workspace_bytes(args), world_.memory(), resource_, stream);
     });
-    auto scratch = [&, where = world_.memory()](std::size_t bytes) {
-      return owned_bytes<Resource>(bytes, where, resource_, stream);
-    };
-    const owned_bytes<Resource> ws = scratch(plan_.workspace_bytes()), hdo = scratch(head_bytes(true)),
-                                hdq = scratch(head_bytes(true)), hdk = scratch(head_bytes(false)),
-                                hdv = scratch(head_bytes(false));
-    auto held = [&](const owned_bytes<Resource>& b, bool query) { return tensor_view<const T>(heads<T>(b, query)); };
-    detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::forward, dout, heads<T>(hdo, true), ws.span(),
-                             stream);
-    pass_.backward(policy_, ring_, resource_, *fork_, saved.docs_, held(saved.q_, true),
-                   held(saved.k_, false), held(saved.v_, false), held(saved.o_, true), held(hdo, true),
-                   reinterpret_cast<const float*>(saved.lse_.span().data()), heads<T>(hdq, true), heads<T>(hdk, false),
-                   heads<T>(hdv, false), stream);
+    const auto layout = backward_layout();
+    const std::span<std::byte> exchange = layout.part(ws, 0);
+    const tensor_view<T> hdo = heads(layout.part(ws, 1), true), hdq = heads(layout.part(ws, 2), true),
+                         hdk = heads(layout.part(ws, 3), false), hdv = heads(layout.part(ws, 4), false);
+    auto held = [&](const owned_bytes<Resource>& b, bool query) { return tensor_view<const T>(heads(b.span(), query)); };
+    detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::forward, args.dout, hdo, exchange, stream);
+    pass_.backward(policy_, ring_, layout.part(ws, 5), *fork_, saved.docs_, held(saved.q_, true),
+                   held(saved.k_, false), held(saved.v_, false), held(saved.o_, true), tensor_view<const T>(hdo),
+                   reinterpret_cast<const float*>(saved.lse_.span().data()), hdq, hdk, hdv, stream);
     detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::inverse,
-                             qkv_views{held(hdq, true), held(hdk, false), held(hdv, false)}, qkv_views{dq, dk, dv},
-                             ws.span(), stream);
+                             qkv_views{tensor_view<const T>(hdq), tensor_view<const T>(hdk), tensor_view<const T>(hdv)},
+                             qkv_views{args.dq, args.dk, args.dv}, exchange, stream);
   }
 
-  //! Sets what each call checks: call_checks::group (the default) or call_checks::local.
-  void set_call_checks(call_checks checks) { checks_ = checks; }
   //! The Ulysses exchange plan within this rank's Ulysses group.
   const all_to_all_heads_plan& plan() const { return plan_; }
   //! This rank's Ulysses group (split from the world group).
@@ -199,47 +192,67 @@ class ulysses_ring_attention {
   const Comm& ring_group() const { return ring_; }
 
  private:
-  static all_to_all_heads_plan agreed_plan(const Policy& policy, Comm& world, const token_layout_2d& layout,
-                                           const attention_shape& shape, dtype type, const attention_options& options) {
-    std::optional<all_to_all_heads_plan> plan;
-    agree_on_arguments(world, call_checks::group, nullptr, [&] {
-      const auto checked = make_token_layout_2d(layout.tokens, layout.mesh);
-      SEQPAR_EXPECTS(checked.mesh.ulysses * checked.mesh.ring == world.size(),
-                     "mesh: ulysses * ring = " << checked.mesh.ulysses * checked.mesh.ring
-                                               << "; expected the world group's " << world.size() << " ranks");
-      SEQPAR_EXPECTS(SEQPAR_CUDA_COMPILER || world.memory() == memory_space::host,
-                     "world: device memory needs the calling file compiled by nvcc (the exchanges' kernels are "
-                     "CUDA)");
-      plan.emplace(
-          make_all_to_all_heads_plan(checked.mesh.ulysses_index(world.rank()), checked.group_partition(), shape, type));
-      detail::check_policy_serves(policy, world.memory(), type, shape.head_dim, options);
-    });
-    return std::move(*plan);
+  static all_to_all_heads_plan make_plan(const Policy& policy, Comm& world, const token_layout_2d& layout,
+                                         const attention_shape& shape, const attention_options& options) {
+    const auto checked = make_token_layout_2d(layout.tokens, layout.mesh);
+    SEQPAR_EXPECTS(checked.mesh.ulysses * checked.mesh.ring == world.size(),
+                   "mesh: ulysses * ring = " << checked.mesh.ulysses * checked.mesh.ring
+                                             << "; expected the world group's " << world.size() << " ranks");
+    SEQPAR_EXPECTS(SEQPAR_CUDA_COMPILER || world.memory() == memory_space::host,
+                   "world: device memory needs the calling file compiled by nvcc (the exchanges' kernels are "
+                   "CUDA)");
+    auto plan = make_all_to_all_heads_plan(checked.mesh.ulysses_index(world.rank()), checked.group_partition(), shape,
+                                           dtype_of<T>);
+    detail::check_policy_serves(policy, world.memory(), dtype_of<T>, shape.head_dim, options);
+    return plan;
+  }
+  static std::int64_t fingerprint_of(const token_layout_2d& layout, const attention_shape& shape,
+                                     const attention_options& options) {
+    return fingerprint{}
+        .add(layout.tokens).add(layout.mesh.ulysses).add(layout.mesh.ring)
+        .add(shape.batch).add(shape.heads).add(shape.kv()).add(shape.head_dim)
+        .add(static_cast<int>(dtype_of<T>)).add(detail::options_key(options))
+        .value();
+  }
+  static std::string describe(const token_layout_2d& layout, const attention_shape& shape,
+                              const attention_options& options) {
+    std::ostringstream description;
+    description << "shape " << shape << ", " << layout.tokens << " tokens, mesh " << layout.mesh.ulysses << " x "
+                << layout.mesh.ring << ", " << to_string(dtype_of<T>) << ", causal = " << options.causal;
+    return description.str();
   }
 
-  template <class T>
-  void check_type(const char* name) const {
-    SEQPAR_EXPECTS(dtype_of<T> == plan_.type(), name << ": element type " << to_string(dtype_of<T>)
-                                                     << "; expected the layer's " << to_string(plan_.type()));
+  void check_forward(const forward_args& args) const {
+    detail::check_extents("q", args.q, detail::seq_side_extents(plan_, 0));
+    detail::check_extents("k", args.k, detail::seq_side_extents(plan_, 1));
+    detail::check_extents("v", args.v, detail::seq_side_extents(plan_, 2));
+    detail::check_extents("o", args.o, detail::seq_side_extents(plan_, 0));
+    detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
+    const document_layout& docs = detail::documents_of(args.documents);
+    detail::check_documents(docs, layout_.tokens);
+    detail::check_policy_serves_documents(policy_, docs);
+  }
+  void check_backward(const context& saved, const backward_args& args) const {
+    skeleton_.template check_stamp<T>(saved);
+    detail::check_extents("dout", args.dout, detail::seq_side_extents(plan_, 0));
+    detail::check_extents("dq", args.dq, detail::seq_side_extents(plan_, 0));
+    detail::check_extents("dk", args.dk, detail::seq_side_extents(plan_, 1));
+    detail::check_extents("dv", args.dv, detail::seq_side_extents(plan_, 2));
+    detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
+  }
+
+  // Forward's workspace: the exchange buffers, then the ring's.
+  detail::workspace_layout<2> forward_layout() const {
+    return detail::workspace_layout<2>({plan_.workspace_bytes(), pass_.forward_layout<T>(ring_.rank()).bytes()});
+  }
+  // Backward's workspace: the exchange buffers, dO, dQ, dK, dV of this rank's heads, then the ring's.
+  detail::workspace_layout<6> backward_layout() const {
+    return detail::workspace_layout<6>({plan_.workspace_bytes(), head_bytes(true), head_bytes(true), head_bytes(false),
+                                        head_bytes(false), pass_.backward_layout<T>(ring_.rank()).bytes()});
   }
   std::size_t head_bytes(bool query) const { return detail::heads_side_bytes(plan_, query ? 0 : 1); }
-  template <class T>
-  tensor_view<T> heads(const owned_bytes<Resource>& b, bool query) const {
-    return detail::heads_side_view<T>(plan_, b.span(), query ? 0 : 1);
-  }
-  std::int64_t fingerprint_of() const {
-    const auto& h = plan_.heads();
-    return fingerprint{}
-        .add(layout_.tokens)
-        .add(layout_.mesh.ulysses)
-        .add(layout_.mesh.ring)
-        .add(plan_.batch())
-        .add(h.heads)
-        .add(h.kv_heads)
-        .add(plan_.head_dim())
-        .add(static_cast<int>(plan_.type()))
-        .add(detail::options_key(options_))
-        .value();
+  tensor_view<T> heads(std::span<std::byte> bytes, bool query) const {
+    return detail::heads_side_view<T>(plan_, bytes, query ? 0 : 1);
   }
 
   Policy policy_;
@@ -248,10 +261,10 @@ class ulysses_ring_attention {
   token_layout_2d layout_;
   attention_options options_;
   all_to_all_heads_plan plan_;
+  detail::layer_skeleton<Comm> skeleton_;
   Comm ulysses_, ring_;
   detail::ring_pass pass_;
   std::unique_ptr<detail::stream_fork> fork_ = std::make_unique<detail::stream_fork>();
-  call_checks checks_ = call_checks::group;
 };
 
 SEQPAR_KERNEL_NAMESPACE_END

@@ -5,14 +5,14 @@
 #include <seqpar/policy/reference_attention.hpp>
 #include <seqpar/ulysses/ulysses_attention.hpp>
 
-using layer = seqpar::ulysses_attention<seqpar::reference_attention, seqpar::in_process_communicator>;
+using layer = seqpar::ulysses_attention<seqpar::reference_attention, seqpar::in_process_communicator, float>;
 
 //! Builds a layer of H = 8, H_kv = 2, B = 1, D = 64.
 void build(seqpar::in_process_communicator& comm, const seqpar::seq_partition& part) {
 #ifdef SEQPAR_INTEGER_RUN
-  layer l(seqpar::reference_attention{}, comm, part, 8, 2, 1, 64, seqpar::dtype::float32, {});
+  layer l(seqpar::reference_attention{}, comm, part, 8, 2, 1, 64, seqpar::elements<float>, {});
 #else
   layer l(seqpar::reference_attention{}, comm, part, {.batch = 1, .heads = 8, .kv_heads = 2, .head_dim = 64},
-          seqpar::dtype::float32, {});
+          seqpar::elements<float>, {});
 #endif
 }

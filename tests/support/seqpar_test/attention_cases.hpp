@@ -150,9 +150,9 @@ double relative_gap(const std::vector<T>& got, const std::vector<U>& want) {
   return err / scale;
 }
 
-//! Runs a sequence-parallel attention layer, make_layer(comm, part, shape, dtype, options), forward
-//! and backward on P ranks and compares the gathered o, dq, dk, dv with `host_policy` on one device
-//! (and o with the dense definition).
+//! Runs a sequence-parallel attention layer, make_layer(comm, part, shape, seqpar::elements<T>,
+//! options), forward and backward on P ranks and compares the gathered o, dq, dk, dv with
+//! `host_policy` on one device (and o with the dense definition).
 //! Returns the relative gaps of o, dq, dk, dv against one device and of o against the dense
 //! definition in double (not rounded to T: the error a user sees).
 //! `part` says which tokens each rank holds: part.size(r) and part.global(r, s) (a seq_partition, or
@@ -194,11 +194,15 @@ std::array<double, 5> check_parallel_attention_on(const attention_case& c, const
     auto cv = [&](buffer<T>& x, std::int64_t h) { return seqpar::tensor_view<const T>(mv(x, h)); };
     rank_stream stream(where);
     const seqpar::attention_shape shape{.batch = c.B, .heads = c.H, .kv_heads = c.H_kv, .head_dim = c.D};
-    auto layer = make_layer(comm, part, shape, seqpar::dtype_of<T>, opt);
-    const auto saved = docs.split()
-                           ? layer.forward(cv(bq, c.H), cv(bk, c.H_kv), cv(bv, c.H_kv), mv(bo, c.H), docs, stream)
-                           : layer.forward(cv(bq, c.H), cv(bk, c.H_kv), cv(bv, c.H_kv), mv(bo, c.H), stream);
-    layer.backward(saved, cv(bdo, c.H), mv(bdq, c.H), mv(bdk, c.H_kv), mv(bdv, c.H_kv), stream);
+    auto layer = make_layer(comm, part, shape, seqpar::elements<T>, opt);
+    const auto saved = layer.forward({.q = cv(bq, c.H),
+                                      .k = cv(bk, c.H_kv),
+                                      .v = cv(bv, c.H_kv),
+                                      .o = mv(bo, c.H),
+                                      .documents = docs.split() ? &docs : nullptr},
+                                     {.stream = seqpar::stream_t(stream)});
+    layer.backward(saved, {.dout = cv(bdo, c.H), .dq = mv(bdq, c.H), .dk = mv(bdk, c.H_kv), .dv = mv(bdv, c.H_kv)},
+                   {.stream = seqpar::stream_t(stream)});
     stream.sync();
     const std::vector<std::vector<T>> local{bo.values(), bdq.values(), bdk.values(), bdv.values()};
     std::lock_guard lock(m);
@@ -244,7 +248,7 @@ void check_ulysses_attention(const attention_case& c, seqpar::memory_space where
                              const HostPolicy& host_policy, Allowed allowed) {
   (void)check_parallel_attention<T>(
       c, where,
-      [&](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+      [&](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
         return seqpar::ulysses_attention(policy, comm, part, shape, type, opt);
       },
       host_policy, allowed);

@@ -107,7 +107,7 @@ void check_against_device_reference(const Policy& policy, const Reference& refer
 // zigzag ones (80 P tokens, head dim 128).
 template <class T, class Policy>
 void check_ring_on_device(const Policy& policy, std::initializer_list<int> ranks) {
-  const auto ring = [policy](auto& comm, const auto& part, const auto& shape, seqpar::dtype type, const auto& opt) {
+  const auto ring = [policy](auto& comm, const auto& part, const auto& shape, auto type, const auto& opt) {
     return seqpar::ring_attention(policy, comm, part, shape, type, opt);
   };
   const auto everything = [](std::int64_t, std::int64_t) { return true; };
@@ -132,7 +132,7 @@ void check_ulysses_ring_on_device(const Policy& policy, std::initializer_list<st
       const auto layout = seqpar::make_token_layout_2d(2 * r * chunk, {u, r});
       (void)check_parallel_attention_on<T>(
           {u * r, 4, 2, 2, layout.tokens, D, causal}, layout, seqpar::memory_space::device,
-          [policy](auto& comm, const auto& l, const auto& shape, seqpar::dtype type, const auto& opt) {
+          [policy](auto& comm, const auto& l, const auto& shape, auto type, const auto& opt) {
             return seqpar::ulysses_ring_attention(policy, comm, l, shape, type, opt);
           },
           seqpar::reference_attention{}, [](std::int64_t, std::int64_t) { return true; });

@@ -142,10 +142,21 @@ void check_gated_lasp(const gated_case& c, const seqpar::document_layout& docs =
     };
     const seqpar::attention_shape shape{.batch = c.B, .heads = int(c.H), .head_dim = c.D, .value_dim = c.E};
     seqpar_test::rank_stream stream(where);
-    seqpar::lasp_attention layer(policy, comm, part, shape, c.gates, c.strategy);
-    const auto saved =
-        layer.forward(cview(bq, c.D), cview(bk, c.D), cview(bv, c.E), cview(bg, W), view(bo, c.E), docs, stream);
-    layer.backward(saved, cview(bdo, c.E), view(bdq, c.D), view(bdk, c.D), view(bdv, c.E), view(bdg, W), stream);
+    seqpar::lasp_attention layer(policy, comm, part, shape, seqpar::elements<T>, c.gates, c.strategy);
+    const auto saved = layer.forward({.q = cview(bq, c.D),
+                                      .k = cview(bk, c.D),
+                                      .v = cview(bv, c.E),
+                                      .g = cview(bg, W),
+                                      .o = view(bo, c.E),
+                                      .documents = &docs},
+                                     {.stream = seqpar::stream_t(stream)});
+    layer.backward(saved,
+                   {.dout = cview(bdo, c.E),
+                    .dq = view(bdq, c.D),
+                    .dk = view(bdk, c.D),
+                    .dv = view(bdv, c.E),
+                    .dg = view(bdg, W)},
+                   {.stream = seqpar::stream_t(stream)});
     stream.sync();
     got[r] = {bo.values(), bdq.values(), bdk.values(), bdv.values()};
     got_dg[r] = bdg.values();

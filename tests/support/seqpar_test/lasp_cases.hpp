@@ -194,11 +194,15 @@ void check_lasp(const lasp_case& c, seqpar::memory_space where, Policy policy = 
     auto cview = [&](buffer<T>& b, std::int64_t x) { return seqpar::tensor_view<const T>(view(b, x)); };
     rank_stream stream(where);
     const seqpar::attention_shape shape{.batch = c.B, .heads = int(c.H), .head_dim = c.D, .value_dim = E};
-    seqpar::lasp_attention layer(policy, comm, part, shape, c.decay(), c.strategy);
-    const auto q_r = cview(bq, c.D), k_r = cview(bk, c.D), v_r = cview(bv, E);
-    const auto saved = docs.split() ? layer.forward(q_r, k_r, v_r, view(bo, E), docs, stream)
-                                    : layer.forward(q_r, k_r, v_r, view(bo, E), stream);
-    layer.backward(saved, cview(bdo, E), view(bdq, c.D), view(bdk, c.D), view(bdv, E), stream);
+    seqpar::lasp_attention layer(policy, comm, part, shape, seqpar::elements<T>, c.decay(), c.strategy);
+    const auto saved = layer.forward({.q = cview(bq, c.D),
+                                      .k = cview(bk, c.D),
+                                      .v = cview(bv, E),
+                                      .o = view(bo, E),
+                                      .documents = docs.split() ? &docs : nullptr},
+                                     {.stream = seqpar::stream_t(stream)});
+    layer.backward(saved, {.dout = cview(bdo, E), .dq = view(bdq, c.D), .dk = view(bdk, c.D), .dv = view(bdv, E)},
+                   {.stream = seqpar::stream_t(stream)});
     stream.sync();
     got[r] = {bo.values(), bdq.values(), bdk.values(), bdv.values()};
   });
