@@ -7,7 +7,9 @@
 #include <seqpar/detail/document_agreement.hpp>
 #include <seqpar/detail/for_each_index.hpp>
 #include <seqpar/documents.hpp>
+#include <seqpar/layer_arguments.hpp>
 #include <seqpar/memory_resource.hpp>
+#include <seqpar/policy/attention_policy.hpp>
 
 #if SEQPAR_CUDA_COMPILER
 #include <cub/device/device_scan.cuh>
@@ -82,6 +84,15 @@ class call_documents {
 inline void check_documents(const document_layout& docs, std::int64_t tokens) {
   SEQPAR_EXPECTS(!docs.split() || docs.tokens() == tokens,
                  "docs: the layout covers " << docs.tokens() << " tokens; expected the layer's " << tokens);
+}
+
+//! The checks of a softmax layer call's documents (none, or a layout of the layer's `tokens`
+//! tokens) and that `policy` serves them.
+template <class Policy>
+void check_call_documents(const Policy& policy, const document_layout* documents, std::int64_t tokens) {
+  const document_layout& docs = documents_of(documents);
+  check_documents(docs, tokens);
+  check_policy_serves_documents(policy, docs);
 }
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_END

@@ -137,12 +137,8 @@ class linear_attention_ring {
       check_forward(policy, comm, args, exec.stream);
       check_buffers(args.saved, args.workspace);
     });
-    if constexpr (gated_linear_attention_policy<Policy>)
-      run_forward(policy, comm, args.q, args.k, args.v, detail::gate_decay{args.g, dk_}, docs, args.o, args.saved,
-                  args.workspace, exec.stream);
-    else
-      run_forward(policy, comm, args.q, args.k, args.v, detail::constant_decay{args.decay}, docs, args.o, args.saved,
-                  args.workspace, exec.stream);
+    run_forward(policy, comm, args.q, args.k, args.v, decay_of<Policy>(args.decay, args.g), docs, args.o, args.saved,
+                args.workspace, exec.stream);
   }
 
   //! LASP backward: args.dq, dk, dv (and, gated, the log-gates' gradient args.dg: fp32, g's shape;
@@ -156,12 +152,8 @@ class linear_attention_ring {
       check_backward(policy, comm, args, exec.stream);
       check_workspace(args.workspace);
     });
-    if constexpr (gated_linear_attention_policy<Policy>)
-      run_backward(policy, comm, args.q, args.k, args.v, args.dout, detail::gate_decay{args.g, dk_, args.dg}, docs,
-                   args.saved, args.dq, args.dk, args.dv, args.workspace, exec.stream);
-    else
-      run_backward(policy, comm, args.q, args.k, args.v, args.dout, detail::constant_decay{args.decay}, docs,
-                   args.saved, args.dq, args.dk, args.dv, args.workspace, exec.stream);
+    run_backward(policy, comm, args.q, args.k, args.v, args.dout, decay_of<Policy>(args.decay, args.g, args.dg), docs,
+                 args.saved, args.dq, args.dk, args.dv, args.workspace, exec.stream);
   }
 
   //! The checks forward makes on this rank of everything but args.saved and args.workspace (it
@@ -204,6 +196,13 @@ class linear_attention_ring {
   }
 
  private:
+  // How the state decays for `Policy`: its constant decays, or its log-gates (and, backward, their
+  // gradient).
+  template <class Policy>
+  auto decay_of(std::span<const float> decay, const tensor_view<const float>& g, tensor_view<float> dg = {}) const {
+    if constexpr (gated_linear_attention_policy<Policy>) return detail::gate_decay{g, dk_, dg};
+    else return detail::constant_decay{decay};
+  }
   // A linear_attention_policy's decays (lambda per head, no gates), or a gated policy's log-gates
   // ([B, S_r, H, 1 or D], finite and <= 0; no decays).
   template <class Policy>

@@ -155,9 +155,7 @@ class ring_attention {
   void check_forward(const forward_args& args) const {
     check_views({"q", "k", "v", "o"}, args.q, args.k, args.v, args.o);
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
-    const document_layout& docs = detail::documents_of(args.documents);
-    detail::check_documents(docs, seq_.tokens);
-    detail::check_policy_serves_documents(policy_, docs);
+    detail::check_call_documents(policy_, args.documents, seq_.tokens);
   }
   void check_backward(const context& saved, const backward_args& args) const {
     skeleton_.template check_stamp<T>(saved);

@@ -19,6 +19,7 @@
 #include <seqpar/memory_resource.hpp>
 #include <seqpar/policy/attention_policy.hpp>
 #include <seqpar/ulysses/all_to_all_heads.hpp>
+#include <seqpar/ulysses/detail/seq_side_checks.hpp>
 
 #include <algorithm>
 #include <memory>
@@ -249,21 +250,13 @@ class ulysses_attention {
   }
 
   void check_forward(const forward_args& args) const {
-    detail::check_extents("q", args.q, detail::seq_side_extents(plan(), 0));
-    detail::check_extents("k", args.k, detail::seq_side_extents(plan(), 1));
-    detail::check_extents("v", args.v, detail::seq_side_extents(plan(), 2));
-    detail::check_extents("o", args.o, detail::seq_side_extents(plan(), 0));
+    detail::check_seq_side_views(plan(), args);
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
-    const document_layout& docs = detail::documents_of(args.documents);
-    detail::check_documents(docs, plan().seq().tokens);
-    detail::check_policy_serves_documents(policy_, docs);
+    detail::check_call_documents(policy_, args.documents, plan().seq().tokens);
   }
   void check_backward(const context& saved, const backward_args& args) const {
     skeleton_.template check_stamp<T>(saved);
-    detail::check_extents("dout", args.dout, detail::seq_side_extents(plan(), 0));
-    detail::check_extents("dq", args.dq, detail::seq_side_extents(plan(), 0));
-    detail::check_extents("dk", args.dk, detail::seq_side_extents(plan(), 1));
-    detail::check_extents("dv", args.dv, detail::seq_side_extents(plan(), 2));
+    detail::check_seq_side_views(plan(), args);
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
   }
 
