@@ -33,7 +33,7 @@ void BM_in_process_all_to_all(benchmark::State& state) {
   const std::size_t bytes = static_cast<std::size_t>(state.range(1)) / (P * sizeof(float)) * P * sizeof(float);
   run_collective_loop(state, P, bytes, double(P - 1) / P,
                       [P](seqpar::in_process_communicator& c, std::span<float> s, std::span<float> r) {
-                        c.all_to_all<float>(s, r, s.size() / P);
+                        c.all_to_all<float>(s, r, s.size() / P, nullptr);
                       });
 }
 
@@ -41,7 +41,7 @@ void BM_in_process_ring_exchange(benchmark::State& state) {
   const int P = static_cast<int>(state.range(0));
   run_collective_loop(state, P, static_cast<std::size_t>(state.range(1)), 1.0,
                       [P](seqpar::in_process_communicator& c, std::span<float> s, std::span<float> r) {
-                        c.neighbor_exchange<float>(s, (c.rank() + 1) % P, r, (c.rank() + P - 1) % P);
+                        c.neighbor_exchange<float>(s, (c.rank() + 1) % P, r, (c.rank() + P - 1) % P, nullptr);
                       });
 }
 

@@ -38,13 +38,25 @@ void time_policy(benchmark::State& state, const Policy& policy, bool backward, s
   auto out = [&](device_array<bf16>& a) { return seqpar::make_bshd(a.p, B, S, H, D); };
   const seqpar::gqa_map map{};
   const seqpar::lse_view l(lse.p, B, H, S);
-  policy.forward(in(q), in(k), in(v), map, opt, out(o), l);
+  const seqpar::policy_forward_args<bf16> fwd{
+      .q = in(q), .k = in(k), .v = in(v), .o = out(o), .lse = l, .map = map, .options = opt};
+  const seqpar::policy_backward_args<bf16> bwd{.q = in(q),
+                                               .k = in(k),
+                                               .v = in(v),
+                                               .o = in(o),
+                                               .lse = seqpar::const_lse_view(l),
+                                               .dout = in(dout),
+                                               .dq = out(dq),
+                                               .dk = out(dk),
+                                               .dv = out(dv),
+                                               .map = map,
+                                               .options = opt};
+  policy.forward(fwd, nullptr);
   seqpar_bench::timed_on_gpu(state, [&] {
     if (backward)
-      policy.backward(in(q), in(k), in(v), in(o), seqpar::const_lse_view(l), in(dout), map, opt, out(dq), out(dk),
-                      out(dv));
+      policy.backward(bwd, nullptr);
     else
-      policy.forward(in(q), in(k), in(v), map, opt, out(o), l);
+      policy.forward(fwd, nullptr);
   });
   state.counters["TFLOP/s"] = benchmark::Counter((backward ? 2.5 : 1.0) * 4.0 * B * H * pairs * D / 1e12,
                                                  benchmark::Counter::kIsIterationInvariantRate);

@@ -21,15 +21,15 @@ void lockstep(benchmark::State& state, int P, Setup&& setup, seqpar::memory_spac
     auto step = setup(comm);
     if (comm.rank() == 0) {
       for (auto _ : state) {
-        comm.barrier();
+        comm.barrier(nullptr);
         step();
       }
       done = true;
-      comm.barrier();
+      comm.barrier(nullptr);
       return;
     }
     for (;;) {
-      comm.barrier();
+      comm.barrier(nullptr);
       if (done) return;
       step();
     }

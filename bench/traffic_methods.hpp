@@ -117,8 +117,12 @@ rank_run ulysses_forward(Comm& comm, const shape& s) {
   return on_comm(comm, [&comm, plan, in, out, ws, n, h, s] {
     auto i = [&](int t) { return seqpar::make_bshd<const bf16>(in.get() + t * n * s.H * s.D, 1, n, s.H, s.D); };
     auto o = [&](int t) { return seqpar::make_bshd(out.get() + t * s.S * h * s.D, 1, s.S, h, s.D); };
-    seqpar::all_to_all_heads(*plan, comm, seqpar::qkv_views{i(0), i(1), i(2)}, seqpar::qkv_views{o(0), o(1), o(2)},
-                             std::span<std::byte>(ws.get(), plan->workspace_bytes()));
+    seqpar::all_to_all_heads(
+        *plan, comm,
+        seqpar::qkv_exchange_args<bf16>{.in = {i(0), i(1), i(2)},
+                                        .out = {o(0), o(1), o(2)},
+                                        .workspace = std::span<std::byte>(ws.get(), plan->workspace_bytes())},
+        {.stream = nullptr});
   });
 }
 
@@ -134,9 +138,12 @@ rank_run ulysses_inverse(Comm& comm, const shape& s) {
   auto heads = buffer<bf16>(comm.memory(), s.S * h * s.D), seq = buffer<bf16>(comm.memory(), n * s.H * s.D);
   auto ws = buffer<std::byte>(comm.memory(), plan->workspace_bytes());
   return on_comm(comm, [&comm, plan, heads, seq, ws, n, h, s] {
-    seqpar::all_to_all_heads_inverse(*plan, comm, seqpar::make_bshd<const bf16>(heads.get(), 1, s.S, h, s.D),
-                                     seqpar::make_bshd(seq.get(), 1, n, s.H, s.D),
-                                     std::span<std::byte>(ws.get(), plan->workspace_bytes()));
+    seqpar::all_to_all_heads_inverse(
+        *plan, comm,
+        seqpar::heads_exchange_args<bf16>{.in = seqpar::make_bshd<const bf16>(heads.get(), 1, s.S, h, s.D),
+                                          .out = seqpar::make_bshd(seq.get(), 1, n, s.H, s.D),
+                                          .workspace = std::span<std::byte>(ws.get(), plan->workspace_bytes())},
+        {.stream = nullptr});
   });
 }
 
@@ -178,8 +185,8 @@ rank_run megatron_sp(Comm& comm, const shape& s) {
   return on_comm(comm, [&comm, shard, full, n, hidden, s] {
     const std::span<bf16> part(shard.get(), n * hidden), all(full.get(), s.S * hidden);
     for (int i = 0; i < 2; ++i) {
-      comm.template all_gather<bf16>(part, all);
-      comm.template reduce_scatter<bf16>(all, part);
+      comm.template all_gather<bf16>(part, all, nullptr);
+      comm.template reduce_scatter<bf16>(all, part, nullptr);
     }
   });
 }

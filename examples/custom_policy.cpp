@@ -38,24 +38,20 @@ struct my_policy {
   bool supports_causal() const { return false; }
 
   template <class T>
-  void forward(seqpar::tensor_view<const T> q, seqpar::tensor_view<const T> k, seqpar::tensor_view<const T> v,
-               seqpar::gqa_map map, seqpar::attention_options opt, seqpar::tensor_view<T> o, seqpar::lse_view lse,
-               seqpar::stream_t = nullptr) const {
+  void forward(const seqpar::policy_forward_args<T>& a, seqpar::stream_ref) const {
     if constexpr (std::is_same_v<T, float>) {
-      for (std::int64_t b = 0; b < q.batch(); ++b)
-        for (std::int64_t h = 0; h < q.heads(); ++h) {
-          const int kh = map.kv_head(static_cast<int>(h));
-          attention_one_head(&q(b, 0, h, 0), &k(b, 0, kh, 0), &v(b, 0, kh, 0), &o(b, 0, h, 0), &lse(b, h, 0), q.seq(),
-                             q.head_dim(), q.stride(seqpar::axis::seq), k.stride(seqpar::axis::seq), opt.scale);
+      for (std::int64_t b = 0; b < a.q.batch(); ++b)
+        for (std::int64_t h = 0; h < a.q.heads(); ++h) {
+          const int kh = a.map.kv_head(static_cast<int>(h));
+          attention_one_head(&a.q(b, 0, h, 0), &a.k(b, 0, kh, 0), &a.v(b, 0, kh, 0), &a.o(b, 0, h, 0), &a.lse(b, h, 0),
+                             a.q.seq(), a.q.head_dim(), a.q.stride(seqpar::axis::seq), a.k.stride(seqpar::axis::seq),
+                             a.options.scale);
         }
     }
   }
   template <class T>
-  void backward(seqpar::tensor_view<const T> q, seqpar::tensor_view<const T> k, seqpar::tensor_view<const T> v,
-                seqpar::tensor_view<const T> o, seqpar::const_lse_view lse, seqpar::tensor_view<const T> dout,
-                seqpar::gqa_map map, seqpar::attention_options opt, seqpar::tensor_view<T> dq, seqpar::tensor_view<T> dk,
-                seqpar::tensor_view<T> dv, seqpar::stream_t stream = nullptr) const {
-    seqpar::reference_attention{}.backward(q, k, v, o, lse, dout, map, opt, dq, dk, dv, stream);
+  void backward(const seqpar::policy_backward_args<T>& a, seqpar::stream_ref stream) const {
+    seqpar::reference_attention{}.backward(a, stream);
   }
 };
 static_assert(seqpar::attention_policy<my_policy>);
@@ -72,11 +68,15 @@ int main() {
   std::vector<float> q(B * S * H * D), kv(B * S * H_kv * D), o_ref(q.size()), lse(B * H * S);
   for (std::size_t i = 0; i < q.size(); ++i) q[i] = value(static_cast<std::int64_t>(i), 0);
   for (std::size_t i = 0; i < kv.size(); ++i) kv[i] = value(static_cast<std::int64_t>(i), 1);
-  seqpar::reference_attention{}.forward(seqpar::make_bshd<const float>(q.data(), B, S, H, D),
-                                        seqpar::make_bshd<const float>(kv.data(), B, S, H_kv, D),
-                                        seqpar::make_bshd<const float>(kv.data(), B, S, H_kv, D),
-                                        seqpar::gqa_map{0, H / H_kv, 0}, opt, seqpar::make_bshd(o_ref.data(), B, S, H, D),
-                                        seqpar::lse_view(lse.data(), B, H, S));
+  seqpar::reference_attention{}.forward(
+      seqpar::policy_forward_args<float>{.q = seqpar::make_bshd<const float>(q.data(), B, S, H, D),
+                                         .k = seqpar::make_bshd<const float>(kv.data(), B, S, H_kv, D),
+                                         .v = seqpar::make_bshd<const float>(kv.data(), B, S, H_kv, D),
+                                         .o = seqpar::make_bshd(o_ref.data(), B, S, H, D),
+                                         .lse = seqpar::lse_view(lse.data(), B, H, S),
+                                         .map = {0, H / H_kv, 0},
+                                         .options = opt},
+      nullptr);
   std::vector<double> rank_error(P);
   seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& comm) {
     const int r = comm.rank();

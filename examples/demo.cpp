@@ -94,9 +94,26 @@ std::vector<std::vector<float>> one_device(const std::vector<float>& q, const st
   std::vector<float> o(q.size()), dq(q.size()), dk(k.size()), dv(k.size()), lse(H * S);
   const seqpar::gqa_map all{0, H / H_kv, 0};
   const seqpar::reference_attention ref;
-  ref.forward(cv(q, S, H), cv(k, S, H_kv), cv(v, S, H_kv), all, opt, mv(o, S, H), seqpar::lse_view(lse.data(), 1, H, S));
-  ref.backward(cv(q, S, H), cv(k, S, H_kv), cv(v, S, H_kv), cv(o, S, H), seqpar::const_lse_view(lse.data(), 1, H, S),
-               cv(dout, S, H), all, opt, mv(dq, S, H), mv(dk, S, H_kv), mv(dv, S, H_kv));
+  ref.forward(seqpar::policy_forward_args<float>{.q = cv(q, S, H),
+                                                 .k = cv(k, S, H_kv),
+                                                 .v = cv(v, S, H_kv),
+                                                 .o = mv(o, S, H),
+                                                 .lse = seqpar::lse_view(lse.data(), 1, H, S),
+                                                 .map = all,
+                                                 .options = opt},
+              nullptr);
+  ref.backward(seqpar::policy_backward_args<float>{.q = cv(q, S, H),
+                                                   .k = cv(k, S, H_kv),
+                                                   .v = cv(v, S, H_kv),
+                                                   .o = cv(o, S, H),
+                                                   .lse = seqpar::const_lse_view(lse.data(), 1, H, S),
+                                                   .dout = cv(dout, S, H),
+                                                   .dq = mv(dq, S, H),
+                                                   .dk = mv(dk, S, H_kv),
+                                                   .dv = mv(dv, S, H_kv),
+                                                   .map = all,
+                                                   .options = opt},
+               nullptr);
   return {o, dq, dk, dv};
 }
 
@@ -128,13 +145,13 @@ void ulysses_layer(seqpar::memory_space where, const AttentionPolicy& policy) {
                                     seqpar::elements<float>, opt);
     auto c = [&](float* p, std::int64_t h) { return seqpar::make_bshd<const float>(p, 1, n, h, D); };
     auto m = [&](float* p, std::int64_t h) { return seqpar::make_bshd(p, 1, n, h, D); };
-    comm.barrier();
+    comm.barrier(nullptr);
     const auto start = clock_type::now();
     const auto saved = layer.forward({.q = c(pq, H), .k = c(pk, H_kv), .v = c(pv, H_kv), .o = m(po, H)}, {.stream = nullptr});
     layer.backward(saved, {.dout = c(pdo, H), .dq = m(pdq, H), .dk = m(pdk, H_kv), .dv = m(pdv, H_kv)},
                    {.stream = nullptr});
     if (where == seqpar::memory_space::device) SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
-    comm.barrier();
+    comm.barrier(nullptr);
     if (r == 0) ms = std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
     mem.download(po, o[r]), mem.download(pdq, dq[r]), mem.download(pdk, dk[r]), mem.download(pdv, dv[r]);
     if (where == seqpar::memory_space::device) cudaFree(pq), cudaFree(pk), cudaFree(pv), cudaFree(pdo);
@@ -183,12 +200,12 @@ void lasp_layer(seqpar::memory_space where, const LinearPolicy& policy) {
                                    seqpar::elements<float>, decay);
       auto c = [&](float* p, std::int64_t x) { return seqpar::make_bshd<const float>(p, 1, n, H, x); };
       auto m = [&](float* p, std::int64_t x) { return seqpar::make_bshd(p, 1, n, H, x); };
-      comm.barrier();
+      comm.barrier(nullptr);
       const auto start = clock_type::now();
       const auto saved = layer.forward({.q = c(pq, D), .k = c(pk, D), .v = c(pv, E), .o = m(po, E)}, {.stream = nullptr});
       layer.backward(saved, {.dout = c(pdo, E), .dq = m(pdq, D), .dk = m(pdk, D), .dv = m(pdv, E)}, {.stream = nullptr});
       if (mem_space == seqpar::memory_space::device) SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
-      comm.barrier();
+      comm.barrier(nullptr);
       if (ms && r == 0) *ms = std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
       mem.download(po, o), mem.download(pdq, dq), mem.download(pdk, dk), mem.download(pdv, dv);
       if (mem_space == seqpar::memory_space::device) cudaFree(pq), cudaFree(pk), cudaFree(pv), cudaFree(pdo);
@@ -245,13 +262,13 @@ void ulysses_ring_layer() {
     seqpar::ulysses_ring_attention layer(seqpar::reference_attention{}, world, layout,
                                          {.batch = 1, .heads = H, .kv_heads = H_kv, .head_dim = D},
                                          seqpar::elements<float>, opt);
-    world.barrier();
+    world.barrier(nullptr);
     const auto start = clock_type::now();
     const auto saved =
         layer.forward({.q = cv(lq, n, H), .k = cv(lk, n, H_kv), .v = cv(lv, n, H_kv), .o = mv(lo, n, H)}, {.stream = nullptr});
     layer.backward(saved, {.dout = cv(ldo, n, H), .dq = mv(ldq, n, H), .dk = mv(ldk, n, H_kv), .dv = mv(ldv, n, H_kv)},
                    {.stream = nullptr});
-    world.barrier();
+    world.barrier(nullptr);
     if (rank == 0) ms = std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
     auto put = [&](const std::vector<float>& x, std::vector<float>& g, int h) {
       for (std::int64_t s = 0; s < n; ++s)

@@ -30,16 +30,16 @@ int main() {
     std::vector<float> send(sd[P - 1] + sc[P - 1]), recv(rd[P - 1] + rc[P - 1]);
     for (int j = 0; j < P; ++j)
       for (std::size_t i = 0; i < sc[j]; ++i) send[sd[j] + i] = value(r, j, i);
-    comm.all_to_all_v<float>(send, sc, sd, recv, rc, rd);
+    comm.all_to_all_v<float>(send, sc, sd, recv, rc, rd, nullptr);
     for (int j = 0; j < P; ++j)
       for (std::size_t i = 0; i < rc[j]; ++i) errors[r] += recv[rd[j] + i] != value(j, r, i);
 
     std::vector<float> state(4096, static_cast<float>(r)), incoming(4096);
-    comm.neighbor_exchange<float>(state, (r + 1) % P, incoming, (r + P - 1) % P);
+    comm.neighbor_exchange<float>(state, (r + 1) % P, incoming, (r + P - 1) % P, nullptr);
     errors[r] += incoming[0] != static_cast<float>((r + P - 1) % P);
 
     std::vector<float> sum(1024, static_cast<float>(r + 1));
-    comm.all_reduce<float>(sum, sum);
+    comm.all_reduce<float>(sum, sum, nullptr);
     errors[r] += sum[1023] != static_cast<float>(P * (P + 1) / 2);
 
     by_operation[r] = comm.records();

@@ -196,14 +196,34 @@ int main(int argc, char** argv) {
       auto mg = [](std::vector<float>& x, std::int64_t h) { return seqpar::make_bshd(x.data(), 1, S, h, D); };
       const seqpar::gqa_map map{0, H / H_kv, 0};
       const seqpar::reference_attention ref;
-      ref.forward(cg(gq, H), cg(gk, H_kv), cg(gv, H_kv), map, opt, mg(want[0], H), seqpar::lse_view(lse.data(), 1, H, S));
-      ref.backward(cg(gq, H), cg(gk, H_kv), cg(gv, H_kv), cg(want[0], H), seqpar::const_lse_view(lse.data(), 1, H, S),
-                   cg(gdo, H), map, opt, mg(want[1], H), mg(want[2], H_kv), mg(want[3], H_kv));
+      ref.forward(seqpar::policy_forward_args<float>{.q = cg(gq, H),
+                                                     .k = cg(gk, H_kv),
+                                                     .v = cg(gv, H_kv),
+                                                     .o = mg(want[0], H),
+                                                     .lse = seqpar::lse_view(lse.data(), 1, H, S),
+                                                     .map = map,
+                                                     .options = opt},
+                  nullptr);
+      ref.backward(seqpar::policy_backward_args<float>{.q = cg(gq, H),
+                                                       .k = cg(gk, H_kv),
+                                                       .v = cg(gv, H_kv),
+                                                       .o = cg(want[0], H),
+                                                       .lse = seqpar::const_lse_view(lse.data(), 1, H, S),
+                                                       .dout = cg(gdo, H),
+                                                       .dq = mg(want[1], H),
+                                                       .dk = mg(want[2], H_kv),
+                                                       .dv = mg(want[3], H_kv),
+                                                       .map = map,
+                                                       .options = opt},
+                   nullptr);
       // One device holds the whole sequence as one chunk: LASP is its intra-chunk part alone.
       const seqpar::linear_reference lref;
-      lref.forward_intra(cg(gq, H), cg(glk, H), cg(glv, H), decay, mg(want[4], H));
-      lref.backward_intra(cg(gq, H), cg(glk, H), cg(glv, H), cg(gdo, H), decay, mg(want[5], H), mg(want[6], H),
-                          mg(want[7], H));
+      lref.forward_intra(seqpar::linear_chunk<float>{.q = cg(gq, H), .k = cg(glk, H), .v = cg(glv, H), .decay = decay},
+                         mg(want[4], H), nullptr);
+      lref.backward_intra(
+          seqpar::linear_chunk<float>{
+              .q = cg(gq, H), .k = cg(glk, H), .v = cg(glv, H), .dout = cg(gdo, H), .decay = decay},
+          seqpar::linear_gradients<float>{.dq = mg(want[5], H), .dk = mg(want[6], H), .dv = mg(want[7], H)}, nullptr);
       const char* names[] = {"ulysses o", "ulysses dq", "ulysses dk", "ulysses dv", "lasp o",   "lasp dq",
                              "lasp dk",   "lasp dv",    "ring o",     "ring dq",    "ring dk",  "ring dv",
                              "2-D o",     "2-D dq",     "2-D dk",     "2-D dv"};

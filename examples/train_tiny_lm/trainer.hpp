@@ -53,7 +53,7 @@ std::vector<float> gathered_gradient(seqpar::sharded_parameters<Comm>& params) {
   std::vector<float> all;
   for (int u = 0; u < part.units(); ++u) {
     std::vector<float> unit(static_cast<std::size_t>(part.padded_elements(u)));
-    params.group().all_gather(std::span<const float>(params.gradients(u)), std::span<float>(unit));
+    params.group().all_gather(std::span<const float>(params.gradients(u)), std::span<float>(unit), nullptr);
     all.insert(all.end(), unit.begin(), unit.begin() + part.unit_elements(u));
   }
   return all;
@@ -80,7 +80,7 @@ void train(Comm& world, const run_options& o, const std::vector<std::uint8_t>& t
   for (int u = 0; u < c.units(); ++u) {
     std::vector<float> full;
     init_unit(c, u, o.seed, full);
-    params.load(u, full);
+    params.load(u, full, nullptr);
   }
   seqpar::adamw optimizer(params, {.learning_rate = o.learning_rate, .beta2 = 0.95f, .weight_decay = 0.1f});
   SEQPAR_EXPECTS(o.batch % o.dp == 0, "batch: expected a multiple of dp = " << o.dp << ", got " << o.batch);
@@ -109,43 +109,43 @@ void train(Comm& world, const run_options& o, const std::vector<std::uint8_t>& t
       }
       std::vector<float> x;
       {
-        const auto w = params.template gather<float>(0);
+        const auto w = params.template gather<float>(0, nullptr);
         x = net.embed_forward(embedding_view(c, as_const(w)), tokens);
       }
       for (int l = 0; l < c.layers; ++l) {
-        const auto w = params.template gather<float>(c.block_unit(l));
+        const auto w = params.template gather<float>(c.block_unit(l), nullptr);
         x = net.block_forward(l, block_view(c, as_const(w)), positions, x, attention, saved[l]);
       }
       double loss = 0;
       {
         // The head's backward follows its forward at once, so it is gathered only once.
-        const auto w = params.template gather<float>(c.head_unit());
-        auto grads = params.template gradient_buffer<float>(c.head_unit());
+        const auto w = params.template gather<float>(c.head_unit(), nullptr);
+        auto grads = params.template gradient_buffer<float>(c.head_unit(), nullptr);
         loss = net.head_forward(head_view(c, as_const(w)), x, targets, loss_scale, head_saved);
         x = net.head_backward(head_view(c, as_const(w)), head_saved, head_view(c, grads.elements().data()));
-        params.reduce_scatter(std::move(grads));
+        params.reduce_scatter(std::move(grads), nullptr);
       }
       for (int l = c.layers - 1; l >= 0; --l) {
-        const auto w = params.template gather<float>(c.block_unit(l));
-        auto grads = params.template gradient_buffer<float>(c.block_unit(l));
+        const auto w = params.template gather<float>(c.block_unit(l), nullptr);
+        auto grads = params.template gradient_buffer<float>(c.block_unit(l), nullptr);
         x = net.block_backward(l, block_view(c, as_const(w)), positions, saved[l], x, attention,
                                block_view(c, grads.elements().data()));
-        params.reduce_scatter(std::move(grads));
+        params.reduce_scatter(std::move(grads), nullptr);
       }
       {
-        auto grads = params.template gradient_buffer<float>(0);
+        auto grads = params.template gradient_buffer<float>(0, nullptr);
         net.embed_backward(tokens, x, embedding_view(c, grads.elements().data()));
-        params.reduce_scatter(std::move(grads));
+        params.reduce_scatter(std::move(grads), nullptr);
       }
       std::vector<float> gradient;
       if (t == 1) gradient = gathered_gradient(params);
-      const double norm = params.gradient_norm();
-      if (norm > o.clip) params.scale_gradients(static_cast<float>(o.clip / norm));
+      const double norm = params.gradient_norm(nullptr);
+      if (norm > o.clip) params.scale_gradients(static_cast<float>(o.clip / norm), nullptr);
       optimizer.options().learning_rate = learning_rate_at(o, t);
-      optimizer.step();
-      params.zero_gradients();
+      optimizer.step(nullptr);
+      params.zero_gradients(nullptr);
       double global = 0;
-      world.all_reduce(std::span<const double>(&loss, 1), std::span<double>(&global, 1));
+      world.all_reduce(std::span<const double>(&loss, 1), std::span<double>(&global, 1), nullptr);
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       report({t, global, norm, seconds, params.memory(), optimizer.state_bytes(), std::move(gradient)});
     }

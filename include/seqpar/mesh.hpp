@@ -85,7 +85,7 @@ class mesh {
     std::ostringstream description;
     description << "mesh dp = " << shape.dp << ", sp = " << shape.sp << ", ulysses = " << shape.ulysses_size();
     agree_on_fingerprint(world, fingerprint{}.add(shape.dp).add(shape.sp).add(shape.ulysses_size()).value(), "mesh",
-                         description.str());
+                         description.str(), nullptr);
     shape.ulysses = shape.ulysses_size();
     return shape;
   }

@@ -80,9 +80,25 @@ void check_shard_views(const seq_partition& part, int rank, const tensor_view<A>
 }
 }  // namespace detail
 
-//! Copies rank `rank`'s tokens of `global` into `shard` (host memory).
-template <class T>
-void seq_shard(const seq_partition& part, int rank, tensor_view<const T> global, tensor_view<T> shard) {
+//! What seq_shard takes: the global tensor read and one rank's shard written.
+template <element T>
+struct seq_shard_args {
+  tensor_view<const T> global;  //!< [B, S, H, D]
+  tensor_view<T> shard;         //!< [B, S_r, H, D], written
+};
+
+//! What seq_unshard takes: one rank's shard read and the global tensor written (its tokens only).
+template <element T>
+struct seq_unshard_args {
+  tensor_view<const T> shard;  //!< [B, S_r, H, D]
+  tensor_view<T> global;       //!< [B, S, H, D], the rank's tokens written
+};
+
+//! Copies rank `rank`'s tokens of args.global into args.shard, on the host, at once (host memory;
+//! for a group, and device memory, the seq_shard of group_shard.hpp).
+template <element T>
+void seq_shard(const seq_partition& part, int rank, const seq_shard_args<T>& args) {
+  const auto& [global, shard] = args;
   detail::check_shard_views(part, rank, global, shard);
   for (std::int64_t b = 0; b < shard.batch(); ++b)
     for (std::int64_t s = 0; s < shard.seq(); ++s)
@@ -90,9 +106,10 @@ void seq_shard(const seq_partition& part, int rank, tensor_view<const T> global,
         for (std::int64_t d = 0; d < shard.head_dim(); ++d) shard(b, s, h, d) = global(b, part.global(rank, s), h, d);
 }
 
-//! Copies rank `rank`'s `shard` back to its tokens of `global` (host memory).
-template <class T>
-void seq_unshard(const seq_partition& part, int rank, tensor_view<const T> shard, tensor_view<T> global) {
+//! Copies rank `rank`'s args.shard back to its tokens of args.global, on the host, at once.
+template <element T>
+void seq_unshard(const seq_partition& part, int rank, const seq_unshard_args<T>& args) {
+  const auto& [shard, global] = args;
   detail::check_shard_views(part, rank, global, shard);
   for (std::int64_t b = 0; b < shard.batch(); ++b)
     for (std::int64_t s = 0; s < shard.seq(); ++s)

@@ -43,10 +43,12 @@ TEST_CASE("all or nothing on the GPU: all_to_all_heads and seq_shard over a grou
         auto& ko = s.make(B * S * hp.kv_count(r) * D);
         auto& vo = s.make(B * S * hp.kv_count(r) * D);
         seqpar::all_to_all_heads(
-            plan, comm, seqpar::qkv_views{in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, bad ? n + 1 : n, H_kv)},
-            seqpar::qkv_views{out_view(qo, S, hp.count(r)), out_view(ko, S, hp.kv_count(r)),
-                              out_view(vo, S, hp.kv_count(r))},
-            std::as_writable_bytes(ws.span()));
+            plan, comm,
+            seqpar::qkv_exchange_args<float>{
+                .in = {in_view(q, n, H), in_view(kv, n, H_kv), in_view(kv, bad ? n + 1 : n, H_kv)},
+                .out = {out_view(qo, S, hp.count(r)), out_view(ko, S, hp.kv_count(r)), out_view(vo, S, hp.kv_count(r))},
+                .workspace = std::as_writable_bytes(ws.span())},
+            {.stream = nullptr});
       },
       memory_space::device);
   expect_all_or_nothing(
@@ -55,7 +57,9 @@ TEST_CASE("all or nothing on the GPU: all_to_all_heads and seq_shard over a grou
         const std::int64_t n = part.size(comm.rank()) + (bad ? 1 : 0);
         auto& global = s.input(B * S * H * D, 0.5f);
         auto& shard = s.make(B * n * H * D);
-        seqpar::seq_shard(comm, part, in_view(global, S, H), out_view(shard, n, H));
+        seqpar::seq_shard(
+            comm, part, seqpar::seq_shard_args<float>{.global = in_view(global, S, H), .shard = out_view(shard, n, H)},
+            {.stream = nullptr});
       },
       memory_space::device);
 }

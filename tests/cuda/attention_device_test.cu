@@ -170,13 +170,17 @@ TEST_CASE("flash_attention refuses what it cannot compute, before anything moves
   seqpar_test::buffer<float> lse(memory_space::device, std::vector<float>(64, 0.0f));
   const auto qv = seqpar::make_bshd<const bf16>(q.data(), 1, 64, 1, 64);
   const auto kv = seqpar::make_bshd<const bf16>(k.data(), 1, 32, 1, 64);
-  CHECK_THROWS_WITH_AS(seqpar::flash_attention{}.forward(qv, kv, kv, {}, {}, seqpar::make_bshd(o.data(), 1, 64, 1, 64),
-                                                         seqpar::lse_view(lse.data(), 1, 1, 64)),
-                       doctest::Contains("k, v: extents {1, 32, 1, 64}; expected q's batch, seq and head_dim (1, 64, 64)"),
-                       seqpar::error);
-  CHECK_THROWS_WITH_AS(seqpar::flash_attention{}.forward(qv, qv, qv, {}, {}, seqpar::make_bshd(o.data(), 1, 64, 1, 64),
-                                                         seqpar::lse_view(lse.data(), 1, 1, 32)),
-                       doctest::Contains("lse: extents {1, 1, 32}; expected q's {batch, heads, seq} = {1, 1, 64} floats"),
-                       seqpar::error);
+  auto call = [&](seqpar::tensor_view<const bf16> k, std::int64_t lse_rows) {
+    const auto o_view = seqpar::make_bshd(o.data(), 1, 64, 1, 64);
+    const seqpar::lse_view l(lse.data(), 1, 1, lse_rows);
+    seqpar::flash_attention{}.forward(seqpar::policy_forward_args<bf16>{.q = qv, .k = k, .v = k, .o = o_view, .lse = l},
+                                      nullptr);
+  };
+  CHECK_THROWS_WITH_AS(
+      call(kv, 64), doctest::Contains("k, v: extents {1, 32, 1, 64}; expected q's batch, seq and head_dim (1, 64, 64)"),
+      seqpar::error);
+  CHECK_THROWS_WITH_AS(
+      call(qv, 32), doctest::Contains("lse: extents {1, 1, 32}; expected q's {batch, heads, seq} = {1, 1, 64} floats"),
+      seqpar::error);
   CHECK(seqpar_test::first_mismatch(o.values(), std::vector<bf16>(64 * 64, seqpar_test::poison<bf16>())) == -1);
 }

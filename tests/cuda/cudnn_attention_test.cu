@@ -190,15 +190,29 @@ std::array<double, 5> block_pair_gaps(seqpar::attention_options opt, seqpar::blo
   // The reference's partial.
   std::vector<float> want_o(B * S_q * H * D), want_lse(B * H * S_q);
   const seqpar::reference_attention reference;
-  reference.block_forward(hview(hq, S_q, H), hview(hk, S_kv, H_kv), hview(hv, S_kv, H_kv), map, opt, pair,
-                          seqpar::make_bshd(want_o.data(), B, S_q, H, D), seqpar::lse_view(want_lse.data(), B, H, S_q));
+  reference.block_forward(seqpar::block_forward_args<T>{.q = hview(hq, S_q, H),
+                                                        .k = hview(hk, S_kv, H_kv),
+                                                        .v = hview(hv, S_kv, H_kv),
+                                                        .o_part = seqpar::make_bshd(want_o.data(), B, S_q, H, D),
+                                                        .lse_part = seqpar::lse_view(want_lse.data(), B, H, S_q),
+                                                        .map = map,
+                                                        .options = opt,
+                                                        .pair = pair},
+                          nullptr);
   // cuDNN's.
   seqpar_test::padded_tensor<T> dq_(q, 0), dk_(k, 0), dv_(v, 0), ddo(dout, 0);
   seqpar_test::buffer<float> o(memory_space::device, std::vector<float>(want_o.size(), NAN)),
       lse(memory_space::device, std::vector<float>(want_lse.size(), NAN));
   const seqpar::cudnn_block_attention cudnn;
-  cudnn.block_forward(dq_.cview(), dk_.cview(), dv_.cview(), map, opt, pair, seqpar::make_bshd(o.data(), B, S_q, H, D),
-                      seqpar::lse_view(lse.data(), B, H, S_q));
+  cudnn.block_forward(seqpar::block_forward_args<T>{.q = dq_.cview(),
+                                                    .k = dk_.cview(),
+                                                    .v = dv_.cview(),
+                                                    .o_part = seqpar::make_bshd(o.data(), B, S_q, H, D),
+                                                    .lse_part = seqpar::lse_view(lse.data(), B, H, S_q),
+                                                    .map = map,
+                                                    .options = opt,
+                                                    .pair = pair},
+                      nullptr);
   SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
   std::array<double, 5> gaps{};
   gaps[0] = seqpar_test::relative_gap(o.values(), want_o);
@@ -214,21 +228,37 @@ std::array<double, 5> block_pair_gaps(seqpar::attention_options opt, seqpar::blo
                                            seqpar::lse_view(dots.data(), B, H, S_q)};
   for (std::int64_t row = 0; row < dot.rows(); ++row) dot(row);
   const seqpar::const_lse_view final_lse(want_lse.data(), B, H, S_q);
-  reference.block_backward(hview(hq, S_q, H), hview(hk, S_kv, H_kv), hview(hv, S_kv, H_kv), hview(hdo, S_q, H),
-                           final_lse, seqpar::const_lse_view(dots.data(), B, H, S_q), map, opt, pair,
-                           seqpar::make_bshd(want_dq.data(), B, S_q, H, D),
-                           seqpar::make_bshd(want_dk.data(), B, S_kv, H_kv, D),
-                           seqpar::make_bshd(want_dv.data(), B, S_kv, H_kv, D));
+  reference.block_backward(seqpar::block_backward_args<T>{.q = hview(hq, S_q, H),
+                                                          .k = hview(hk, S_kv, H_kv),
+                                                          .v = hview(hv, S_kv, H_kv),
+                                                          .dout = hview(hdo, S_q, H),
+                                                          .lse = final_lse,
+                                                          .row_dots = seqpar::const_lse_view(dots.data(), B, H, S_q),
+                                                          .dq = seqpar::make_bshd(want_dq.data(), B, S_q, H, D),
+                                                          .dk = seqpar::make_bshd(want_dk.data(), B, S_kv, H_kv, D),
+                                                          .dv = seqpar::make_bshd(want_dv.data(), B, S_kv, H_kv, D),
+                                                          .map = map,
+                                                          .options = opt,
+                                                          .pair = pair},
+                           nullptr);
   seqpar_test::buffer<T> o_t(memory_space::device, final_o);
   seqpar_test::buffer<float> l(memory_space::device, want_lse), gq(memory_space::device, std::vector<float>(want_dq.size())),
       gk(memory_space::device, std::vector<float>(want_dk.size())),
       gv(memory_space::device, std::vector<float>(want_dv.size()));
-  cudnn.block_backward_from_output(dq_.cview(), dk_.cview(), dv_.cview(),
-                                   seqpar::tensor_view<const T>(seqpar::make_bshd(o_t.data(), B, S_q, H, D)),
-                                   ddo.cview(), seqpar::const_lse_view(l.data(), B, H, S_q), map, opt, pair,
-                                   seqpar::make_bshd(gq.data(), B, S_q, H, D),
-                                   seqpar::make_bshd(gk.data(), B, S_kv, H_kv, D),
-                                   seqpar::make_bshd(gv.data(), B, S_kv, H_kv, D));
+  cudnn.block_backward_from_output(
+      seqpar::block_backward_args<T>{.q = dq_.cview(),
+                                     .k = dk_.cview(),
+                                     .v = dv_.cview(),
+                                     .dout = ddo.cview(),
+                                     .lse = seqpar::const_lse_view(l.data(), B, H, S_q),
+                                     .o = seqpar::make_bshd<const T>(o_t.data(), B, S_q, H, D),
+                                     .dq = seqpar::make_bshd(gq.data(), B, S_q, H, D),
+                                     .dk = seqpar::make_bshd(gk.data(), B, S_kv, H_kv, D),
+                                     .dv = seqpar::make_bshd(gv.data(), B, S_kv, H_kv, D),
+                                     .map = map,
+                                     .options = opt,
+                                     .pair = pair},
+      nullptr);
   SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
   gaps[1] = seqpar_test::relative_gap(gq.values(), want_dq);
   gaps[2] = seqpar_test::relative_gap(gk.values(), want_dk);

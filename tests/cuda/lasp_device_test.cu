@@ -58,13 +58,17 @@ TEST_CASE("linear_cuda refuses more than 256 heads and batch * heads over 65535 
   std::vector<__nv_bfloat16> in(8193 * 8 * 16), out(in.size());  // host memory: nothing may be read
   const std::vector<float> decay_300(300, 0.9f), decay_8(8, 0.9f);
   const auto many_heads = seqpar::make_bshd<const __nv_bfloat16>(in.data(), 1, 1, 300, 16);
-  CHECK_THROWS_WITH_AS(seqpar::linear_cuda{}.forward_intra(many_heads, many_heads, many_heads, decay_300,
-                                                           seqpar::make_bshd(out.data(), 1, 1, 300, 16)),
-                       doctest::Contains("decay: linear_cuda takes up to 256 heads, got 300"), seqpar::error);
+  CHECK_THROWS_WITH_AS(
+      seqpar::linear_cuda{}.forward_intra(
+          seqpar::linear_chunk<__nv_bfloat16>{.q = many_heads, .k = many_heads, .v = many_heads, .decay = decay_300},
+          seqpar::make_bshd(out.data(), 1, 1, 300, 16), nullptr),
+      doctest::Contains("decay: linear_cuda takes up to 256 heads, got 300"), seqpar::error);
   const auto many_rows = seqpar::make_bshd<const __nv_bfloat16>(in.data(), 8193, 1, 8, 16);
-  CHECK_THROWS_WITH_AS(seqpar::linear_cuda{}.forward_intra(many_rows, many_rows, many_rows, decay_8,
-                                                           seqpar::make_bshd(out.data(), 8193, 1, 8, 16)),
-                       doctest::Contains("batch * heads: linear_cuda takes up to 65535, got 8193 * 8"), seqpar::error);
+  CHECK_THROWS_WITH_AS(
+      seqpar::linear_cuda{}.forward_intra(
+          seqpar::linear_chunk<__nv_bfloat16>{.q = many_rows, .k = many_rows, .v = many_rows, .decay = decay_8},
+          seqpar::make_bshd(out.data(), 8193, 1, 8, 16), nullptr),
+      doctest::Contains("batch * heads: linear_cuda takes up to 65535, got 8193 * 8"), seqpar::error);
 }
 
 TEST_CASE_TEMPLATE("gated lasp_attention with gated_linear_cuda: o equals the recurrence, dq, dk, dv, dg one device's",

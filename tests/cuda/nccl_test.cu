@@ -62,15 +62,15 @@ TEST_CASE("nccl: split, borrow, the counting decorator, and bad input before any
   seqpar::counting_communicator<seqpar::nccl_communicator> counted(std::move(part));
   buffer<float> send(memory_space::device, std::vector<float>(4, 1.0f));
   buffer<float> recv(memory_space::device, std::vector<float>(4, poison<float>()));
-  counted.all_to_all(send.cspan(), recv.span(), 4);
+  counted.all_to_all(send.cspan(), recv.span(), 4, nullptr);
   CHECK(counted.records().size() == 1);
   CHECK(counted.bytes_sent() == 0);  // a single rank sends nothing over a link
 
   buffer<float> short_recv(memory_space::device, std::vector<float>(3, poison<float>()));
-  CHECK_THROWS_WITH_AS(comm.all_to_all(send.cspan(), short_recv.span(), 4),
+  CHECK_THROWS_WITH_AS(comm.all_to_all(send.cspan(), short_recv.span(), 4, nullptr),
                        doctest::Contains("recv: expected group size * count = 4 elements, got 3"), seqpar::error);
   CHECK(seqpar_test::first_mismatch(short_recv.values(), std::vector<float>(3, poison<float>())) == -1);
-  CHECK_THROWS_WITH_AS(comm.neighbor_exchange(send.cspan(), 1, recv.span(), 0),
+  CHECK_THROWS_WITH_AS(comm.neighbor_exchange(send.cspan(), 1, recv.span(), 0, nullptr),
                        doctest::Contains("dest: expected a rank in [0, 1)"), seqpar::error);
   CHECK_THROWS_WITH_AS(seqpar::nccl_communicator::borrow(nullptr), doctest::Contains("comm: null ncclComm_t"),
                        seqpar::error);

@@ -2,6 +2,7 @@
 // multiple of 16 bytes) and scalar, through the in-process backend with one stream per rank.
 #include <seqpar_test/ulysses_cases.hpp>
 
+#include <seqpar/group_shard.hpp>
 #include <seqpar/shard.hpp>
 
 using seqpar::memory_space;
@@ -44,13 +45,14 @@ TEST_CASE_TEMPLATE("seq_shard and seq_unshard on the GPU match the host copies",
         const auto g = seqpar::make_sbhd<const T>(g_dev.data(), B, S, H, D);
         for (int r = 0; r < P; ++r) {
           std::vector<T> want(B * part.size(r) * H * D);
-          seqpar::seq_shard(part, r, seqpar::make_sbhd<const T>(global.data(), B, S, H, D),
-                            seqpar::make_bshd(want.data(), B, part.size(r), H, D));
+          seqpar::seq_shard(part, r,
+                            seqpar::seq_shard_args<T>{.global = seqpar::make_sbhd<const T>(global.data(), B, S, H, D),
+                                                      .shard = seqpar::make_bshd(want.data(), B, part.size(r), H, D)});
           seqpar_test::buffer<T> shard(memory_space::device, std::vector<T>(want.size(), seqpar_test::poison<T>()));
           const auto local = seqpar::make_bshd(shard.data(), B, part.size(r), H, D);
-          seqpar::seq_shard(part, r, g, local, nullptr);
-          seqpar::seq_unshard(part, r, seqpar::tensor_view<const T>(local),
-                              seqpar::make_sbhd(rebuilt.data(), B, S, H, D), nullptr);
+          seqpar::detail::group_shard_copy<true>(memory_space::device, part, r, g, local, nullptr);
+          seqpar::detail::group_shard_copy<false>(memory_space::device, part, r, seqpar::tensor_view<const T>(local),
+                                                  seqpar::make_sbhd(rebuilt.data(), B, S, H, D), nullptr);
           SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
           CHECK(seqpar_test::first_mismatch(shard.values(), want) == -1);
         }

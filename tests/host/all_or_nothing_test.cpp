@@ -49,13 +49,18 @@ TEST_CASE("all or nothing: seq_shard and seq_unshard over a group") {
       const std::int64_t n = part.size(comm.rank()) - (bad ? 1 : 0);
       std::vector<float> global(B * tokens(P) * H * D, 0.5f);
       auto& shard = s.make(B * n * H * D);
-      seqpar::seq_shard(comm, part, in_view(global, tokens(P), H), out_view(shard, n, H));
+      seqpar::seq_shard(
+          comm, part,
+          seqpar::seq_shard_args<float>{.global = in_view(global, tokens(P), H), .shard = out_view(shard, n, H)},
+          {.stream = nullptr});
     });
     expect_all_or_nothing(P, "global: expected seq extent", [&](in_process_communicator& comm, bool bad, sentinels& s) {
       const std::int64_t n = part.size(comm.rank()), S = tokens(P) + (bad ? 1 : 0);
       std::vector<float> shard(B * n * H * D, 0.5f);
       auto& global = s.make(B * S * H * D);
-      seqpar::seq_unshard(comm, part, in_view(shard, n, H), out_view(global, S, H));
+      seqpar::seq_unshard(
+          comm, part, seqpar::seq_unshard_args<float>{.shard = in_view(shard, n, H), .global = out_view(global, S, H)},
+          {.stream = nullptr});
     });
   }
 }
@@ -68,7 +73,7 @@ TEST_CASE("all or nothing: all_to_all_heads and its inverse, Q/K/V and one tenso
     auto plan_of = [&](const in_process_communicator& c) {
       return seqpar::make_all_to_all_heads_plan(c.rank(), part, shape, seqpar::dtype::float32);
     };
-    expect_all_or_nothing(P, "k: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
+    expect_all_or_nothing(P, "in.k: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
       const auto plan = plan_of(comm);
       const auto& hp = plan.heads();
       const int r = comm.rank();
@@ -78,12 +83,14 @@ TEST_CASE("all or nothing: all_to_all_heads and its inverse, Q/K/V and one tenso
       auto& ko = s.make(B * S * hp.kv_count(r) * D);
       auto& vo = s.make(B * S * hp.kv_count(r) * D);
       seqpar::all_to_all_heads(
-          plan, comm, seqpar::qkv_views{in_view(q, n, H), in_view(k, bad ? n + 1 : n, H_kv), in_view(k, n, H_kv)},
-          seqpar::qkv_views{out_view(qo, S, hp.count(r)), out_view(ko, S, hp.kv_count(r)),
-                            out_view(vo, S, hp.kv_count(r))},
-          std::as_writable_bytes(std::span(ws)));
+          plan, comm,
+          seqpar::qkv_exchange_args<float>{
+              .in = {in_view(q, n, H), in_view(k, bad ? n + 1 : n, H_kv), in_view(k, n, H_kv)},
+              .out = {out_view(qo, S, hp.count(r)), out_view(ko, S, hp.kv_count(r)), out_view(vo, S, hp.kv_count(r))},
+              .workspace = std::as_writable_bytes(std::span(ws))},
+          {.stream = nullptr});
     });
-    expect_all_or_nothing(P, "k out: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
+    expect_all_or_nothing(P, "out.k: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
       const auto plan = plan_of(comm);
       const auto& hp = plan.heads();
       const int r = comm.rank();
@@ -95,10 +102,11 @@ TEST_CASE("all or nothing: all_to_all_heads and its inverse, Q/K/V and one tenso
       auto& dv = s.make(B * n * H_kv * D);
       seqpar::all_to_all_heads_inverse(
           plan, comm,
-          seqpar::qkv_views{in_view(gq, S, hp.count(r)), in_view(gk, S, hp.kv_count(r)),
-                            in_view(gk, S, hp.kv_count(r))},
-          seqpar::qkv_views{out_view(dq, n, H), out_view(dk, n, bad ? H : H_kv), out_view(dv, n, H_kv)},
-          std::as_writable_bytes(std::span(ws)));
+          seqpar::qkv_exchange_args<float>{
+              .in = {in_view(gq, S, hp.count(r)), in_view(gk, S, hp.kv_count(r)), in_view(gk, S, hp.kv_count(r))},
+              .out = {out_view(dq, n, H), out_view(dk, n, bad ? H : H_kv), out_view(dv, n, H_kv)},
+              .workspace = std::as_writable_bytes(std::span(ws))},
+          {.stream = nullptr});
     });
     expect_all_or_nothing(P, "out: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
       const auto plan = plan_of(comm);
@@ -106,8 +114,11 @@ TEST_CASE("all or nothing: all_to_all_heads and its inverse, Q/K/V and one tenso
       const std::int64_t n = part.size(r), h = plan.heads().count(r);
       std::vector<float> x(B * n * H * D, 1.f), ws(plan.workspace_bytes() / 4 + 4);
       auto& y = s.make(B * S * (h + 1) * D);
-      seqpar::all_to_all_heads(plan, comm, in_view(x, n, H), out_view(y, S, bad ? h + 1 : h),
-                               std::as_writable_bytes(std::span(ws)));
+      seqpar::all_to_all_heads(plan, comm,
+                               seqpar::heads_exchange_args<float>{.in = in_view(x, n, H),
+                                                                  .out = out_view(y, S, bad ? h + 1 : h),
+                                                                  .workspace = std::as_writable_bytes(std::span(ws))},
+                               {.stream = nullptr});
     });
     expect_all_or_nothing(P, "workspace: expected at least",
                           [&](in_process_communicator& comm, bool bad, sentinels& s) {
@@ -117,8 +128,12 @@ TEST_CASE("all or nothing: all_to_all_heads and its inverse, Q/K/V and one tenso
                             std::vector<float> x(B * S * h * D, 1.f), ws(plan.workspace_bytes() / 4 + 4);
                             auto& y = s.make(B * n * H * D);
                             auto bytes = std::as_writable_bytes(std::span(ws));
-                            seqpar::all_to_all_heads_inverse(plan, comm, in_view(x, S, h), out_view(y, n, H),
-                                                             bad ? bytes.first(16) : bytes);
+                            seqpar::all_to_all_heads_inverse(
+                                plan, comm,
+                                seqpar::heads_exchange_args<float>{.in = in_view(x, S, h),
+                                                                   .out = out_view(y, n, H),
+                                                                   .workspace = bad ? bytes.first(16) : bytes},
+                                {.stream = nullptr});
                           });
   }
 }
@@ -305,7 +320,7 @@ TEST_CASE("all or nothing: lasp_attention forward, backward and construction") {
 TEST_CASE("all_gather_value and counting: the control channel carries no payload and is not recorded") {
   seqpar::run_in_process(3, memory_space::host, [&](in_process_communicator& inner) {
     seqpar::counting_communicator comm(inner);
-    const auto all = seqpar::all_gather_value(comm, 10 * comm.rank() + 1);
+    const auto all = seqpar::all_gather_value(comm, 10 * comm.rank() + 1, nullptr);
     CHECK(all == std::vector<std::int64_t>{1, 11, 21});
     CHECK(comm.bytes_sent() == 0);
     CHECK(comm.records().empty());

@@ -58,11 +58,26 @@ void check_blockwise(const Policy& policy, bool causal, int H, int H_kv, const s
   };
   // Whole sequence.
   std::vector<float> o(q.size()), lse(B * H * S), dq(q.size()), dk(k.size()), dv(k.size());
-  policy.forward(cview(q, H), cview(k, H_kv), cview(v, H_kv), map, opt, seqpar::make_bshd(o.data(), B, S, H, D),
-                 seqpar::lse_view(lse.data(), B, H, S));
-  policy.backward(cview(q, H), cview(k, H_kv), cview(v, H_kv), cview(o, H), seqpar::const_lse_view(lse.data(), B, H, S),
-                  cview(dout, H), map, opt, seqpar::make_bshd(dq.data(), B, S, H, D),
-                  seqpar::make_bshd(dk.data(), B, S, H_kv, D), seqpar::make_bshd(dv.data(), B, S, H_kv, D));
+  policy.forward(seqpar::policy_forward_args<float>{.q = cview(q, H),
+                                                    .k = cview(k, H_kv),
+                                                    .v = cview(v, H_kv),
+                                                    .o = seqpar::make_bshd(o.data(), B, S, H, D),
+                                                    .lse = seqpar::lse_view(lse.data(), B, H, S),
+                                                    .map = map,
+                                                    .options = opt},
+                 nullptr);
+  policy.backward(seqpar::policy_backward_args<float>{.q = cview(q, H),
+                                                      .k = cview(k, H_kv),
+                                                      .v = cview(v, H_kv),
+                                                      .o = cview(o, H),
+                                                      .lse = seqpar::const_lse_view(lse.data(), B, H, S),
+                                                      .dout = cview(dout, H),
+                                                      .dq = seqpar::make_bshd(dq.data(), B, S, H, D),
+                                                      .dk = seqpar::make_bshd(dk.data(), B, S, H_kv, D),
+                                                      .dv = seqpar::make_bshd(dv.data(), B, S, H_kv, D),
+                                                      .map = map,
+                                                      .options = opt},
+                  nullptr);
   // Blockwise: sub-views of the same tensors at their positions.
   std::vector<float> o_acc(q.size(), 0.f), lse_acc(lse.size(), -inf), dq_acc(q.size(), 0.f), dk_acc(k.size(), 0.f),
       dv_acc(k.size(), 0.f), row_dots(lse.size(), 0.f);
@@ -97,18 +112,35 @@ void check_blockwise(const Policy& policy, bool causal, int H, int H_kv, const s
             dots[(b * H + h) * nq + i] = row_dots[(b * H + h) * S + q0 + i];
             final_lse[(b * H + h) * nq + i] = lse[(b * H + h) * S + q0 + i];
           }
-      policy.block_forward(sub(q, q0, nq, H), sub(k, k0, nk, H_kv), sub(v, k0, nk, H_kv), map, opt, pair,
-                           seqpar::make_bshd(part.data(), B, nq, H, D), seqpar::lse_view(part_lse.data(), B, H, nq));
+      policy.block_forward(seqpar::block_forward_args<float>{.q = sub(q, q0, nq, H),
+                                                             .k = sub(k, k0, nk, H_kv),
+                                                             .v = sub(v, k0, nk, H_kv),
+                                                             .o_part = seqpar::make_bshd(part.data(), B, nq, H, D),
+                                                             .lse_part = seqpar::lse_view(part_lse.data(), B, H, nq),
+                                                             .map = map,
+                                                             .options = opt,
+                                                             .pair = pair},
+                           nullptr);
       seqpar::merge_partial(msub(o_acc, q0, nq, H), seqpar::lse_view(acc_lse.data(), B, H, nq),
                             seqpar::make_bshd<const float>(part.data(), B, nq, H, D),
                             seqpar::const_lse_view(part_lse.data(), B, H, nq));
       for (std::int64_t b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h)
           for (std::int64_t i = 0; i < nq; ++i) lse_acc[(b * H + h) * S + q0 + i] = acc_lse[(b * H + h) * nq + i];
-      policy.block_backward(sub(q, q0, nq, H), sub(k, k0, nk, H_kv), sub(v, k0, nk, H_kv), sub(dout, q0, nq, H),
-                            seqpar::const_lse_view(final_lse.data(), B, H, nq),
-                            seqpar::const_lse_view(dots.data(), B, H, nq), map, opt, pair, msub(dq_acc, q0, nq, H),
-                            msub(dk_acc, k0, nk, H_kv), msub(dv_acc, k0, nk, H_kv));
+      policy.block_backward(
+          seqpar::block_backward_args<float>{.q = sub(q, q0, nq, H),
+                                             .k = sub(k, k0, nk, H_kv),
+                                             .v = sub(v, k0, nk, H_kv),
+                                             .dout = sub(dout, q0, nq, H),
+                                             .lse = seqpar::const_lse_view(final_lse.data(), B, H, nq),
+                                             .row_dots = seqpar::const_lse_view(dots.data(), B, H, nq),
+                                             .dq = msub(dq_acc, q0, nq, H),
+                                             .dk = msub(dk_acc, k0, nk, H_kv),
+                                             .dv = msub(dv_acc, k0, nk, H_kv),
+                                             .map = map,
+                                             .options = opt,
+                                             .pair = pair},
+          nullptr);
     }
   CHECK(pairs > 1);
   if (causal) CHECK(skipped > 0);

@@ -78,7 +78,7 @@ TEST_CASE("agreement over a communicator without all_gather_value uses its all_g
   std::vector<std::string> what(3);
   seqpar::run_in_process(3, seqpar::memory_space::host, [&](seqpar::in_process_communicator& inner) {
     gathers_only comm{&inner};
-    CHECK(seqpar::all_gather_value(comm, 7 * comm.rank()) == std::vector<std::int64_t>{0, 7, 14});
+    CHECK(seqpar::all_gather_value(comm, 7 * comm.rank(), nullptr) == std::vector<std::int64_t>{0, 7, 14});
     try {
       seqpar::agree_on_arguments(comm, seqpar::call_checks::group, nullptr, [&] {
         SEQPAR_EXPECTS(comm.rank() != 1, "x: expected anything but rank 1");

@@ -41,7 +41,7 @@ TEST_CASE("counting: all_to_all_v bytes per peer equal the counts, and match wha
     auto tag = [&](int src, int dst) { return __float2half(static_cast<float>(src * P + dst + 1)); };
     std::vector<__half> send(s_at), recv(r_at, __float2half(0.0f));
     for (int j = 0; j < P; ++j) std::fill_n(send.begin() + sd[j], sc[j], tag(r, j));
-    comm.all_to_all_v<__half>(send, sc, sd, recv, rc, rd);
+    comm.all_to_all_v<__half>(send, sc, sd, recv, rc, rd, nullptr);
     for (int j = 0; j < P; ++j)
       received[r][j] = sizeof(__half) * std::count_if(recv.begin() + rd[j], recv.begin() + rd[j] + rc[j], [&](__half x) {
                          return __half2float(x) == __half2float(tag(j, r));
@@ -64,13 +64,13 @@ TEST_CASE("counting: every operation's volume, for P = 3 and 8") {
     auto logs = counted(P, [&](counting& comm) {
       const int r = comm.rank();
       std::vector<float> a(n * P), b(n * P), small(n);
-      comm.all_to_all<float>(a, b, n);
+      comm.all_to_all<float>(a, b, n, nullptr);
       comm.neighbor_exchange<float>(std::span<const float>(small).first(r + 1), (r + 1) % P,
-                                    std::span<float>(b).first((r + P - 1) % P + 1), (r + P - 1) % P);
-      comm.all_gather<float>(small, b);
-      comm.reduce_scatter<float>(a, small);
-      comm.all_reduce<float>(small, small);
-      comm.barrier();
+                                    std::span<float>(b).first((r + P - 1) % P + 1), (r + P - 1) % P, nullptr);
+      comm.all_gather<float>(small, b, nullptr);
+      comm.reduce_scatter<float>(a, small, nullptr);
+      comm.all_reduce<float>(small, small, nullptr);
+      comm.barrier(nullptr);
       counting part = comm.split(0, 0);
       CHECK(part.records().empty());
     });
@@ -101,7 +101,7 @@ TEST_CASE("counting: a rejected call is not recorded") {
   seqpar::run_in_process(2, seqpar::memory_space::host, [&](seqpar::in_process_communicator& inner) {
     counting comm(inner);
     std::vector<float> send(4), recv(3);
-    CHECK_THROWS_AS(comm.all_to_all<float>(send, recv, 2), seqpar::error);
+    CHECK_THROWS_AS(comm.all_to_all<float>(send, recv, 2, nullptr), seqpar::error);
     totals[comm.rank()] = comm.records().size() + comm.bytes_sent();
   });
   CHECK(totals == std::vector<std::size_t>{0, 0});
@@ -124,7 +124,7 @@ TEST_CASE("counting: bytes_sent_to rejects a peer outside the group, with or wit
     };
     try_peer(P);  // nothing recorded yet
     std::vector<float> send(2 * P), recv(2 * P);
-    comm.all_to_all<float>(send, recv, 2);
+    comm.all_to_all<float>(send, recv, 2, nullptr);
     try_peer(-1);
     try_peer(P);
     to_peer[r] = comm.bytes_sent_to(1 - r);

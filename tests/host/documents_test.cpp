@@ -242,10 +242,10 @@ namespace {
 // A reference policy that counts the block pairs it computes.
 struct pair_counter : seqpar::reference_attention {
   std::atomic<int>* pairs;
-  template <class T, class... A>
-  void block_forward(seqpar::tensor_view<const T> q, A&&... a) const {
+  template <class T>
+  void block_forward(const seqpar::block_forward_args<T>& a, seqpar::stream_ref s) const {
     ++*pairs;
-    seqpar::reference_attention::block_forward(q, std::forward<A>(a)...);
+    seqpar::reference_attention::block_forward(a, s);
   }
 };
 }  // namespace

@@ -62,16 +62,28 @@ void check_flash(const flash_case& c, const seqpar::document_layout& docs = {}) 
   const seqpar::gqa_map map{0, c.H / c.H_kv, 0};
   const seqpar::attention_options opt{static_cast<float>(1.0 / std::sqrt(double(D))), c.causal, docs.host_ids()};
 
-  const seqpar::reference_attention ref;
-  ref.forward(q.cview(), k.cview(), v.cview(), map, opt, o_ref.view, l_ref);
-  ref.backward(q.cview(), k.cview(), v.cview(), o_ref.cview(), seqpar::const_lse_view(l_ref), dout.cview(), map, opt,
-               dq_ref.view, dk_ref.view, dv_ref.view);
-
+  // Forward into o and lse, then backward from that o and lse (as a layer runs it), by `policy`.
+  auto run = [&](const auto& policy, tensor<T>& o, tensor<T>& dq, tensor<T>& dk, tensor<T>& dv, seqpar::lse_view l) {
+    policy.forward(
+        seqpar::policy_forward_args<T>{
+            .q = q.cview(), .k = k.cview(), .v = v.cview(), .o = o.view, .lse = l, .map = map, .options = opt},
+        nullptr);
+    policy.backward(seqpar::policy_backward_args<T>{.q = q.cview(),
+                                                    .k = k.cview(),
+                                                    .v = v.cview(),
+                                                    .o = o.cview(),
+                                                    .lse = seqpar::const_lse_view(l),
+                                                    .dout = dout.cview(),
+                                                    .dq = dq.view,
+                                                    .dk = dk.view,
+                                                    .dv = dv.view,
+                                                    .map = map,
+                                                    .options = opt},
+                    nullptr);
+  };
+  run(seqpar::reference_attention{}, o_ref, dq_ref, dk_ref, dv_ref, l_ref);
   const seqpar::basic_flash_attention<seqpar_emulation::launcher> flash;
-  flash.forward(q.cview(), k.cview(), v.cview(), map, opt, o.view, l);
-  // Backward from the kernel's own o and lse, as a layer runs it.
-  flash.backward(q.cview(), k.cview(), v.cview(), o.cview(), seqpar::const_lse_view(l), dout.cview(), map, opt, dq.view,
-                 dk.view, dv.view);
+  run(flash, o, dq, dk, dv, l);
   CHECK(flash.launcher.within_shared);
 
   check_outputs<T, T>({&o, &dq, &dk, &dv}, {&o_ref, &dq_ref, &dk_ref, &dv_ref}, lse, lse_ref);
@@ -128,9 +140,26 @@ void check_flash_blocks(const flash_case& c, const seqpar::document_layout& docs
   const seqpar::attention_options opt{.causal = c.causal, .documents = docs.host_ids()};
 
   const seqpar::reference_attention ref;
-  ref.forward(q.cview(), k.cview(), v.cview(), map, opt, o_ref.view, seqpar::lse_view(lse_ref.data(), c.B, c.H, c.S));
-  ref.backward(q.cview(), k.cview(), v.cview(), o_ref.cview(), seqpar::const_lse_view(lse_ref.data(), c.B, c.H, c.S),
-               dout.cview(), map, opt, dq_ref.view, dk_ref.view, dv_ref.view);
+  ref.forward(seqpar::policy_forward_args<T>{.q = q.cview(),
+                                             .k = k.cview(),
+                                             .v = v.cview(),
+                                             .o = o_ref.view,
+                                             .lse = seqpar::lse_view(lse_ref.data(), c.B, c.H, c.S),
+                                             .map = map,
+                                             .options = opt},
+              nullptr);
+  ref.backward(seqpar::policy_backward_args<T>{.q = q.cview(),
+                                               .k = k.cview(),
+                                               .v = v.cview(),
+                                               .o = o_ref.cview(),
+                                               .lse = seqpar::const_lse_view(lse_ref.data(), c.B, c.H, c.S),
+                                               .dout = dout.cview(),
+                                               .dq = dq_ref.view,
+                                               .dk = dk_ref.view,
+                                               .dv = dv_ref.view,
+                                               .map = map,
+                                               .options = opt},
+               nullptr);
 
   const seqpar::basic_flash_attention<seqpar_emulation::launcher> flash;
   int pairs = 0, diagonal = 0;
@@ -143,8 +172,15 @@ void check_flash_blocks(const flash_case& c, const seqpar::document_layout& docs
       const auto relation = seqpar::causal_relation(q0, nq, k0, nk, c.causal);
       if (relation == seqpar::block_relation::masked) continue;
       ++pairs, diagonal += relation == seqpar::block_relation::diagonal;
-      flash.block_forward(rows(q.cview(), q0, nq), rows(k.cview(), k0, nk), rows(v.cview(), k0, nk), map, opt,
-                          {q0, k0, relation}, part.view, seqpar::lse_view(part_lse.data(), c.B, c.H, nq));
+      flash.block_forward(seqpar::block_forward_args<T>{.q = rows(q.cview(), q0, nq),
+                                                        .k = rows(k.cview(), k0, nk),
+                                                        .v = rows(v.cview(), k0, nk),
+                                                        .o_part = part.view,
+                                                        .lse_part = seqpar::lse_view(part_lse.data(), c.B, c.H, nq),
+                                                        .map = map,
+                                                        .options = opt,
+                                                        .pair = {q0, k0, relation}},
+                          nullptr);
       seqpar::merge_partial(o_q, seqpar::lse_view(lse_q.data(), c.B, c.H, nq), part.cview(),
                             seqpar::const_lse_view(part_lse.data(), c.B, c.H, nq));
     }
@@ -172,10 +208,20 @@ void check_flash_blocks(const flash_case& c, const seqpar::document_layout& docs
     for (auto [k0, nk] : cut(c.S, kv_cuts)) {
       const auto relation = seqpar::causal_relation(q0, nq, k0, nk, c.causal);
       if (relation == seqpar::block_relation::masked) continue;
-      flash.block_backward(rows(q.cview(), q0, nq), rows(k.cview(), k0, nk), rows(v.cview(), k0, nk),
-                           rows(dout.cview(), q0, nq), seqpar::const_lse_view(lse_q.data(), c.B, c.H, nq),
-                           seqpar::const_lse_view(dots_q.data(), c.B, c.H, nq), map, opt, {q0, k0, relation},
-                           rows(dq.view, q0, nq), rows(dk.view, k0, nk), rows(dv.view, k0, nk));
+      flash.block_backward(
+          seqpar::block_backward_args<T>{.q = rows(q.cview(), q0, nq),
+                                         .k = rows(k.cview(), k0, nk),
+                                         .v = rows(v.cview(), k0, nk),
+                                         .dout = rows(dout.cview(), q0, nq),
+                                         .lse = seqpar::const_lse_view(lse_q.data(), c.B, c.H, nq),
+                                         .row_dots = seqpar::const_lse_view(dots_q.data(), c.B, c.H, nq),
+                                         .dq = rows(dq.view, q0, nq),
+                                         .dk = rows(dk.view, k0, nk),
+                                         .dv = rows(dv.view, k0, nk),
+                                         .map = map,
+                                         .options = opt,
+                                         .pair = {q0, k0, relation}},
+          nullptr);
     }
   }
   CHECK(flash.launcher.within_shared);

@@ -68,42 +68,53 @@ void check_gated(const gated_case& c) {
 
   host_tensor<T> o(c.B, c.C, c.H, c.E, c.pad, 0);
   host_tensor<float> o_ref(c.B, c.C, c.H, c.E, 0, 0);
-  policy.forward_intra(q.cview(), k.cview(), v.cview(), g.cview(), o.view);
-  ref.forward_intra(qf.cview(), kf.cview(), vf.cview(), g.cview(), o_ref.view);
+  policy.forward_intra(seqpar::gated_chunk<T>{.q = q.cview(), .k = k.cview(), .v = v.cview(), .g = g.cview()}, o.view,
+                       nullptr);
+  ref.forward_intra(seqpar::gated_chunk<float>{.q = qf.cview(), .k = kf.cview(), .v = vf.cview(), .g = g.cview()},
+                    o_ref.view, nullptr);
   CHECK(relative_gap(o.view, o_ref.view) <= tol);
   auto same_values = [](const auto& from, host_tensor<float>& to) {  // keeps `to`'s view valid
     const auto wide = widened(from);
     std::copy(wide.data.begin(), wide.data.end(), to.data.begin());
   };
   same_values(o, o_ref);  // forward_inter adds to what o holds
-  policy.forward_inter(q.cview(), g.cview(), kv.view, o.view);
-  ref.forward_inter(qf.cview(), g.cview(), kv.view, o_ref.view);
+  policy.forward_inter(seqpar::gated_chunk<T>{.q = q.cview(), .g = g.cview()}, kv.view, o.view, nullptr);
+  ref.forward_inter(seqpar::gated_chunk<float>{.q = qf.cview(), .g = g.cview()}, kv.view, o_ref.view, nullptr);
   CHECK(relative_gap(o.view, o_ref.view) <= tol);
 
   state m(c.B, c.H, c.D, c.E, 0), m_ref(c.B, c.H, c.D, c.E, 0), g_out(c.B, c.H, c.D, c.E, 0),
       g_ref(c.B, c.H, c.D, c.E, 0);
-  policy.state_contribution(k.cview(), v.cview(), g.cview(), m.view);
-  ref.state_contribution(kf.cview(), vf.cview(), g.cview(), m_ref.view);
+  policy.state_contribution(seqpar::gated_chunk<T>{.k = k.cview(), .v = v.cview(), .g = g.cview()}, m.view, nullptr);
+  ref.state_contribution(seqpar::gated_chunk<float>{.k = kf.cview(), .v = vf.cview(), .g = g.cview()}, m_ref.view,
+                         nullptr);
   CHECK(state_gap(m, m_ref) <= tol);
-  policy.backward_state_contribution(q.cview(), dout.cview(), g.cview(), g_out.view);
-  ref.backward_state_contribution(qf.cview(), dof.cview(), g.cview(), g_ref.view);
+  policy.backward_state_contribution(seqpar::gated_chunk<T>{.q = q.cview(), .dout = dout.cview(), .g = g.cview()},
+                                     g_out.view, nullptr);
+  ref.backward_state_contribution(seqpar::gated_chunk<float>{.q = qf.cview(), .dout = dof.cview(), .g = g.cview()},
+                                  g_ref.view, nullptr);
   CHECK(state_gap(g_out, g_ref) <= tol);
 
   std::vector<float> total(c.B * c.H * c.D), total_ref(total.size());
-  policy.chunk_decay(g.cview(), seqpar::chunk_decay_view(total.data(), c.B, c.H, c.D));
-  ref.chunk_decay(g.cview(), seqpar::chunk_decay_view(total_ref.data(), c.B, c.H, c.D));
+  policy.chunk_decay(g.cview(), seqpar::chunk_decay_view(total.data(), c.B, c.H, c.D), nullptr);
+  ref.chunk_decay(g.cview(), seqpar::chunk_decay_view(total_ref.data(), c.B, c.H, c.D), nullptr);
   for (std::size_t i = 0; i < total.size(); ++i) CHECK(total[i] == doctest::Approx(total_ref[i]).epsilon(1e-5));
-  policy.state_update(seqpar::const_chunk_decay_view(total.data(), c.B, c.H, c.D), kv.view, m.view, g_out.view);
-  ref.state_update(seqpar::const_chunk_decay_view(total.data(), c.B, c.H, c.D), kv.view, m.view, g_ref.view);
+  policy.state_update(seqpar::const_chunk_decay_view(total.data(), c.B, c.H, c.D), kv.view, m.view, g_out.view,
+                      nullptr);
+  ref.state_update(seqpar::const_chunk_decay_view(total.data(), c.B, c.H, c.D), kv.view, m.view, g_ref.view, nullptr);
   CHECK(state_gap(g_out, g_ref) <= 1e-6);
 
   // backward: the intra term written, then the inter and passed-on terms added
   host_tensor<T> dq(c.B, c.C, c.H, c.D, c.pad, 0), dk(c.B, c.C, c.H, c.D, c.pad, 0), dv(c.B, c.C, c.H, c.E, c.pad, 0);
   host_tensor<float> dg(c.B, c.C, c.H, W, 0, 0), dq_ref(c.B, c.C, c.H, c.D, 0, 0), dk_ref(c.B, c.C, c.H, c.D, 0, 0),
       dv_ref(c.B, c.C, c.H, c.E, 0, 0), dg_ref(c.B, c.C, c.H, W, 0, 0);
-  policy.backward_intra(q.cview(), k.cview(), v.cview(), dout.cview(), g.cview(), dq.view, dk.view, dv.view, dg.view);
-  ref.backward_intra(qf.cview(), kf.cview(), vf.cview(), dof.cview(), g.cview(), dq_ref.view, dk_ref.view, dv_ref.view,
-                     dg_ref.view);
+  policy.backward_intra(
+      seqpar::gated_chunk<T>{.q = q.cview(), .k = k.cview(), .v = v.cview(), .dout = dout.cview(), .g = g.cview()},
+      seqpar::linear_gradients<T>{.dq = dq.view, .dk = dk.view, .dv = dv.view, .dg = dg.view}, nullptr);
+  ref.backward_intra(
+      seqpar::gated_chunk<float>{
+          .q = qf.cview(), .k = kf.cview(), .v = vf.cview(), .dout = dof.cview(), .g = g.cview()},
+      seqpar::linear_gradients<float>{.dq = dq_ref.view, .dk = dk_ref.view, .dv = dv_ref.view, .dg = dg_ref.view},
+      nullptr);
   CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
   CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
   CHECK(relative_gap(dv.view, dv_ref.view) <= tol);
@@ -112,10 +123,16 @@ void check_gated(const gated_case& c) {
   same_values(dk, dk_ref);
   same_values(dv, dv_ref);
   same_values(dg, dg_ref);
-  policy.backward_inter(q.cview(), k.cview(), v.cview(), dout.cview(), g.cview(), kv.view, gs.view, dq.view, dk.view,
-                        dv.view, dg.view);
-  ref.backward_inter(qf.cview(), kf.cview(), vf.cview(), dof.cview(), g.cview(), kv.view, gs.view, dq_ref.view,
-                     dk_ref.view, dv_ref.view, dg_ref.view);
+  policy.backward_inter(
+      seqpar::gated_chunk<T>{.q = q.cview(), .k = k.cview(), .v = v.cview(), .dout = dout.cview(), .g = g.cview()},
+      kv.view, gs.view, seqpar::linear_gradients<T>{.dq = dq.view, .dk = dk.view, .dv = dv.view, .dg = dg.view},
+      nullptr);
+  ref.backward_inter(
+      seqpar::gated_chunk<float>{
+          .q = qf.cview(), .k = kf.cview(), .v = vf.cview(), .dout = dof.cview(), .g = g.cview()},
+      kv.view, gs.view,
+      seqpar::linear_gradients<float>{.dq = dq_ref.view, .dk = dk_ref.view, .dv = dv_ref.view, .dg = dg_ref.view},
+      nullptr);
   CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
   CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
   CHECK(relative_gap(dv.view, dv_ref.view) <= tol);
@@ -195,12 +212,12 @@ TEST_CASE("gated_linear_cuda.check_gates under an emulated warp names the first 
     for (std::int64_t t = 0; t < 300; ++t)
       for (std::int64_t h = 0; h < 3; ++h)
         for (std::int64_t d = 0; d < 4; ++d) g.view(b, t, h, d) = -0.25f;
-  CHECK_NOTHROW(policy.check_gates(g.cview()));
+  CHECK_NOTHROW(policy.check_gates(g.cview(), nullptr));
   g.view(1, 7, 2, 1) = 0.5f;
   g.view(1, 250, 0, 3) = NAN;  // later: the first one is named
-  CHECK_THROWS_WITH_AS(policy.check_gates(g.cview()),
+  CHECK_THROWS_WITH_AS(policy.check_gates(g.cview(), nullptr),
                        doctest::Contains("g(1, 7, 2, 1) = 0.5; expected a finite log-gate <= 0"), seqpar::error);
   g.view(0, 299, 1, 0) = -INFINITY;
-  CHECK_THROWS_WITH_AS(policy.check_gates(g.cview()),
+  CHECK_THROWS_WITH_AS(policy.check_gates(g.cview(), nullptr),
                        doctest::Contains("g(0, 299, 1, 0) = -inf; expected a finite log-gate <= 0"), seqpar::error);
 }

@@ -56,13 +56,15 @@ std::vector<T> chained(const gated_case& c, int P, std::vector<T>& q, std::vecto
     const seqpar::tensor_view<const T> cq = view(q, D, first, n), ck = view(k, D, first, n), cv = view(v, E, first, n);
     const seqpar::tensor_view<const float> cg = view(g, gd, first, n);
     const auto co = view(o, E, first, n);
-    ref.forward_intra(cq, ck, cv, cg, co);
-    if (r > 0) ref.forward_inter(cq, cg, seqpar::const_state_view(in.data(), B, H, D, E), co);
+    ref.forward_intra(seqpar::gated_chunk<T>{.q = cq, .k = ck, .v = cv, .g = cg}, co, nullptr);
+    if (r > 0)
+      ref.forward_inter(seqpar::gated_chunk<T>{.q = cq, .g = cg}, seqpar::const_state_view(in.data(), B, H, D, E), co,
+                        nullptr);
     const seqpar::state_view mv(m.data(), B, H, D, E), iv(in.data(), B, H, D, E);
-    ref.state_contribution(ck, cv, cg, mv);
-    ref.chunk_decay(cg, seqpar::chunk_decay_view(total.data(), B, H, D));
+    ref.state_contribution(seqpar::gated_chunk<T>{.k = ck, .v = cv, .g = cg}, mv, nullptr);
+    ref.chunk_decay(cg, seqpar::chunk_decay_view(total.data(), B, H, D), nullptr);
     ref.state_update(seqpar::const_chunk_decay_view(total.data(), B, H, D),
-                     r > 0 ? seqpar::const_state_view(iv) : seqpar::const_state_view(), mv, iv);
+                     r > 0 ? seqpar::const_state_view(iv) : seqpar::const_state_view(), mv, iv, nullptr);
   }
   state = in;
   return o;
@@ -118,14 +120,16 @@ TEST_CASE("gated chunk algebra with g = log(lambda) equals linear_reference's co
   std::vector<float> o1(B * C * H * E), o2(o1.size()), m1(B * H * D * E), m2(m1.size());
   const seqpar::gated_linear_reference gated;
   const seqpar::linear_reference plain;
-  gated.forward_intra(cq, ck, cv, cg, bshd(o1, E));
-  plain.forward_intra(cq, ck, cv, decay, bshd(o2, E));
+  gated.forward_intra(seqpar::gated_chunk<float>{.q = cq, .k = ck, .v = cv, .g = cg}, bshd(o1, E), nullptr);
+  plain.forward_intra(seqpar::linear_chunk<float>{.q = cq, .k = ck, .v = cv, .decay = decay}, bshd(o2, E), nullptr);
   const seqpar::const_state_view kv_view(kv.data(), B, H, D, E);
-  gated.forward_inter(cq, cg, kv_view, bshd(o1, E));
-  plain.forward_inter(cq, decay, kv_view, bshd(o2, E));
+  gated.forward_inter(seqpar::gated_chunk<float>{.q = cq, .g = cg}, kv_view, bshd(o1, E), nullptr);
+  plain.forward_inter(seqpar::linear_chunk<float>{.q = cq, .decay = decay}, kv_view, bshd(o2, E), nullptr);
   CHECK(gap(o1, o2) <= 1e-6);
-  gated.state_contribution(ck, cv, cg, seqpar::state_view(m1.data(), B, H, D, E));
-  plain.state_contribution(ck, cv, decay, seqpar::state_view(m2.data(), B, H, D, E));
+  gated.state_contribution(seqpar::gated_chunk<float>{.k = ck, .v = cv, .g = cg},
+                           seqpar::state_view(m1.data(), B, H, D, E), nullptr);
+  plain.state_contribution(seqpar::linear_chunk<float>{.k = ck, .v = cv, .decay = decay},
+                           seqpar::state_view(m2.data(), B, H, D, E), nullptr);
   CHECK(gap(m1, m2) <= 1e-6);
 }
 
@@ -175,13 +179,21 @@ TEST_CASE("gated backward pieces compose to central differences of the recurrenc
     const seqpar::const_state_view in_view(in.data(), 1, H, D, E), dm_view(dm.data(), 1, H, D, E);
     const seqpar::state_view din_view(din.data(), 1, H, D, E);
     std::vector<float> total(H * D);
-    ref.backward_intra(cview(q, D), cview(k, D), cview(v, E), cview(dout, E), cview(g, gd), bshd(dq, D), bshd(dk, D),
-                       bshd(dv, E), bshd(dg, gd));
-    ref.backward_inter(cview(q, D), cview(k, D), cview(v, E), cview(dout, E), cview(g, gd), in_view, dm_view,
-                       bshd(dq, D), bshd(dk, D), bshd(dv, E), bshd(dg, gd));
-    ref.backward_state_contribution(cview(q, D), cview(dout, E), cview(g, gd), din_view);
-    ref.chunk_decay(cview(g, gd), seqpar::chunk_decay_view(total.data(), 1, H, D));
-    ref.state_update(seqpar::const_chunk_decay_view(total.data(), 1, H, D), dm_view, din_view, din_view);
+    ref.backward_intra(
+        seqpar::gated_chunk<float>{
+            .q = cview(q, D), .k = cview(k, D), .v = cview(v, E), .dout = cview(dout, E), .g = cview(g, gd)},
+        seqpar::linear_gradients<float>{.dq = bshd(dq, D), .dk = bshd(dk, D), .dv = bshd(dv, E), .dg = bshd(dg, gd)},
+        nullptr);
+    ref.backward_inter(
+        seqpar::gated_chunk<float>{
+            .q = cview(q, D), .k = cview(k, D), .v = cview(v, E), .dout = cview(dout, E), .g = cview(g, gd)},
+        in_view, dm_view,
+        seqpar::linear_gradients<float>{.dq = bshd(dq, D), .dk = bshd(dk, D), .dv = bshd(dv, E), .dg = bshd(dg, gd)},
+        nullptr);
+    ref.backward_state_contribution(
+        seqpar::gated_chunk<float>{.q = cview(q, D), .dout = cview(dout, E), .g = cview(g, gd)}, din_view, nullptr);
+    ref.chunk_decay(cview(g, gd), seqpar::chunk_decay_view(total.data(), 1, H, D), nullptr);
+    ref.state_update(seqpar::const_chunk_decay_view(total.data(), 1, H, D), dm_view, din_view, din_view, nullptr);
     chunk_loss loss{C, H, D, E, gd, {dout.begin(), dout.end()}, {dm.begin(), dm.end()}};
     std::vector<double> x;
     for (const auto* part : {&q, &k, &v, &g, &in}) x.insert(x.end(), part->begin(), part->end());

@@ -64,7 +64,7 @@ std::vector<float> filled(std::size_t n) { return std::vector<float>(n, 1.0f); }
 TEST_CASE("all_to_all: a send buffer of the wrong size on one rank") {
   auto out = run_bad(4, 8, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(c.rank() == 2 ? 7 : 8);
-    c.all_to_all<float>(send, recv, 2);
+    c.all_to_all<float>(send, recv, 2, nullptr);
   });
   expect_rejected(out, 2, "send: expected group size * count = 8 elements, got 7");
 }
@@ -73,8 +73,10 @@ TEST_CASE("all_to_all: a count whose product with the group size wraps around") 
   // 2^63 * 2 wraps to 0, which empty buffers would match.
   auto out = run_bad(2, 4, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(4);
-    if (c.rank() == 1) c.all_to_all<float>({}, std::span<float>(), std::size_t{1} << 63);
-    else c.all_to_all<float>(send, recv, 2);
+    if (c.rank() == 1)
+      c.all_to_all<float>({}, std::span<float>(), std::size_t{1} << 63, nullptr);
+    else
+      c.all_to_all<float>(send, recv, 2, nullptr);
   });
   expect_rejected(out, 1, "count: 9223372036854775808 elements per rank times a group of 2 overflows");
 }
@@ -83,7 +85,7 @@ TEST_CASE("all_to_all: ranks disagree on the count") {
   auto out = run_bad(3, 6, [](in_process_communicator& c, std::vector<float>& recv) {
     const std::size_t count = c.rank() == 1 ? 1 : 2;
     auto send = filled(3 * count);
-    c.all_to_all<float>(send, std::span<float>(recv).first(3 * count), count);
+    c.all_to_all<float>(send, std::span<float>(recv).first(3 * count), count, nullptr);
   });
   for (const auto& o : out) {
     CHECK(o.recv_untouched);
@@ -97,7 +99,7 @@ TEST_CASE("all_to_all_v: counts for a group of another size") {
   auto out = run_bad(4, 4, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(4);
     std::vector<std::size_t> ones(4, 1), displs{0, 1, 2, 3}, short_counts(3, 1);
-    c.all_to_all_v<float>(send, c.rank() == 0 ? short_counts : ones, displs, recv, ones, displs);
+    c.all_to_all_v<float>(send, c.rank() == 0 ? short_counts : ones, displs, recv, ones, displs, nullptr);
   });
   expect_rejected(out, 0, "send_counts: expected one count per rank = 4 entries, got 3");
 }
@@ -106,7 +108,7 @@ TEST_CASE("all_to_all_v: a block that does not fit its buffer") {
   auto out = run_bad(2, 4, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(4);
     std::vector<std::size_t> counts{2, 2}, displs{0, 2}, bad_displs{0, 3};
-    c.all_to_all_v<float>(send, counts, c.rank() == 1 ? bad_displs : displs, recv, counts, displs);
+    c.all_to_all_v<float>(send, counts, c.rank() == 1 ? bad_displs : displs, recv, counts, displs, nullptr);
   });
   expect_rejected(out, 1, "send_counts[1] + send_displs[1] = 2 + 3 elements; expected at most send's 4");
 }
@@ -115,7 +117,7 @@ TEST_CASE("all_to_all_v: overlapping receive blocks would overwrite each other")
   auto out = run_bad(2, 4, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(4);
     std::vector<std::size_t> counts{2, 2}, displs{0, 2}, overlapping{0, 1};
-    c.all_to_all_v<float>(send, counts, displs, recv, counts, c.rank() == 0 ? overlapping : displs);
+    c.all_to_all_v<float>(send, counts, displs, recv, counts, c.rank() == 0 ? overlapping : displs, nullptr);
   });
   expect_rejected(out, 0, "recv: blocks [0, 2) and [1, 3) overlap; expected disjoint receive blocks");
 }
@@ -124,7 +126,7 @@ TEST_CASE("all_to_all_v: a receive count that differs from what the peer sends")
   auto out = run_bad(3, 3, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(3);
     std::vector<std::size_t> counts{1, 1, 1}, displs{0, 1, 2}, wrong{1, 0, 1};
-    c.all_to_all_v<float>(send, counts, displs, recv, c.rank() == 2 ? wrong : counts, displs);
+    c.all_to_all_v<float>(send, counts, displs, recv, c.rank() == 2 ? wrong : counts, displs, nullptr);
   });
   for (int r = 0; r < 3; ++r) CHECK(out[r].recv_untouched);
   CHECK(*out[2].code == errc::invalid_argument);
@@ -137,7 +139,7 @@ TEST_CASE("a null pointer with a non-zero count") {
   auto out = run_bad(2, 4, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(4);
     std::span<const float> null_send(static_cast<const float*>(nullptr), 4);
-    c.all_to_all<float>(c.rank() == 1 ? null_send : std::span<const float>(send), recv, 2);
+    c.all_to_all<float>(c.rank() == 1 ? null_send : std::span<const float>(send), recv, 2, nullptr);
   });
   expect_rejected(out, 1, "send: null pointer with 4 elements; expected a valid buffer");
 }
@@ -145,8 +147,10 @@ TEST_CASE("a null pointer with a non-zero count") {
 TEST_CASE("send and recv that overlap") {
   auto out = run_bad(2, 4, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(4);
-    if (c.rank() == 0) c.all_gather<float>(std::span<const float>(recv).first(2), recv);
-    else c.all_gather<float>(std::span<const float>(send).first(2), recv);
+    if (c.rank() == 0)
+      c.all_gather<float>(std::span<const float>(recv).first(2), recv, nullptr);
+    else
+      c.all_gather<float>(std::span<const float>(send).first(2), recv, nullptr);
   });
   expect_rejected(out, 0, "recv overlaps send");
 }
@@ -154,13 +158,13 @@ TEST_CASE("send and recv that overlap") {
 TEST_CASE("neighbor_exchange: a peer outside the group, a receiver expecting another size, an unmatched send") {
   auto bad_peer = run_bad(4, 2, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(2);
-    c.neighbor_exchange<float>(send, c.rank() == 3 ? 4 : (c.rank() + 1) % 4, recv, (c.rank() + 3) % 4);
+    c.neighbor_exchange<float>(send, c.rank() == 3 ? 4 : (c.rank() + 1) % 4, recv, (c.rank() + 3) % 4, nullptr);
   });
   expect_rejected(bad_peer, 3, "dest: expected a rank in [0, 4) or no_rank (-1), got 4");
 
   auto bad_size = run_bad(2, 2, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(c.rank() == 0 ? 3 : 2);
-    c.neighbor_exchange<float>(send, 1 - c.rank(), recv, 1 - c.rank());
+    c.neighbor_exchange<float>(send, 1 - c.rank(), recv, 1 - c.rank(), nullptr);
   });
   CHECK(*bad_size[1].code == errc::invalid_argument);
   CHECK(bad_size[1].what.find("recv: expected rank 0's send size = 3 elements, got 2") != std::string::npos);
@@ -169,7 +173,7 @@ TEST_CASE("neighbor_exchange: a peer outside the group, a receiver expecting ano
 
   auto unmatched = run_bad(2, 2, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(2);
-    c.neighbor_exchange<float>(send, c.rank() == 0 ? 1 : seqpar::no_rank, recv, seqpar::no_rank);
+    c.neighbor_exchange<float>(send, c.rank() == 0 ? 1 : seqpar::no_rank, recv, seqpar::no_rank, nullptr);
   });
   CHECK(*unmatched[0].code == errc::invalid_argument);
   CHECK(unmatched[0].what.find("dest: rank 1 receives from -1; expected it to receive from this rank 0") !=
@@ -179,19 +183,19 @@ TEST_CASE("neighbor_exchange: a peer outside the group, a receiver expecting ano
 TEST_CASE("all_gather, reduce_scatter and all_reduce with buffers of the wrong size") {
   auto gather = run_bad(4, 7, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(2);
-    c.all_gather<float>(send, recv);
+    c.all_gather<float>(send, recv, nullptr);
   });
   for (const auto& o : gather) CHECK(o.what.find("recv: expected group size * send elements = 8 elements, got 7") != std::string::npos);
 
   auto scatter = run_bad(3, 2, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(c.rank() == 1 ? 5 : 6);
-    c.reduce_scatter<float>(send, recv);
+    c.reduce_scatter<float>(send, recv, nullptr);
   });
   expect_rejected(scatter, 1, "send: expected group size * recv elements = 6 elements, got 5");
 
   auto reduce = run_bad(2, 3, [](in_process_communicator& c, std::vector<float>& recv) {
     auto send = filled(c.rank() == 0 ? 3 : 4);
-    c.all_reduce<float>(send, std::span<float>(recv).first(c.rank() == 0 ? 3 : 3));
+    c.all_reduce<float>(send, std::span<float>(recv).first(c.rank() == 0 ? 3 : 3), nullptr);
   });
   expect_rejected(reduce, 1, "recv: expected send elements = 4 elements, got 3");
 }
@@ -205,7 +209,7 @@ TEST_CASE("run_in_process: a rank that dies outside a collective does not leave 
   CHECK_THROWS_WITH_AS(seqpar::run_in_process(4, seqpar::memory_space::host,
                                               [](in_process_communicator& c) {
                                                 if (c.rank() == 1) throw std::logic_error("rank 1 gave up");
-                                                c.barrier();
+                                                c.barrier(nullptr);
                                               }),
                        "rank 1 gave up", std::logic_error);
   CHECK_THROWS_WITH_AS(in_process_communicator::create_group(0), doctest::Contains("size: expected at least 1 rank, got 0"),

@@ -19,8 +19,8 @@ TEST_CASE("in_process split of a split, and a group of one") {
     auto half = comm.split(r / 4, r);
     auto single = half.split(half.rank(), 0);
     std::vector<std::int32_t> v{r};
-    single.all_reduce<std::int32_t>(v, v);
-    half.all_reduce<std::int32_t>(v, v);
+    single.all_reduce<std::int32_t>(v, v, nullptr);
+    half.all_reduce<std::int32_t>(v, v, nullptr);
     sizes[r] = single.size() * 10 + half.size();
     sums[r] = v[0];
   });
@@ -37,9 +37,9 @@ TEST_CASE("in_process barrier: what a rank wrote before it is seen by every rank
     seqpar::run_in_process(P, memory_space::host, [&](seqpar::in_process_communicator& comm) {
       const int r = comm.rank();
       board[r] = r * 10 + round;
-      comm.barrier();
+      comm.barrier(nullptr);
       for (int j = 0; j < P; ++j) seen[r * P + j] = board[j];
-      comm.barrier();
+      comm.barrier(nullptr);
     });
     for (int r = 0; r < P; ++r)
       for (int j = 0; j < P; ++j) CHECK(seen[r * P + j] == j * 10 + round);
@@ -52,7 +52,7 @@ TEST_CASE("in_process float sums accumulate in fp32 and round once for 16-bit ty
   std::vector<float> got(3);
   seqpar::run_in_process(3, memory_space::host, [&](seqpar::in_process_communicator& comm) {
     std::vector<__half> v{__float2half(comm.rank() == 0 ? 2048.0f : 1.0f)};
-    comm.all_reduce<__half>(v, v);
+    comm.all_reduce<__half>(v, v, nullptr);
     got[comm.rank()] = __half2float(v[0]);
   });
   for (float g : got) CHECK(g == 2050.0f);

@@ -64,40 +64,56 @@ void check_linear(const linear_case& c, int major = 8) {
   const std::span<const float> decay(c.decay);
   const double tol = std::is_same_v<T, float> ? 1e-5 : std::is_same_v<T, __half> ? 3e-3 : 2.5e-2;
 
-  tc.forward_intra(q.cview(), k.cview(), v.cview(), decay, o.view);
-  ref.forward_intra(qf.cview(), kf.cview(), vf.cview(), decay, o_ref.view);
+  tc.forward_intra(seqpar::linear_chunk<T>{.q = q.cview(), .k = k.cview(), .v = v.cview(), .decay = decay}, o.view,
+                   nullptr);
+  ref.forward_intra(seqpar::linear_chunk<float>{.q = qf.cview(), .k = kf.cview(), .v = vf.cview(), .decay = decay},
+                    o_ref.view, nullptr);
   CHECK(relative_gap(o.view, o_ref.view) <= tol);
   // The fused forward_intra and state_contribution give the bits of the two apart.
   host_tensor<T> o_fused(c.B, c.C, c.H, c.E, c.pad, 0);
   state m_fused(c.B, c.H, c.D, c.E, 0), m_apart(c.B, c.H, c.D, c.E, 0);
-  tc.forward_intra_with_state(q.cview(), k.cview(), v.cview(), decay, o_fused.view, m_fused.view, nullptr, nullptr);
-  tc.state_contribution(k.cview(), v.cview(), decay, m_apart.view);
+  tc.forward_intra_with_state(seqpar::linear_chunk<T>{.q = q.cview(), .k = k.cview(), .v = v.cview(), .decay = decay},
+                              o_fused.view, m_fused.view, nullptr, nullptr);
+  tc.state_contribution(seqpar::linear_chunk<T>{.k = k.cview(), .v = v.cview(), .decay = decay}, m_apart.view, nullptr);
   CHECK(seqpar_test::first_mismatch(o_fused.data, o.data) == -1);
   CHECK(seqpar_test::first_mismatch(m_fused.data, m_apart.data) == -1);
   // forward_inter adds to what o holds: the reference starts from the same rounded values.
   const auto o_before = widened(o);
   for (std::size_t i = 0; i < o_ref.data.size(); ++i) o_ref.data[i] = o_before.data[i];
-  tc.forward_inter(q.cview(), decay, kv.view, o.view);
-  ref.forward_inter(qf.cview(), decay, kv.view, o_ref.view);
+  tc.forward_inter(seqpar::linear_chunk<T>{.q = q.cview(), .decay = decay}, kv.view, o.view, nullptr);
+  ref.forward_inter(seqpar::linear_chunk<float>{.q = qf.cview(), .decay = decay}, kv.view, o_ref.view, nullptr);
   CHECK(relative_gap(o.view, o_ref.view) <= tol);
 
-  tc.state_contribution(k.cview(), v.cview(), decay, m.view);
-  ref.state_contribution(kf.cview(), vf.cview(), decay, m_ref.view);
+  tc.state_contribution(seqpar::linear_chunk<T>{.k = k.cview(), .v = v.cview(), .decay = decay}, m.view, nullptr);
+  ref.state_contribution(seqpar::linear_chunk<float>{.k = kf.cview(), .v = vf.cview(), .decay = decay}, m_ref.view,
+                         nullptr);
   CHECK(state_gap(m, m_ref) <= tol);
-  tc.backward_state_contribution(q.cview(), dout.cview(), decay, g_out.view);
-  ref.backward_state_contribution(qf.cview(), dof.cview(), decay, g_ref.view);
+  tc.backward_state_contribution(seqpar::linear_chunk<T>{.q = q.cview(), .dout = dout.cview(), .decay = decay},
+                                 g_out.view, nullptr);
+  ref.backward_state_contribution(seqpar::linear_chunk<float>{.q = qf.cview(), .dout = dof.cview(), .decay = decay},
+                                  g_ref.view, nullptr);
   CHECK(state_gap(g_out, g_ref) <= tol);
 
-  tc.backward_intra(q.cview(), k.cview(), v.cview(), dout.cview(), decay, dq.view, dk.view, dv.view);
-  ref.backward_intra(qf.cview(), kf.cview(), vf.cview(), dof.cview(), decay, dq_ref.view, dk_ref.view, dv_ref.view);
+  tc.backward_intra(
+      seqpar::linear_chunk<T>{.q = q.cview(), .k = k.cview(), .v = v.cview(), .dout = dout.cview(), .decay = decay},
+      seqpar::linear_gradients<T>{.dq = dq.view, .dk = dk.view, .dv = dv.view}, nullptr);
+  ref.backward_intra(
+      seqpar::linear_chunk<float>{
+          .q = qf.cview(), .k = kf.cview(), .v = vf.cview(), .dout = dof.cview(), .decay = decay},
+      seqpar::linear_gradients<float>{.dq = dq_ref.view, .dk = dk_ref.view, .dv = dv_ref.view}, nullptr);
   CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
   CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
   CHECK(relative_gap(dv.view, dv_ref.view) <= tol);
   const auto dq0 = widened(dq), dk0 = widened(dk), dv0 = widened(dv);
   dq_ref.data = dq0.data, dk_ref.data = dk0.data, dv_ref.data = dv0.data;
-  tc.backward_inter(q.cview(), k.cview(), v.cview(), dout.cview(), decay, kv.view, g.view, dq.view, dk.view, dv.view);
-  ref.backward_inter(qf.cview(), kf.cview(), vf.cview(), dof.cview(), decay, kv.view, g.view, dq_ref.view, dk_ref.view,
-                     dv_ref.view);
+  tc.backward_inter(
+      seqpar::linear_chunk<T>{.q = q.cview(), .k = k.cview(), .v = v.cview(), .dout = dout.cview(), .decay = decay},
+      kv.view, g.view, seqpar::linear_gradients<T>{.dq = dq.view, .dk = dk.view, .dv = dv.view}, nullptr);
+  ref.backward_inter(
+      seqpar::linear_chunk<float>{
+          .q = qf.cview(), .k = kf.cview(), .v = vf.cview(), .dout = dof.cview(), .decay = decay},
+      kv.view, g.view, seqpar::linear_gradients<float>{.dq = dq_ref.view, .dk = dk_ref.view, .dv = dv_ref.view},
+      nullptr);
   CHECK(relative_gap(dq.view, dq_ref.view) <= tol);
   CHECK(relative_gap(dk.view, dk_ref.view) <= tol);
   CHECK(relative_gap(dv.view, dv_ref.view) <= tol);

@@ -16,7 +16,7 @@ namespace {
 std::vector<std::int64_t> members(seqpar::in_process_communicator& group, int world_rank) {
   std::vector<std::int64_t> all(group.size());
   const std::int64_t me = world_rank;
-  group.all_gather(std::span<const std::int64_t>(&me, 1), std::span<std::int64_t>(all));
+  group.all_gather(std::span<const std::int64_t>(&me, 1), std::span<std::int64_t>(all), nullptr);
   return all;
 }
 std::vector<std::int64_t> range(int first, int count, int step) {

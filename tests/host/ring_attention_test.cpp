@@ -55,18 +55,15 @@ struct output_reading_policy : seqpar::reference_attention {
   void block_backward(A&&...) const = delete;
 
   template <class T>
-  void block_backward_from_output(seqpar::tensor_view<const T> q, seqpar::tensor_view<const T> k,
-                                  seqpar::tensor_view<const T> v, seqpar::tensor_view<const T> o,
-                                  seqpar::tensor_view<const T> dout, seqpar::const_lse_view lse, seqpar::gqa_map map,
-                                  seqpar::attention_options opt, seqpar::block_pair pair,
-                                  seqpar::tensor_view<float> dq, seqpar::tensor_view<float> dk,
-                                  seqpar::tensor_view<float> dv, seqpar::stream_t = nullptr) const {
-    std::vector<float> dots(static_cast<std::size_t>(q.batch() * q.heads() * q.seq()));
-    const seqpar::lse_view d(dots.data(), q.batch(), q.heads(), q.seq());
-    const seqpar::detail::row_dots_of<T> dot{dout, o, d};
+  void block_backward_from_output(const seqpar::block_backward_args<T>& a, seqpar::stream_ref s) const {
+    REQUIRE(a.row_dots.data_handle() == nullptr);
+    std::vector<float> dots(static_cast<std::size_t>(a.q.batch() * a.q.heads() * a.q.seq()));
+    const seqpar::lse_view d(dots.data(), a.q.batch(), a.q.heads(), a.q.seq());
+    const seqpar::detail::row_dots_of<T> dot{a.dout, a.o, d};
     for (std::int64_t row = 0; row < dot.rows(); ++row) dot(row);
-    seqpar::reference_attention::block_backward(q, k, v, dout, lse, seqpar::const_lse_view(d), map, opt, pair, dq, dk,
-                                                dv);
+    seqpar::block_backward_args<T> with_dots = a;
+    with_dots.row_dots = seqpar::const_lse_view(d);
+    seqpar::reference_attention::block_backward(with_dots, s);
   }
 };
 static_assert(!seqpar::detail::block_backward_reads_row_dots<output_reading_policy>);
@@ -108,12 +105,12 @@ struct work_counter : seqpar::reference_attention {
   std::mutex* m;
   int rank = 0;
   template <class T>
-  void block_forward(seqpar::tensor_view<const T> q, seqpar::tensor_view<const T> k, seqpar::tensor_view<const T> v,
-                     seqpar::gqa_map map, seqpar::attention_options opt, seqpar::block_pair pair,
-                     seqpar::tensor_view<float> o, seqpar::lse_view lse, seqpar::stream_t s = nullptr) const {
+  void block_forward(const seqpar::block_forward_args<T>& a, seqpar::stream_ref s) const {
+    const seqpar::block_pair pair = a.pair;
     std::int64_t entries = 0;
-    for (std::int64_t i = 0; i < q.seq(); ++i)
-      for (std::int64_t j = 0; j < k.seq(); ++j) entries += !opt.causal || pair.kv_first + j <= pair.q_first + i;
+    for (std::int64_t i = 0; i < a.q.seq(); ++i)
+      for (std::int64_t j = 0; j < a.k.seq(); ++j)
+        entries += !a.options.causal || pair.kv_first + j <= pair.q_first + i;
     int owner = 0;
     for (int r = 0; r < part.ranks; ++r)
       for (const auto& run : seqpar::detail::token_runs(part, r))
@@ -122,7 +119,7 @@ struct work_counter : seqpar::reference_attention {
       std::lock_guard lock(*m);
       (*work)[{rank, owner}] += entries;
     }
-    seqpar::reference_attention::block_forward(q, k, v, map, opt, pair, o, lse, s);
+    seqpar::reference_attention::block_forward(a, s);
   }
 };
 static_assert(seqpar::block_attention_policy<work_counter>);

@@ -48,7 +48,7 @@ TEST_CASE_TEMPLATE("seq_shard then seq_unshard on every rank rebuilds the global
       for (int r = 0; r < P; ++r) {
         std::vector<T> shard(B * part.size(r) * H * D, seqpar_test::poison<T>());
         const auto local = seqpar::make_bshd(shard.data(), B, part.size(r), H, D);
-        seqpar::seq_shard(part, r, g, local);
+        seqpar::seq_shard(part, r, seqpar::seq_shard_args<T>{.global = g, .shard = local});
         long wrong = 0;
         for (std::int64_t b = 0; b < B; ++b)
           for (std::int64_t s = 0; s < part.size(r); ++s)
@@ -56,7 +56,7 @@ TEST_CASE_TEMPLATE("seq_shard then seq_unshard on every rank rebuilds the global
               for (std::int64_t d = 0; d < D; ++d)
                 wrong += !seqpar_test::same_bits(local(b, s, h, d), g(b, ref.global_of[r][s], h, d));
         CHECK(wrong == 0);
-        seqpar::seq_unshard(part, r, seqpar::tensor_view<const T>(local), out);
+        seqpar::seq_unshard(part, r, seqpar::seq_unshard_args<T>{.shard = local, .global = out});
       }
       CHECK(seqpar_test::first_mismatch(rebuilt, global) == -1);
     }
@@ -66,15 +66,22 @@ TEST_CASE("seq_shard: a shard view of the wrong length or heads is refused") {
   std::vector<float> global(1 * 10 * 2 * 4), shard(1 * 3 * 2 * 4);
   const auto part = seqpar::make_seq_partition(10, 4);
   auto g = seqpar::make_bshd<const float>(global.data(), 1, 10, 2, 4);
-  CHECK_THROWS_WITH_AS(seqpar::seq_shard(part, 3, g, seqpar::make_bshd(shard.data(), 1, 3, 2, 4)),
-                       doctest::Contains("shard: expected seq extent = S_3 = 2 tokens, got 3"), seqpar::error);
-  CHECK_THROWS_WITH_AS(seqpar::seq_shard(part, 0, g, seqpar::make_bshd(shard.data(), 1, 3, 1, 4)),
-                       doctest::Contains("shard: expected heads extent = global's 2, got 1"), seqpar::error);
-  CHECK_THROWS_WITH_AS(seqpar::seq_shard(part, 4, g, seqpar::make_bshd(shard.data(), 1, 3, 2, 4)),
-                       doctest::Contains("rank: expected a rank in [0, 4), got 4"), seqpar::error);
+  CHECK_THROWS_WITH_AS(
+      seqpar::seq_shard(
+          part, 3, seqpar::seq_shard_args<float>{.global = g, .shard = seqpar::make_bshd(shard.data(), 1, 3, 2, 4)}),
+      doctest::Contains("shard: expected seq extent = S_3 = 2 tokens, got 3"), seqpar::error);
+  CHECK_THROWS_WITH_AS(
+      seqpar::seq_shard(
+          part, 0, seqpar::seq_shard_args<float>{.global = g, .shard = seqpar::make_bshd(shard.data(), 1, 3, 1, 4)}),
+      doctest::Contains("shard: expected heads extent = global's 2, got 1"), seqpar::error);
+  CHECK_THROWS_WITH_AS(
+      seqpar::seq_shard(
+          part, 4, seqpar::seq_shard_args<float>{.global = g, .shard = seqpar::make_bshd(shard.data(), 1, 3, 2, 4)}),
+      doctest::Contains("rank: expected a rank in [0, 4), got 4"), seqpar::error);
   // A hand-built zigzag partition of 10 tokens over 4 ranks would leave two tokens unsharded.
-  CHECK_THROWS_WITH_AS(seqpar::seq_shard(seqpar::seq_partition{10, 4, seqpar::shard_strategy::zigzag}, 0, g,
-                                         seqpar::make_bshd(shard.data(), 1, 2, 2, 4)),
-                       doctest::Contains("tokens: zigzag sharding needs a sequence length divisible by 2 * ranks = 8"),
-                       seqpar::error);
+  CHECK_THROWS_WITH_AS(
+      seqpar::seq_shard(
+          seqpar::seq_partition{10, 4, seqpar::shard_strategy::zigzag}, 0,
+          seqpar::seq_shard_args<float>{.global = g, .shard = seqpar::make_bshd(shard.data(), 1, 2, 2, 4)}),
+      doctest::Contains("tokens: zigzag sharding needs a sequence length divisible by 2 * ranks = 8"), seqpar::error);
 }

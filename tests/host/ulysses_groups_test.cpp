@@ -174,9 +174,12 @@ TEST_CASE("all_to_all_heads: the exchanges of the head groups together equal one
         std::vector<std::byte> ws(whole.workspace_bytes());
         // Forward: one exchange, then the groups' exchanges into head ranges of poisoned tensors.
         std::vector<float> q1(B * S * h * D), k1(B * S * k * D), v1(k1.size());
-        seqpar::all_to_all_heads(whole, comm,
-                                 seqpar::qkv_views{seq_view(sq, c.H), seq_view(sk, c.H_kv), seq_view(sv, c.H_kv)},
-                                 seqpar::qkv_views{heads_view(q1, h), heads_view(k1, k), heads_view(v1, k)}, ws);
+        seqpar::all_to_all_heads(
+            whole, comm,
+            seqpar::qkv_exchange_args<float>{.in = {seq_view(sq, c.H), seq_view(sk, c.H_kv), seq_view(sv, c.H_kv)},
+                                             .out = {heads_view(q1, h), heads_view(k1, k), heads_view(v1, k)},
+                                             .workspace = ws},
+            {.stream = nullptr});
         const std::size_t one_bytes = comm.bytes_sent();
         comm.clear();
         std::vector<float> q2(q1.size(), seqpar_test::poison<float>()), k2(k1.size(), seqpar_test::poison<float>()),
@@ -191,9 +194,12 @@ TEST_CASE("all_to_all_heads: the exchanges of the head groups together equal one
           const int qf = plan.local_first(false), qn = plan.local_heads(false), kf = plan.local_first(true),
                     kn = plan.local_heads(true);
           failures[r] += qn < 1 || kn < 1;  // every group of every rank holds heads
-          seqpar::all_to_all_heads(
-              plan, comm, seqpar::qkv_views{seq_view(sq, c.H), seq_view(sk, c.H_kv), seq_view(sv, c.H_kv)},
-              seqpar::qkv_views{range(q2, h, qf, qn), range(k2, k, kf, kn), range(v2, k, kf, kn)}, ws);
+          seqpar::all_to_all_heads(plan, comm,
+                                   seqpar::qkv_exchange_args<float>{
+                                       .in = {seq_view(sq, c.H), seq_view(sk, c.H_kv), seq_view(sv, c.H_kv)},
+                                       .out = {range(q2, h, qf, qn), range(k2, k, kf, kn), range(v2, k, kf, kn)},
+                                       .workspace = ws},
+                                   {.stream = nullptr});
         }
         failures[r] += !same_values(q1, q2) + !same_values(k1, k2) + !same_values(v1, v2);
         failures[r] += comm.bytes_sent() != one_bytes;
@@ -202,8 +208,11 @@ TEST_CASE("all_to_all_heads: the exchanges of the head groups together equal one
         std::vector<float> dq1(sq.size()), dk1(sk.size()), dv1(sk.size());
         comm.clear();
         seqpar::all_to_all_heads_inverse(
-            whole, comm, seqpar::qkv_views{heads_view(gq, h), heads_view(gk, k), heads_view(gv, k)},
-            seqpar::qkv_views{seq_view(dq1, c.H), seq_view(dk1, c.H_kv), seq_view(dv1, c.H_kv)}, ws);
+            whole, comm,
+            seqpar::qkv_exchange_args<float>{.in = {heads_view(gq, h), heads_view(gk, k), heads_view(gv, k)},
+                                             .out = {seq_view(dq1, c.H), seq_view(dk1, c.H_kv), seq_view(dv1, c.H_kv)},
+                                             .workspace = ws},
+            {.stream = nullptr});
         const std::size_t one_back = comm.bytes_sent();
         comm.clear();
         std::vector<float> dq2(dq1.size(), seqpar_test::poison<float>()), dk2(dk1.size(), seqpar_test::poison<float>()),
@@ -213,8 +222,12 @@ TEST_CASE("all_to_all_heads: the exchanges of the head groups together equal one
           const int qf = plan.local_first(false), qn = plan.local_heads(false), kf = plan.local_first(true),
                     kn = plan.local_heads(true);
           seqpar::all_to_all_heads_inverse(
-              plan, comm, seqpar::qkv_views{range(gq, h, qf, qn), range(gk, k, kf, kn), range(gv, k, kf, kn)},
-              seqpar::qkv_views{seq_view(dq2, c.H), seq_view(dk2, c.H_kv), seq_view(dv2, c.H_kv)}, ws);
+              plan, comm,
+              seqpar::qkv_exchange_args<float>{
+                  .in = {range(gq, h, qf, qn), range(gk, k, kf, kn), range(gv, k, kf, kn)},
+                  .out = {seq_view(dq2, c.H), seq_view(dk2, c.H_kv), seq_view(dv2, c.H_kv)},
+                  .workspace = ws},
+              {.stream = nullptr});
         }
         failures[r] += !same_values(dq1, dq2) + !same_values(dk1, dk2) + !same_values(dv1, dv2);
         failures[r] += comm.bytes_sent() != one_back;

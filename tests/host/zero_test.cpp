@@ -119,7 +119,7 @@ TEST_CASE_TEMPLATE("sharded_parameters: gather and reduce_scatter match the unsh
       seqpar::sharded_parameters params(mesh.zero_group(), part);
       const int r = world.rank();
       int bad = 0, seen = 0;
-      for (int u = 0; u < part.units(); ++u) params.load(u, full_unit(part, u));
+      for (int u = 0; u < part.units(); ++u) params.load(u, full_unit(part, u), nullptr);
       for (int u = 0; u < part.units(); ++u) {
         const auto want = full_unit(part, u);
         // The master piece: the owned elements, then zero padding.
@@ -128,7 +128,7 @@ TEST_CASE_TEMPLATE("sharded_parameters: gather and reduce_scatter match the unsh
         for (std::int64_t i = 0; i < part.shard_elements(u); ++i, ++seen)
           bad += piece[i] != (i < count ? want[first + i] : 0.0f);
         // The gather: every element of the unit, converted to T; parameter views at their offsets.
-        const auto unit = params.template gather<T>(u);
+        const auto unit = params.template gather<T>(u, nullptr);
         const auto got = unit.elements();
         for (std::size_t i = 0; i < want.size(); ++i, ++seen)
           bad += seqpar::to_float(got[i]) != seqpar::to_float(seqpar::from_float<T>(want[i]));
@@ -140,11 +140,11 @@ TEST_CASE_TEMPLATE("sharded_parameters: gather and reduce_scatter match the unsh
       // 2 * P (P + 1) / 2 * small_value(u, i) of its elements.
       for (int round = 0; round < 2; ++round)
         for (int u = 0; u < part.units(); ++u) {
-          auto grads = params.template gradient_buffer<T>(u);
+          auto grads = params.template gradient_buffer<T>(u, nullptr);
           const auto all = grads.elements();
           for (std::size_t i = 0; i < all.size(); ++i)
             all[i] = seqpar::from_float<T>(static_cast<float>(r + 1) * small_value(u, static_cast<std::int64_t>(i)));
-          params.reduce_scatter(std::move(grads));
+          params.reduce_scatter(std::move(grads), nullptr);
         }
       for (int u = 0; u < part.units(); ++u) {
         const auto [first, count] = part.owned(u, r);
@@ -153,7 +153,7 @@ TEST_CASE_TEMPLATE("sharded_parameters: gather and reduce_scatter match the unsh
           bad += piece[i] != (i < count ? static_cast<float>(P * (P + 1)) * small_value(u, first + i) : 0.0f);
         }
       }
-      params.zero_gradients();
+      params.zero_gradients(nullptr);
       for (float g : params.gradients()) bad += g != 0.0f;
       std::lock_guard lock(m);
       wrong += bad, checked += seen;
@@ -172,8 +172,8 @@ TEST_CASE("sharded_parameters: what a rank holds, and the largest gathered worki
     CHECK(params.memory().gradients == held);
     CHECK(params.memory().gathered_peak == 0);
     {
-      const auto a = params.gather<float>(3);
-      const auto b = params.gradient_buffer<__half>(3);
+      const auto a = params.gather<float>(3, nullptr);
+      const auto b = params.gradient_buffer<__half>(3, nullptr);
       CHECK(params.memory().gathered_now == a.bytes() + b.bytes());
       CHECK(a.bytes() == static_cast<std::size_t>(part.padded_elements(3)) * sizeof(float));
       CHECK(b.bytes() == static_cast<std::size_t>(part.padded_elements(3)) * 2);
@@ -181,7 +181,7 @@ TEST_CASE("sharded_parameters: what a rank holds, and the largest gathered worki
     const auto peak = static_cast<std::size_t>(part.padded_elements(3)) * 6;
     CHECK(params.memory().gathered_now == 0);
     CHECK(params.memory().gathered_peak == peak);
-    { const auto c = params.gather<float>(1); }
+    { const auto c = params.gather<float>(1, nullptr); }
     CHECK(params.memory().gathered_peak == peak);
     params.reset_peak();
     CHECK(params.memory().gathered_peak == 0);
@@ -203,14 +203,14 @@ TEST_CASE("sharded_parameters: the gradient norm sums every rank's shard; scale_
     seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& world) {
       seqpar::sharded_parameters params(world, part);
       for (int u = 0; u < part.units(); ++u) {
-        auto grads = params.gradient_buffer<float>(u);
+        auto grads = params.gradient_buffer<float>(u, nullptr);
         for (std::size_t i = 0; i < grads.elements().size(); ++i)
           grads.elements()[i] = world.rank() == 0 ? small_value(u, static_cast<std::int64_t>(i)) / 8.0f : 0.0f;
-        params.reduce_scatter(std::move(grads));
+        params.reduce_scatter(std::move(grads), nullptr);
       }
-      const double norm = params.gradient_norm();
-      params.scale_gradients(0.25f);
-      const double after = params.gradient_norm();
+      const double norm = params.gradient_norm(nullptr);
+      params.scale_gradients(0.25f, nullptr);
+      const double after = params.gradient_norm(nullptr);
       std::lock_guard lock(m);
       norms.push_back(norm), scaled.push_back(after);
     });
@@ -266,7 +266,7 @@ TEST_CASE("adamw: stepping every shard equals AdamW over the whole model, weight
     double worst = 0;
     seqpar::run_in_process(P, seqpar::memory_space::host, [&](seqpar::in_process_communicator& world) {
       seqpar::sharded_parameters params(world, part);
-      for (int u = 0; u < part.units(); ++u) params.load(u, full_unit(part, u));
+      for (int u = 0; u < part.units(); ++u) params.load(u, full_unit(part, u), nullptr);
       seqpar::adamw opt(params, options);
       CHECK(opt.state_bytes() == 2 * static_cast<std::size_t>(part.shard_elements()) * sizeof(float));
       for (int t = 1; t <= 4; ++t) {
@@ -277,12 +277,12 @@ TEST_CASE("adamw: stepping every shard equals AdamW over the whole model, weight
           for (std::int64_t i = 0; i < count; ++i) piece[i] = static_cast<float>(gradient(t, flat + first + i));
           flat += part.unit_elements(u);
         }
-        opt.step();
+        opt.step(nullptr);
       }
       double err = 0;
       std::int64_t flat = 0;
       for (int u = 0; u < part.units(); ++u) {
-        const auto unit = params.gather<float>(u);
+        const auto unit = params.gather<float>(u, nullptr);
         for (std::int64_t i = 0; i < part.unit_elements(u); ++i)
           err = std::max(err, std::fabs(unit.elements()[i] - w[flat + i]) / std::max(1e-3, std::fabs(w[flat + i])));
         flat += part.unit_elements(u);
@@ -373,13 +373,28 @@ TEST_CASE("gradient rule: the mesh's reduce-scattered gradient equals one rank's
         xb, yb, S, pb.wq.data(), pb.wk.data(), pb.wv.data(), scale,
         [&](const float* q, const float* k, const float* v, float* out) {
           q_saved = q, k_saved = k, v_saved = v, o_saved = out;
-          ref.forward(view(q, H), view(k, H_kv), view(v, H_kv), all, opt.resolved(D), mview(out, H),
-                      seqpar::lse_view(lse.data(), 1, H, S));
+          ref.forward(seqpar::policy_forward_args<float>{.q = view(q, H),
+                                                         .k = view(k, H_kv),
+                                                         .v = view(v, H_kv),
+                                                         .o = mview(out, H),
+                                                         .lse = seqpar::lse_view(lse.data(), 1, H, S),
+                                                         .map = all,
+                                                         .options = opt.resolved(D)},
+                      nullptr);
         },
         [&](const float* dout, float* dq, float* dk, float* dv) {
-          ref.backward(view(q_saved, H), view(k_saved, H_kv), view(v_saved, H_kv), view(o_saved, H),
-                       seqpar::const_lse_view(lse.data(), 1, H, S), view(dout, H), all, opt.resolved(D), mview(dq, H),
-                       mview(dk, H_kv), mview(dv, H_kv));
+          ref.backward(seqpar::policy_backward_args<float>{.q = view(q_saved, H),
+                                                           .k = view(k_saved, H_kv),
+                                                           .v = view(v_saved, H_kv),
+                                                           .o = view(o_saved, H),
+                                                           .lse = seqpar::const_lse_view(lse.data(), 1, H, S),
+                                                           .dout = view(dout, H),
+                                                           .dq = mview(dq, H),
+                                                           .dk = mview(dk, H_kv),
+                                                           .dv = mview(dv, H_kv),
+                                                           .map = all,
+                                                           .options = opt.resolved(D)},
+                       nullptr);
         },
         dwq, dwk, dwv);
   }
@@ -398,7 +413,7 @@ TEST_CASE("gradient rule: the mesh's reduce-scattered gradient equals one rank's
       seqpar::sharded_parameters params(mesh.zero_group(), part);
       std::vector<float> full(pb.wq);
       full.insert(full.end(), pb.wk.begin(), pb.wk.end()), full.insert(full.end(), pb.wv.begin(), pb.wv.end());
-      params.load(0, full);
+      params.load(0, full, nullptr);
       // This rank: sequences [d * B / dp, (d + 1) * B / dp) of the global batch, its shard of each.
       const int b_local = B / shape.dp, d = mesh.dp_rank(), s = mesh.sp_rank();
       const auto seq = seqpar::make_seq_partition(S, shape.sp);
@@ -415,8 +430,8 @@ TEST_CASE("gradient rule: the mesh's reduce-scattered gradient equals one rank's
       auto mview = [&](float* p, int h) { return seqpar::make_bshd(p, b_local, n, h, D); };
       decltype(layer)::context saved;
       {
-        const auto w = params.gather<float>(0);
-        auto grads = params.gradient_buffer<float>(0);
+        const auto w = params.gather<float>(0, nullptr);
+        auto grads = params.gradient_buffer<float>(0, nullptr);
         loss_gradient(
             x.data(), y.data(), b_local * n, w.parameter(0).data(), w.parameter(1).data(), w.parameter(2).data(),
             scale,
@@ -430,7 +445,7 @@ TEST_CASE("gradient rule: the mesh's reduce-scattered gradient equals one rank's
                              {.stream = nullptr});
             },
             grads.parameter(0).data(), grads.parameter(1).data(), grads.parameter(2).data());
-        params.reduce_scatter(std::move(grads));
+        params.reduce_scatter(std::move(grads), nullptr);
       }
       const auto [first, count] = part.owned(0, world.rank());
       double err = 0;
@@ -463,26 +478,28 @@ TEST_CASE("all or nothing: sharded_parameters' collective calls, one bad rank at
       is_bad ? bad_call(params) : good_call(params);
     };
   };
-  auto good_reduce = [](auto& params) { params.reduce_scatter(params.template gradient_buffer<float>(1)); };
+  auto good_reduce = [](auto& params) {
+    params.reduce_scatter(params.template gradient_buffer<float>(1, nullptr), nullptr);
+  };
   seqpar_test::expect_all_or_nothing(4, "unit: expected 0 <= unit < 4, got 4",
-                                     call([](auto& params) { (void)params.template gather<float>(4); },
-                                          [](auto& params) { (void)params.template gather<float>(1); }));
+                                     call([](auto& params) { (void)params.template gather<float>(4, nullptr); },
+                                          [](auto& params) { (void)params.template gather<float>(1, nullptr); }));
   seqpar_test::expect_all_or_nothing(4, "unit: this rank's unit 2 in float32 differ",
-                                     call([](auto& params) { (void)params.template gather<float>(2); },
-                                          [](auto& params) { (void)params.template gather<float>(1); }));
+                                     call([](auto& params) { (void)params.template gather<float>(2, nullptr); },
+                                          [](auto& params) { (void)params.template gather<float>(1, nullptr); }));
   seqpar_test::expect_all_or_nothing(4, "unit: this rank's unit 1 in bfloat16 differ",
-                                     call([](auto& params) { (void)params.template gather<__nv_bfloat16>(1); },
-                                          [](auto& params) { (void)params.template gather<float>(1); }));
+                                     call([](auto& params) { (void)params.template gather<__nv_bfloat16>(1, nullptr); },
+                                          [](auto& params) { (void)params.template gather<float>(1, nullptr); }));
   seqpar_test::expect_all_or_nothing(
       4, "grads: expected a gradient_buffer of these sharded parameters, got an empty one",
-      call([](auto& params) { params.reduce_scatter(seqpar::gathered_unit<float>{}); }, good_reduce));
+      call([](auto& params) { params.reduce_scatter(seqpar::gathered_unit<float>{}, nullptr); }, good_reduce));
   seqpar_test::expect_all_or_nothing(
       4, "grads: this rank's unit 3 in float32 differ",
-      call([](auto& params) { params.reduce_scatter(params.template gradient_buffer<float>(3)); }, good_reduce));
-  seqpar_test::expect_all_or_nothing(
-      4, "full: expected unit 1's 5 elements, got 4",
-      call([](auto& params) { params.load(1, std::vector<float>(4, 1.0f)); },
-           [](auto& params) { params.load(1, std::vector<float>(5, 1.0f)); }));
+      call([](auto& params) { params.reduce_scatter(params.template gradient_buffer<float>(3, nullptr), nullptr); },
+           good_reduce));
+  seqpar_test::expect_all_or_nothing(4, "full: expected unit 1's 5 elements, got 4",
+                                     call([](auto& params) { params.load(1, std::vector<float>(4, 1.0f), nullptr); },
+                                          [](auto& params) { params.load(1, std::vector<float>(5, 1.0f), nullptr); }));
 }
 
 TEST_CASE("all or nothing: a partition over another rank count, or another partition, on one rank") {

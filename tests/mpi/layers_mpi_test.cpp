@@ -130,11 +130,26 @@ double gap_to_one_device(seqpar::mpi_communicator& comm, const Layout& layout, s
   const seqpar::reference_attention ref;
   const seqpar::gqa_map map{0, H / H_kv, 0};
   using cv = seqpar::tensor_view<const float>;
-  ref.forward(cv(gview(gq, H)), cv(gview(gk, H_kv)), cv(gview(gv, H_kv)), map, opt, gview(o, H),
-              seqpar::lse_view(lse.data(), B, H, S));
-  ref.backward(cv(gview(gq, H)), cv(gview(gk, H_kv)), cv(gview(gv, H_kv)), cv(gview(o, H)),
-               seqpar::const_lse_view(lse.data(), B, H, S), cv(gview(gdo, H)), map, opt, gview(dq, H), gview(dk, H_kv),
-               gview(dv, H_kv));
+  ref.forward(seqpar::policy_forward_args<float>{.q = cv(gview(gq, H)),
+                                                 .k = cv(gview(gk, H_kv)),
+                                                 .v = cv(gview(gv, H_kv)),
+                                                 .o = gview(o, H),
+                                                 .lse = seqpar::lse_view(lse.data(), B, H, S),
+                                                 .map = map,
+                                                 .options = opt},
+              nullptr);
+  ref.backward(seqpar::policy_backward_args<float>{.q = cv(gview(gq, H)),
+                                                   .k = cv(gview(gk, H_kv)),
+                                                   .v = cv(gview(gv, H_kv)),
+                                                   .o = cv(gview(o, H)),
+                                                   .lse = seqpar::const_lse_view(lse.data(), B, H, S),
+                                                   .dout = cv(gview(gdo, H)),
+                                                   .dq = gview(dq, H),
+                                                   .dk = gview(dk, H_kv),
+                                                   .dv = gview(dv, H_kv),
+                                                   .map = map,
+                                                   .options = opt},
+               nullptr);
   const std::int64_t n = layout.size(r);
   auto shard_of = [&](const std::vector<float>& g, int h) {
     std::vector<float> x;

@@ -57,7 +57,7 @@ TEST_CASE_TEMPLATE("mpi: all_to_all, all_to_all_v, neighbor ring and all_gather 
       send[j * count + i] = tagged<T>(key_of(r, j, i));
       want[j * count + i] = tagged<T>(key_of(j, r, i));
     }
-  comm.all_to_all<T>(send, recv, count);
+  comm.all_to_all<T>(send, recv, count, nullptr);
   CHECK(seqpar_test::first_mismatch(recv, want) == -1);
 
   // all_to_all_v: uneven counts, receive blocks in reverse rank order.
@@ -72,17 +72,17 @@ TEST_CASE_TEMPLATE("mpi: all_to_all, all_to_all_v, neighbor ring and all_gather 
   std::vector<T> vrecv(at, poison<T>()), vwant(at);
   for (int j = 0; j < P; ++j)
     for (std::size_t i = 0; i < rc[j]; ++i) vwant[rd[j] + i] = tagged<T>(key_of(j, r, i));
-  comm.all_to_all_v<T>(vsend, sc, sd, vrecv, rc, rd);
+  comm.all_to_all_v<T>(vsend, sc, sd, vrecv, rc, rd, nullptr);
   CHECK(seqpar_test::first_mismatch(vrecv, vwant) == -1);
 
   std::vector<T> ring_send{tagged<T>(key_of(r, 7)), tagged<T>(key_of(r, 8))}, ring_recv(2, poison<T>());
-  comm.neighbor_exchange<T>(ring_send, (r + 1) % P, ring_recv, (r + P - 1) % P);
+  comm.neighbor_exchange<T>(ring_send, (r + 1) % P, ring_recv, (r + P - 1) % P, nullptr);
   const int left = (r + P - 1) % P;
   CHECK(seqpar_test::first_mismatch(ring_recv, {tagged<T>(key_of(left, 7)), tagged<T>(key_of(left, 8))}) == -1);
 
   std::vector<T> mine{tagged<T>(key_of(r, 9))}, all(P, poison<T>()), all_want(P);
   for (int j = 0; j < P; ++j) all_want[j] = tagged<T>(key_of(j, 9));
-  comm.all_gather<T>(mine, all);
+  comm.all_gather<T>(mine, all, nullptr);
   CHECK(seqpar_test::first_mismatch(all, all_want) == -1);
 }
 
@@ -94,13 +94,13 @@ TEST_CASE_TEMPLATE("mpi: reduce_scatter and all_reduce sum exactly (16-bit types
   auto value = [](int rank, std::size_t i) { return static_cast<int>((rank * 7 + i * 3) % 11) - 5; };
   std::vector<T> send(n * P), part(n, poison<T>());
   for (std::size_t i = 0; i < n * P; ++i) send[i] = seqpar_test::exact<T>(value(r, i));
-  comm.reduce_scatter<T>(send, part);
+  comm.reduce_scatter<T>(send, part, nullptr);
   for (std::size_t i = 0; i < n; ++i) {
     double want = 0;
     for (int j = 0; j < P; ++j) want += value(j, r * n + i);
     CHECK(seqpar_test::as_double(part[i]) == want);
   }
-  comm.all_reduce<T>(send, send);  // in place
+  comm.all_reduce<T>(send, send, nullptr);  // in place
   for (std::size_t i = 0; i < n * P; ++i) {
     double want = 0;
     for (int j = 0; j < P; ++j) want += value(j, i);
@@ -117,16 +117,16 @@ TEST_CASE("mpi: split by parity with reversed keys, then an all_gather inside ea
     if (j % 2 == r % 2) members.push_back(j);
   CHECK(part.size() == static_cast<int>(members.size()));
   std::vector<std::int32_t> mine{r}, all(part.size(), -1);
-  part.all_gather<std::int32_t>(mine, all);
+  part.all_gather<std::int32_t>(mine, all, nullptr);
   CHECK(std::vector<int>(all.begin(), all.end()) == members);
-  comm.barrier();
+  comm.barrier(nullptr);
 }
 
 TEST_CASE("mpi: counting decorator over MPI records the all_to_all volume") {
   seqpar::counting_communicator<seqpar::mpi_communicator> comm(world());
   const int P = comm.size();
   std::vector<float> send(P * 6), recv(P * 6);
-  comm.all_to_all<float>(send, recv, 6);
+  comm.all_to_all<float>(send, recv, 6, nullptr);
   CHECK(comm.bytes_sent() == static_cast<std::size_t>((P - 1) * 6 * 4));
   CHECK(comm.bytes_sent_to(comm.rank()) == 0);
 }
@@ -137,7 +137,7 @@ TEST_CASE("mpi: bad input on one rank is reported on every rank before anything 
   const int culprit = P - 1;
   std::vector<float> send(r == culprit ? 2 * P - 1 : 2 * P, 1.0f), recv(2 * P, poison<float>());
   try {
-    comm.all_to_all<float>(send, recv, 2);
+    comm.all_to_all<float>(send, recv, 2, nullptr);
     CHECK(false);
   } catch (const seqpar::error& e) {
     const std::string what = e.what();
@@ -155,8 +155,9 @@ TEST_CASE("mpi: bad input on one rank is reported on every rank before anything 
   for (int j = 0; j < P; ++j) displs[j] = j;
   wrong[0] = 0;
   std::vector<float> vsend(P, 1.0f), vrecv(P, poison<float>());
-  CHECK_THROWS_AS(comm.all_to_all_v<float>(vsend, counts, displs, vrecv, r == culprit ? wrong : counts, displs),
-                  seqpar::error);
+  CHECK_THROWS_AS(
+      comm.all_to_all_v<float>(vsend, counts, displs, vrecv, r == culprit ? wrong : counts, displs, nullptr),
+      seqpar::error);
   for (float x : vrecv) CHECK(seqpar_test::same_bits(x, poison<float>()));
 
 }
@@ -167,7 +168,7 @@ TEST_CASE("mpi: neighbor_exchange with a send size the receiver does not expect 
   const int culprit = P - 1, receiver = 0;  // the culprit sends one element to its right neighbour, rank 0
   std::vector<float> send(r == culprit ? 1 : 2, float(r)), recv(2, poison<float>());
   try {
-    comm.neighbor_exchange<float>(send, (r + 1) % P, recv, (r + P - 1) % P);
+    comm.neighbor_exchange<float>(send, (r + 1) % P, recv, (r + P - 1) % P, nullptr);
     CHECK(false);
   } catch (const seqpar::error& e) {
     const std::string what = e.what();
@@ -188,7 +189,7 @@ TEST_CASE("mpi: neighbor_exchange with a receiver waiting for a rank that sends 
   const int culprit = P - 1;  // sends nothing, while rank 0 still expects its block
   std::vector<float> send(2, float(r)), recv(2, poison<float>());
   try {
-    comm.neighbor_exchange<float>(send, r == culprit ? seqpar::no_rank : r + 1, recv, (r + P - 1) % P);
+    comm.neighbor_exchange<float>(send, r == culprit ? seqpar::no_rank : r + 1, recv, (r + P - 1) % P, nullptr);
     CHECK(false);
   } catch (const seqpar::error& e) {
     const std::string what = e.what();
@@ -209,7 +210,7 @@ TEST_CASE("mpi: neighbor_exchange to a rank that does not receive from the sende
   // Every rank sends to its right neighbour, but rank 1 receives from nobody.
   std::vector<float> send(2, float(r) + 0.25f), recv(2, poison<float>());
   try {
-    comm.neighbor_exchange<float>(send, (r + 1) % P, recv, r == 1 ? seqpar::no_rank : (r + P - 1) % P);
+    comm.neighbor_exchange<float>(send, (r + 1) % P, recv, r == 1 ? seqpar::no_rank : (r + P - 1) % P, nullptr);
     CHECK(false);
   } catch (const seqpar::error& e) {
     const std::string what = e.what();
@@ -224,7 +225,7 @@ TEST_CASE("mpi: neighbor_exchange to a rank that does not receive from the sende
 
   // The next, well-formed ring receives this call's data, not a leftover of the rejected one.
   std::vector<float> ring_send{float(r) + 0.5f, float(r) + 0.75f}, ring_recv(2, poison<float>());
-  comm.neighbor_exchange<float>(ring_send, (r + 1) % P, ring_recv, (r + P - 1) % P);
+  comm.neighbor_exchange<float>(ring_send, (r + 1) % P, ring_recv, (r + P - 1) % P, nullptr);
   const int left = (r + P - 1) % P;
   CHECK(ring_recv == std::vector<float>{float(left) + 0.5f, float(left) + 0.75f});
 }

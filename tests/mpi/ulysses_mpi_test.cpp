@@ -41,8 +41,10 @@ TEST_CASE("mpi: all_to_all_heads forward (Q/K/V, H = 7, H_kv = 7 and 1, uneven S
     auto vout = [&](int w) {
       return seqpar::make_bshd(out[w].data(), B, S, w ? heads.kv_count[r] : heads.count[r], D);
     };
-    seqpar::all_to_all_heads(plan, comm, seqpar::qkv_views{cin(0), cin(1), cin(2)},
-                             seqpar::qkv_views{vout(0), vout(1), vout(2)}, ws);
+    seqpar::all_to_all_heads(plan, comm,
+                             seqpar::qkv_exchange_args<float>{
+                                 .in = {cin(0), cin(1), cin(2)}, .out = {vout(0), vout(1), vout(2)}, .workspace = ws},
+                             {.stream = nullptr});
     long wrong = 0;
     for (int j = 0; j < P; ++j)
       for (std::int64_t s = 0; s < tok.sizes[j]; ++s)
@@ -58,8 +60,12 @@ TEST_CASE("mpi: all_to_all_heads forward (Q/K/V, H = 7, H_kv = 7 and 1, uneven S
     CHECK(wrong == 0);
 
     std::vector<float> back(in[0].size(), seqpar_test::poison<float>());
-    seqpar::all_to_all_heads_inverse(plan, comm, seqpar::tensor_view<const float>(vout(0)),
-                                     seqpar::make_bshd(back.data(), B, S_r, H, D), ws);
+    seqpar::all_to_all_heads_inverse(
+        plan, comm,
+        seqpar::heads_exchange_args<float>{.in = seqpar::tensor_view<const float>(vout(0)),
+                                           .out = seqpar::make_bshd(back.data(), B, S_r, H, D),
+                                           .workspace = ws},
+        {.stream = nullptr});
     CHECK(seqpar_test::first_mismatch(back, in[0]) == -1);
   }
 }

@@ -42,7 +42,7 @@ concept gathers_values = requires(C& c, std::int64_t v, stream_t s) {
 //! all_gather_value when it has one, else its all_gather over host memory or, for device-memory
 //! communicators, a stream-ordered scratch of size() values (then waits for `stream`).
 template <communicator Comm>
-std::vector<std::int64_t> all_gather_value(Comm& comm, std::int64_t value, stream_t stream = nullptr) {
+std::vector<std::int64_t> all_gather_value(Comm& comm, std::int64_t value, stream_t stream) {
   if constexpr (detail::gathers_values<Comm>) {
     return comm.all_gather_value(value, stream);
   } else {
@@ -148,7 +148,7 @@ class fingerprint {
 //! invalid_argument with `description` (this rank's shapes); the others throw peer_failed.
 template <communicator Comm>
 void agree_on_fingerprint(Comm& comm, std::int64_t print, const char* what, const std::string& description,
-                          stream_t stream = nullptr) {
+                          stream_t stream) {
   scoped_rank attribute(comm.rank());
   const auto all = all_gather_value(comm, print, stream);
   std::ostringstream differ;

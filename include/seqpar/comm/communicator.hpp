@@ -79,4 +79,20 @@ concept communicator = detail::opts_into_communicator<C> && detail::reports_grou
                        detail::has_neighbor_exchange<C> && detail::has_gather_and_reductions<C> &&
                        detail::has_split<C>;
 
+//! A communicator that works on device memory whatever it was built with (NCCL) says so as
+//! `static constexpr bool device_only = true;`: code that needs nvcc for device memory then fails
+//! to compile in a file a host compiler builds, instead of throwing at run time.
+template <class C>
+concept device_only_communicator = requires {
+  requires C::device_only;
+};
+
+namespace detail {
+//! True when this file's compiler can run seqpar's work in Comm's memory: device memory needs the
+//! calling file compiled by nvcc (the kernels are CUDA). Communicators that choose their memory at
+//! run time (in_process_communicator) are checked when they are used.
+template <class Comm>
+inline constexpr bool compiler_serves = SEQPAR_CUDA_COMPILER || !device_only_communicator<Comm>;
+}  // namespace detail
+
 SEQPAR_NAMESPACE_END

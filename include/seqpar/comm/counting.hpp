@@ -46,6 +46,8 @@ class counting_communicator {
   int size() const { return inner_.size(); }
   //! Where buffers live.
   memory_space memory() const { return inner_.memory(); }
+  //! Device memory only when the wrapped communicator's is (seqpar::device_only_communicator).
+  static constexpr bool device_only = device_only_communicator<Comm>;
   //! The wrapped communicator.
   Comm& inner() { return inner_; }
 
@@ -69,7 +71,7 @@ class counting_communicator {
 
   //! Forwards all_to_all; records count elements to every peer.
   template <wire_type T>
-  void all_to_all(std::span<const T> send, std::span<T> recv, std::size_t count, stream_t stream = nullptr) {
+  void all_to_all(std::span<const T> send, std::span<T> recv, std::size_t count, stream_t stream) {
     inner_.all_to_all(send, recv, count, stream);
     record<T>("all_to_all", [&](int) { return count; });
   }
@@ -79,36 +81,35 @@ class counting_communicator {
   void all_to_all_v(std::span<const T> send, std::span<const std::size_t> send_counts,
                     std::span<const std::size_t> send_displs, std::span<T> recv,
                     std::span<const std::size_t> recv_counts, std::span<const std::size_t> recv_displs,
-                    stream_t stream = nullptr) {
+                    stream_t stream) {
     inner_.all_to_all_v(send, send_counts, send_displs, recv, recv_counts, recv_displs, stream);
     record<T>("all_to_all_v", [&](int j) { return send_counts[j]; });
   }
 
   //! Forwards neighbor_exchange; records send.size() elements to dest.
   template <wire_type T>
-  void neighbor_exchange(std::span<const T> send, int dest, std::span<T> recv, int source,
-                         stream_t stream = nullptr) {
+  void neighbor_exchange(std::span<const T> send, int dest, std::span<T> recv, int source, stream_t stream) {
     inner_.neighbor_exchange(send, dest, recv, source, stream);
     record<T>("neighbor_exchange", [&](int j) { return j == dest ? send.size() : 0; });
   }
 
   //! Forwards all_gather; records send.size() elements to every peer.
   template <wire_type T>
-  void all_gather(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
+  void all_gather(std::span<const T> send, std::span<T> recv, stream_t stream) {
     inner_.all_gather(send, recv, stream);
     record<T>("all_gather", [&](int) { return send.size(); });
   }
 
   //! Forwards reduce_scatter; records recv.size() elements (block j) to every peer j.
   template <wire_type T>
-  void reduce_scatter(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
+  void reduce_scatter(std::span<const T> send, std::span<T> recv, stream_t stream) {
     inner_.reduce_scatter(send, recv, stream);
     record<T>("reduce_scatter", [&](int) { return recv.size(); });
   }
 
   //! Forwards all_reduce; records block j (reduce-scatter) plus this rank's block (all-gather) to peer j.
   template <wire_type T>
-  void all_reduce(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
+  void all_reduce(std::span<const T> send, std::span<T> recv, stream_t stream) {
     inner_.all_reduce(send, recv, stream);
     const std::size_t n = send.size(), p = static_cast<std::size_t>(size());
     auto block = [&](std::size_t j) { return detail::balanced_size(n, p, j); };
@@ -116,14 +117,14 @@ class counting_communicator {
   }
 
   //! Forwards barrier; records a call with no payload.
-  void barrier(stream_t stream = nullptr) {
+  void barrier(stream_t stream) {
     inner_.barrier(stream);
     record<char>("barrier", [](int) { return std::size_t{0}; });
   }
 
   //! Forwards the control channel (argument agreement, shape fingerprints) to the wrapped
   //! communicator. It carries no payload, so it is not recorded; control_calls() counts it.
-  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t stream = nullptr) {
+  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t stream) {
     ++control_calls_;
     return seqpar::all_gather_value(inner_, value, stream);
   }

@@ -85,7 +85,7 @@ class in_process_communicator {
 
   //! Sends block j of `send` (count elements) to rank j; receives rank j's block into block j of `recv`.
   template <wire_type T>
-  void all_to_all(std::span<const T> send, std::span<T> recv, std::size_t count, stream_t stream = nullptr) {
+  void all_to_all(std::span<const T> send, std::span<T> recv, std::size_t count, stream_t stream) {
     collective(
         stream,
         [&](detail::in_process_slot& me) {
@@ -111,7 +111,7 @@ class in_process_communicator {
   void all_to_all_v(std::span<const T> send, std::span<const std::size_t> send_counts,
                     std::span<const std::size_t> send_displs, std::span<T> recv,
                     std::span<const std::size_t> recv_counts, std::span<const std::size_t> recv_displs,
-                    stream_t stream = nullptr) {
+                    stream_t stream) {
     collective(
         stream,
         [&](detail::in_process_slot& me) {
@@ -136,8 +136,7 @@ class in_process_communicator {
   //! Sends `send` to rank `dest` while receiving from rank `source` into `recv` (either may be
   //! no_rank); the sender's size must equal the receiver's.
   template <wire_type T>
-  void neighbor_exchange(std::span<const T> send, int dest, std::span<T> recv, int source,
-                         stream_t stream = nullptr) {
+  void neighbor_exchange(std::span<const T> send, int dest, std::span<T> recv, int source, stream_t stream) {
     collective(
         stream,
         [&](detail::in_process_slot& me) {
@@ -158,7 +157,7 @@ class in_process_communicator {
 
   //! Concatenates every rank's `send` (same size everywhere) into `recv`, in rank order.
   template <wire_type T>
-  void all_gather(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
+  void all_gather(std::span<const T> send, std::span<T> recv, stream_t stream) {
     const std::size_t n = send.size();
     collective(
         stream,
@@ -174,7 +173,7 @@ class in_process_communicator {
 
   //! Sums block r of every rank's `send` into this rank r's `recv` (fp32 accumulation for 16-bit types).
   template <wire_type T>
-  void reduce_scatter(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
+  void reduce_scatter(std::span<const T> send, std::span<T> recv, stream_t stream) {
     const std::size_t n = recv.size();
     std::vector<T> sum;
     collective(
@@ -190,7 +189,7 @@ class in_process_communicator {
 
   //! Sums every rank's `send` element-wise into `recv` on every rank; recv may be send (in place).
   template <wire_type T>
-  void all_reduce(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
+  void all_reduce(std::span<const T> send, std::span<T> recv, stream_t stream) {
     std::vector<T> sum;
     collective(
         stream,
@@ -204,12 +203,12 @@ class in_process_communicator {
   }
 
   //! Returns once every rank has called it (and, on device, orders `stream` after every rank's work).
-  void barrier(stream_t stream = nullptr) {
+  void barrier(stream_t stream) {
     collective(stream, [](detail::in_process_slot&) {}, [] {}, [] {});
   }
 
   //! Every rank's `value`, in rank order (host-side; needs no stream): the group's control channel.
-  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t = nullptr) {
+  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t) {
     scoped_rank attribute(rank_);
     auto& g = *group_;
     g.slots[rank_].value = value;

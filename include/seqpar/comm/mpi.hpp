@@ -107,7 +107,7 @@ class mpi_communicator {
 
   //! Sends block j of `send` (count elements) to rank j; receives rank j's block into block j of `recv`.
   template <wire_type T>
-  void all_to_all(std::span<const T> send, std::span<T> recv, std::size_t count, stream_t = nullptr) {
+  void all_to_all(std::span<const T> send, std::span<T> recv, std::size_t count, stream_t) {
     scoped_rank attribute(rank_);
     agree([&] {
       detail::check_all_to_all(send, recv, count, size_);
@@ -122,8 +122,7 @@ class mpi_communicator {
   template <wire_type T>
   void all_to_all_v(std::span<const T> send, std::span<const std::size_t> send_counts,
                     std::span<const std::size_t> send_displs, std::span<T> recv,
-                    std::span<const std::size_t> recv_counts, std::span<const std::size_t> recv_displs,
-                    stream_t = nullptr) {
+                    std::span<const std::size_t> recv_counts, std::span<const std::size_t> recv_displs, stream_t) {
     scoped_rank attribute(rank_);
     std::vector<int> sc, sd, rc, rd;
     agree([&] {
@@ -147,7 +146,7 @@ class mpi_communicator {
   //! whose source sends another size, or does not send to it, or whose dest does not receive from
   //! it, throws invalid_argument (the others peer_failed) before anything moves.
   template <wire_type T>
-  void neighbor_exchange(std::span<const T> send, int dest, std::span<T> recv, int source, stream_t = nullptr) {
+  void neighbor_exchange(std::span<const T> send, int dest, std::span<T> recv, int source, stream_t) {
     scoped_rank attribute(rank_);
     agree([&] {
       detail::check_neighbor_exchange(send, dest, recv, source, size_);
@@ -175,7 +174,7 @@ class mpi_communicator {
 
   //! Concatenates every rank's `send` (same size everywhere) into `recv`, in rank order.
   template <wire_type T>
-  void all_gather(std::span<const T> send, std::span<T> recv, stream_t = nullptr) {
+  void all_gather(std::span<const T> send, std::span<T> recv, stream_t) {
     scoped_rank attribute(rank_);
     agree([&] {
       detail::check_all_gather(send, recv, size_);
@@ -188,7 +187,7 @@ class mpi_communicator {
 
   //! Sums block r of every rank's `send` into rank r's `recv` (fp32 accumulation for 16-bit types).
   template <wire_type T>
-  void reduce_scatter(std::span<const T> send, std::span<T> recv, stream_t = nullptr) {
+  void reduce_scatter(std::span<const T> send, std::span<T> recv, stream_t) {
     scoped_rank attribute(rank_);
     agree([&] {
       detail::check_reduce_scatter(send, recv, size_);
@@ -201,7 +200,7 @@ class mpi_communicator {
 
   //! Sums every rank's `send` into `recv`; recv may be send (in place).
   template <wire_type T>
-  void all_reduce(std::span<const T> send, std::span<T> recv, stream_t = nullptr) {
+  void all_reduce(std::span<const T> send, std::span<T> recv, stream_t) {
     scoped_rank attribute(rank_);
     agree([&] {
       detail::check_all_reduce(send, recv);
@@ -214,7 +213,7 @@ class mpi_communicator {
   }
 
   //! Every rank's `value`, in rank order: the group's control channel (one MPI_Allgather).
-  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t = nullptr) {
+  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t) {
     scoped_rank attribute(rank_);
     std::vector<std::int64_t> all(static_cast<std::size_t>(size_));
     SEQPAR_MPI_TRY(MPI_Allgather(&value, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, comm_));
@@ -222,7 +221,7 @@ class mpi_communicator {
   }
 
   //! Returns once every rank has called it.
-  void barrier(stream_t = nullptr) {
+  void barrier(stream_t) {
     scoped_rank attribute(rank_);
     SEQPAR_MPI_TRY(MPI_Barrier(comm_));
   }

@@ -116,12 +116,14 @@ class nccl_communicator {
   int size() const { return size_; }
   //! Buffers are device memory.
   memory_space memory() const { return memory_space::device; }
+  //! Always device memory (seqpar::device_only_communicator).
+  static constexpr bool device_only = true;
   //! The NCCL communicator.
   ncclComm_t native() const { return comm_; }
 
   //! Sends block j of `send` (count elements) to rank j; receives rank j's block into block j of `recv`.
   template <wire_type T>
-  void all_to_all(std::span<const T> send, std::span<T> recv, std::size_t count, stream_t stream = nullptr) {
+  void all_to_all(std::span<const T> send, std::span<T> recv, std::size_t count, stream_t stream) {
     scoped_rank attribute(rank_);
     detail::check_all_to_all(send, recv, count, size_);
     detail::nccl_group_guard group;
@@ -136,7 +138,7 @@ class nccl_communicator {
   void all_to_all_v(std::span<const T> send, std::span<const std::size_t> send_counts,
                     std::span<const std::size_t> send_displs, std::span<T> recv,
                     std::span<const std::size_t> recv_counts, std::span<const std::size_t> recv_displs,
-                    stream_t stream = nullptr) {
+                    stream_t stream) {
     scoped_rank attribute(rank_);
     detail::check_all_to_all_v(send, send_counts, send_displs, recv, recv_counts, recv_displs, size_);
     detail::nccl_group_guard group;
@@ -150,8 +152,7 @@ class nccl_communicator {
 
   //! Sends `send` to `dest` while receiving from `source` into `recv` (either may be no_rank).
   template <wire_type T>
-  void neighbor_exchange(std::span<const T> send, int dest, std::span<T> recv, int source,
-                         stream_t stream = nullptr) {
+  void neighbor_exchange(std::span<const T> send, int dest, std::span<T> recv, int source, stream_t stream) {
     scoped_rank attribute(rank_);
     detail::check_neighbor_exchange(send, dest, recv, source, size_);
     detail::nccl_group_guard group;
@@ -162,7 +163,7 @@ class nccl_communicator {
 
   //! Concatenates every rank's `send` into `recv`, in rank order.
   template <wire_type T>
-  void all_gather(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
+  void all_gather(std::span<const T> send, std::span<T> recv, stream_t stream) {
     scoped_rank attribute(rank_);
     detail::check_all_gather(send, recv, size_);
     SEQPAR_NCCL_TRY(ncclAllGather(send.data(), recv.data(), send.size(), detail::nccl_type<T>(), comm_, stream));
@@ -170,7 +171,7 @@ class nccl_communicator {
 
   //! Sums block r of every rank's `send` into rank r's `recv`.
   template <wire_type T>
-  void reduce_scatter(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
+  void reduce_scatter(std::span<const T> send, std::span<T> recv, stream_t stream) {
     scoped_rank attribute(rank_);
     detail::check_reduce_scatter(send, recv, size_);
     SEQPAR_NCCL_TRY(ncclReduceScatter(send.data(), recv.data(), recv.size(), detail::nccl_type<T>(), ncclSum, comm_, stream));
@@ -178,14 +179,14 @@ class nccl_communicator {
 
   //! Sums every rank's `send` into `recv`; recv may be send (in place).
   template <wire_type T>
-  void all_reduce(std::span<const T> send, std::span<T> recv, stream_t stream = nullptr) {
+  void all_reduce(std::span<const T> send, std::span<T> recv, stream_t stream) {
     scoped_rank attribute(rank_);
     detail::check_all_reduce(send, recv);
     SEQPAR_NCCL_TRY(ncclAllReduce(send.data(), recv.data(), send.size(), detail::nccl_type<T>(), ncclSum, comm_, stream));
   }
 
   //! Orders `stream` after every rank has reached this point, and waits for it.
-  void barrier(stream_t stream = nullptr) {
+  void barrier(stream_t stream) {
     scoped_rank attribute(rank_);
     SEQPAR_NCCL_TRY(ncclAllReduce(scratch_, scratch_, 1, ncclInt64, ncclSum, comm_, stream));
     SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
@@ -193,7 +194,7 @@ class nccl_communicator {
 
   //! Every rank's `value`, in rank order: one ncclAllGather of an int64 through the device scratch,
   //! ordered on `stream`, which it then waits for (the host needs the values).
-  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t stream = nullptr) {
+  std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t stream) {
     scoped_rank attribute(rank_);
     std::vector<std::int64_t> all(static_cast<std::size_t>(size_));
     SEQPAR_CUDA_TRY(cudaMemcpyAsync(scratch_, &value, sizeof value, cudaMemcpyHostToDevice, stream));

@@ -24,8 +24,18 @@ struct constant_decay {
 
   //! Floats a rank's contribution carries beside its state: none, lambda is known everywhere.
   static constexpr std::size_t extra_floats(std::int64_t, std::int64_t, std::int64_t) { return 0; }
-  //! The decay argument of a piece's calls.
-  std::span<const float> of(const document_piece&) const { return lambda; }
+  //! Piece p of the chunk as the policy's calls take it: its rows of q, k, v and dout.
+  template <class T>
+  linear_chunk<T> chunk(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                        const tensor_view<const T>& dout, const document_piece&) const {
+    return {.q = q, .k = k, .v = v, .dout = dout, .decay = lambda};
+  }
+  //! Piece p's gradients: its rows of dq, dk and dv.
+  template <class T>
+  linear_gradients<T> gradients(const tensor_view<T>& dq, const tensor_view<T>& dk, const tensor_view<T>& dv,
+                                const document_piece&) const {
+    return {.dq = dq, .dk = dk, .dv = dv};
+  }
   //! Nothing to compute: a chunk's decay follows from its length.
   template <class Policy>
   void chunk_decay(const Policy&, const document_piece&, float*, stream_t) const {}
@@ -34,21 +44,6 @@ struct constant_decay {
   void update(const Policy& policy, const float*, std::int64_t tokens, const_state_view in, const_state_view m,
               state_view out, stream_t s) const {
     policy.state_update(lambda, tokens, in, m, out, s);
-  }
-  //! The policy's backward_intra on piece p's rows.
-  template <class Policy, class T, class G>
-  void backward_intra(const Policy& policy, const document_piece& p, const tensor_view<const T>& q,
-                      const tensor_view<const T>& k, const tensor_view<const T>& v, const tensor_view<const T>& dout,
-                      const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv, stream_t s) const {
-    policy.backward_intra(q, k, v, dout, of(p), dq, dk, dv, s);
-  }
-  //! The policy's backward_inter on piece p's rows.
-  template <class Policy, class T, class G>
-  void backward_inter(const Policy& policy, const document_piece& p, const tensor_view<const T>& q,
-                      const tensor_view<const T>& k, const tensor_view<const T>& v, const tensor_view<const T>& dout,
-                      const_state_view kv, const_state_view gs, const tensor_view<G>& dq, const tensor_view<G>& dk,
-                      const tensor_view<G>& dv, stream_t s) const {
-    policy.backward_inter(q, k, v, dout, of(p), kv, gs, dq, dk, dv, s);
   }
 };
 
@@ -64,33 +59,30 @@ struct gate_decay {
   static constexpr std::size_t extra_floats(std::int64_t B, std::int64_t H, std::int64_t D) {
     return static_cast<std::size_t>(B * H * D);
   }
+  //! Piece p of the chunk as the policy's calls take it: its rows of q, k, v, dout and the gates.
+  template <class T>
+  gated_chunk<T> chunk(const tensor_view<const T>& q, const tensor_view<const T>& k, const tensor_view<const T>& v,
+                       const tensor_view<const T>& dout, const document_piece& p) const {
+    return {.q = q, .k = k, .v = v, .dout = dout, .g = gates_of(p)};
+  }
+  //! Piece p's gradients: its rows of dq, dk, dv and of the gates' gradient.
+  template <class T>
+  linear_gradients<T> gradients(const tensor_view<T>& dq, const tensor_view<T>& dk, const tensor_view<T>& dv,
+                                const document_piece& p) const {
+    return {.dq = dq, .dk = dk, .dv = dv, .dg = detail::rows(dg, p.local, p.length)};
+  }
   //! The gates of a piece.
-  tensor_view<const float> of(const document_piece& p) const { return detail::rows(g, p.local, p.length); }
+  tensor_view<const float> gates_of(const document_piece& p) const { return detail::rows(g, p.local, p.length); }
   //! total [B, H, D] at `total`: the log of piece p's decay.
   template <class Policy>
   void chunk_decay(const Policy& policy, const document_piece& p, float* total, stream_t s) const {
-    policy.chunk_decay(of(p), chunk_decay_view(total, g.batch(), g.heads(), key_dim), s);
+    policy.chunk_decay(gates_of(p), chunk_decay_view(total, g.batch(), g.heads(), key_dim), s);
   }
   //! out = diag(exp(total)) in + m, total [B, H, D] at `total`.
   template <class Policy>
   void update(const Policy& policy, const float* total, std::int64_t, const_state_view in, const_state_view m,
               state_view out, stream_t s) const {
     policy.state_update(const_chunk_decay_view(total, g.batch(), g.heads(), key_dim), in, m, out, s);
-  }
-  //! The policy's backward_intra on piece p's rows, dg's rows of the piece written.
-  template <class Policy, class T, class G>
-  void backward_intra(const Policy& policy, const document_piece& p, const tensor_view<const T>& q,
-                      const tensor_view<const T>& k, const tensor_view<const T>& v, const tensor_view<const T>& dout,
-                      const tensor_view<G>& dq, const tensor_view<G>& dk, const tensor_view<G>& dv, stream_t s) const {
-    policy.backward_intra(q, k, v, dout, of(p), dq, dk, dv, detail::rows(dg, p.local, p.length), s);
-  }
-  //! The policy's backward_inter on piece p's rows, adding to dg's rows of the piece.
-  template <class Policy, class T, class G>
-  void backward_inter(const Policy& policy, const document_piece& p, const tensor_view<const T>& q,
-                      const tensor_view<const T>& k, const tensor_view<const T>& v, const tensor_view<const T>& dout,
-                      const_state_view kv, const_state_view gs, const tensor_view<G>& dq, const tensor_view<G>& dk,
-                      const tensor_view<G>& dv, stream_t s) const {
-    policy.backward_inter(q, k, v, dout, of(p), kv, gs, dq, dk, dv, detail::rows(dg, p.local, p.length), s);
   }
 };
 

@@ -42,6 +42,10 @@ class layer_context {
 //! The agreement steps of one rank's layer over `Comm`, named `name` in errors.
 template <communicator Comm>
 class layer_skeleton {
+  static_assert(compiler_serves<Comm>,
+                "seqpar: a layer on a device-only communicator (nccl_communicator) needs the calling file "
+                "compiled by nvcc: its kernels are CUDA");
+
  public:
   //! Collective: every rank runs `plan` (which checks the construction's arguments, throwing
   //! seqpar::error, and returns what the layer keeps), the group agrees, and each rank gets its plan.
@@ -56,7 +60,7 @@ class layer_skeleton {
   //! fingerprint of its shapes); `description` says this rank's in words when they differ.
   layer_skeleton(Comm& comm, const char* name, std::int64_t print, const std::string& description)
       : comm_(&comm), name_(name), print_(print) {
-    agree_on_fingerprint(comm, print, name, description);
+    agree_on_fingerprint(comm, print, name, description, nullptr);  // construction waits for the group
   }
 
   //! Runs a call's `checks` on this rank and, with exec.checks == call_checks::group, lets the

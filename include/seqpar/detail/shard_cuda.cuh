@@ -1,5 +1,6 @@
 //! @file shard_cuda.cuh
-//! seq_shard and seq_unshard on device memory (nvcc only): one kernel each, no per-token copies.
+//! The copy kernel of seq_shard and seq_unshard on device memory (nvcc only): one launch per copy, no
+//! per-token copies.
 #pragma once
 
 #include <seqpar/cuda_check.hpp>
@@ -41,25 +42,3 @@ void launch_shard_copy(const seq_partition& part, int rank, tensor_view<T> globa
 
 }  // namespace device
 SEQPAR_DETAIL_KERNEL_NAMESPACE_END
-
-SEQPAR_KERNEL_NAMESPACE_BEGIN
-
-//! Copies rank `rank`'s tokens of `global` into `shard`, both in device memory, on `stream`.
-template <class T>
-void seq_shard(const seq_partition& part, int rank, tensor_view<const T> global, tensor_view<T> shard,
-               stream_t stream) {
-  detail::check_shard_views(part, rank, global, shard);
-  detail::device::launch_shard_copy<true>(part, rank, tensor_view<T>(const_cast<T*>(global.data()), global.mapping()), shard,
-                                  stream);
-}
-
-//! Copies rank `rank`'s `shard` back to its tokens of `global`, both in device memory, on `stream`.
-template <class T>
-void seq_unshard(const seq_partition& part, int rank, tensor_view<const T> shard, tensor_view<T> global,
-                 stream_t stream) {
-  detail::check_shard_views(part, rank, global, shard);
-  detail::device::launch_shard_copy<false>(part, rank, global, tensor_view<T>(const_cast<T*>(shard.data()), shard.mapping()),
-                                   stream);
-}
-
-SEQPAR_KERNEL_NAMESPACE_END

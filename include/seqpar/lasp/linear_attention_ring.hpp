@@ -287,19 +287,17 @@ class linear_attention_ring {
     // that product needs no message and runs on `stream` meanwhile.
     const stream_t side = fork_->fork(where, stream);
     const document_piece& last = plan.pieces.back();
+    auto chunk_of = [&](const document_piece& p) {
+      return decay.chunk(rows(cq, p), rows(ck, p), rows(cv, p), tensor_view<const T>{}, p);
+    };
     if constexpr (std::same_as<Decay, detail::constant_decay> && fuses_forward_state<Policy>) {
       // the last piece's state first, so the chain starts early
-      policy.forward_intra_with_state(rows(cq, last), rows(ck, last), rows(cv, last), decay.lambda, rows(o, last), m,
-                                      stream, side);
-      for (std::size_t i = 0; i + 1 < plan.pieces.size(); ++i) {
-        const document_piece& piece = plan.pieces[i];
-        policy.forward_intra(rows(cq, piece), rows(ck, piece), rows(cv, piece), decay.lambda, rows(o, piece), stream);
-      }
+      policy.forward_intra_with_state(chunk_of(last), rows(o, last), m, stream, side);
+      for (std::size_t i = 0; i + 1 < plan.pieces.size(); ++i)
+        policy.forward_intra(chunk_of(plan.pieces[i]), rows(o, plan.pieces[i]), stream);
     } else {
-      for (const document_piece& piece : plan.pieces)
-        policy.forward_intra(rows(cq, piece), rows(ck, piece), rows(cv, piece), decay.of(piece), rows(o, piece),
-                             stream);
-      policy.state_contribution(rows(ck, last), rows(cv, last), decay.of(last), m, side);
+      for (const document_piece& piece : plan.pieces) policy.forward_intra(chunk_of(piece), rows(o, piece), stream);
+      policy.state_contribution(chunk_of(last), m, side);
     }
     decay.chunk_decay(policy, whole_chunk(), total, side);
     // The state passed on: the incoming one decayed through the chunk when one document runs
@@ -319,8 +317,7 @@ class linear_attention_ring {
     }
     fork_->join(where, stream);
     const document_piece& first = plan.pieces.front();
-    if (rank_ > 0 && plan.first_continues)
-      policy.forward_inter(rows(cq, first), decay.of(first), saved, rows(o, first), stream);
+    if (rank_ > 0 && plan.first_continues) policy.forward_inter(chunk_of(first), saved, rows(o, first), stream);
   }
 
   // Runs backward on checked arguments, the state decaying as `decay` says.
@@ -342,12 +339,16 @@ class linear_attention_ring {
                      g_out = state(layout.template as<float>(workspace, 2).data());
     float *const total = contribution + n, *const gathered = layout.template as<float>(workspace, 1).data();
     const stream_t side = fork_->fork(where, stream);  // before the intra-chunk work, as in forward
-    for (const document_piece& piece : plan.pieces)
-      decay.backward_intra(policy, piece, rows(cq, piece), rows(ck, piece), rows(cv, piece), rows(cdo, piece),
-                           rows(dq, piece), rows(dk, piece), rows(dv, piece), stream);
+    auto chunk_of = [&](const document_piece& p) {
+      return decay.chunk(rows(cq, p), rows(ck, p), rows(cv, p), rows(cdo, p), p);
+    };
+    auto gradients_of = [&](const document_piece& p) {
+      return decay.gradients(rows(dq, p), rows(dk, p), rows(dv, p), p);
+    };
+    for (const document_piece& piece : plan.pieces) policy.backward_intra(chunk_of(piece), gradients_of(piece), stream);
     // gq: the gradient of the incoming state from the first piece, the only one that reads it.
     if (plan.first_continues)
-      policy.backward_state_contribution(rows(cq, first), rows(cdo, first), decay.of(first), gq, side);
+      policy.backward_state_contribution(chunk_of(first), gq, side);
     else
       detail::zero_state(gq, where, side);
     decay.chunk_decay(policy, whole_chunk(), total, side);
@@ -368,18 +369,17 @@ class linear_attention_ring {
       prefix_of_gathered(policy, decay, gathered, w, g, plan.last_rank, where, side, /*forward=*/false);
     }
     fork_->join(where, stream);
-    if (single) {
-      decay.backward_inter(policy, first, cq, ck, cv, cdo, plan.first_continues ? saved : zero(gq, where, stream),
-                           plan.last_continues ? const_state_view(g) : zero(gq, where, stream), dq, dk, dv, stream);
+    if (single) {  // the one piece is the whole chunk
+      policy.backward_inter(chunk_of(first), plan.first_continues ? saved : zero(gq, where, stream),
+                            plan.last_continues ? const_state_view(g) : zero(gq, where, stream), gradients_of(first),
+                            stream);
       return;
     }
     // Several pieces: the incoming state reaches the first, the state passed on holds the last.
     if (plan.first_continues)
-      decay.backward_inter(policy, first, rows(cq, first), rows(ck, first), rows(cv, first), rows(cdo, first), saved,
-                           zero(gq, where, stream), rows(dq, first), rows(dk, first), rows(dv, first), stream);
+      policy.backward_inter(chunk_of(first), saved, zero(gq, where, stream), gradients_of(first), stream);
     if (plan.last_continues)
-      decay.backward_inter(policy, last, rows(cq, last), rows(ck, last), rows(cv, last), rows(cdo, last),
-                           zero(gq, where, stream), g, rows(dq, last), rows(dk, last), rows(dv, last), stream);
+      policy.backward_inter(chunk_of(last), zero(gq, where, stream), g, gradients_of(last), stream);
   }
 
   // The workspace with `extra` floats of a chunk's log-decay: this rank's contribution (its state
@@ -431,6 +431,9 @@ class linear_attention_ring {
   }
   template <class T, class Policy, class Comm>
   void check_call(const Policy& policy, const Comm& comm) const {
+    static_assert(detail::compiler_serves<Comm>,
+                  "seqpar: linear_attention_ring on a device-only communicator (nccl_communicator) needs the calling "
+                  "file compiled by nvcc: its state kernels are CUDA");
     SEQPAR_EXPECTS(comm.size() == seq_.ranks, "comm: a group of " << comm.size() << " ranks; expected the partition's "
                                                                   << seq_.ranks);
     SEQPAR_EXPECTS(comm.rank() == rank_, "comm: rank " << comm.rank() << "; expected " << rank_);

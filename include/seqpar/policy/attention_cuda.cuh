@@ -172,39 +172,33 @@ struct device_masked_attention {
 
   //! o and lse from q, k, v.
   template <class T>
-  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
-    if (q.size() == 0) return;
-    launch(detail::attention_kernels::forward_rows<T, Mask, T>, q, stream, q, k, v, map, opt.resolved(q.head_dim()),
-           mask, block_pair{}, o, lse);
+  void forward(const policy_forward_args<T>& a, stream_ref stream) const {
+    if (a.q.size() == 0) return;
+    launch(detail::attention_kernels::forward_rows<T, Mask, T>, a.q, stream, a.q, a.k, a.v, a.map,
+           a.options.resolved(a.q.head_dim()), mask, block_pair{}, a.o, a.lse);
   }
   //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
   template <class T>
-  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
-    run_backward<false>(q, k, v, o, lse, const_lse_view{}, dout, map, opt, block_pair{}, dq, dk, dv, stream);
+  void backward(const policy_backward_args<T>& a, stream_ref stream) const {
+    run_backward<false>(a.q, a.k, a.v, a.o, a.lse, const_lse_view{}, a.dout, a.map, a.options, block_pair{}, a.dq, a.dk,
+                        a.dv, stream);
   }
 
   //! o_part and lse_part (fp32) of the query block q against the key/value block k, v alone, at
   //! the pair's positions (block_attention_policy).
   template <class T>
-  void block_forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-                     attention_options opt, block_pair pair, tensor_view<float> o_part, lse_view lse_part,
-                     stream_t stream = nullptr) const {
-    if (q.size() == 0) return;
-    launch(detail::attention_kernels::forward_rows<T, Mask, float>, q, stream, q, k, v, map,
-           opt.resolved(q.head_dim()), mask, pair, o_part, lse_part);
+  void block_forward(const block_forward_args<T>& a, stream_ref stream) const {
+    if (a.q.size() == 0) return;
+    launch(detail::attention_kernels::forward_rows<T, Mask, float>, a.q, stream, a.q, a.k, a.v, a.map,
+           a.options.resolved(a.q.head_dim()), mask, a.pair, a.o_part, a.lse_part);
   }
 
   //! Adds the block pair's share of dq, dk, dv (fp32 accumulators) from the final lse and the row
   //! dots rowsum(dO * O) (block_attention_policy).
   template <class T>
-  void block_backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                      tensor_view<const T> dout, const_lse_view lse, const_lse_view row_dots, gqa_map map,
-                      attention_options opt, block_pair pair, tensor_view<float> dq, tensor_view<float> dk,
-                      tensor_view<float> dv, stream_t stream = nullptr) const {
-    run_backward<true>(q, k, v, tensor_view<const T>{}, lse, row_dots, dout, map, opt, pair, dq, dk, dv, stream);
+  void block_backward(const block_backward_args<T>& a, stream_ref stream) const {
+    run_backward<true>(a.q, a.k, a.v, tensor_view<const T>{}, a.lse, a.row_dots, a.dout, a.map, a.options, a.pair, a.dq,
+                       a.dk, a.dv, stream);
   }
 
  private:

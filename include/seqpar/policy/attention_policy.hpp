@@ -2,57 +2,20 @@
 //! The softmax-attention policy concept: what Ulysses runs on one rank's heads over the whole sequence.
 #pragma once
 
-#include <seqpar/detail/balanced_split.hpp>
+#include <seqpar/call.hpp>
 #include <seqpar/documents.hpp>
 #include <seqpar/error.hpp>
 #include <seqpar/memory_space.hpp>
+#include <seqpar/policy/attention_arguments.hpp>
+#include <seqpar/policy/attention_options.hpp>
 #include <seqpar/tensor.hpp>
 #include <seqpar/types.hpp>
 
-#include <cuda/std/mdspan>
-
-#include <cmath>
-#include <cstring>
 #include <concepts>
 #include <cstdint>
+#include <cstring>
 
 SEQPAR_NAMESPACE_BEGIN
-
-//! Per-row log-sum-exp of the scaled scores, fp32 [batch, heads, seq] row-major.
-using lse_view = cuda::std::mdspan<float, cuda::std::dextents<std::int64_t, 3>>;
-//! Read-only log-sum-exp.
-using const_lse_view = cuda::std::mdspan<const float, cuda::std::dextents<std::int64_t, 3>>;
-
-//! What every attention call is told besides the tensors.
-struct attention_options {
-  float scale = 0.0f;        //!< softmax scale; 0, the default, means 1 / sqrt(head_dim)
-  bool causal = false;       //!< token i attends tokens j <= i (positions are the view's seq indices)
-  document_ids documents{};  //!< packed documents: a token attends only its own document's (a layer
-                             //!< sets these per call, by global position, in the policy's memory)
-
-  //! These options with packed documents `ids` (what a layer hands its policy for one call).
-  attention_options with_documents(document_ids ids) const {
-    attention_options r = *this;
-    r.documents = ids;
-    return r;
-  }
-  //! These options with the scale resolved for heads of `head_dim` elements (what kernels get).
-  attention_options resolved(std::int64_t head_dim) const {
-    attention_options r = *this;
-    if (r.scale == 0.0f && head_dim > 0) r.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
-    return r;
-  }
-};
-
-//! Which local kv head a local query head reads: (first_query + h) / group - first_kv. With all
-//! heads on one device: first_query = first_kv = 0. Usable in kernels.
-struct gqa_map {
-  int first_query = 0;  //!< global index of local query head 0
-  int group = 1;        //!< query heads per kv head, H / H_kv
-  int first_kv = 0;     //!< global index of local kv head 0
-  //! The local kv head of local query head h.
-  SEQPAR_HOST_DEVICE int kv_head(int h) const { return detail::kv_head_of(first_query, h, group, first_kv); }
-};
 
 //! Tag an attention policy names as `using policy_concept = seqpar::attention_policy_tag;`.
 struct attention_policy_tag {};
@@ -69,22 +32,24 @@ concept states_attention_support = requires(const P& p, dtype t, std::int64_t d)
 };
 
 template <class P>
-concept computes_attention = requires(const P& p, tensor_view<const float> in, tensor_view<float> out, lse_view lse,
-                                      const_lse_view clse, gqa_map map, attention_options opt, stream_t s) {
-  p.forward(in, in, in, map, opt, out, lse, s);
-  p.backward(in, in, in, in, clse, in, map, opt, out, out, out, s);
+concept computes_attention = requires(const P& p, const policy_forward_args<float>& fwd,
+                                      const policy_backward_args<float>& bwd, stream_ref s) {
+  p.forward(fwd, s);
+  p.backward(bwd, s);
 };
 }  // namespace detail
 
 //! A type that computes softmax attention on local heads over the whole sequence:
-//! - forward(q, k, v, map, options, o, lse): o = softmax(scale q k^T [+ causal mask]) v per query
-//!   head, reading kv head map.kv_head(h); lse = log-sum-exp of each row's scaled scores;
-//! - backward(q, k, v, o, lse, dO, map, options, dq, dk, dv): the gradients; dk and dv sum over
-//!   the query heads that read each kv head;
+//! - forward(policy_forward_args<T>{q, k, v, o, lse, map, options}, stream):
+//!   o = softmax(scale q k^T [+ causal mask]) v per query head, reading kv head map.kv_head(h);
+//!   lse = log-sum-exp of each row's scaled scores;
+//! - backward(policy_backward_args<T>{q, k, v, o, lse, dout, dq, dk, dv, map, options}, stream):
+//!   the gradients; dk and dv sum over the query heads that read each kv head;
 //! - memory(), supports(dtype, head_dim), supports_causal();
 //! - and, optionally, supports_documents() (true: it masks by options.documents). A policy that
 //!   does not declare it is never handed packed documents: the layers refuse them by name.
-//! q, o, dO, dq: [B, S, h, D]; k, v, dk, dv: [B, S, k, D]; every call takes a stream last.
+//! q, o, dO, dq: [B, S, h, D]; k, v, dk, dv: [B, S, k, D]. Every call takes its stream, named by
+//! the caller (a seqpar::stream_ref: there is no default).
 template <class P>
 concept attention_policy = detail::opts_into_attention_policy<P> && detail::states_attention_support<P> &&
                            detail::computes_attention<P>;

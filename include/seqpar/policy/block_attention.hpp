@@ -6,6 +6,7 @@
 #pragma once
 
 #include <seqpar/policy/attention_policy.hpp>
+#include <seqpar/policy/block_pair.hpp>
 
 #include <cuda/std/limits>
 
@@ -14,37 +15,6 @@
 #include <cstdint>
 
 SEQPAR_NAMESPACE_BEGIN
-
-//! How a block pair relates to the causal mask.
-enum class block_relation {
-  visible,   //!< every key precedes (or equals) every query: no mask
-  diagonal,  //!< the blocks overlap in position: key position <= query position inside the pair
-  masked,    //!< every key follows every query: nothing to compute (the caller skips the pair)
-};
-
-//! Name of a relation ("visible", "diagonal", "masked").
-inline constexpr const char* to_string(block_relation r) noexcept {
-  return r == block_relation::visible ? "visible" : r == block_relation::diagonal ? "diagonal" : "masked";
-}
-
-//! Where a block pair sits in the global sequence: query local row i is position q_first + i, key
-//! local row j is position kv_first + j. Positions decide the causal mask (key <= query) and any
-//! position mask of the policy; `relation` says what that implies for the whole pair, so a kernel
-//! can skip the mask when the pair is visible.
-struct block_pair {
-  std::int64_t q_first = 0;                           //!< global position of the first query row
-  std::int64_t kv_first = 0;                          //!< global position of the first key row
-  block_relation relation = block_relation::visible;  //!< the pair's relation to the causal mask
-};
-
-//! The relation of query positions [q_first, q_first + q_len) to key positions [kv_first,
-//! kv_first + kv_len): visible when not causal or when the last key precedes the first query.
-SEQPAR_HOST_DEVICE block_relation causal_relation(std::int64_t q_first, std::int64_t q_len, std::int64_t kv_first,
-                                                  std::int64_t kv_len, bool causal) {
-  if (!causal || kv_first + kv_len - 1 <= q_first) return block_relation::visible;
-  if (kv_first > q_first + q_len - 1) return block_relation::masked;
-  return block_relation::diagonal;
-}
 
 //! The weights of merging two partials of the same query row with log-sum-exps a and b:
 //! lse = max(a, b) + log1p(exp(-|a - b|)), O = exp(a - lse) O_a + exp(b - lse) O_b. A row that saw
@@ -105,25 +75,21 @@ void check_partial_extents(const tensor_view<T>& q, const tensor_view<float>& o_
 
 //! The policy computes a block pair's partial output (block_forward).
 template <class P>
-concept computes_block_forward = requires(const P& p, tensor_view<const float> in, tensor_view<float> acc,
-                                          lse_view lse, gqa_map map, attention_options opt, block_pair pair,
-                                          stream_t s) { p.block_forward(in, in, in, map, opt, pair, acc, lse, s); };
+concept computes_block_forward = requires(const P& p, const block_forward_args<float>& a, stream_ref s) {
+  p.block_forward(a, s);
+};
 
 //! The policy's block backward reads the row dots rowsum(dO * O) (block_backward).
 template <class P>
-concept block_backward_reads_row_dots = requires(const P& p, tensor_view<const float> in, tensor_view<float> acc,
-                                                 const_lse_view clse, gqa_map map, attention_options opt,
-                                                 block_pair pair, stream_t s) {
-  p.block_backward(in, in, in, in, clse, clse, map, opt, pair, acc, acc, acc, s);
+concept block_backward_reads_row_dots = requires(const P& p, const block_backward_args<float>& a, stream_ref s) {
+  p.block_backward(a, s);
 };
 
 //! The policy's block backward reads the final output O of the query rows instead of their row
 //! dots (block_backward_from_output), as libraries that compute the row dots themselves do.
 template <class P>
-concept block_backward_reads_output = requires(const P& p, tensor_view<const float> in, tensor_view<float> acc,
-                                               const_lse_view clse, gqa_map map, attention_options opt,
-                                               block_pair pair, stream_t s) {
-  p.block_backward_from_output(in, in, in, in, in, clse, map, opt, pair, acc, acc, acc, s);
+concept block_backward_reads_output = requires(const P& p, const block_backward_args<float>& a, stream_ref s) {
+  p.block_backward_from_output(a, s);
 };
 
 template <class P>
@@ -132,15 +98,16 @@ concept computes_block_attention =
 }  // namespace detail
 
 //! An attention policy that also computes one block pair at a time (what ring attention runs):
-//! - block_forward(q, k, v, map, options, pair, o_part, lse_part): o_part (fp32) and lse_part (fp32)
-//!   of the query block against this key/value block alone, under the pair's positions; rows that
-//!   see nothing get o = 0 and lse = -inf;
-//! - block_backward(q, k, v, dout, lse, row_dots, map, options, pair, dq, dk, dv): with the FINAL
-//!   lse of each query row and row_dots = rowsum(dO * O), P = exp(s q k^T - lse), ADDS
+//! - block_forward(block_forward_args<T>{q, k, v, o_part, lse_part, map, options, pair}, stream):
+//!   o_part (fp32) and lse_part (fp32) of the query block against this key/value block alone,
+//!   under the pair's positions; rows that see nothing get o = 0 and lse = -inf;
+//! - block_backward(block_backward_args<T>{q, k, v, dout, lse, row_dots, ..., dq, dk, dv, map,
+//!   options, pair}, stream): with the FINAL lse of each query row and row_dots = rowsum(dO * O),
+//!   P = exp(s q k^T - lse), ADDS
 //!   s (P * (dO v^T - row_dots)) k to dq, its transpose times q (times s) to dk and P^T dO to dv; the
 //!   three are fp32 accumulators, dk and dv summed over the query heads that read each kv head;
-//! - or instead block_backward_from_output(q, k, v, o, dout, lse, map, options, pair, dq, dk, dv):
-//!   the same sums from the FINAL output o of the query rows, whose row dots the policy computes.
+//! - or instead block_backward_from_output(args, stream): the same sums from the FINAL output
+//!   args.o of the query rows, whose row dots the policy computes.
 //! q, o, dout [B, S_q, h, D]; k, v [B, S_kv, k, D]; lse, row_dots [B, h, S_q]. A policy without these
 //! is refused by name: detail::computes_block_attention.
 template <class P>

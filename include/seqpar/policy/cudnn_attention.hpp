@@ -562,31 +562,29 @@ struct cudnn_attention {
 
   //! o and lse (cuDNN's fp32 softmax stats) from q, k, v.
   template <class T>
-  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
-    check<T>(q, k, v, o);
-    detail::check_lse_extents(lse, q);
-    check_rows("o", o);
-    if (q.size() == 0) return;
-    sdpa_forward(q, k, v, map, opt.resolved(q.head_dim()), placement{}, o, lse.data_handle(), stream);
+  void forward(const policy_forward_args<T>& a, stream_ref stream) const {
+    check<T>(a.q, a.k, a.v, a.o);
+    detail::check_lse_extents(a.lse, a.q);
+    check_rows("o", a.o);
+    if (a.q.size() == 0) return;
+    sdpa_forward(a.q, a.k, a.v, a.map, a.options.resolved(a.q.head_dim()), placement{}, a.o, a.lse.data_handle(),
+                 stream);
   }
 
   //! dq, dk, dv from dO and the forward's o and lse; dk and dv sum over the query heads that read
   //! each kv head.
   template <class T>
-  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
-    check<T>(q, k, v, o);
-    detail::check_lse_extents(lse, q);
-    detail::check_gradient_extents(q, k, dout, dq, dk, dv);
-    check_rows("dout", dout);
-    check_rows("dq", dq);
-    check_rows("dk", dk);
-    check_rows("dv", dv);
-    if (k.size() == 0) return;
-    sdpa_backward(q, k, v, o, lse.data_handle(), dout, map, opt.resolved(q.head_dim()), placement{}, dq, dk, dv,
-                  stream);
+  void backward(const policy_backward_args<T>& a, stream_ref stream) const {
+    check<T>(a.q, a.k, a.v, a.o);
+    detail::check_lse_extents(a.lse, a.q);
+    detail::check_gradient_extents(a.q, a.k, a.dout, a.dq, a.dk, a.dv);
+    check_rows("dout", a.dout);
+    check_rows("dq", a.dq);
+    check_rows("dk", a.dk);
+    check_rows("dv", a.dv);
+    if (a.k.size() == 0) return;
+    sdpa_backward(a.q, a.k, a.v, a.o, a.lse.data_handle(), a.dout, a.map, a.options.resolved(a.q.head_dim()),
+                  placement{}, a.dq, a.dk, a.dv, stream);
   }
 
  protected:

@@ -65,43 +65,38 @@ struct cudnn_block_attention : cudnn_attention {
   //! o_part and lse_part (fp32) of the query block q against the key/value block k, v alone, at
   //! the pair's positions (block_attention_policy); rows that see no key get o = 0, lse = -inf.
   template <class T>
-  void block_forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-                     attention_options opt, block_pair pair, tensor_view<float> o_part, lse_view lse_part,
-                     stream_t stream = nullptr) const {
-    detail::check_partial_extents(q, o_part, lse_part);
-    check_block<T>(q, k, v);
-    if (q.size() == 0) return;
+  void block_forward(const block_forward_args<T>& a, stream_ref stream) const {
+    detail::check_partial_extents(a.q, a.o_part, a.lse_part);
+    check_block<T>(a.q, a.k, a.v);
+    if (a.q.size() == 0) return;
     const float inf = cuda::std::numeric_limits<float>::infinity();
-    detail::for_each_index(memory_space::device, static_cast<std::int64_t>(lse_part.size()),
-                           detail::fill_floats{lse_part.data_handle(), -inf}, stream);
-    const detail::zeroed_scratch<T> o(q, stream);
-    if (computes(k, opt, pair))
-      sdpa_forward(q, k, v, map, opt.resolved(q.head_dim()), placement_of(pair), o.view, lse_part.data_handle(),
-                   stream);
-    const detail::copy_elements<T, float> widen{o.view, o_part};
+    detail::for_each_index(memory_space::device, static_cast<std::int64_t>(a.lse_part.size()),
+                           detail::fill_floats{a.lse_part.data_handle(), -inf}, stream);
+    const detail::zeroed_scratch<T> o(a.q, stream);
+    if (computes(a.k, a.options, a.pair))
+      sdpa_forward(a.q, a.k, a.v, a.map, a.options.resolved(a.q.head_dim()), placement_of(a.pair), o.view,
+                   a.lse_part.data_handle(), stream);
+    const detail::copy_elements<T, float> widen{o.view, a.o_part};
     detail::for_each_index(memory_space::device, widen.size(), widen, stream);
   }
 
   //! Adds the block pair's share of dq, dk, dv (fp32 accumulators) from the final output o and
   //! lse of the query rows (block_attention_policy, the form that reads the output).
   template <class T>
-  void block_backward_from_output(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                                  tensor_view<const T> o, tensor_view<const T> dout, const_lse_view lse, gqa_map map,
-                                  attention_options opt, block_pair pair, tensor_view<float> dq, tensor_view<float> dk,
-                                  tensor_view<float> dv, stream_t stream = nullptr) const {
-    check_block<T>(q, k, v);
-    SEQPAR_EXPECTS(detail::same_extents(o, q), "o: extents differ from q's; expected the same extents");
-    detail::check_lse_extents(lse, q);
-    detail::check_gradient_extents(q, k, dout, dq, dk, dv);
-    check_rows("o", o);
-    check_rows("dout", dout);
-    if (q.size() == 0 || !computes(k, opt, pair)) return;
-    const detail::zeroed_scratch<T> gq(q, stream), gk(k, stream), gv(k, stream);
-    sdpa_backward(q, k, v, o, lse.data_handle(), dout, map, opt.resolved(q.head_dim()), placement_of(pair), gq.view,
-                  gk.view, gv.view, stream);
+  void block_backward_from_output(const block_backward_args<T>& a, stream_ref stream) const {
+    check_block<T>(a.q, a.k, a.v);
+    SEQPAR_EXPECTS(detail::same_extents(a.o, a.q), "o: extents differ from q's; expected the same extents");
+    detail::check_lse_extents(a.lse, a.q);
+    detail::check_gradient_extents(a.q, a.k, a.dout, a.dq, a.dk, a.dv);
+    check_rows("o", a.o);
+    check_rows("dout", a.dout);
+    if (a.q.size() == 0 || !computes(a.k, a.options, a.pair)) return;
+    const detail::zeroed_scratch<T> gq(a.q, stream), gk(a.k, stream), gv(a.k, stream);
+    sdpa_backward(a.q, a.k, a.v, a.o, a.lse.data_handle(), a.dout, a.map, a.options.resolved(a.q.head_dim()),
+                  placement_of(a.pair), gq.view, gk.view, gv.view, stream);
     using add_elements = detail::add_elements<T>;
-    const std::array<add_elements, 3> adds{add_elements{gq.view, dq}, add_elements{gk.view, dk},
-                                           add_elements{gv.view, dv}};
+    const std::array<add_elements, 3> adds{add_elements{gq.view, a.dq}, add_elements{gk.view, a.dk},
+                                           add_elements{gv.view, a.dv}};
     for (const add_elements& add : adds) detail::for_each_index(memory_space::device, add.size(), add, stream);
   }
 

@@ -43,47 +43,41 @@ struct basic_flash_attention {
 
   //! o and lse from q, k, v.
   template <class T>
-  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse, stream_t stream = nullptr) const {
-    check<T>(q, k, v, o);
-    detail::check_lse_extents(lse, q);
-    run_forward(q, k, v, map, opt, whole_sequence(opt), o, lse, stream);
+  void forward(const policy_forward_args<T>& a, stream_ref stream) const {
+    check<T>(a.q, a.k, a.v, a.o);
+    detail::check_lse_extents(a.lse, a.q);
+    run_forward(a.q, a.k, a.v, a.map, a.options, whole_sequence(a.options), a.o, a.lse, stream);
   }
 
   //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
   template <class T>
-  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
-    check<T>(q, k, v, o);
-    detail::check_lse_extents(lse, q);
-    detail::check_gradient_extents(q, k, dout, dq, dk, dv);
-    run_backward(q, k, v, o, lse, const_lse_view{}, dout, map, opt, whole_sequence(opt), dq, dk, dv, stream);
+  void backward(const policy_backward_args<T>& a, stream_ref stream) const {
+    check<T>(a.q, a.k, a.v, a.o);
+    detail::check_lse_extents(a.lse, a.q);
+    detail::check_gradient_extents(a.q, a.k, a.dout, a.dq, a.dk, a.dv);
+    run_backward(a.q, a.k, a.v, a.o, a.lse, const_lse_view{}, a.dout, a.map, a.options, whole_sequence(a.options), a.dq,
+                 a.dk, a.dv, stream);
   }
 
   //! o_part and lse_part (fp32) of the query block q against the key/value block k, v alone, at
   //! the pair's positions (block_attention_policy); the causal mask is applied to diagonal pairs.
   template <class T>
-  void block_forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-                     attention_options opt, block_pair pair, tensor_view<float> o_part, lse_view lse_part,
-                     stream_t stream = nullptr) const {
-    check_block<T>(q, k, v);
-    detail::check_partial_extents(q, o_part, lse_part);
-    run_forward(q, k, v, map, opt, pair, o_part, lse_part, stream);
+  void block_forward(const block_forward_args<T>& a, stream_ref stream) const {
+    check_block<T>(a.q, a.k, a.v);
+    detail::check_partial_extents(a.q, a.o_part, a.lse_part);
+    run_forward(a.q, a.k, a.v, a.map, a.options, a.pair, a.o_part, a.lse_part, stream);
   }
 
   //! Adds the block pair's share of dq, dk, dv (fp32 accumulators) from the final lse and the row
   //! dots rowsum(dO * O) (block_attention_policy).
   template <class T>
-  void block_backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                      tensor_view<const T> dout, const_lse_view lse, const_lse_view row_dots, gqa_map map,
-                      attention_options opt, block_pair pair, tensor_view<float> dq, tensor_view<float> dk,
-                      tensor_view<float> dv, stream_t stream = nullptr) const {
-    check_block<T>(q, k, v);
-    detail::check_lse_extents(lse, q);
-    detail::check_lse_extents(row_dots, q);
-    detail::check_gradient_extents(q, k, dout, dq, dk, dv);
-    run_backward(q, k, v, tensor_view<const T>{}, lse, row_dots, dout, map, opt, pair, dq, dk, dv, stream);
+  void block_backward(const block_backward_args<T>& a, stream_ref stream) const {
+    check_block<T>(a.q, a.k, a.v);
+    detail::check_lse_extents(a.lse, a.q);
+    detail::check_lse_extents(a.row_dots, a.q);
+    detail::check_gradient_extents(a.q, a.k, a.dout, a.dq, a.dk, a.dv);
+    run_backward(a.q, a.k, a.v, tensor_view<const T>{}, a.lse, a.row_dots, a.dout, a.map, a.options, a.pair, a.dq, a.dk,
+                 a.dv, stream);
   }
 
  private:

@@ -42,30 +42,34 @@ struct basic_gated_linear_cuda {
 
   //! o_i = sum_{j <= i} (sum_d q_i[d] k_j[d] e^(G_i[d] - G_j[d])) v_j
   template <class T>
-  void forward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                     tensor_view<const float> g, tensor_view<T> o, stream_t stream = nullptr) const {
-    walk(q, k, v, g, o, {}, {}, {}, stream);
+  void forward_intra(const gated_chunk<T>& c, tensor_view<T> o, stream_ref stream) const {
+    walk(walk_args<T, T>{.a = c.q, .b = c.k, .c = c.v, .g = c.g, .out = o}, stream);
   }
   //! m = sum_j diag(e^(G_{C-1} - G_j)) k_j v_j^T
   template <class T>
-  void state_contribution(tensor_view<const T> k, tensor_view<const T> v, tensor_view<const float> g, state_view m,
-                          stream_t stream = nullptr) const {
-    walk(k, k, v, g, tensor_view<T>{}, {}, m, {}, stream);
+  void state_contribution(const gated_chunk<T>& c, state_view m, stream_ref stream) const {
+    walk(walk_args<T, T>{.a = c.k, .b = c.k, .c = c.v, .g = c.g, .state_out = m}, stream);
   }
   //! o_i += (q_i * e^(G_i))^T kv
   template <class T>
-  void forward_inter(tensor_view<const T> q, tensor_view<const float> g, const_state_view kv, tensor_view<T> o,
-                     stream_t stream = nullptr) const {
-    walk(q, q, q, g, o, kv, {}, {.intra = false, .accumulate = true}, stream);
+  void forward_inter(const gated_chunk<T>& c, const_state_view kv, tensor_view<T> o, stream_ref stream) const {
+    walk(walk_args<T, T>{.a = c.q,
+                         .b = c.q,
+                         .c = c.q,
+                         .g = c.g,
+                         .out = o,
+                         .state_in = kv,
+                         .mode = {.intra = false, .accumulate = true}},
+         stream);
   }
   //! total[b, h, d] = G_{C-1}[d]
-  void chunk_decay(tensor_view<const float> g, chunk_decay_view total, stream_t stream = nullptr) const {
+  void chunk_decay(tensor_view<const float> g, chunk_decay_view total, stream_ref stream) const {
     if (total.size() == 0) return;
     launcher(detail::gated_kernels::gate_totals, dim3(blocks_for(total.size())), dim3(256), 0, stream, g, total);
   }
   //! out = diag(e^total) in + m (in empty: out = m; out may alias in)
   void state_update(const_chunk_decay_view total, const_state_view in, const_state_view m, state_view out,
-                    stream_t stream = nullptr) const {
+                    stream_ref stream) const {
     if (out.size() == 0) return;
     launcher(detail::gated_kernels::gated_state_update, dim3(blocks_for(out.size())), dim3(256), 0, stream, total, in,
              m, out);
@@ -74,7 +78,7 @@ struct basic_gated_linear_cuda {
   //! Throws seqpar::error naming the first entry of g (device memory, read by a kernel) that is
   //! not a finite log-gate <= 0; waits for `stream`. linear_attention_ring calls it on device gates
   //! before anything moves.
-  void check_gates(tensor_view<const float> g, stream_t stream = nullptr) const {
+  void check_gates(tensor_view<const float> g, stream_ref stream) const {
     if (g.size() == 0) return;
     constexpr unsigned threads = 128;
     const unsigned blocks = static_cast<unsigned>(std::clamp<std::int64_t>((g.size() + threads - 1) / threads, 1, 64));
@@ -99,43 +103,84 @@ struct basic_gated_linear_cuda {
 
   //! dq, dk, dv and dg of the intra term (written)
   template <class T>
-  void backward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                      tensor_view<const T> dout, tensor_view<const float> g, tensor_view<T> dq, tensor_view<T> dk,
-                      tensor_view<T> dv, tensor_view<float> dg, stream_t stream = nullptr) const {
+  void backward_intra(const gated_chunk<T>& c, const linear_gradients<T>& grads, stream_ref stream) const {
+    const auto &q = c.q, &k = c.k, &v = c.v, &dout = c.dout;
+    const auto& g = c.g;
     if (q.size() == 0) return;
     auto scratch = launcher.workspace(2 * q.size(), stream);
     const auto pq = like(q, scratch.data()), pk = like(q, scratch.data() + q.size());
     // dq_i: pairs j < i, dk_j: pairs i > j (gate_gradient adds the pairs j = i), dv_j: pairs i >= j
-    walk(dout, v, k, g, pq, {}, {}, {.gate_on_output = true, .strict = true}, stream);
-    walk(v, dout, q, g, pk, {}, {}, {.reverse = true, .gate_on_output = true, .strict = true}, stream);
-    walk(k, q, dout, g, dv, {}, {}, {.reverse = true}, stream);
-    gate_gradient(q, k, dout, v, pq, pk, g, {}, {}, dq, dk, dg, false, stream);
+    walk(
+        walk_args<T, float>{
+            .a = dout, .b = v, .c = k, .g = g, .out = pq, .mode = {.gate_on_output = true, .strict = true}},
+        stream);
+    walk(walk_args<T, float>{.a = v,
+                             .b = dout,
+                             .c = q,
+                             .g = g,
+                             .out = pk,
+                             .mode = {.reverse = true, .gate_on_output = true, .strict = true}},
+         stream);
+    walk(walk_args<T, T>{.a = k, .b = q, .c = dout, .g = g, .out = grads.dv, .mode = {.reverse = true}}, stream);
+    gate_gradient(q, k, dout, v, pq, pk, g, {}, {}, grads.dq, grads.dk, grads.dg, false, stream);
   }
   //! gs = sum_i (q_i * e^(G_i)) dO_i^T
   template <class T>
-  void backward_state_contribution(tensor_view<const T> q, tensor_view<const T> dout, tensor_view<const float> g,
-                                   state_view gs, stream_t stream = nullptr) const {
-    walk(q, q, dout, g, tensor_view<T>{}, {}, gs, {.reverse = true}, stream);
+  void backward_state_contribution(const gated_chunk<T>& c, state_view gs, stream_ref stream) const {
+    walk(walk_args<T, T>{.a = c.q, .b = c.q, .c = c.dout, .g = c.g, .state_out = gs, .mode = {.reverse = true}},
+         stream);
   }
   //! Adds the gradients of the inter term (incoming state kv) and of the state passed on (its
   //! gradient gs) to dq, dk, dv and dg
   template <class T>
-  void backward_inter(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                      tensor_view<const T> dout, tensor_view<const float> g, const_state_view kv, const_state_view gs,
-                      tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, tensor_view<float> dg,
-                      stream_t stream = nullptr) const {
+  void backward_inter(const gated_chunk<T>& c, const_state_view kv, const_state_view gs,
+                      const linear_gradients<T>& grads, stream_ref stream) const {
+    const auto &q = c.q, &k = c.k, &v = c.v, &dout = c.dout;
+    const auto& g = c.g;
     if (q.size() == 0) return;
     auto scratch = launcher.workspace(2 * q.size(), stream);
     const auto pq = like(q, scratch.data()), pk = like(q, scratch.data() + q.size());
     // dq_i = e^(G_i) * (kv dO_i); dk_j = e^(G_{C-1} - G_j) * (gs v_j); dv_j += (k_j * e^(G_{C-1} - G_j))^T gs
-    walk(dout, dout, dout, g, pq, kv, {}, {.gate_on_output = true, .intra = false, .transposed_in = true}, stream);
-    walk(v, v, v, g, pk, gs, {}, {.reverse = true, .gate_on_output = true, .intra = false, .transposed_in = true},
+    walk(walk_args<T, float>{.a = dout,
+                             .b = dout,
+                             .c = dout,
+                             .g = g,
+                             .out = pq,
+                             .state_in = kv,
+                             .mode = {.gate_on_output = true, .intra = false, .transposed_in = true}},
          stream);
-    walk(k, k, k, g, dv, gs, {}, {.reverse = true, .intra = false, .accumulate = true}, stream);
-    gate_gradient(q, k, dout, v, pq, pk, g, kv, gs, dq, dk, dg, true, stream);
+    walk(walk_args<T, float>{.a = v,
+                             .b = v,
+                             .c = v,
+                             .g = g,
+                             .out = pk,
+                             .state_in = gs,
+                             .mode = {.reverse = true, .gate_on_output = true, .intra = false, .transposed_in = true}},
+         stream);
+    walk(walk_args<T, T>{.a = k,
+                         .b = k,
+                         .c = k,
+                         .g = g,
+                         .out = grads.dv,
+                         .state_in = gs,
+                         .mode = {.reverse = true, .intra = false, .accumulate = true}},
+         stream);
+    gate_gradient(q, k, dout, v, pq, pk, g, kv, gs, grads.dq, grads.dk, grads.dg, true, stream);
   }
 
  private:
+  // One gated walk's operands (gated_walk in gated_linear_kernels.cuh): the rows a, b and c, the
+  // log-gates, and the output rows and states it reads and writes (empty: none).
+  template <class T, class O>
+  struct walk_args {
+    tensor_view<const T> a, b, c;
+    tensor_view<const float> g;
+    tensor_view<O> out{};
+    const_state_view state_in{};
+    state_view state_out{};
+    detail::gated_kernels::walk_mode mode{};
+  };
+
   static unsigned blocks_for(std::int64_t n) {
     return static_cast<unsigned>(std::clamp<std::int64_t>((n + 255) / 256, 1, 4096));
   }
@@ -152,10 +197,9 @@ struct basic_gated_linear_cuda {
   // chunk is cut into segments: a states pass, scan_walk_states, and (for an output) the output
   // pass from each segment's prefix.
   template <class T, class O>
-  void walk(tensor_view<const T> a, tensor_view<const T> b, tensor_view<const T> c, tensor_view<const float> g,
-            tensor_view<O> out, const_state_view state_in, state_view state_out, detail::gated_kernels::walk_mode mode,
-            stream_t stream) const {
+  void walk(const walk_args<T, O>& w, stream_t stream) const {
     namespace gk = detail::gated_kernels;
+    const auto& [a, b, c, g, out, state_in, state_out, mode] = w;
     if (out.size() == 0 && state_out.size() == 0) return;
     const std::int64_t Y = out.size() ? out.head_dim() : state_out.extent(3), H = a.heads(), BH = a.batch() * H;
     if (BH > 65535)

@@ -22,40 +22,42 @@ concept opts_into_gated_linear_attention_policy =
     std::same_as<typename P::policy_concept, gated_linear_attention_policy_tag>;
 
 template <class P>
-concept computes_gated_forward = requires(const P& p, tensor_view<const float> in, tensor_view<float> out,
-                                          state_view st, const_state_view cst, chunk_decay_view total,
-                                          const_chunk_decay_view ctotal, stream_t s) {
-  p.forward_intra(in, in, in, in, out, s);
-  p.state_contribution(in, in, in, st, s);
-  p.forward_inter(in, in, cst, out, s);
-  p.chunk_decay(in, total, s);
+concept computes_gated_forward = requires(const P& p, const gated_chunk<float>& c, tensor_view<const float> g,
+                                          tensor_view<float> out, state_view st, const_state_view cst,
+                                          chunk_decay_view total, const_chunk_decay_view ctotal, stream_ref s) {
+  p.forward_intra(c, out, s);
+  p.state_contribution(c, st, s);
+  p.forward_inter(c, cst, out, s);
+  p.chunk_decay(g, total, s);
   p.state_update(ctotal, cst, cst, st, s);
 };
 
 template <class P>
-concept computes_gated_backward = requires(const P& p, tensor_view<const float> in, tensor_view<float> out,
-                                           state_view st, const_state_view cst, stream_t s) {
-  p.backward_intra(in, in, in, in, in, out, out, out, out, s);
-  p.backward_state_contribution(in, in, in, st, s);
-  p.backward_inter(in, in, in, in, in, cst, cst, out, out, out, out, s);
+concept computes_gated_backward = requires(const P& p, const gated_chunk<float>& c,
+                                           const linear_gradients<float>& grads, state_view st, const_state_view cst,
+                                           stream_ref s) {
+  p.backward_intra(c, grads, s);
+  p.backward_state_contribution(c, st, s);
+  p.backward_inter(c, cst, cst, grads, s);
 };
 }  // namespace detail
 
-//! Computes, per batch and head of one rank's chunk (C tokens, local index i from 0), with fp32
-//! log-gates g [B, C, H, 1] (a scalar per head and token) or [B, C, H, D] (one per key dim), their
-//! cumulative sums G_i = g_0 + ... + g_i (per key dim d) and fp32 states [B, H, D, E]:
-//! - forward_intra(q, k, v, g, o):           o_i  = sum_{j <= i} (sum_d q_i[d] k_j[d] e^(G_i[d] - G_j[d])) v_j
-//! - state_contribution(k, v, g, m):         m    = sum_j diag(e^(G_{C-1} - G_j)) k_j v_j^T
-//! - forward_inter(q, g, kv, o):             o_i += (q_i * e^(G_i))^T kv
-//! - chunk_decay(g, total):                  total[b, h, d] = G_{C-1}[d] (fp32 [B, H, D])
-//! - state_update(total, in, m, out):        out  = diag(e^total) in + m (in may be empty = zero; may alias out)
-//! - backward_intra(q, k, v, do, g, dq, dk, dv, dg): the intra term's gradients (written)
-//! - backward_state_contribution(q, do, g, gs): gs = sum_i (q_i * e^(G_i)) dO_i^T, the incoming state's gradient
-//! - backward_inter(q, k, v, do, g, kv, gs, dq, dk, dv, dg): ADDS the gradients of the inter term
-//!   (incoming state kv) and of the state passed on (its gradient gs), the gate's share of
-//!   diag(e^(G_{C-1})) kv included
-//! dg has the gate's shape and is fp32: a scalar gate's entry sums over d. memory() and
-//! supports(dtype, D, E) as linear_attention_policy; every call takes a stream last.
+//! Computes, per batch and head of a piece of one rank's chunk (a gated_chunk c: C tokens, local
+//! index i from 0), with its fp32 log-gates g = c.g [B, C, H, 1] (a scalar per head and token) or
+//! [B, C, H, D] (one per key dim), their cumulative sums G_i = g_0 + ... + g_i (per key dim d) and
+//! fp32 states [B, H, D, E]:
+//! - forward_intra(c, o):                 o_i  = sum_{j <= i} (sum_d q_i[d] k_j[d] e^(G_i[d] - G_j[d])) v_j
+//! - state_contribution(c, m):            m    = sum_j diag(e^(G_{C-1} - G_j)) k_j v_j^T
+//! - forward_inter(c, kv, o):             o_i += (q_i * e^(G_i))^T kv
+//! - chunk_decay(g, total):               total[b, h, d] = G_{C-1}[d] (fp32 [B, H, D])
+//! - state_update(total, in, m, out):     out  = diag(e^total) in + m (in may be empty = zero; may alias out)
+//! - backward_intra(c, grads):            the intra term's gradients dq, dk, dv, dg (written)
+//! - backward_state_contribution(c, gs):  gs = sum_i (q_i * e^(G_i)) dO_i^T, the incoming state's gradient
+//! - backward_inter(c, kv, gs, grads):    ADDS the gradients of the inter term (incoming state kv)
+//!   and of the state passed on (its gradient gs), the gate's share of diag(e^(G_{C-1})) kv included
+//! grads.dg has the gate's shape and is fp32: a scalar gate's entry sums over d. memory() and
+//! supports(dtype, D, E) as linear_attention_policy; every call takes its stream last, named by
+//! the caller.
 template <class P>
 concept gated_linear_attention_policy = detail::opts_into_gated_linear_attention_policy<P> &&
                                         detail::describes_support<P> && detail::computes_gated_forward<P> &&

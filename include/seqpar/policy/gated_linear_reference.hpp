@@ -40,8 +40,11 @@ struct gated_linear_reference {
 
   //! o = intra-chunk attention with the gates' decays
   template <class T>
-  void forward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                     tensor_view<const float> g, tensor_view<T> o, stream_t = nullptr) const {
+  void forward_intra(const gated_chunk<T>& c, tensor_view<T> o, stream_ref) const {
+    const auto& q = c.q;
+    const auto& k = c.k;
+    const auto& v = c.v;
+    const auto& g = c.g;
     const std::int64_t C = q.seq(), D = q.head_dim(), E = v.head_dim();
     for_each_head(q, [&](std::int64_t b, std::int64_t h) {
       const auto G = cumulative(g, b, h, D);
@@ -61,15 +64,15 @@ struct gated_linear_reference {
 
   //! m = sum_j diag(exp(G_{C-1} - G_j)) k_j v_j^T
   template <class T>
-  void state_contribution(tensor_view<const T> k, tensor_view<const T> v, tensor_view<const float> g,
-                          state_view m, stream_t = nullptr) const {
-    decayed_outer_sum(k, v, g, m, /*to_end=*/true);
+  void state_contribution(const gated_chunk<T>& c, state_view m, stream_ref) const {
+    decayed_outer_sum(c.k, c.v, c.g, m, /*to_end=*/true);
   }
 
   //! o += (q_i * exp(G_i))^T kv
   template <class T>
-  void forward_inter(tensor_view<const T> q, tensor_view<const float> g, const_state_view kv, tensor_view<T> o,
-                     stream_t = nullptr) const {
+  void forward_inter(const gated_chunk<T>& c, const_state_view kv, tensor_view<T> o, stream_ref) const {
+    const auto& q = c.q;
+    const auto& g = c.g;
     const std::int64_t C = q.seq(), D = q.head_dim(), E = o.head_dim();
     for_each_head(q, [&](std::int64_t b, std::int64_t h) {
       const auto G = cumulative(g, b, h, D);
@@ -83,7 +86,7 @@ struct gated_linear_reference {
   }
 
   //! total(b, h, d) = G_{C-1}[d], the log of the chunk's decay (what an all-gather carries with m).
-  void chunk_decay(tensor_view<const float> g, chunk_decay_view total, stream_t = nullptr) const {
+  void chunk_decay(tensor_view<const float> g, chunk_decay_view total, stream_ref) const {
     const std::int64_t D = total.extent(2);
     for_each_head(g, [&](std::int64_t b, std::int64_t h) {
       const auto G = cumulative(g, b, h, D);
@@ -94,7 +97,7 @@ struct gated_linear_reference {
 
   //! out = diag(exp(total)) in + m (in empty: out = m); out may alias in.
   void state_update(const_chunk_decay_view total, const_state_view in, const_state_view m, state_view out,
-                    stream_t = nullptr) const {
+                    stream_ref) const {
     for (std::int64_t b = 0; b < out.extent(0); ++b)
       for (std::int64_t h = 0; h < out.extent(1); ++h)
         for (std::int64_t d = 0; d < out.extent(2); ++d) {
@@ -106,33 +109,28 @@ struct gated_linear_reference {
 
   //! dq, dk, dv and dg of the intra term (written).
   template <class T>
-  void backward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                      tensor_view<const T> dout, tensor_view<const float> g, tensor_view<T> dq, tensor_view<T> dk,
-                      tensor_view<T> dv, tensor_view<float> dg, stream_t = nullptr) const {
-    for_each_head(q, [&](std::int64_t b, std::int64_t h) {
-      const head_gradients grad = gradients(q, k, v, dout, g, {}, {}, b, h, /*intra=*/true);
-      store(grad, b, h, dq, dk, dv, dg, /*add=*/false);
+  void backward_intra(const gated_chunk<T>& c, const linear_gradients<T>& grads, stream_ref) const {
+    for_each_head(c.q, [&](std::int64_t b, std::int64_t h) {
+      const head_gradients grad = gradients(c.q, c.k, c.v, c.dout, c.g, {}, {}, b, h, /*intra=*/true);
+      store(grad, b, h, grads.dq, grads.dk, grads.dv, grads.dg, /*add=*/false);
     });
   }
 
   //! gs = sum_i (q_i * exp(G_i)) dO_i^T: the gradient of the state the chunk receives.
   template <class T>
-  void backward_state_contribution(tensor_view<const T> q, tensor_view<const T> dout, tensor_view<const float> g,
-                                   state_view gs, stream_t = nullptr) const {
-    decayed_outer_sum(q, dout, g, gs, /*to_end=*/false);
+  void backward_state_contribution(const gated_chunk<T>& c, state_view gs, stream_ref) const {
+    decayed_outer_sum(c.q, c.dout, c.g, gs, /*to_end=*/false);
   }
 
   //! Adds to dq, dk, dv and dg the gradients of the inter term (incoming state kv) and of the
   //! state passed on (gradient gs), including the gate's share of diag(exp(G_{C-1})) kv. Either
   //! state may be empty (zero).
   template <class T>
-  void backward_inter(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                      tensor_view<const T> dout, tensor_view<const float> g, const_state_view kv, const_state_view gs,
-                      tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, tensor_view<float> dg,
-                      stream_t = nullptr) const {
-    for_each_head(q, [&](std::int64_t b, std::int64_t h) {
-      const head_gradients grad = gradients(q, k, v, dout, g, kv, gs, b, h, /*intra=*/false);
-      store(grad, b, h, dq, dk, dv, dg, /*add=*/true);
+  void backward_inter(const gated_chunk<T>& c, const_state_view kv, const_state_view gs,
+                      const linear_gradients<T>& grads, stream_ref) const {
+    for_each_head(c.q, [&](std::int64_t b, std::int64_t h) {
+      const head_gradients grad = gradients(c.q, c.k, c.v, c.dout, c.g, kv, gs, b, h, /*intra=*/false);
+      store(grad, b, h, grads.dq, grads.dk, grads.dv, grads.dg, /*add=*/true);
     });
   }
 

@@ -40,7 +40,7 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
 
   //! out = lambda^n in + m
   void state_update(std::span<const float> decay, std::int64_t n, const_state_view in, const_state_view m,
-                    state_view out, stream_t stream = nullptr) const {
+                    state_view out, stream_ref stream) const {
     if (out.size() == 0) return;
     const auto table = make_table(decay);
     const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((out.size() + 255) / 256, 4096));
@@ -53,30 +53,33 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
   //! scan run first (after what `stream` holds now), so m is ready before o's pass ends; `stream`
   //! waits for them. Same values as the two operations called apart.
   template <class T>
-  void forward_intra_with_state(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                                std::span<const float> decay, tensor_view<T> o, state_view m, stream_t stream,
-                                stream_t side) const {
-    const auto table = make_table(decay);
+  void forward_intra_with_state(const linear_chunk<T>& c, tensor_view<T> o, state_view m, stream_ref stream,
+                                stream_ref side) const {
+    const auto &q = c.q, &k = c.k, &v = c.v;
+    const auto table = make_table(c.decay);
     const unsigned BH = batch_heads(q);
-    this->template dispatch<T>(q.head_dim(), [&](auto sms) {
-      const unsigned tiles = y_tiles(v.head_dim());
-      const auto plan = detail::linear_kernels::plan_segments(q.seq(), std::int64_t{tiles} * BH, sms);
-      const std::int64_t per_head = q.head_dim() * v.head_dim();
-      auto states = launcher.workspace(plan.count * BH * per_head, stream);  // freed on `stream`, after o's pass
-      const dim3 grid(tiles, static_cast<unsigned>(plan.count), BH);
-      launcher.order(side, stream);
-      launch_chunk_scan<T>(grid, k, k, v, tensor_view<T>{}, states.data(), plan.length, table, false, true,
-                           detail::device::all_rows_are_vectorizable(k, v), side);
-      scan_states(states.data(), plan, q.seq(), BH, static_cast<int>(q.heads()), per_head, table, m.data_handle(),
-                  false, side);
-      launcher.order(stream, side);
-      if (o.size() != 0)
-        launch_chunk_scan<T>(grid, q, k, v, o, plan.count > 1 ? states.data() : nullptr, plan.length, table, false,
-                             false, detail::device::all_rows_are_vectorizable(q, k, v), stream);
-    }, [&] {
-      this->forward_intra(q, k, v, decay, o, stream);
-      this->state_contribution(k, v, decay, m, side);
-    });
+    this->template dispatch<T>(
+        q.head_dim(),
+        [&](auto sms) {
+          const unsigned tiles = y_tiles(v.head_dim());
+          const auto plan = detail::linear_kernels::plan_segments(q.seq(), std::int64_t{tiles} * BH, sms);
+          const std::int64_t per_head = q.head_dim() * v.head_dim();
+          auto states = launcher.workspace(plan.count * BH * per_head, stream);  // freed on `stream`, after o's pass
+          const dim3 grid(tiles, static_cast<unsigned>(plan.count), BH);
+          launcher.order(side, stream);
+          launch_chunk_scan<T>(grid, k, k, v, tensor_view<T>{}, states.data(), plan.length, table, false, true,
+                               detail::device::all_rows_are_vectorizable(k, v), side);
+          scan_states(states.data(), plan, q.seq(), BH, static_cast<int>(q.heads()), per_head, table, m.data_handle(),
+                      false, side);
+          launcher.order(stream, side);
+          if (o.size() != 0)
+            launch_chunk_scan<T>(grid, q, k, v, o, plan.count > 1 ? states.data() : nullptr, plan.length, table, false,
+                                 false, detail::device::all_rows_are_vectorizable(q, k, v), stream);
+        },
+        [&] {
+          this->forward_intra(c, o, stream);
+          this->state_contribution(c, m, side);
+        });
   }
 
  private:

@@ -24,8 +24,11 @@ struct linear_reference {
 
   //! o = ((Q K^T) * M) V
   template <class T>
-  void forward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                     std::span<const float> decay, tensor_view<T> o, stream_t = nullptr) const {
+  void forward_intra(const linear_chunk<T>& c, tensor_view<T> o, stream_ref) const {
+    const auto& q = c.q;
+    const auto& k = c.k;
+    const auto& v = c.v;
+    const auto& decay = c.decay;
     for_each_head(q, [&](std::int64_t b, std::int64_t h, double lambda) {
       const auto w = powers(lambda, q.seq());
       std::vector<double> row(v.head_dim());
@@ -42,8 +45,10 @@ struct linear_reference {
 
   //! m = K^T LK V
   template <class T>
-  void state_contribution(tensor_view<const T> k, tensor_view<const T> v, std::span<const float> decay, state_view m,
-                          stream_t = nullptr) const {
+  void state_contribution(const linear_chunk<T>& c, state_view m, stream_ref) const {
+    const auto& k = c.k;
+    const auto& v = c.v;
+    const auto& decay = c.decay;
     const std::int64_t C = k.seq();
     for_each_head(k, [&](std::int64_t b, std::int64_t h, double lambda) {
       for (std::int64_t d = 0; d < k.head_dim(); ++d)
@@ -57,8 +62,9 @@ struct linear_reference {
 
   //! o += LQ Q KV
   template <class T>
-  void forward_inter(tensor_view<const T> q, std::span<const float> decay, const_state_view kv, tensor_view<T> o,
-                     stream_t = nullptr) const {
+  void forward_inter(const linear_chunk<T>& c, const_state_view kv, tensor_view<T> o, stream_ref) const {
+    const auto& q = c.q;
+    const auto& decay = c.decay;
     for_each_head(q, [&](std::int64_t b, std::int64_t h, double lambda) {
       for (std::int64_t i = 0; i < q.seq(); ++i)
         for (std::int64_t e = 0; e < o.head_dim(); ++e) {
@@ -71,7 +77,7 @@ struct linear_reference {
 
   //! out = lambda^n in + m (in empty: out = m); out may alias in.
   void state_update(std::span<const float> decay, std::int64_t n, const_state_view in, const_state_view m,
-                    state_view out, stream_t = nullptr) const {
+                    state_view out, stream_ref) const {
     for (std::int64_t b = 0; b < out.extent(0); ++b)
       for (std::int64_t h = 0; h < out.extent(1); ++h) {
         const double scale = std::pow(double(decay[h]), n);
@@ -83,9 +89,15 @@ struct linear_reference {
 
   //! dq = A K; dk = A^T Q; dv = ((Q K^T) * M)^T dO, with A = (dO V^T) * M
   template <class T>
-  void backward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> dout,
-                      std::span<const float> decay, tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv,
-                      stream_t = nullptr) const {
+  void backward_intra(const linear_chunk<T>& c, const linear_gradients<T>& grads, stream_ref) const {
+    const auto& q = c.q;
+    const auto& k = c.k;
+    const auto& v = c.v;
+    const auto& dout = c.dout;
+    const auto& decay = c.decay;
+    const auto& dq = grads.dq;
+    const auto& dk = grads.dk;
+    const auto& dv = grads.dv;
     const std::int64_t C = q.seq(), D = q.head_dim(), E = v.head_dim();
     for_each_head(q, [&](std::int64_t b, std::int64_t h, double lambda) {
       const auto w = powers(lambda, C);
@@ -112,8 +124,10 @@ struct linear_reference {
 
   //! g = Q^T LQ dO
   template <class T>
-  void backward_state_contribution(tensor_view<const T> q, tensor_view<const T> dout, std::span<const float> decay,
-                                   state_view g, stream_t = nullptr) const {
+  void backward_state_contribution(const linear_chunk<T>& c, state_view g, stream_ref) const {
+    const auto& q = c.q;
+    const auto& dout = c.dout;
+    const auto& decay = c.decay;
     for_each_head(q, [&](std::int64_t b, std::int64_t h, double lambda) {
       for (std::int64_t d = 0; d < q.head_dim(); ++d)
         for (std::int64_t e = 0; e < dout.head_dim(); ++e) {
@@ -126,10 +140,15 @@ struct linear_reference {
 
   //! dq += LQ dO KV^T; dk += LK V G^T; dv += LK K G
   template <class T>
-  void backward_inter(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> dout,
-                      std::span<const float> decay, const_state_view kv, const_state_view g, tensor_view<T> dq,
-                      tensor_view<T> dk, tensor_view<T> dv, stream_t = nullptr) const {
-    (void)q;
+  void backward_inter(const linear_chunk<T>& c, const_state_view kv, const_state_view g,
+                      const linear_gradients<T>& grads, stream_ref) const {
+    const auto& k = c.k;
+    const auto& v = c.v;
+    const auto& dout = c.dout;
+    const auto& decay = c.decay;
+    const auto& dq = grads.dq;
+    const auto& dk = grads.dk;
+    const auto& dv = grads.dv;
     const std::int64_t C = k.seq(), D = k.head_dim(), E = v.head_dim();
     for_each_head(k, [&](std::int64_t b, std::int64_t h, double lambda) {
       for (std::int64_t i = 0; i < C; ++i) {

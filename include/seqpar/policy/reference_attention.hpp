@@ -40,48 +40,40 @@ struct masked_attention {
 
   //! o and lse from q, k, v.
   template <class T>
-  void forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-               attention_options opt, tensor_view<T> o, lse_view lse, stream_t = nullptr) const {
-    attend(q, k, v, map, opt.resolved(q.head_dim()), block_pair{}, o, lse);
+  void forward(const policy_forward_args<T>& a, stream_ref) const {
+    attend(a.q, a.k, a.v, a.map, a.options.resolved(a.q.head_dim()), block_pair{}, a.o, a.lse);
   }
 
   //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
   template <class T>
-  void backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> o,
-                const_lse_view lse, tensor_view<const T> dout, gqa_map map, attention_options opt, tensor_view<T> dq,
-                tensor_view<T> dk, tensor_view<T> dv, stream_t = nullptr) const {
-    const std::int64_t B = q.batch(), S = q.seq(), D = q.head_dim();
-    std::vector<double> row_dots(static_cast<std::size_t>(B * q.heads() * S));
-    const cuda::std::mdspan<double, cuda::std::dextents<std::int64_t, 3>> dots(row_dots.data(), B, q.heads(), S);
+  void backward(const policy_backward_args<T>& a, stream_ref) const {
+    const std::int64_t B = a.q.batch(), S = a.q.seq(), D = a.q.head_dim(), H = a.q.heads();
+    std::vector<double> row_dots(static_cast<std::size_t>(B * H * S));
+    const cuda::std::mdspan<double, cuda::std::dextents<std::int64_t, 3>> dots(row_dots.data(), B, H, S);
     for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t h = 0; h < q.heads(); ++h)
+      for (std::int64_t h = 0; h < H; ++h)
         for (std::int64_t i = 0; i < S; ++i)
           for (std::int64_t d = 0; d < D; ++d)
-            dots(b, h, i) += double(to_float(dout(b, i, h, d))) * to_float(o(b, i, h, d));
-    dense4 gq(q), gk(k), gv(k);
-    gradients(q, k, v, dout, lse, dots, map, opt.resolved(D), block_pair{}, gq, gk, gv);
-    gq.store(dq), gk.store(dk), gv.store(dv);
+            dots(b, h, i) += double(to_float(a.dout(b, i, h, d))) * to_float(a.o(b, i, h, d));
+    dense4 gq(a.q), gk(a.k), gv(a.k);
+    gradients(a.q, a.k, a.v, a.dout, a.lse, dots, a.map, a.options.resolved(D), block_pair{}, gq, gk, gv);
+    gq.store(a.dq), gk.store(a.dk), gv.store(a.dv);
   }
 
   //! o_part and lse_part (fp32) of the query block q against the key/value block k, v alone, at
   //! the pair's positions (block_attention_policy).
   template <class T>
-  void block_forward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v, gqa_map map,
-                     attention_options opt, block_pair pair, tensor_view<float> o_part, lse_view lse_part,
-                     stream_t = nullptr) const {
-    attend(q, k, v, map, opt.resolved(q.head_dim()), pair, o_part, lse_part);
+  void block_forward(const block_forward_args<T>& a, stream_ref) const {
+    attend(a.q, a.k, a.v, a.map, a.options.resolved(a.q.head_dim()), a.pair, a.o_part, a.lse_part);
   }
 
   //! Adds the block pair's share of dq, dk, dv (fp32 accumulators) from the final lse and the row
   //! dots rowsum(dO * O) (block_attention_policy).
   template <class T>
-  void block_backward(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                      tensor_view<const T> dout, const_lse_view lse, const_lse_view row_dots, gqa_map map,
-                      attention_options opt, block_pair pair, tensor_view<float> dq, tensor_view<float> dk,
-                      tensor_view<float> dv, stream_t = nullptr) const {
-    dense4 gq(q), gk(k), gv(k);
-    gradients(q, k, v, dout, lse, row_dots, map, opt.resolved(q.head_dim()), pair, gq, gk, gv);
-    gq.add_to(dq), gk.add_to(dk), gv.add_to(dv);
+  void block_backward(const block_backward_args<T>& a, stream_ref) const {
+    dense4 gq(a.q), gk(a.k), gv(a.k);
+    gradients(a.q, a.k, a.v, a.dout, a.lse, a.row_dots, a.map, a.options.resolved(a.q.head_dim()), a.pair, gq, gk, gv);
+    gq.add_to(a.dq), gk.add_to(a.dk), gv.add_to(a.dv);
   }
 
  private:

@@ -148,8 +148,15 @@ struct ring_pass {
       for_each_pair(runs, s, docs, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
         const auto part = make_bshd(part_o, batch, qr.length, heads, head_dim);
         const lse_view part_l(part_lse, batch, heads, qr.length);
-        policy.block_forward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length), rows(vs, kr.local, kr.length),
-                             map, opt, pair, part, part_l, stream);
+        policy.block_forward(block_forward_args<T>{.q = rows(q, qr.local, qr.length),
+                                                   .k = rows(ks, kr.local, kr.length),
+                                                   .v = rows(vs, kr.local, kr.length),
+                                                   .o_part = part,
+                                                   .lse_part = part_l,
+                                                   .map = map,
+                                                   .options = opt,
+                                                   .pair = pair},
+                             stream);
         const merge_partial_rows merge{rows(acc_view(o_acc, r, heads), qr.local, qr.length),
                                        lse_view(lse + lse_at, batch, heads, qr.length), tensor_view<const float>(part),
                                        const_lse_view(part_l)};
@@ -200,17 +207,24 @@ struct ring_pass {
       const auto [ks, vs] = kv_views<const T>(kv(t % 2), s);
       const auto [dks, dvs] = kv_views<float>(mine, s);
       for_each_pair(runs, s, docs, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
-        const const_lse_view l(lse + lse_at, batch, heads, qr.length), rd(dots + lse_at, batch, heads, qr.length);
-        const auto dq_rows = rows(acc_view(dq_acc, r, heads), qr.local, qr.length);
+        const block_backward_args<T> args{
+            .q = rows(q, qr.local, qr.length),
+            .k = rows(ks, kr.local, kr.length),
+            .v = rows(vs, kr.local, kr.length),
+            .dout = rows(dout, qr.local, qr.length),
+            .lse = const_lse_view(lse + lse_at, batch, heads, qr.length),
+            .row_dots = from_output ? const_lse_view{} : const_lse_view(dots + lse_at, batch, heads, qr.length),
+            .o = from_output ? rows(o, qr.local, qr.length) : tensor_view<const T>{},
+            .dq = rows(acc_view(dq_acc, r, heads), qr.local, qr.length),
+            .dk = rows(dks, kr.local, kr.length),
+            .dv = rows(dvs, kr.local, kr.length),
+            .map = map,
+            .options = opt,
+            .pair = pair};
         if constexpr (from_output)
-          policy.block_backward_from_output(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length),
-                                            rows(vs, kr.local, kr.length), rows(o, qr.local, qr.length),
-                                            rows(dout, qr.local, qr.length), l, map, opt, pair, dq_rows,
-                                            rows(dks, kr.local, kr.length), rows(dvs, kr.local, kr.length), stream);
+          policy.block_backward_from_output(args, stream);
         else
-          policy.block_backward(rows(q, qr.local, qr.length), rows(ks, kr.local, kr.length),
-                                rows(vs, kr.local, kr.length), rows(dout, qr.local, qr.length), l, rd, map, opt, pair,
-                                dq_rows, rows(dks, kr.local, kr.length), rows(dvs, kr.local, kr.length), stream);
+          policy.block_backward(args, stream);
       });
       if (P == 1) break;
       if (t > 0) send_grads(comm, grads((t - 1) % 2), incoming, t - 1, where, side);

@@ -3,6 +3,7 @@
 //! and inverse, over any communicator, on host memory or (compiled by nvcc) device memory.
 #pragma once
 
+#include <seqpar/call.hpp>
 #include <seqpar/comm/agreement.hpp>
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/error.hpp>
@@ -17,7 +18,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
-#include <type_traits>
 
 SEQPAR_NAMESPACE_BEGIN
 
@@ -33,18 +33,26 @@ struct qkv_views {
 template <class Q, class K, class V>
 qkv_views(tensor_view<Q>, tensor_view<K>, tensor_view<V>) -> qkv_views<Q, K, V>;
 
+//! What an exchange of Q, K and V together takes: `all_to_all_heads(plan, comm,
+//! seqpar::qkv_exchange_args<T>{.in = {q, k, v}, .out = {q2, k2, v2}, .workspace = ws}, {.stream = s})`.
+template <element T>
+struct qkv_exchange_args {
+  qkv_views<const T> in;           //!< the side read
+  qkv_views<T> out;                //!< the side written
+  std::span<std::byte> workspace;  //!< at least plan.workspace_bytes() bytes
+};
+
+//! What an exchange of one query-headed tensor (dO, O, dQ) takes.
+template <element T>
+struct heads_exchange_args {
+  tensor_view<const T> in;         //!< the side read
+  tensor_view<T> out;              //!< the side written
+  std::span<std::byte> workspace;  //!< at least plan.workspace_bytes() bytes
+};
+
 namespace detail {
 
 enum class heads_direction { forward, inverse };
-
-//! Throws unless element type U is T (the first view's), naming the view.
-template <class T, class U>
-void check_same_type(const char* name) {
-  using value = std::remove_const_t<U>;
-  if constexpr (!std::is_same_v<value, T>)
-    SEQPAR_FAIL(errc::invalid_argument, name << ": expected element type " << to_string(dtype_of<T>)
-                                             << " (that of the first view), got " << to_string(dtype_of<value>));
-}
 
 //! Extents of a sequence-sharded (seq side) or head-sharded (heads side) tensor of segment t.
 inline shape4 seq_side_extents(const all_to_all_heads_plan& plan, int t) {
@@ -88,6 +96,9 @@ SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 template <class T, class Comm>
 void check_exchange_call(const all_to_all_heads_plan& plan, const Comm& comm, heads_payload what,
                          std::span<std::byte> workspace) {
+  static_assert(compiler_serves<Comm>,
+                "seqpar: all_to_all_heads on a device-only communicator (nccl_communicator) needs the calling file "
+                "compiled by nvcc: its pack kernels are CUDA");
   SEQPAR_EXPECTS(comm.size() == plan.ranks(), "comm: a group of " << comm.size() << " ranks; expected the plan's "
                                                                   << plan.ranks());
   SEQPAR_EXPECTS(comm.rank() == plan.rank(), "comm: rank " << comm.rank() << "; expected the plan's rank "
@@ -148,25 +159,12 @@ void run_heads_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_pay
   if (!on_device) unpack_seq_side_sum(g, seq_buf, views);
 }
 
-//! True when every view of a Q/K/V exchange has the element type of `in.q`.
-template <class Q, class K, class V, class QO, class KO, class VO>
-inline constexpr bool qkv_types_match =
-    std::is_same_v<std::remove_const_t<K>, std::remove_const_t<Q>> &&
-    std::is_same_v<std::remove_const_t<V>, std::remove_const_t<Q>> && std::is_same_v<QO, std::remove_const_t<Q>> &&
-    std::is_same_v<KO, std::remove_const_t<Q>> && std::is_same_v<VO, std::remove_const_t<Q>>;
-
 //! The checks of a Q/K/V exchange on this rank; `names` are the six views' names as the caller
 //! knows them (in q, k, v, then out q, k, v), `in_extents(t)` and `out_extents(t)` their shapes.
-template <class Comm, class Q, class K, class V, class QO, class KO, class VO, class InExtents, class OutExtents>
-void check_qkv_exchange(const all_to_all_heads_plan& plan, const Comm& comm, const qkv_views<Q, K, V>& in,
-                        const qkv_views<QO, KO, VO>& out, InExtents in_extents, OutExtents out_extents,
+template <class Comm, class T, class InExtents, class OutExtents>
+void check_qkv_exchange(const all_to_all_heads_plan& plan, const Comm& comm, const qkv_views<const T>& in,
+                        const qkv_views<T>& out, InExtents in_extents, OutExtents out_extents,
                         std::span<std::byte> workspace, const std::array<const char*, 6>& names) {
-  using T = std::remove_const_t<Q>;
-  check_same_type<T, K>(names[1]);
-  check_same_type<T, V>(names[2]);
-  check_same_type<T, QO>(names[3]);
-  check_same_type<T, KO>(names[4]);
-  check_same_type<T, VO>(names[5]);
   check_exchange_call<T>(plan, comm, heads_payload::qkv, workspace);
   check_extents(names[0], in.q, in_extents(0));
   check_extents(names[1], in.k, in_extents(1));
@@ -177,38 +175,61 @@ void check_qkv_exchange(const all_to_all_heads_plan& plan, const Comm& comm, con
 }
 
 //! The checks of a one-tensor exchange on this rank, naming the views `in_name` and `out_name`.
-template <class Comm, class In, class Out>
-void check_one_exchange(const all_to_all_heads_plan& plan, const Comm& comm, const tensor_view<In>& in,
-                        const tensor_view<Out>& out, const shape4& in_extents, const shape4& out_extents,
+template <class Comm, class T>
+void check_one_exchange(const all_to_all_heads_plan& plan, const Comm& comm, const tensor_view<const T>& in,
+                        const tensor_view<T>& out, const shape4& in_extents, const shape4& out_extents,
                         std::span<std::byte> workspace, const char* in_name, const char* out_name) {
-  using T = std::remove_const_t<In>;
-  check_same_type<T, Out>(out_name);
   check_exchange_call<T>(plan, comm, heads_payload::q, workspace);
   check_extents(in_name, in, in_extents);
   check_extents(out_name, out, out_extents);
 }
 
 //! Runs a Q/K/V exchange whose views are checked and agreed.
-template <class Comm, class Q, class K, class V, class QO, class KO, class VO>
+template <class Comm, class T>
 void run_qkv_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_direction direction,
-                      const qkv_views<Q, K, V>& in, const qkv_views<QO, KO, VO>& out, std::span<std::byte> workspace,
+                      const qkv_views<const T>& in, const qkv_views<T>& out, std::span<std::byte> workspace,
                       stream_t stream) {
-  using T = std::remove_const_t<Q>;
-  if constexpr (qkv_types_match<Q, K, V, QO, KO, VO>) {
-    segment_views<T> views{{in.q, in.k, in.v}, {out.q, out.k, out.v}};
-    run_heads_exchange(plan, comm, heads_payload::qkv, direction, views, workspace, stream);
-  }
+  segment_views<T> views{{in.q, in.k, in.v}, {out.q, out.k, out.v}};
+  run_heads_exchange(plan, comm, heads_payload::qkv, direction, views, workspace, stream);
 }
 
 //! Runs a one-tensor exchange whose views are checked and agreed.
-template <class Comm, class In, class Out>
-void run_one_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_direction direction, tensor_view<In> in,
-                      tensor_view<Out> out, std::span<std::byte> workspace, stream_t stream) {
-  using T = std::remove_const_t<In>;
-  if constexpr (std::is_same_v<Out, T>) {
-    segment_views<T> views{{in}, {out}};
-    run_heads_exchange(plan, comm, heads_payload::q, direction, views, workspace, stream);
-  }
+template <class Comm, class T>
+void run_one_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_direction direction, tensor_view<const T> in,
+                      tensor_view<T> out, std::span<std::byte> workspace, stream_t stream) {
+  segment_views<T> views{{in}, {out}};
+  run_heads_exchange(plan, comm, heads_payload::q, direction, views, workspace, stream);
+}
+
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END
+
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
+
+//! One exchange call in `direction`: every rank checks its arguments, the group agrees (with
+//! exec.checks == call_checks::group), then the exchange runs.
+template <class Comm, class T>
+void exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_direction direction,
+              const qkv_exchange_args<T>& args, const execution& exec) {
+  const bool forward = direction == heads_direction::forward;
+  auto in_extents = [&](int t) { return forward ? seq_side_extents(plan, t) : heads_side_extents(plan, t); };
+  auto out_extents = [&](int t) { return forward ? heads_side_extents(plan, t) : seq_side_extents(plan, t); };
+  agree_on_arguments(comm, exec.checks, exec.stream, [&] {
+    check_qkv_exchange(plan, comm, args.in, args.out, in_extents, out_extents, args.workspace,
+                       {"in.q", "in.k", "in.v", "out.q", "out.k", "out.v"});
+  });
+  run_qkv_exchange(plan, comm, direction, args.in, args.out, args.workspace, exec.stream);
+}
+//! The same for one query-headed tensor.
+template <class Comm, class T>
+void exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_direction direction,
+              const heads_exchange_args<T>& args, const execution& exec) {
+  const bool forward = direction == heads_direction::forward;
+  const shape4 seq_side = seq_side_extents(plan, 0), heads_side = heads_side_extents(plan, 0);
+  agree_on_arguments(comm, exec.checks, exec.stream, [&] {
+    check_one_exchange(plan, comm, args.in, args.out, forward ? seq_side : heads_side,
+                       forward ? heads_side : seq_side, args.workspace, "in", "out");
+  });
+  run_one_exchange(plan, comm, direction, args.in, args.out, args.workspace, exec.stream);
 }
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_END
@@ -216,67 +237,38 @@ SEQPAR_DETAIL_KERNEL_NAMESPACE_END
 SEQPAR_KERNEL_NAMESPACE_BEGIN
 
 //! Forward Ulysses exchange of Q, K and V in one all_to_all_v: sequence shards [B, S_r, H | H_kv, D]
-//! become head shards [B, S, h_r | k_r, D], where rank r's kv heads are exactly those its query
-//! heads read. Every rank checks its arguments and, with call_checks::group (the default), the
-//! group agrees before any byte moves. Uses plan.workspace_bytes() bytes of `workspace`; nothing
-//! else is allocated.
-template <communicator Comm, class Q, class K, class V, class QO, class KO, class VO>
-void all_to_all_heads(const all_to_all_heads_plan& plan, Comm& comm, const qkv_views<Q, K, V>& seq_shards,
-                      const qkv_views<QO, KO, VO>& head_shards, std::span<std::byte> workspace,
-                      stream_t stream = nullptr, call_checks checks = call_checks::group) {
-  static_assert(!std::is_const_v<QO> && !std::is_const_v<KO> && !std::is_const_v<VO>,
-                "all_to_all_heads: the output views must be writable (tensor_view<T>, not tensor_view<const T>)");
-  auto in_extents = [&](int t) { return detail::seq_side_extents(plan, t); };
-  auto out_extents = [&](int t) { return detail::heads_side_extents(plan, t); };
-  agree_on_arguments(comm, checks, stream, [&] {
-    detail::check_qkv_exchange(plan, comm, seq_shards, head_shards, in_extents, out_extents, workspace,
-                               {"q", "k", "v", "q out", "k out", "v out"});
-  });
-  detail::run_qkv_exchange(plan, comm, detail::heads_direction::forward, seq_shards, head_shards, workspace, stream);
+//! (args.in) become head shards [B, S, h_r | k_r, D] (args.out), where rank r's kv heads are
+//! exactly those its query heads read. Every rank checks its arguments and, with
+//! call_checks::group (the default), the group agrees before any byte moves. Uses
+//! plan.workspace_bytes() bytes of args.workspace; nothing else is allocated.
+template <communicator Comm, element T>
+void all_to_all_heads(const all_to_all_heads_plan& plan, Comm& comm, const qkv_exchange_args<T>& args,
+                      const execution& exec) {
+  detail::exchange(plan, comm, detail::heads_direction::forward, args, exec);
 }
 
-//! Forward Ulysses exchange of one query-headed tensor (dO in the backward pass).
-template <communicator Comm, class In, class Out>
-void all_to_all_heads(const all_to_all_heads_plan& plan, Comm& comm, tensor_view<In> seq_shard,
-                      tensor_view<Out> head_shard, std::span<std::byte> workspace, stream_t stream = nullptr,
-                      call_checks checks = call_checks::group) {
-  static_assert(!std::is_const_v<Out>, "all_to_all_heads: the output view must be writable");
-  agree_on_arguments(comm, checks, stream, [&] {
-    detail::check_one_exchange(plan, comm, seq_shard, head_shard, detail::seq_side_extents(plan, 0),
-                               detail::heads_side_extents(plan, 0), workspace, "in", "out");
-  });
-  detail::run_one_exchange(plan, comm, detail::heads_direction::forward, seq_shard, head_shard, workspace, stream);
+//! Forward Ulysses exchange of one query-headed tensor (dO in the backward pass): [B, S_r, H, D]
+//! (args.in) becomes [B, S, h_r, D] (args.out).
+template <communicator Comm, element T>
+void all_to_all_heads(const all_to_all_heads_plan& plan, Comm& comm, const heads_exchange_args<T>& args,
+                      const execution& exec) {
+  detail::exchange(plan, comm, detail::heads_direction::forward, args, exec);
 }
 
 //! Inverse Ulysses exchange of one query-headed tensor (O after attention, dQ in the backward
-//! pass): head shards [B, S, h_r, D] become sequence shards [B, S_r, H, D].
-template <communicator Comm, class In, class Out>
-void all_to_all_heads_inverse(const all_to_all_heads_plan& plan, Comm& comm, tensor_view<In> head_shard,
-                              tensor_view<Out> seq_shard, std::span<std::byte> workspace, stream_t stream = nullptr,
-                              call_checks checks = call_checks::group) {
-  static_assert(!std::is_const_v<Out>, "all_to_all_heads_inverse: the output view must be writable");
-  agree_on_arguments(comm, checks, stream, [&] {
-    detail::check_one_exchange(plan, comm, head_shard, seq_shard, detail::heads_side_extents(plan, 0),
-                               detail::seq_side_extents(plan, 0), workspace, "in", "out");
-  });
-  detail::run_one_exchange(plan, comm, detail::heads_direction::inverse, head_shard, seq_shard, workspace, stream);
+//! pass): head shards [B, S, h_r, D] (args.in) become sequence shards [B, S_r, H, D] (args.out).
+template <communicator Comm, element T>
+void all_to_all_heads_inverse(const all_to_all_heads_plan& plan, Comm& comm, const heads_exchange_args<T>& args,
+                              const execution& exec) {
+  detail::exchange(plan, comm, detail::heads_direction::inverse, args, exec);
 }
 
 //! Inverse Ulysses exchange of dQ, dK and dV in one all_to_all_v: the adjoint of the forward
 //! Q/K/V exchange. A kv head that went to several ranks gets the sum of their gradients (fp32).
-template <communicator Comm, class Q, class K, class V, class QO, class KO, class VO>
-void all_to_all_heads_inverse(const all_to_all_heads_plan& plan, Comm& comm, const qkv_views<Q, K, V>& head_shards,
-                              const qkv_views<QO, KO, VO>& seq_shards, std::span<std::byte> workspace,
-                              stream_t stream = nullptr, call_checks checks = call_checks::group) {
-  static_assert(!std::is_const_v<QO> && !std::is_const_v<KO> && !std::is_const_v<VO>,
-                "all_to_all_heads_inverse: the output views must be writable (tensor_view<T>, not tensor_view<const T>)");
-  auto in_extents = [&](int t) { return detail::heads_side_extents(plan, t); };
-  auto out_extents = [&](int t) { return detail::seq_side_extents(plan, t); };
-  agree_on_arguments(comm, checks, stream, [&] {
-    detail::check_qkv_exchange(plan, comm, head_shards, seq_shards, in_extents, out_extents, workspace,
-                               {"q", "k", "v", "q out", "k out", "v out"});
-  });
-  detail::run_qkv_exchange(plan, comm, detail::heads_direction::inverse, head_shards, seq_shards, workspace, stream);
+template <communicator Comm, element T>
+void all_to_all_heads_inverse(const all_to_all_heads_plan& plan, Comm& comm, const qkv_exchange_args<T>& args,
+                              const execution& exec) {
+  detail::exchange(plan, comm, detail::heads_direction::inverse, args, exec);
 }
 
 SEQPAR_KERNEL_NAMESPACE_END

@@ -149,9 +149,14 @@ class ulysses_attention {
         },
         [&](int g) {
           const head_slice& h = slices_[g];
-          policy_.forward(tensor_view<const T>(query_heads(hq, h)), tensor_view<const T>(kv_heads(hk, h)),
-                          tensor_view<const T>(kv_heads(hv, h)), h.map, opt, query_heads(ho, h),
-                          lse_of(saved.lse_.span(), h), stream);
+          policy_.forward(policy_forward_args<T>{.q = tensor_view<const T>(query_heads(hq, h)),
+                                                 .k = tensor_view<const T>(kv_heads(hk, h)),
+                                                 .v = tensor_view<const T>(kv_heads(hv, h)),
+                                                 .o = query_heads(ho, h),
+                                                 .lse = lse_of(saved.lse_.span(), h),
+                                                 .map = h.map,
+                                                 .options = opt},
+                          stream);
         },
         [&](int g, stream_t side) {
           detail::run_one_exchange(group_plan(g), comm_, detail::heads_direction::inverse,
@@ -188,10 +193,18 @@ class ulysses_attention {
         },
         [&](int g) {
           const head_slice& h = slices_[g];
-          policy_.backward(query_heads(held(saved.q_, true), h), kv_heads(held(saved.k_, false), h),
-                           kv_heads(held(saved.v_, false), h), query_heads(held(saved.o_, true), h),
-                           const_lse_view(lse_of(saved.lse_.span(), h)), query_heads(cview(hdo), h), h.map, opt,
-                           query_heads(hdq, h), kv_heads(hdk, h), kv_heads(hdv, h), stream);
+          policy_.backward(policy_backward_args<T>{.q = query_heads(held(saved.q_, true), h),
+                                                   .k = kv_heads(held(saved.k_, false), h),
+                                                   .v = kv_heads(held(saved.v_, false), h),
+                                                   .o = query_heads(held(saved.o_, true), h),
+                                                   .lse = const_lse_view(lse_of(saved.lse_.span(), h)),
+                                                   .dout = query_heads(cview(hdo), h),
+                                                   .dq = query_heads(hdq, h),
+                                                   .dk = kv_heads(hdk, h),
+                                                   .dv = kv_heads(hdv, h),
+                                                   .map = h.map,
+                                                   .options = opt},
+                           stream);
         },
         [&](int g, stream_t side) {
           const head_slice& h = slices_[g];

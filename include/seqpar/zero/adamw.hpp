@@ -78,7 +78,7 @@ class adamw {
   }
 
   //! One update of the shard from its gradients, ordered on `stream`.
-  void step(stream_t stream = nullptr) {
+  void step(stream_t stream) {
     ++steps_;
     const double t = static_cast<double>(steps_);
     const auto correction1 = static_cast<float>(1.0 - std::pow(double(options_.beta1), t));

@@ -181,7 +181,7 @@ class sharded_parameters {
 
   //! Sets this rank's master piece of unit u from `full`, the whole unit (unit_elements(u) floats
   //! in the group's memory, the same on every rank, e.g. from one seed). Collective check.
-  void load(int u, std::span<const float> full, stream_t stream = nullptr) {
+  void load(int u, std::span<const float> full, stream_t stream) {
     agree_on_arguments(group_, checks_, stream, [&] {
       check_unit(u);
       SEQPAR_EXPECTS(static_cast<std::int64_t>(full.size()) == partition_.unit_elements(u),
@@ -197,7 +197,7 @@ class sharded_parameters {
   //! rank gathers the same unit in the same type). Free it (let it go) once the forward or backward
   //! that reads it has been queued on `stream`.
   template <element T>
-  gathered_unit<T, Resource> gather(int u, stream_t stream = nullptr) {
+  gathered_unit<T, Resource> gather(int u, stream_t stream) {
     agree_on_arguments(
         group_, checks_, stream, [&] { check_unit(u); },
         agreed_value{fingerprint{}.add(u).add(static_cast<int>(dtype_of<T>)).value(), "unit",
@@ -218,7 +218,7 @@ class sharded_parameters {
 
   //! A zeroed buffer for unit u's gradients in type T, laid out as gather's (local; moves nothing).
   template <element T>
-  gathered_unit<T, Resource> gradient_buffer(int u, stream_t stream = nullptr) {
+  gathered_unit<T, Resource> gradient_buffer(int u, stream_t stream) {
     scoped_rank attribute(group_.rank());
     check_unit(u);
     auto out = make_unit<T>(u, stream);
@@ -231,7 +231,7 @@ class sharded_parameters {
   //! rank's gradient piece of that unit, then frees `grads` (collective; every rank passes the same
   //! unit in the same type).
   template <element T>
-  void reduce_scatter(gathered_unit<T, Resource> grads, stream_t stream = nullptr) {
+  void reduce_scatter(gathered_unit<T, Resource> grads, stream_t stream) {
     const int u = grads ? grads.unit() : -1;
     agree_on_arguments(
         group_, checks_, stream,
@@ -251,11 +251,11 @@ class sharded_parameters {
   }
 
   //! Sets every gradient of this rank's shard to zero (local).
-  void zero_gradients(stream_t stream = nullptr) { fill(gradient_span(), stream); }
+  void zero_gradients(stream_t stream) { fill(gradient_span(), stream); }
 
   //! The 2-norm of the whole model's gradient: each rank's shard squared and summed in double, then
   //! summed over the group (collective; waits for `stream`). With scale_gradients: clipping.
-  double gradient_norm(stream_t stream = nullptr) {
+  double gradient_norm(stream_t stream) {
     const auto g = gradient_span();
     double total = 0;
     if (group_.memory() == memory_space::host) {
@@ -273,7 +273,7 @@ class sharded_parameters {
     return std::sqrt(total);
   }
   //! Multiplies this rank's gradient shard by `factor` (local).
-  void scale_gradients(float factor, stream_t stream = nullptr) {
+  void scale_gradients(float factor, stream_t stream) {
     const auto g = gradient_span();
     detail::for_each_index(group_.memory(), static_cast<std::int64_t>(g.size()), detail::scale_floats{g.data(), factor},
                            stream);
@@ -297,7 +297,7 @@ class sharded_parameters {
     });
     std::ostringstream description;
     description << partition.units() << " units, " << partition.elements() << " elements";
-    agree_on_fingerprint(group, partition.fingerprint_value(), "sharded_parameters", description.str());
+    agree_on_fingerprint(group, partition.fingerprint_value(), "sharded_parameters", description.str(), nullptr);
     return partition;
   }
   void check_unit(int u) const {

@@ -8,7 +8,7 @@ int main() {
   std::vector<std::vector<float>> got(2);
   seqpar::run_in_process(2, seqpar::memory_space::host, [&](seqpar::in_process_communicator& comm) {
     std::vector<float> mine{float(comm.rank())}, all(2, -1.0f);
-    comm.all_gather<float>(mine, all);
+    comm.all_gather<float>(mine, all, nullptr);
     got[comm.rank()] = all;
   });
   const bool ok = got[0] == std::vector<float>{0, 1} && got[1] == std::vector<float>{0, 1};

@@ -71,9 +71,22 @@ std::vector<std::vector<T>> single_device(const Policy& policy, const dense4& q,
   auto mv = [&](std::vector<T>& x, std::int64_t h) { return seqpar::make_bshd(x.data(), q.B, q.S, h, q.X); };
   const seqpar::gqa_map map{0, static_cast<int>(q.H / k.H), 0};
   seqpar::lse_view l(lse.data(), q.B, q.H, q.S);
-  policy.forward(cv(hq, q.H), cv(hk, k.H), cv(hv, k.H), map, opt, mv(o, q.H), l);
-  policy.backward(cv(hq, q.H), cv(hk, k.H), cv(hv, k.H), cv(o, q.H), seqpar::const_lse_view(l), cv(hdo, q.H), map, opt,
-                  mv(dq, q.H), mv(dk, k.H), mv(dv, k.H));
+  policy.forward(
+      seqpar::policy_forward_args<T>{
+          .q = cv(hq, q.H), .k = cv(hk, k.H), .v = cv(hv, k.H), .o = mv(o, q.H), .lse = l, .map = map, .options = opt},
+      nullptr);
+  policy.backward(seqpar::policy_backward_args<T>{.q = cv(hq, q.H),
+                                                  .k = cv(hk, k.H),
+                                                  .v = cv(hv, k.H),
+                                                  .o = cv(o, q.H),
+                                                  .lse = seqpar::const_lse_view(l),
+                                                  .dout = cv(hdo, q.H),
+                                                  .dq = mv(dq, q.H),
+                                                  .dk = mv(dk, k.H),
+                                                  .dv = mv(dv, k.H),
+                                                  .map = map,
+                                                  .options = opt},
+                  nullptr);
   return {o, dq, dk, dv};
 }
 
@@ -93,8 +106,15 @@ std::vector<std::vector<T>> rows_alone(const Policy& policy, const dense4& q, co
   const seqpar::gqa_map map{0, static_cast<int>(H / Hk), 0};
   const seqpar::block_pair pair{first, first,
                                 opt.causal ? seqpar::block_relation::diagonal : seqpar::block_relation::visible};
-  policy.block_forward(cv(hq, H), cv(hk, Hk), cv(hv, Hk), map, opt, pair, seqpar::make_bshd(o.data(), B, n, H, D),
-                       seqpar::lse_view(lse.data(), B, H, n));
+  policy.block_forward(seqpar::block_forward_args<T>{.q = cv(hq, H),
+                                                     .k = cv(hk, Hk),
+                                                     .v = cv(hv, Hk),
+                                                     .o_part = seqpar::make_bshd(o.data(), B, n, H, D),
+                                                     .lse_part = seqpar::lse_view(lse.data(), B, H, n),
+                                                     .map = map,
+                                                     .options = opt,
+                                                     .pair = pair},
+                       nullptr);
   std::vector<T> ho(o.size());
   for (std::size_t i = 0; i < o.size(); ++i) ho[i] = seqpar::from_float<T>(o[i]);
   for (std::int64_t b = 0; b < B; ++b)
@@ -104,10 +124,19 @@ std::vector<std::vector<T>> rows_alone(const Policy& policy, const dense4& q, co
           const std::size_t at = static_cast<std::size_t>(((b * n + s) * H + h) * D + d);
           dots[(b * H + h) * n + s] += seqpar::to_float(hdo[at]) * seqpar::to_float(ho[at]);
         }
-  policy.block_backward(cv(hq, H), cv(hk, Hk), cv(hv, Hk), cv(hdo, H), seqpar::const_lse_view(lse.data(), B, H, n),
-                        seqpar::const_lse_view(dots.data(), B, H, n), map, opt, pair,
-                        seqpar::make_bshd(dq.data(), B, n, H, D), seqpar::make_bshd(dk.data(), B, n, Hk, D),
-                        seqpar::make_bshd(dv.data(), B, n, Hk, D));
+  policy.block_backward(seqpar::block_backward_args<T>{.q = cv(hq, H),
+                                                       .k = cv(hk, Hk),
+                                                       .v = cv(hv, Hk),
+                                                       .dout = cv(hdo, H),
+                                                       .lse = seqpar::const_lse_view(lse.data(), B, H, n),
+                                                       .row_dots = seqpar::const_lse_view(dots.data(), B, H, n),
+                                                       .dq = seqpar::make_bshd(dq.data(), B, n, H, D),
+                                                       .dk = seqpar::make_bshd(dk.data(), B, n, Hk, D),
+                                                       .dv = seqpar::make_bshd(dv.data(), B, n, Hk, D),
+                                                       .map = map,
+                                                       .options = opt,
+                                                       .pair = pair},
+                        nullptr);
   auto as_t = [](const std::vector<float>& x) {
     std::vector<T> out(x.size());
     for (std::size_t i = 0; i < x.size(); ++i) out[i] = seqpar::from_float<T>(x[i]);

@@ -62,9 +62,22 @@ std::pair<std::vector<std::vector<T>>, std::vector<float>> run_on_device(
   buffer<float> lse(seqpar::memory_space::device, std::vector<float>(q.B * q.H * q.S, NAN));
   seqpar::lse_view l(lse.data(), q.B, q.H, q.S);
   const seqpar::gqa_map map{0, static_cast<int>(q.H / k.H), 0};
-  policy.forward(tq.cview(), tk.cview(), tv.cview(), map, opt, to.view(), l);
-  policy.backward(tq.cview(), tk.cview(), tv.cview(), to.cview(), seqpar::const_lse_view(l), tdo.cview(), map, opt,
-                  tdq.view(), tdk.view(), tdv.view());
+  policy.forward(
+      seqpar::policy_forward_args<T>{
+          .q = tq.cview(), .k = tk.cview(), .v = tv.cview(), .o = to.view(), .lse = l, .map = map, .options = opt},
+      nullptr);
+  policy.backward(seqpar::policy_backward_args<T>{.q = tq.cview(),
+                                                  .k = tk.cview(),
+                                                  .v = tv.cview(),
+                                                  .o = to.cview(),
+                                                  .lse = seqpar::const_lse_view(l),
+                                                  .dout = tdo.cview(),
+                                                  .dq = tdq.view(),
+                                                  .dk = tdk.view(),
+                                                  .dv = tdv.view(),
+                                                  .map = map,
+                                                  .options = opt},
+                  nullptr);
   SEQPAR_CUDA_TRY(cudaDeviceSynchronize());
   return {{to.packed(), tdq.packed(), tdk.packed(), tdv.packed()}, lse.values()};
 }

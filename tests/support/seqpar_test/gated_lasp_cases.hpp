@@ -96,11 +96,16 @@ inline std::vector<dense4> one_device_gradients(const dense4& q, const dense4& k
   };
   for (int d = 0; d < docs.count(); ++d) {
     const std::int64_t first = docs.split() ? docs.begin(d) : 0, n = docs.split() ? docs.end(d) - first : S;
-    seqpar::gated_linear_reference{}.backward_intra(cview(fq, D, first, n), cview(fk, D, first, n),
-                                                    cview(fv, E, first, n), cview(fdo, E, first, n),
-                                                    cview(fg, W, first, n), view(dq, D, first, n),
-                                                    view(dk, D, first, n), view(dv, E, first, n),
-                                                    view(dg, W, first, n));
+    seqpar::gated_linear_reference{}.backward_intra(seqpar::gated_chunk<float>{.q = cview(fq, D, first, n),
+                                                                               .k = cview(fk, D, first, n),
+                                                                               .v = cview(fv, E, first, n),
+                                                                               .dout = cview(fdo, E, first, n),
+                                                                               .g = cview(fg, W, first, n)},
+                                                    seqpar::linear_gradients<float>{.dq = view(dq, D, first, n),
+                                                                                    .dk = view(dk, D, first, n),
+                                                                                    .dv = view(dv, E, first, n),
+                                                                                    .dg = view(dg, W, first, n)},
+                                                    nullptr);
   }
   return {dense(dq, B, S, H, D), dense(dk, B, S, H, D), dense(dv, B, S, H, E), dense(dg, B, S, H, W)};
 }

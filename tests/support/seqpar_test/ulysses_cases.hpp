@@ -92,13 +92,21 @@ void check_exact_maps(const ulysses_case& c, seqpar::memory_space where) {
 
     auto cin = [&](int w) { return seqpar::tensor_view<const T>(in[w].view(in_buf[w]->data())); };
     auto vout = [&](int w) { return out[w].view(out_buf[w]->data()); };
-    seqpar::all_to_all_heads(plan, comm, seqpar::qkv_views{cin(0), cin(1), cin(2)},
-                             seqpar::qkv_views{vout(0), vout(1), vout(2)}, workspace.span(), stream);
+    seqpar::all_to_all_heads(
+        plan, comm,
+        seqpar::qkv_exchange_args<T>{
+            .in = {cin(0), cin(1), cin(2)}, .out = {vout(0), vout(1), vout(2)}, .workspace = workspace.span()},
+        {.stream = seqpar::stream_t(stream)});
     // Q alone there and back: forward into a fresh head shard, inverse into a fresh sequence shard.
     auto q_heads_view = out[0].view(q_heads.data());
-    seqpar::all_to_all_heads(plan, comm, cin(0), q_heads_view, workspace.span(), stream);
-    seqpar::all_to_all_heads_inverse(plan, comm, seqpar::tensor_view<const T>(q_heads_view), vout(3), workspace.span(),
-                                     stream);
+    seqpar::all_to_all_heads(
+        plan, comm, seqpar::heads_exchange_args<T>{.in = cin(0), .out = q_heads_view, .workspace = workspace.span()},
+        {.stream = seqpar::stream_t(stream)});
+    seqpar::all_to_all_heads_inverse(
+        plan, comm,
+        seqpar::heads_exchange_args<T>{
+            .in = seqpar::tensor_view<const T>(q_heads_view), .out = vout(3), .workspace = workspace.span()},
+        {.stream = seqpar::stream_t(stream)});
     stream.sync();
     for (int w = 0; w < 4; ++w) out[w].host = out_buf[w]->values();
     got[r] = out;
@@ -176,17 +184,20 @@ inline void check_adjoint(const ulysses_case& c, seqpar::memory_space where) {
       return seqpar::make_packed(b.data(), c.layout, c.B, c.S, w ? heads.kv_count[r] : heads.count[r], c.D);
     };
     auto as_const = [](seqpar::tensor_view<float> v) { return seqpar::tensor_view<const float>(v); };
-    seqpar::all_to_all_heads(plan, comm,
-                             seqpar::qkv_views{as_const(seq_view(*xb[0], 0)), as_const(seq_view(*xb[1], 1)),
-                                               as_const(seq_view(*xb[2], 2))},
-                             seqpar::qkv_views{heads_view(*axb[0], 0), heads_view(*axb[1], 1), heads_view(*axb[2], 2)},
-                             workspace.span(), stream);
+    seqpar::all_to_all_heads(
+        plan, comm,
+        seqpar::qkv_exchange_args<float>{
+            .in = {as_const(seq_view(*xb[0], 0)), as_const(seq_view(*xb[1], 1)), as_const(seq_view(*xb[2], 2))},
+            .out = {heads_view(*axb[0], 0), heads_view(*axb[1], 1), heads_view(*axb[2], 2)},
+            .workspace = workspace.span()},
+        {.stream = seqpar::stream_t(stream)});
     seqpar::all_to_all_heads_inverse(
         plan, comm,
-        seqpar::qkv_views{as_const(heads_view(*yb[0], 0)), as_const(heads_view(*yb[1], 1)),
-                          as_const(heads_view(*yb[2], 2))},
-        seqpar::qkv_views{seq_view(*atyb[0], 0), seq_view(*atyb[1], 1), seq_view(*atyb[2], 2)}, workspace.span(),
-        stream);
+        seqpar::qkv_exchange_args<float>{
+            .in = {as_const(heads_view(*yb[0], 0)), as_const(heads_view(*yb[1], 1)), as_const(heads_view(*yb[2], 2))},
+            .out = {seq_view(*atyb[0], 0), seq_view(*atyb[1], 1), seq_view(*atyb[2], 2)},
+            .workspace = workspace.span()},
+        {.stream = seqpar::stream_t(stream)});
     stream.sync();
     for (int w = 0; w < 3; ++w) {
       const auto ax = axb[w]->values(), aty = atyb[w]->values();

@@ -23,45 +23,38 @@ template <class Derived>
 struct linear_operations {
   //! o = ((Q K^T) * M) V
   template <class T>
-  void forward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                     std::span<const float> decay, tensor_view<T> o, stream_t stream = nullptr) const {
-    self().product(q, k, v, o, decay, false, stream);
+  void forward_intra(const linear_chunk<T>& c, tensor_view<T> o, stream_ref stream) const {
+    self().product(c.q, c.k, c.v, o, c.decay, false, stream);
   }
   //! m = K^T LK V
   template <class T>
-  void state_contribution(tensor_view<const T> k, tensor_view<const T> v, std::span<const float> decay, state_view m,
-                          stream_t stream = nullptr) const {
-    self().outer_sum(k, v, m, decay, linear_weight::lk, stream);
+  void state_contribution(const linear_chunk<T>& c, state_view m, stream_ref stream) const {
+    self().outer_sum(c.k, c.v, m, c.decay, linear_weight::lk, stream);
   }
   //! o += LQ Q KV
   template <class T>
-  void forward_inter(tensor_view<const T> q, std::span<const float> decay, const_state_view kv, tensor_view<T> o,
-                     stream_t stream = nullptr) const {
-    self().add_rows(q, kv, false, o, decay, linear_weight::lq, stream);
+  void forward_inter(const linear_chunk<T>& c, const_state_view kv, tensor_view<T> o, stream_ref stream) const {
+    self().add_rows(c.q, kv, false, o, c.decay, linear_weight::lq, stream);
   }
   //! dq = A K; dk = A^T Q; dv = ((Q K^T) * M)^T dO, with A = (dO V^T) * M
   template <class T>
-  void backward_intra(tensor_view<const T> q, tensor_view<const T> k, tensor_view<const T> v,
-                      tensor_view<const T> dout, std::span<const float> decay, tensor_view<T> dq, tensor_view<T> dk,
-                      tensor_view<T> dv, stream_t stream = nullptr) const {
-    self().product(dout, v, k, dq, decay, false, stream);  // dq_i = sum_{j<=i} w (do_i . v_j) k_j
-    self().product(v, dout, q, dk, decay, true, stream);   // dk_j = sum_{i>=j} w (v_j . do_i) q_i
-    self().product(k, q, dout, dv, decay, true, stream);   // dv_j = sum_{i>=j} w (k_j . q_i) do_i
+  void backward_intra(const linear_chunk<T>& c, const linear_gradients<T>& grads, stream_ref stream) const {
+    self().product(c.dout, c.v, c.k, grads.dq, c.decay, false, stream);  // dq_i = sum_{j<=i} w (do_i . v_j) k_j
+    self().product(c.v, c.dout, c.q, grads.dk, c.decay, true, stream);   // dk_j = sum_{i>=j} w (v_j . do_i) q_i
+    self().product(c.k, c.q, c.dout, grads.dv, c.decay, true, stream);   // dv_j = sum_{i>=j} w (k_j . q_i) do_i
   }
   //! g = Q^T LQ dO
   template <class T>
-  void backward_state_contribution(tensor_view<const T> q, tensor_view<const T> dout, std::span<const float> decay,
-                                   state_view g, stream_t stream = nullptr) const {
-    self().outer_sum(q, dout, g, decay, linear_weight::lq, stream);
+  void backward_state_contribution(const linear_chunk<T>& c, state_view g, stream_ref stream) const {
+    self().outer_sum(c.q, c.dout, g, c.decay, linear_weight::lq, stream);
   }
   //! dq += LQ dO KV^T; dk += LK V G^T; dv += LK K G
   template <class T>
-  void backward_inter(tensor_view<const T>, tensor_view<const T> k, tensor_view<const T> v, tensor_view<const T> dout,
-                      std::span<const float> decay, const_state_view kv, const_state_view g, tensor_view<T> dq,
-                      tensor_view<T> dk, tensor_view<T> dv, stream_t stream = nullptr) const {
-    self().add_rows(dout, kv, true, dq, decay, linear_weight::lq, stream);
-    self().add_rows(v, g, true, dk, decay, linear_weight::lk, stream);
-    self().add_rows(k, g, false, dv, decay, linear_weight::lk, stream);
+  void backward_inter(const linear_chunk<T>& c, const_state_view kv, const_state_view g,
+                      const linear_gradients<T>& grads, stream_ref stream) const {
+    self().add_rows(c.dout, kv, true, grads.dq, c.decay, linear_weight::lq, stream);
+    self().add_rows(c.v, g, true, grads.dk, c.decay, linear_weight::lk, stream);
+    self().add_rows(c.k, g, false, grads.dv, c.decay, linear_weight::lk, stream);
   }
 
  private:
