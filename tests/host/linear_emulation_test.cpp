@@ -3,8 +3,9 @@
 // linear_reference in float: the policy's own launch planning (segment plans, grids, the choice of
 // kernels for the device it is told of), the segment states and their scan, the decayed causal
 // products forwards and backwards, the hi + lo state products, ragged sub-blocks, padded D and E,
-// several E tiles, and the CUDA-core kernels (float, D beyond the tensor cores, older GPUs); and a
-// whole LASP layer over packed documents with these kernels as its policy.
+// several E tiles, and the CUDA-core kernels (float, D beyond the tensor cores, older GPUs); a
+// whole LASP layer over packed documents with these kernels as its policy; and, under the
+// recording launcher, the stream order of the fused forward on every path.
 // Tolerances: 1e-5 (float), 3e-3 (half) and 2.5e-2 (bfloat16) of the largest reference magnitude.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
@@ -13,6 +14,7 @@
 #include <seqpar/documents.hpp>
 #include <seqpar_test/host_tensor.hpp>
 #include <seqpar_test/lasp_cases.hpp>
+#include <seqpar_test/stream_recording.hpp>
 
 #include <doctest/doctest.h>
 
@@ -22,8 +24,16 @@
 #include <utility>
 #include <vector>
 
-namespace {
 namespace lk = seqpar::detail::linear_kernels;
+// linear_cuda's kernel parameters that hold no pointer, for the recording launcher.
+template <>
+inline constexpr bool seqpar_test::pointer_free<lk::decay_table> = true;
+template <>
+inline constexpr bool seqpar_test::pointer_free<lk::constant_weights> = true;
+template <>
+inline constexpr bool seqpar_test::pointer_free<lk::scan_mode> = true;
+
+namespace {
 using seqpar::state_view;
 using seqpar_test::host_tensor;
 using seqpar_test::relative_gap;
@@ -145,6 +155,45 @@ TEST_CASE("linear_cuda's CUDA-core kernels under an emulated warp equal linear_r
   check_linear<__nv_bfloat16>({1, 50, 1, 160, 24, 0, 1, {0.95f}});
   // fp16 on a GPU older than sm_80: everything on CUDA cores.
   check_linear<__half>({1, 40, 2, 16, 24, 0, 1, {0.9f, 1.0f}}, 7);
+}
+
+namespace {
+// forward_intra_with_state's promise: the side stream's work runs after what `stream` held at the
+// call, and `stream`'s later work after the side's, so the caller reads o and m and reuses the
+// inputs on `stream` with no wait of its own. The inputs are written on `stream` first.
+template <class T>
+void check_fused_forward_order(std::int64_t C, int D, int E, int major) {
+  INFO("sm_" << major << "x, D=" << D << " E=" << E);
+  const host_tensor<T> q(1, C, 2, D, 0, 0.5f), k(1, C, 2, D, 0, 0.5f), v(1, C, 2, E, 0, 0.5f);
+  host_tensor<T> o(1, C, 2, E, 0, 0);
+  state m(1, 2, D, E, 0);
+  const seqpar::basic_linear_cuda<seqpar_test::recording_launcher> policy{{}, {.info = {132, major}}};
+  auto& log = *policy.launcher.log;
+  const auto stream = log.stream("stream"), side = log.stream("side");
+  const std::vector<float> decay{0.9f, 1.0f};
+  const std::pair<seqpar::tensor_view<const T>, std::string> inputs[] = {
+      {q.cview(), "q"}, {k.cview(), "k"}, {v.cview(), "v"}};
+  for (const auto& [view, name] : inputs) {
+    log.name(view, name);
+    log.write(view, stream, name + "'s producer");
+  }
+  log.name(o.view, "o");
+  log.name(m.view, "m");
+  policy.forward_intra_with_state(
+      seqpar::linear_chunk<T>{.q = q.cview(), .k = k.cview(), .v = v.cview(), .decay = decay}, o.view, m.view, stream,
+      side);
+  log.read(o.view, stream, "o's consumer");
+  log.read(m.view, stream, "m's consumer");
+  for (const auto& [view, name] : inputs) log.write(view, stream, "the next step");
+  CHECK_MESSAGE(log.findings().empty(), log.report());
+}
+}  // namespace
+
+TEST_CASE("linear_cuda's fused forward keeps its stream order on every path (recording launcher)") {
+  check_fused_forward_order<__half>(300, 64, 64, 9);         // tensor cores, three segments
+  check_fused_forward_order<float>(70, 16, 24, 9);           // float: CUDA cores
+  check_fused_forward_order<__nv_bfloat16>(50, 160, 24, 9);  // D beyond the tensor cores
+  check_fused_forward_order<__half>(40, 16, 24, 7);          // a GPU older than sm_80
 }
 
 TEST_CASE("plan_segments covers the chunk with sub-block multiples and fills one wave of the GPU") {

@@ -77,8 +77,10 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
                                  false, detail::device::all_rows_are_vectorizable(q, k, v), stream);
         },
         [&] {
-          this->forward_intra(c, o, stream);
+          launcher.order(side, stream);
           this->state_contribution(c, m, side);
+          this->forward_intra(c, o, stream);
+          launcher.order(stream, side);
         });
   }
 
