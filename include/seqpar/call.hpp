@@ -18,11 +18,11 @@ SEQPAR_NAMESPACE_BEGIN
 class stream_ref {
  public:
   //! The stream `stream`.
-  stream_ref(stream_t stream) noexcept : stream_(stream) {}  // NOLINT(google-explicit-constructor): {.stream = s}
+  constexpr stream_ref(stream_t stream) noexcept : stream_(stream) {}  // NOLINT(google-explicit-constructor): {.stream = s}
   //! The stream.
-  stream_t get() const noexcept { return stream_; }
+  constexpr stream_t get() const noexcept { return stream_; }
   //! The stream, where a stream_t is expected.
-  operator stream_t() const noexcept { return stream_; }  // NOLINT(google-explicit-constructor)
+  constexpr operator stream_t() const noexcept { return stream_; }  // NOLINT(google-explicit-constructor)
 
  private:
   stream_t stream_;

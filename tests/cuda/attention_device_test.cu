@@ -152,6 +152,25 @@ TEST_CASE_TEMPLATE("flash_attention equals the device reference over many tiles,
                                                   {1, 129, 3, 1, 128, 1}, {1, 1, 1, 1, 64, 0}});
 }
 
+TEST_CASE("the device oracles refuse more than 65535 heads, before any output is written") {
+  constexpr std::int64_t H = 65536;
+  seqpar_test::buffer<float> x(memory_space::device, std::vector<float>(H, 1.0f)),
+      o(memory_space::device, std::vector<float>(H, seqpar_test::poison<float>())),
+      lse(memory_space::device, std::vector<float>(H, seqpar_test::poison<float>()));
+  const auto xv = seqpar::make_bshd<const float>(x.data(), 1, 1, H, 1);
+  CHECK_THROWS_WITH_AS(seqpar::reference_attention_cuda{}.forward(
+                           seqpar::policy_forward_args<float>{.q = xv,
+                                                              .k = xv,
+                                                              .v = xv,
+                                                              .o = seqpar::make_bshd(o.data(), 1, 1, H, 1),
+                                                              .lse = seqpar::lse_view(lse.data(), 1, H, 1)},
+                           nullptr),
+                       doctest::Contains("views: 65536 heads and batch 1; expected at most 65535 of each"),
+                       seqpar::error);
+  CHECK(seqpar_test::first_mismatch(o.values(), std::vector<float>(H, seqpar_test::poison<float>())) == -1);
+  CHECK(seqpar_test::first_mismatch(lse.values(), std::vector<float>(H, seqpar_test::poison<float>())) == -1);
+}
+
 TEST_CASE("flash_attention refuses what it cannot compute, before anything moves") {
   auto comms = seqpar::in_process_communicator::create_group(1, memory_space::device);
   const auto part = seqpar::make_seq_partition(64, 1);

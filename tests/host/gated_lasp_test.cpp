@@ -232,3 +232,48 @@ TEST_CASE("gated lasp_attention with g = log(lambda) equals the constant-decay l
     }
   }
 }
+
+namespace {
+// The reference policy, said to work on device memory, that counts the device-gate checks asked of
+// it (and checks nothing itself).
+struct counting_device_gates : seqpar::gated_linear_reference {
+  mutable int gate_checks = 0;
+  seqpar::memory_space memory() const { return seqpar::memory_space::device; }
+  void check_gates(seqpar::tensor_view<const float>, seqpar::stream_ref) const { ++gate_checks; }
+};
+// A group of one on device memory: all the checks ask of a communicator.
+struct device_group_of_one {
+  int size() const { return 1; }
+  int rank() const { return 0; }
+  seqpar::memory_space memory() const { return seqpar::memory_space::device; }
+};
+}  // namespace
+
+TEST_CASE("linear_attention_ring reads device gates (a host wait) with group checks only") {
+  const seqpar::attention_shape shape{.batch = 1, .heads = 2, .head_dim = 4, .value_dim = 4};
+  const seqpar::linear_attention_ring ring(0, seqpar::make_seq_partition(8, 1), shape);
+  std::vector<float> x(8 * 2 * 4), y(x.size()), gates(8 * 2, -0.5f), dg(gates.size()), saved(2 * 4 * 4);
+  const auto q = seqpar::make_bshd<const float>(x.data(), 1, 8, 2, 4);
+  const auto o = seqpar::make_bshd(y.data(), 1, 8, 2, 4);
+  const auto g = seqpar::make_bshd<const float>(gates.data(), 1, 8, 2, 1);
+  const seqpar::lasp_ring_forward_args<float> forward{.q = q, .k = q, .v = q, .g = g, .o = o};
+  const seqpar::lasp_ring_backward_args<float> backward{.q = q,
+                                                        .k = q,
+                                                        .v = q,
+                                                        .dout = q,
+                                                        .g = g,
+                                                        .saved = seqpar::make_state(saved.data(), 1, 2, 4, 4),
+                                                        .dq = o,
+                                                        .dk = o,
+                                                        .dv = o,
+                                                        .dg = seqpar::make_bshd(dg.data(), 1, 8, 2, 1)};
+  const counting_device_gates policy;
+  const device_group_of_one comm;
+  ring.check_forward(policy, comm, forward, {.stream = nullptr, .checks = seqpar::call_checks::local});
+  ring.check_backward(policy, comm, backward, {.stream = nullptr, .checks = seqpar::call_checks::local});
+  CHECK(policy.gate_checks == 0);
+  ring.check_forward(policy, comm, forward, {.stream = nullptr});
+  CHECK(policy.gate_checks == 1);
+  ring.check_backward(policy, comm, backward, {.stream = nullptr});
+  CHECK(policy.gate_checks == 2);
+}

@@ -4,7 +4,8 @@
 // columns, given states read as they are or transposed, ragged sub-blocks, several output tiles,
 // chunks cut into segments (ragged last segment), scalar and vector gates, gates near 0 and near 1,
 // on CUDA cores and (fp16 and bf16; scalar gates, vector gates on the contracted or the output
-// columns) on tensor cores; and whole gated LASP layers with these kernels as their policy.
+// columns) on tensor cores; whole gated LASP layers with these kernels as their policy; and, under
+// the recording launcher, no launch CUDA refuses for an empty batch, no heads or no tokens.
 // Tolerances: 2e-5 (float) and 2.5e-2 (bfloat16) of the largest reference magnitude; in float,
 // 4e-6 for the gates' gradient, which is made of the weights between different tokens only: with
 // gates near 0 an error in those weights (log-gates summed without compensation) shows there.
@@ -16,6 +17,7 @@
 #include <seqpar/policy/gated_linear_reference.hpp>
 #include <seqpar_test/gated_lasp_cases.hpp>
 #include <seqpar_test/host_tensor.hpp>
+#include <seqpar_test/stream_recording.hpp>
 
 #include <doctest/doctest.h>
 
@@ -180,6 +182,53 @@ TEST_CASE_TEMPLATE("gated_linear_cuda runs gates on tensor cores, in segments, e
     check_gated<T>({2, 70, 1, 80, 72, 3, vector_gate, 0.5, 1.0, 1, 8});  // two state and output tiles, padded tokens
     check_gated<T>({1, 50, 1, 160, 24, 0, vector_gate, 0.5, 1.0, 1, 8});  // D = 160: walks over D on CUDA cores
   }
+}
+
+namespace gk = seqpar::detail::gated_kernels;
+// gated_linear_cuda's kernel parameters that hold no pointer, for the recording launcher.
+template <>
+inline constexpr bool seqpar_test::pointer_free<gk::walk_mode> = true;
+template <>
+inline constexpr bool seqpar_test::pointer_free<seqpar::detail::linear_kernels::scan_mode> = true;
+
+namespace {
+template <class T>
+void check_empty_launches(std::int64_t B, std::int64_t C, int H, int W, int major) {
+  INFO("sm_" << major << "x, B=" << B << " C=" << C << " H=" << H << " W=" << W);
+  constexpr int D = 16, E = 24;
+  const host_tensor<T> q(B, C, H, D, 0, 0.5f), k(B, C, H, D, 0, 0.5f), v(B, C, H, E, 0, 0.5f),
+      dout(B, C, H, E, 0, 0.5f);
+  const host_tensor<float> g(B, C, H, W, 0, 0);
+  host_tensor<T> o(B, C, H, E, 0, 0), dq(B, C, H, D, 0, 0), dk(B, C, H, D, 0, 0), dv(B, C, H, E, 0, 0);
+  host_tensor<float> dg(B, C, H, W, 0, 0);
+  state m(B, H, D, E, 0), kv(B, H, D, E, 0.5f), gs(B, H, D, E, 0.5f);
+  std::vector<float> total(static_cast<std::size_t>(B * H * W));
+  const seqpar::basic_gated_linear_cuda<seqpar_test::recording_launcher> policy{{.info = {132, major}}};
+  const auto s = policy.launcher.log->stream("stream");
+  const seqpar::gated_chunk<T> c{.q = q.cview(), .k = k.cview(), .v = v.cview(), .dout = dout.cview(), .g = g.cview()};
+  const seqpar::linear_gradients<T> grads{.dq = dq.view, .dk = dk.view, .dv = dv.view, .dg = dg.view};
+  policy.forward_intra(c, o.view, s);
+  policy.state_contribution(c, m.view, s);
+  policy.forward_inter(c, kv.view, o.view, s);
+  policy.backward_intra(c, grads, s);
+  policy.backward_state_contribution(c, m.view, s);
+  policy.backward_inter(c, kv.view, gs.view, grads, s);
+  policy.chunk_decay(g.cview(), seqpar::chunk_decay_view(total.data(), B, H, W), s);
+  policy.state_update(seqpar::const_chunk_decay_view(total.data(), B, H, W), kv.view, gs.view, m.view, s);
+  policy.check_gates(g.cview(), s);
+  CHECK_MESSAGE(policy.launcher.log->findings().empty(), policy.launcher.log->report());
+}
+}  // namespace
+
+TEST_CASE("gated_linear_cuda launches nothing CUDA refuses for an empty batch, no heads or no tokens") {
+  for (int major : {9, 7})
+    for (int W : {1, 16}) {
+      check_empty_launches<__half>(0, 64, 2, W, major);
+      check_empty_launches<__half>(1, 64, 0, W, major);
+      check_empty_launches<__half>(1, 0, 2, W, major);
+      check_empty_launches<float>(0, 64, 2, W, major);
+      check_empty_launches<float>(2, 0, 1, W, major);
+    }
 }
 
 namespace {

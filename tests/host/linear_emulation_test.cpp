@@ -187,7 +187,42 @@ void check_fused_forward_order(std::int64_t C, int D, int E, int major) {
   for (const auto& [view, name] : inputs) log.write(view, stream, "the next step");
   CHECK_MESSAGE(log.findings().empty(), log.report());
 }
+
+// Every operation on a chunk with no batch, no heads or no tokens launches nothing CUDA refuses.
+template <class T>
+void check_empty_launches(std::int64_t B, std::int64_t C, int H, int major) {
+  INFO("sm_" << major << "x, B=" << B << " C=" << C << " H=" << H);
+  constexpr int D = 16, E = 24;
+  const host_tensor<T> q(B, C, H, D, 0, 0.5f), k(B, C, H, D, 0, 0.5f), v(B, C, H, E, 0, 0.5f),
+      dout(B, C, H, E, 0, 0.5f);
+  host_tensor<T> o(B, C, H, E, 0, 0), dq(B, C, H, D, 0, 0), dk(B, C, H, D, 0, 0), dv(B, C, H, E, 0, 0);
+  state m(B, H, D, E, 0), kv(B, H, D, E, 0.5f), g(B, H, D, E, 0.5f);
+  const seqpar::basic_linear_cuda<seqpar_test::recording_launcher> policy{{}, {.info = {132, major}}};
+  const auto s = policy.launcher.log->stream("stream"), side = policy.launcher.log->stream("side");
+  const std::vector<float> decay(static_cast<std::size_t>(H), 0.9f);
+  const seqpar::linear_chunk<T> c{.q = q.cview(), .k = k.cview(), .v = v.cview(), .dout = dout.cview(), .decay = decay};
+  const seqpar::linear_gradients<T> grads{.dq = dq.view, .dk = dk.view, .dv = dv.view};
+  policy.forward_intra(c, o.view, s);
+  policy.state_contribution(c, m.view, s);
+  policy.forward_inter(c, kv.view, o.view, s);
+  policy.forward_intra_with_state(c, o.view, m.view, s, side);
+  policy.backward_intra(c, grads, s);
+  policy.backward_state_contribution(c, m.view, s);
+  policy.backward_inter(c, kv.view, g.view, grads, s);
+  policy.state_update(decay, C, kv.view, g.view, m.view, s);
+  CHECK_MESSAGE(policy.launcher.log->findings().empty(), policy.launcher.log->report());
+}
 }  // namespace
+
+TEST_CASE("linear_cuda launches nothing CUDA refuses for an empty batch, no heads or no tokens") {
+  for (int major : {9, 7}) {
+    check_empty_launches<__half>(0, 64, 2, major);
+    check_empty_launches<__half>(1, 64, 0, major);
+    check_empty_launches<__half>(1, 0, 2, major);
+    check_empty_launches<float>(0, 64, 2, major);
+    check_empty_launches<float>(2, 0, 1, major);
+  }
+}
 
 TEST_CASE("linear_cuda's fused forward keeps its stream order on every path (recording launcher)") {
   check_fused_forward_order<__half>(300, 64, 64, 9);         // tensor cores, three segments

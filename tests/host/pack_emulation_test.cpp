@@ -5,7 +5,8 @@
 // split, float, half and bfloat16, packed views (16-byte vectors) and padded ones (scalars), on a
 // large device (a block per 32 rows) and a one-multiprocessor one (each thread walks many rows).
 // Pack outputs must match bit for bit, poisoned gaps included; the inverse unpack sums kv-head
-// copies in fp32 in the same order, so it matches bit for bit too.
+// copies in fp32 in the same order, so it matches bit for bit too. The 32-bit row arithmetic is
+// chosen only where no thread's row index, nor the one it steps to past its last, overflows.
 #include <seqpar_test/warp_emulation.hpp>  // first: the kernel headers below compile as host code
 
 #include <seqpar/ulysses/all_to_all_heads.hpp>
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -164,4 +166,22 @@ TEST_CASE_TEMPLATE("pack kernels under the emulated device equal the host loops,
                   CHECK(check_rank<T>(plan, pad, sequential_launcher{multiprocessors}) == "");
                 }
           }
+}
+
+TEST_CASE("the pack walks count rows in 32 bits only where no thread's next row overflows") {
+  constexpr std::int64_t max32 = std::numeric_limits<std::int32_t>::max();
+  for (std::int64_t rows : {std::int64_t{1} << 20, (max32 - 256) / 2, (max32 - 255) / 2 + 1, std::int64_t{1} << 30,
+                            max32 - 300, max32, max32 + 1})
+    for (int lanes : {1, 2, 4, 8})
+      for (int block_rows : {1, 4})
+        for (int sms : {1, 132, 100000}) {
+          const dim3 grid = dev::row_grid(rows, {lanes}, block_rows, {sms, 9});
+          // A thread's rows are first, first + step, ...; the last below `rows`, then one step more.
+          const std::int64_t step = std::int64_t{grid.x} * (256 / lanes), next_past_last = rows - 1 + step;
+          if (dev::rows_fit_32_bits(rows))
+            CHECK_MESSAGE(next_past_last <= max32, rows << " rows, " << grid.x << " blocks");
+        }
+  CHECK(dev::rows_fit_32_bits(std::int64_t{1} << 20));  // the narrow walk is still taken where it is safe
+  CHECK(dev::rows_fit_32_bits((max32 - 256) / 2));
+  CHECK_FALSE(dev::rows_fit_32_bits(max32));
 }

@@ -22,8 +22,10 @@ SEQPAR_NAMESPACE_BEGIN
 //! What a call checks before it writes an output or moves a byte.
 enum class call_checks {
   group,  //!< every rank checks, then the group agrees in one small collective: all throw or none does
-  local,  //!< each rank checks only its own arguments; a rank at fault throws alone, so its peers
-          //!< may wait in the call's first exchange (NCCL) where the group check would have stopped them
+  local,  //!< each rank checks only its own arguments, and none that needs the host to wait for a
+          //!< stream (the values of device log-gates are not read): no host sync. A rank at fault
+          //!< throws alone, so its peers may wait in the call's first exchange (NCCL) where the group
+          //!< check would have stopped them
 };
 
 //! Name of a check mode ("group", "local").

@@ -112,14 +112,15 @@ class lasp_attention {
   //! Bytes a context of this layer owns (one fp32 state).
   std::size_t context_bytes() const { return ring_.state_elements() * sizeof(float); }
 
-  //! Whether forward(args, ...) would run, and if not why: the checks forward runs on this rank
-  //! (device log-gates are read on the legacy default stream).
+  //! Whether forward(args, ...) would run, and if not why: the checks forward runs on this rank,
+  //! but for the values of log-gates in device memory (reading them waits for a stream; a forward
+  //! with call_checks::group reads them on its stream).
   call_status can_run(const forward_args& args) const {
-    return call_status::of([&] { check_forward(args, nullptr); });
+    return call_status::of([&] { check_forward(args, shapes_only); });
   }
-  //! Whether backward(saved, args, ...) would run, and if not why.
+  //! Whether backward(saved, args, ...) would run, and if not why (device gates as can_run(args)).
   call_status can_run(const context& saved, const backward_args& args) const {
-    return call_status::of([&] { check_backward(saved, args, nullptr); });
+    return call_status::of([&] { check_backward(saved, args, shapes_only); });
   }
 
   //! o for this rank's tokens; returns the context backward needs. Gated layers take fp32
@@ -135,7 +136,7 @@ class lasp_attention {
     std::span<std::byte> ws;
     const auto s = ring_.shape();
     skeleton_.agree_on_call(exec, [&] {
-      check_forward(args, stream);
+      check_forward(args, exec);
       saved.state_ = owned_bytes<Resource>(context_bytes(), comm_.memory(), resource_);
       saved.shape_ = {s.batch, s.heads, s.head_dim, s.value_dim};
       ws = detail::workspace_for(args.workspace, own, workspace_bytes(args), comm_.memory(), resource_, stream);
@@ -158,7 +159,7 @@ class lasp_attention {
     owned_bytes<Resource> own;
     std::span<std::byte> ws;
     skeleton_.agree_on_call(exec, [&] {
-      check_backward(saved, args, stream);
+      check_backward(saved, args, exec);
       ws = detail::workspace_for(args.workspace, own, workspace_bytes(args), comm_.memory(), resource_, stream);
     });
     auto ring_args = ring_backward(saved, args);
@@ -213,16 +214,18 @@ class lasp_attention {
     SEQPAR_EXPECTS(width == want, name << ": last extent " << width << "; expected " << want << " for the layer's "
                                        << to_string(*gates_) << " gates");
   }
-  void check_forward(const forward_args& args, stream_t stream) const {
+  // can_run's checks: no stream to wait for, so no device memory read.
+  static constexpr execution shapes_only{.stream = nullptr, .checks = call_checks::local};
+  void check_forward(const forward_args& args, const execution& exec) const {
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
     if constexpr (gated) check_gate_kind("g", args.g.head_dim());
-    ring_.check_forward(policy_, comm_, ring_forward(args), stream);
+    ring_.check_forward(policy_, comm_, ring_forward(args), exec);
   }
-  void check_backward(const context& saved, const backward_args& args, stream_t stream) const {
+  void check_backward(const context& saved, const backward_args& args, const execution& exec) const {
     skeleton_.template check_stamp<T>(saved);
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
     if constexpr (gated) check_gate_kind("dg", args.dg.head_dim());
-    ring_.check_backward(policy_, comm_, ring_backward(saved, args), stream);
+    ring_.check_backward(policy_, comm_, ring_backward(saved, args), exec);
   }
 
   // The primitive's arguments of a call (without the state and workspace forward adds).

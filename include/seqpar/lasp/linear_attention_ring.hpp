@@ -134,7 +134,7 @@ class linear_attention_ring {
   void forward(const Policy& policy, Comm& comm, const lasp_ring_forward_args<T>& args, const execution& exec) {
     const document_layout& docs = detail::documents_of(args.documents);
     agree(comm, exec.checks, exec.stream, docs, [&] {
-      check_forward(policy, comm, args, exec.stream);
+      check_forward(policy, comm, args, exec);
       check_buffers(args.saved, args.workspace);
     });
     run_forward(policy, comm, args.q, args.k, args.v, decay_of<Policy>(args.decay, args.g), docs, args.o, args.saved,
@@ -149,7 +149,7 @@ class linear_attention_ring {
   void backward(const Policy& policy, Comm& comm, const lasp_ring_backward_args<T>& args, const execution& exec) {
     const document_layout& docs = detail::documents_of(args.documents);
     agree(comm, exec.checks, exec.stream, docs, [&] {
-      check_backward(policy, comm, args, exec.stream);
+      check_backward(policy, comm, args, exec);
       check_workspace(args.workspace);
     });
     run_backward(policy, comm, args.q, args.k, args.v, args.dout, decay_of<Policy>(args.decay, args.g, args.dg), docs,
@@ -157,23 +157,26 @@ class linear_attention_ring {
   }
 
   //! The checks forward makes on this rank of everything but args.saved and args.workspace (it
-  //! throws what forward would), without running it: views, decays or gates (gates in host memory
-  //! are read; a device policy may check its memory's through check_gates(g, stream)) and
-  //! documents. For layers that agree on all their arguments in one step.
+  //! throws what forward would), without running it: views, decays or gates, and documents. Gates
+  //! in host memory are read; in device memory a policy may check them through check_gates(g,
+  //! stream), which waits for the stream, so only with exec.checks == call_checks::group (on
+  //! exec.stream): call_checks::local reads no device memory. For layers that agree on all their
+  //! arguments in one step.
   template <class Policy, class Comm, element T>
   void check_forward(const Policy& policy, const Comm& comm, const lasp_ring_forward_args<T>& args,
-                     stream_t stream) const {
+                     const execution& exec) const {
     check_call<T>(policy, comm);
-    check_decays(policy, args.decay, args.g, stream);
+    check_decays(policy, args.decay, args.g, exec);
     check_views({"q", "k", "v", "o"}, args.q, args.k, args.v, args.o);
     check_documents(detail::documents_of(args.documents));
   }
-  //! The checks backward makes on this rank of everything but args.workspace, without running it.
+  //! The checks backward makes on this rank of everything but args.workspace, without running it
+  //! (device gates as check_forward says).
   template <class Policy, class Comm, element T>
   void check_backward(const Policy& policy, const Comm& comm, const lasp_ring_backward_args<T>& args,
-                      stream_t stream) const {
+                      const execution& exec) const {
     check_call<T>(policy, comm);
-    check_decays(policy, args.decay, args.g, stream);
+    check_decays(policy, args.decay, args.g, exec);
     check_views({"q", "k", "v", "dout"}, args.q, args.k, args.v, args.dout);
     check_views({"dq", "dk", "dv", "dout"}, args.dq, args.dk, args.dv, args.dout);
     if constexpr (gated_linear_attention_policy<Policy>)
@@ -207,11 +210,11 @@ class linear_attention_ring {
   // ([B, S_r, H, 1 or D], finite and <= 0; no decays).
   template <class Policy>
   void check_decays(const Policy& policy, std::span<const float> decay, const tensor_view<const float>& g,
-                    stream_t stream) const {
+                    const execution& exec) const {
     if constexpr (gated_linear_attention_policy<Policy>) {
       SEQPAR_EXPECTS(decay.empty(), "decay: given with a gated policy; expected none (its log-gates g decay the "
                                     "state)");
-      check_gates(policy, g, policy.memory(), stream);
+      check_gates(policy, g, policy.memory(), exec);
     } else {
       SEQPAR_EXPECTS(g.data() == nullptr && g.size() == 0,
                      "g: given with a policy of constant decays; expected none (a gated_linear_attention_policy "
@@ -446,10 +449,11 @@ class linear_attention_ring {
   }
 
   // Checks log-gates: [B, S_r, H, 1 or D], and in host memory every entry finite and <= 0 (a
-  // decay exp(g) in (0, 1]); a policy may check device memory through check_gates(g, stream).
+  // decay exp(g) in (0, 1]); a policy may check device memory through check_gates(g, stream),
+  // with group checks only (it waits for the stream).
   template <class Policy>
   void check_gates(const Policy& policy, const tensor_view<const float>& g, memory_space where,
-                   stream_t stream) const {
+                   const execution& exec) const {
     SEQPAR_EXPECTS(g.head_dim() == 1 || g.head_dim() == dk_,
                    "g: last extent " << g.head_dim() << "; expected 1 (a log-gate per head and token) or D = " << dk_
                                      << " (one per key dim)");
@@ -465,8 +469,8 @@ class linear_attention_ring {
                              "g(" << b << ", " << i << ", " << h << ", " << d << ") = " << x
                                   << "; expected a finite log-gate <= 0 (a decay exp(g) in (0, 1])");
             }
-    } else if constexpr (requires { policy.check_gates(g, stream); }) {
-      policy.check_gates(g, stream);
+    } else if constexpr (requires { policy.check_gates(g, exec.stream); }) {
+      if (exec.checks == call_checks::group) policy.check_gates(g, exec.stream);
     }
   }
 

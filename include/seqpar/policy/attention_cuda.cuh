@@ -174,7 +174,7 @@ struct device_masked_attention {
   template <class T>
   void forward(const policy_forward_args<T>& a, stream_ref stream) const {
     if (a.q.size() == 0) return;
-    launch(detail::attention_kernels::forward_rows<T, Mask, T>, a.q, stream, a.q, a.k, a.v, a.map,
+    launch(detail::attention_kernels::forward_rows<T, Mask, T>, grid_of(a.q), stream, a.q, a.k, a.v, a.map,
            a.options.resolved(a.q.head_dim()), mask, block_pair{}, a.o, a.lse);
   }
   //! dq, dk, dv from dO; dk and dv sum over the query heads that read each kv head.
@@ -189,7 +189,7 @@ struct device_masked_attention {
   template <class T>
   void block_forward(const block_forward_args<T>& a, stream_ref stream) const {
     if (a.q.size() == 0) return;
-    launch(detail::attention_kernels::forward_rows<T, Mask, float>, a.q, stream, a.q, a.k, a.v, a.map,
+    launch(detail::attention_kernels::forward_rows<T, Mask, float>, grid_of(a.q), stream, a.q, a.k, a.v, a.map,
            a.options.resolved(a.q.head_dim()), mask, a.pair, a.o_part, a.lse_part);
   }
 
@@ -211,17 +211,24 @@ struct device_masked_attention {
                     stream_t stream) const {
     namespace ak = detail::attention_kernels;
     opt = opt.resolved(q.head_dim());
+    const dim3 q_grid = grid_of(q), k_grid = grid_of(k);  // both refused before either kernel writes
     if (q.size() != 0)
-      launch(ak::backward_dq<T, Mask, G, Add>, q, stream, q, k, v, o, lse, dots, dout, map, opt, mask, pair, dq);
+      launch(ak::backward_dq<T, Mask, G, Add>, q_grid, stream, q, k, v, o, lse, dots, dout, map, opt, mask, pair, dq);
     if (k.size() != 0)
-      launch(ak::backward_dkdv<T, Mask, G, Add>, k, stream, q, k, v, o, lse, dots, dout, map, opt, mask, pair, dk, dv);
+      launch(ak::backward_dkdv<T, Mask, G, Add>, k_grid, stream, q, k, v, o, lse, dots, dout, map, opt, mask, pair, dk,
+             dv);
   }
 
-  // Launches `kernel` with a thread per token row of `rows`: blocks of 128, one block row per head and batch.
-  template <class Kernel, class T, class... Args>
-  static void launch(Kernel kernel, const tensor_view<T>& rows, stream_t stream, const Args&... args) {
-    const dim3 grid(static_cast<unsigned>((rows.seq() + 127) / 128), static_cast<unsigned>(rows.heads()),
-                    static_cast<unsigned>(rows.batch()));
+  // A thread per token row of `rows`: blocks of 128, one block row per head and batch (each at most 65535).
+  template <class T>
+  static dim3 grid_of(const tensor_view<T>& rows) {
+    SEQPAR_EXPECTS(rows.heads() <= 65535 && rows.batch() <= 65535,
+                   "views: " << rows.heads() << " heads and batch " << rows.batch() << "; expected at most 65535 of each");
+    return dim3(static_cast<unsigned>((rows.seq() + 127) / 128), static_cast<unsigned>(rows.heads()),
+                static_cast<unsigned>(rows.batch()));
+  }
+  template <class Kernel, class... Args>
+  static void launch(Kernel kernel, dim3 grid, stream_t stream, const Args&... args) {
     detail::cuda_launcher{}(kernel, grid, dim3(128), 0, stream, args...);
   }
 };

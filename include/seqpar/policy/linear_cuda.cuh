@@ -58,6 +58,7 @@ struct basic_linear_cuda : detail::linear_operations<basic_linear_cuda<Launcher>
     const auto &q = c.q, &k = c.k, &v = c.v;
     const auto table = make_table(c.decay);
     const unsigned BH = batch_heads(q);
+    if (BH == 0) return;  // no state and no output: nothing to launch
     this->template dispatch<T>(
         q.head_dim(),
         [&](auto sms) {

@@ -9,8 +9,10 @@
 //! recording_launcher is a launcher for the CUDA policies (seqpar/policy/detail/launcher.cuh)
 //! that runs nothing: each launch logs what it reads and writes, from the kernel's parameter types
 //! (a view or pointer to const is read, any other written), workspaces log their allocation and
-//! their free, order() logs the wait. Only the order is checked: values read back with to_host
-//! are the workspace's fill (-1, so a search kernel's result reads "nothing found").
+//! their free, order() logs the wait. A launch configuration CUDA refuses (an empty grid or block,
+//! a grid y or z past 65535, more than 1024 threads a block) is a finding too. Only the order is
+//! checked: values read back with to_host are the workspace's fill (-1, so a search kernel's
+//! result reads "nothing found").
 #pragma once
 
 #include <seqpar/memory_space.hpp>
@@ -126,6 +128,11 @@ class stream_order_log {
     return r;
   }
 
+  //! Adds a finding (once).
+  void found(const std::string& f) {
+    if (std::find(findings_.begin(), findings_.end(), f) == findings_.end()) findings_.push_back(f);
+  }
+
   //! Logs an access to `r` on `s` by `who` and checks it against every earlier one it conflicts with.
   void access(byte_range r, cudaStream_t s, bool write, const std::string& who) {
     if (r.lo == r.hi) return;
@@ -200,10 +207,6 @@ class stream_order_log {
     n << "memory at " << reinterpret_cast<const void*>(r.lo);
     return n.str();
   }
-  void found(const std::string& f) {
-    if (std::find(findings_.begin(), findings_.end(), f) == findings_.end()) findings_.push_back(f);
-  }
-
   std::vector<stream_state> streams_;
   std::vector<std::pair<cudaStream_t, std::size_t>> foreign_;
   std::vector<logged_access> accesses_;
@@ -218,12 +221,9 @@ class stream_order_log {
 template <class T>
 inline constexpr bool pointer_free = std::is_arithmetic_v<T> || std::is_enum_v<T>;
 
-//! Kernel parameters that hold views as members g and totals (the gated weights).
+//! Kernel parameters that hold views as members: totals, and g with it (the gated weights and walk segments).
 template <class T>
-concept holds_gates = requires(const T& t) {
-  t.g;
-  t.totals;
-};
+concept holds_totals = requires(const T& t) { t.totals; };
 
 //! A tensor_view or an mdspan (a state, a chunk-decay view): element_type says whether it is read-only.
 template <class P>
@@ -237,8 +237,8 @@ void log_parameter(stream_order_log& log, const P& p, cudaStream_t s, const std:
     log.access(p == nullptr ? byte_range{} : log.known_range(p), s, !std::is_const_v<std::remove_pointer_t<P>>, who);
   } else if constexpr (a_view<P>) {
     log.access(range_of(p), s, !std::is_const_v<typename P::element_type>, who);
-  } else if constexpr (holds_gates<P>) {
-    log_parameter(log, p.g, s, who);
+  } else if constexpr (holds_totals<P>) {
+    if constexpr (requires { p.g; }) log_parameter(log, p.g, s, who);
     log_parameter(log, p.totals, s, who);
   } else {
     static_assert(pointer_free<P>,
@@ -255,8 +255,14 @@ struct recording_launcher {
 
   //! Logs kernel(args...) on `stream`, each argument as the kernel's parameter type sees it.
   template <class... Params, class... Args>
-  void operator()(void (*)(Params...), dim3, dim3, std::size_t, cudaStream_t stream, const Args&... args) const {
+  void operator()(void (*)(Params...), dim3 grid, dim3 block, std::size_t, cudaStream_t stream,
+                  const Args&... args) const {
     const std::string who = log->next_launch(stream);
+    const std::uint64_t threads = std::uint64_t{block.x} * block.y * block.z;
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535 || threads == 0 ||
+        threads > 1024 || grid.x > 2147483647u)
+      log->found(who + " has grid (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) + ", " +
+                 std::to_string(grid.z) + ") and " + std::to_string(threads) + " threads a block, which CUDA refuses");
     const std::tuple<std::remove_cvref_t<Params>...> parameters{args...};
     std::apply([&](const auto&... p) { (log_parameter(*log, p, stream, who), ...); }, parameters);
   }

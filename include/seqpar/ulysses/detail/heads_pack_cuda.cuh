@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
@@ -162,8 +163,10 @@ inline dim3 row_grid(std::int64_t rows, row_walk w, int block_rows, const device
   return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(std::max(block_rows, 1)));
 }
 
-//! True when every row index of the exchange fits 32-bit arithmetic.
-inline bool rows_fit_32_bits(std::int64_t rows) { return rows < (std::int64_t(1) << 31); }
+//! True when a row walk over `rows` rows can count in 32-bit arithmetic: every row index and the
+//! one a thread steps to past its last row. A step is the grid's rows, at most `rows` plus a block
+//! of 256 (row_grid), so the largest index reached is below 2 rows + 256.
+inline bool rows_fit_32_bits(std::int64_t rows) { return 2 * rows + 256 <= std::numeric_limits<std::int32_t>::max(); }
 
 template <class I>
 struct index_type {
