@@ -1,4 +1,6 @@
-# Installs the headers, the exported target and a relocatable package configuration.
+# Installs the headers, the exported targets and a relocatable package configuration: the core
+# target in seqparTargets.cmake, each backend component (seqpar::nccl, seqpar::mpi) in a file of
+# its own that seqparConfig.cmake reads only when the component is asked for.
 include_guard(GLOBAL)
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
@@ -8,6 +10,12 @@ set(SEQPAR_INSTALL_CMAKEDIR "${CMAKE_INSTALL_LIBDIR}/cmake/seqpar")
 install(TARGETS seqpar EXPORT seqparTargets)
 install(DIRECTORY include/seqpar TYPE INCLUDE)
 install(EXPORT seqparTargets NAMESPACE seqpar:: DESTINATION "${SEQPAR_INSTALL_CMAKEDIR}")
+foreach(component nccl mpi)
+  if(TARGET seqpar_${component})
+    install(TARGETS seqpar_${component} EXPORT seqpar_${component}Targets)
+    install(EXPORT seqpar_${component}Targets NAMESPACE seqpar:: DESTINATION "${SEQPAR_INSTALL_CMAKEDIR}")
+  endif()
+endforeach()
 
 configure_package_config_file(cmake/seqparConfig.cmake.in
   "${CMAKE_CURRENT_BINARY_DIR}/seqparConfig.cmake"

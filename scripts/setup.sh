@@ -37,5 +37,7 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH=/usr/local/cuda/bin:$PATH
 fi
 # shellcheck disable=SC2086  # SEQPAR_CMAKE_ARGS holds several arguments
-logged cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${SEQPAR_CMAKE_ARGS:-}
+# Tests, benchmarks and MPI asked for by name: a missing dependency stops here instead of leaving them out.
+logged cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSEQPAR_BUILD_TESTS=ON \
+  -DSEQPAR_BUILD_BENCHMARKS=ON -DSEQPAR_ENABLE_MPI=ON ${SEQPAR_CMAKE_ARGS:-}
 echo "setup: configured $build"

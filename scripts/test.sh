@@ -14,7 +14,7 @@ ctest --test-dir "$build" --output-on-failure
 for lane in ${SEQPAR_SANITIZERS-address,undefined thread}; do
   dir=$build-sanitize-${lane%%,*}
   echo "test: sanitizer lane -fsanitize=$lane in $dir"
-  SEQPAR_BUILD_DIR=$dir SEQPAR_CMAKE_ARGS="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DSEQPAR_SANITIZE=$lane \
+  SEQPAR_BUILD_DIR=$dir SEQPAR_CMAKE_ARGS="-DCMAKE_BUILD_TYPE=Sanitize -DSEQPAR_SANITIZE=$lane \
     -DSEQPAR_ENABLE_CUDA=OFF -DSEQPAR_ENABLE_MPI=OFF -DSEQPAR_BUILD_BENCHMARKS=OFF -DSEQPAR_BUILD_EXAMPLES=OFF \
     -DSEQPAR_INSTALL=OFF" "$root/scripts/setup.sh"
   cmake --build "$dir"

@@ -19,6 +19,7 @@ enum class errc {
   cuda,              //!< a CUDA runtime call failed
   nccl,              //!< an NCCL call failed
   mpi,               //!< an MPI call failed
+  timeout,           //!< a wait for a collective ran past its bound (a peer stopped or fell far behind)
 };
 
 //! Short name of an error code, as it appears in messages.
@@ -30,6 +31,7 @@ inline const char* to_string(errc c) noexcept {
     case errc::cuda: return "CUDA error";
     case errc::nccl: return "NCCL error";
     case errc::mpi: return "MPI error";
+    case errc::timeout: return "timeout";
   }
   return "error";
 }

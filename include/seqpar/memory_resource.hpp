@@ -6,9 +6,11 @@
 #include <seqpar/memory_space.hpp>
 #include <seqpar/cuda_check.hpp>
 
+#include <atomic>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <new>
 #include <optional>
 #include <span>
@@ -32,10 +34,34 @@ concept stream_ordered_resource = requires(const R& r, std::size_t bytes, void* 
 };
 }  // namespace detail
 
+namespace detail {
+//! Raises the release threshold of the current device's default memory pool to `threshold` bytes
+//! once per device and process, and only while it is CUDA's default of 0 (a threshold the
+//! application set is kept). With 0 the pool gives its memory back at every synchronisation, so
+//! per-call scratch from cudaMallocAsync is mapped again on every call.
+inline void keep_pool_memory(std::uint64_t threshold) {
+  static std::atomic<std::uint64_t> seen{0};  // one bit per device ordinal below 64
+  int device = 0;
+  SEQPAR_CUDA_TRY(cudaGetDevice(&device));
+  const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
+  if (threshold == 0 || (bit != 0 && (seen.fetch_or(bit) & bit) != 0)) return;
+  cudaMemPool_t pool = nullptr;
+  SEQPAR_CUDA_TRY(cudaDeviceGetDefaultMemPool(&pool, device));
+  std::uint64_t current = 0;
+  SEQPAR_CUDA_TRY(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &current));
+  if (current == 0) SEQPAR_CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+}
+}  // namespace detail
+
 //! operator new (256-byte aligned) on the host, cudaMalloc on the device; per-call scratch is
-//! allocated in stream order (cudaMallocAsync from the device's pool), so it neither waits for
-//! the device nor makes it wait.
+//! allocated in stream order (cudaMallocAsync from the device's default pool), so it neither
+//! waits for the device nor makes it wait. Before its first such allocation on a device it raises
+//! that pool's release threshold to `pool_release_threshold` (unless the application set one), so
+//! the pool keeps freed scratch for the next call instead of unmapping it at every synchronisation.
 struct default_memory_resource {
+  //! Bytes the device's default pool may keep across synchronisations (0: leave the pool alone).
+  std::uint64_t pool_release_threshold = std::numeric_limits<std::uint64_t>::max();
+
   //! Returns `bytes` bytes in `where`.
   void* allocate(std::size_t bytes, memory_space where) const {
     if (where == memory_space::host) return ::operator new(bytes, std::align_val_t{256});
@@ -51,6 +77,7 @@ struct default_memory_resource {
   //! Returns `bytes` bytes in `where`, usable by work ordered on `stream` from now on.
   void* allocate_async(std::size_t bytes, memory_space where, stream_t stream) const {
     if (where == memory_space::host) return allocate(bytes, where);
+    detail::keep_pool_memory(pool_release_threshold);
     void* p = nullptr;
     SEQPAR_CUDA_TRY(cudaMallocAsync(&p, bytes, stream));
     return p;

@@ -106,3 +106,19 @@ TEST_CASE_TEMPLATE(
     }
   }
 }
+
+TEST_CASE("default_memory_resource keeps the device pool's freed scratch across synchronisations") {
+  int device = 0;
+  REQUIRE(cudaGetDevice(&device) == cudaSuccess);
+  cudaMemPool_t pool = nullptr;
+  REQUIRE(cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess);
+  const seqpar::default_memory_resource resource;
+  void* p = resource.allocate_async(1 << 20, seqpar::memory_space::device, nullptr);
+  resource.deallocate_async(p, 1 << 20, seqpar::memory_space::device, nullptr);
+  REQUIRE(cudaStreamSynchronize(nullptr) == cudaSuccess);
+  std::uint64_t threshold = 0, reserved = 0;
+  REQUIRE(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) == cudaSuccess);
+  CHECK(threshold == resource.pool_release_threshold);
+  REQUIRE(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess);
+  CHECK(reserved >= (1u << 20));  // the freed MiB stayed with the pool through the synchronisation
+}

@@ -112,3 +112,47 @@ TEST_CASE("gated lasp_attention with gated_linear_cuda: a bad device log-gate on
       },
       memory_space::device);
 }
+
+// Local checks make no host wait, so a whole layer call can be captured into a CUDA graph (relaxed
+// mode: the context's state is allocated during the capture); replaying it gives the bits of a
+// call made directly.
+TEST_CASE("a lasp_attention forward with local checks is captured in a CUDA graph and replays the same o") {
+  using bf16 = __nv_bfloat16;
+  constexpr std::int64_t S = 256, H = 2, D = 64;
+  std::vector<bf16> init(S * H * D);
+  for (std::size_t i = 0; i < init.size(); ++i) init[i] = bf16(0.02f * static_cast<float>(int(i * 7 % 23) - 11));
+  seqpar::run_in_process(1, memory_space::device, [&](seqpar::in_process_communicator& comm) {
+    seqpar_test::buffer<bf16> q(memory_space::device, init), k(memory_space::device, init),
+        v(memory_space::device, init),
+        direct(memory_space::device, std::vector<bf16>(init.size(), seqpar_test::poison<bf16>())),
+        replayed(memory_space::device, std::vector<bf16>(init.size(), seqpar_test::poison<bf16>()));
+    seqpar::lasp_attention layer(seqpar::linear_cuda{}, comm, seqpar::make_seq_partition(S, 1),
+                                 {.batch = 1, .heads = H, .head_dim = D}, seqpar::elements<bf16>,
+                                 std::vector<float>(H, 0.95f));
+    cudaStream_t stream = nullptr;
+    REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+    auto args = [&](bf16* o) {
+      return seqpar::linear_forward_args<bf16>{.q = seqpar::make_bshd<const bf16>(q.data(), 1, S, H, D),
+                                               .k = seqpar::make_bshd<const bf16>(k.data(), 1, S, H, D),
+                                               .v = seqpar::make_bshd<const bf16>(v.data(), 1, S, H, D),
+                                               .o = seqpar::make_bshd(o, 1, S, H, D)};
+    };
+    const seqpar::execution local{.stream = stream, .checks = seqpar::call_checks::local};
+    { auto saved = layer.forward(args(direct.data()), local); }  // also makes the side stream and its events
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    cudaGraph_t graph = nullptr;
+    REQUIRE(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed) == cudaSuccess);
+    auto saved = layer.forward(args(replayed.data()), local);
+    REQUIRE(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
+    cudaGraphExec_t exec = nullptr;
+    REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+    CHECK(seqpar_test::first_mismatch(replayed.values(), std::vector<bf16>(init.size(), seqpar_test::poison<bf16>())) ==
+          -1);  // captured, not run
+    REQUIRE(cudaGraphLaunch(exec, stream) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    CHECK(seqpar_test::first_mismatch(replayed.values(), direct.values()) == -1);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  });
+}

@@ -7,6 +7,10 @@
 
 #include <doctest/doctest.h>
 
+#include <chrono>
+#include <string>
+#include <thread>
+
 using seqpar::memory_space;
 using seqpar_test::buffer;
 using seqpar_test::key_of;
@@ -74,4 +78,35 @@ TEST_CASE("nccl: split, borrow, the counting decorator, and bad input before any
                        doctest::Contains("dest: expected a rank in [0, 1)"), seqpar::error);
   CHECK_THROWS_WITH_AS(seqpar::nccl_communicator::borrow(nullptr), doctest::Contains("comm: null ncclComm_t"),
                        seqpar::error);
+}
+
+// A rank whose stream does not reach the collective in time (here: a host function that sleeps
+// ahead of it, standing in for a dead peer) stops with a named timeout instead of waiting forever.
+// The communicator is borrowed, so it is left to its owner (an owned one is aborted), whose next
+// barrier, once the stream moves again, completes.
+TEST_CASE("nccl: a host wait past wait_limit() throws errc::timeout naming the wait") {
+  using namespace std::chrono_literals;
+  auto owner = seqpar::nccl_communicator::single_gpu();
+  CHECK(owner.wait_limit() == 10min);
+  CHECK_THROWS_WITH_AS(owner.set_wait_limit(0ms), doctest::Contains("limit: expected a positive wait"),
+                       seqpar::error);
+  auto comm = seqpar::nccl_communicator::borrow(owner.native());
+  comm.set_wait_limit(20ms);
+  CHECK(comm.split(0, 0).wait_limit() == 20ms);
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaLaunchHostFunc(
+              stream, [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(500)); }, nullptr) ==
+          cudaSuccess);
+  try {
+    comm.barrier(stream);
+    FAIL("the barrier returned although its stream was held for 500 ms");
+  } catch (const seqpar::error& e) {
+    CHECK(e.code() == seqpar::errc::timeout);
+    CHECK(std::string(e.what()).find("barrier: not complete after 20 ms") != std::string::npos);
+  }
+  CHECK(comm.native() == owner.native());  // borrowed: not aborted
+  REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+  CHECK_NOTHROW(owner.barrier(stream));
+  cudaStreamDestroy(stream);
 }

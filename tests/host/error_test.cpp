@@ -1,9 +1,12 @@
-// seqpar::error, the check macros and the versioned namespaces.
+// seqpar::error, the check macros, the versioned namespaces and the bounded wait of the NCCL
+// backend's host waits.
+#include <seqpar/comm/bounded_wait.hpp>
 #include <seqpar/cuda_check.hpp>
 #include <seqpar/error.hpp>
 
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -69,4 +72,35 @@ TEST_CASE("every entity lives in the inline namespace named after the version") 
   CHECK(std::string(SEQPAR_DETAIL_STR(SEQPAR_KERNEL_NAMESPACE)) == "kernels_host");
   CHECK(std::string(SEQPAR_DETAIL_STR(SEQPAR_DETAIL_ARCH_TAG(800, 900))) == "_sm800_sm900");
   CHECK(SEQPAR_VERSION == SEQPAR_VERSION_MAJOR * 10000 + SEQPAR_VERSION_MINOR * 100 + SEQPAR_VERSION_PATCH);
+}
+
+TEST_CASE("bounded_wait returns on completion, and aborts and names the wait on an error or past its limit") {
+  using namespace std::chrono_literals;
+  int polls = 0, aborts = 0;
+  auto abort = [&] { ++aborts; };
+  auto no_failure = [] { return std::string(); };
+  seqpar::detail::bounded_wait([&] { return ++polls == 3; }, no_failure, abort, 1000ms, "barrier");
+  CHECK(polls == 3);
+  CHECK(aborts == 0);
+
+  auto never = [] { return false; };
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH_AS(seqpar::detail::bounded_wait(never, no_failure, abort, 20ms, "all_gather_value"),
+                       doctest::Contains("all_gather_value: not complete after 20 ms (a peer stopped or fell far "
+                                         "behind); the communicator was aborted"),
+                       seqpar::error);
+  CHECK(std::chrono::steady_clock::now() - start >= 20ms);
+  CHECK(aborts == 1);
+  try {
+    seqpar::detail::bounded_wait(never, no_failure, abort, 1ms, "x");
+  } catch (const seqpar::error& e) {
+    CHECK(e.code() == seqpar::errc::timeout);
+  }
+
+  int checks = 0;
+  auto fails_second_time = [&] { return ++checks == 2 ? std::string("remote process exited") : std::string(); };
+  CHECK_THROWS_WITH_AS(seqpar::detail::bounded_wait(never, fails_second_time, abort, 60s, "barrier"),
+                       doctest::Contains("barrier: remote process exited; the communicator was aborted"),
+                       seqpar::error);
+  CHECK(aborts == 3);
 }

@@ -3,11 +3,13 @@
 #pragma once
 
 #include <seqpar/comm/arguments.hpp>
+#include <seqpar/comm/bounded_wait.hpp>
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/cuda_check.hpp>
 
 #include <nccl.h>
 
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <span>
@@ -97,12 +99,15 @@ class nccl_communicator {
       : comm_(std::exchange(other.comm_, nullptr)),
         owned_(std::exchange(other.owned_, false)),
         scratch_(std::exchange(other.scratch_, nullptr)),
+        done_(std::exchange(other.done_, nullptr)),
+        wait_limit_(other.wait_limit_),
         rank_(other.rank_),
         size_(other.size_) {}
   //! Swaps state with `other`, which then releases this object's former communicator.
   nccl_communicator& operator=(nccl_communicator&& other) noexcept {
     std::swap(comm_, other.comm_), std::swap(owned_, other.owned_), std::swap(scratch_, other.scratch_);
-    rank_ = other.rank_, size_ = other.size_;
+    std::swap(done_, other.done_);
+    wait_limit_ = other.wait_limit_, rank_ = other.rank_, size_ = other.size_;
     return *this;
   }
   nccl_communicator(const nccl_communicator&) = delete;             //!< move-only: it may own its communicator
@@ -120,6 +125,17 @@ class nccl_communicator {
   static constexpr bool device_only = true;
   //! The NCCL communicator.
   ncclComm_t native() const { return comm_; }
+
+  //! How long a host wait of this communicator (barrier, all_gather_value, hence every group-checked
+  //! call's agreement) waits for its collective before it gives up: it then aborts an owned
+  //! communicator (ncclCommAbort; a borrowed one is left to its owner) and throws errc::timeout, as
+  //! an asynchronous NCCL error does with errc::nccl. Default: 10 minutes.
+  std::chrono::milliseconds wait_limit() const { return wait_limit_; }
+  //! Sets wait_limit() (split() passes it on).
+  void set_wait_limit(std::chrono::milliseconds limit) {
+    SEQPAR_EXPECTS(limit.count() > 0, "limit: expected a positive wait, got " << limit.count() << " ms");
+    wait_limit_ = limit;
+  }
 
   //! Sends block j of `send` (count elements) to rank j; receives rank j's block into block j of `recv`.
   template <wire_type T>
@@ -185,22 +201,22 @@ class nccl_communicator {
     SEQPAR_NCCL_TRY(ncclAllReduce(send.data(), recv.data(), send.size(), detail::nccl_type<T>(), ncclSum, comm_, stream));
   }
 
-  //! Orders `stream` after every rank has reached this point, and waits for it.
+  //! Orders `stream` after every rank has reached this point, and waits for it (within wait_limit()).
   void barrier(stream_t stream) {
     scoped_rank attribute(rank_);
     SEQPAR_NCCL_TRY(ncclAllReduce(scratch_, scratch_, 1, ncclInt64, ncclSum, comm_, stream));
-    SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
+    wait_for(stream, "barrier");
   }
 
   //! Every rank's `value`, in rank order: one ncclAllGather of an int64 through the device scratch,
-  //! ordered on `stream`, which it then waits for (the host needs the values).
+  //! ordered on `stream`, which it then waits for within wait_limit() (the host needs the values).
   std::vector<std::int64_t> all_gather_value(std::int64_t value, stream_t stream) {
     scoped_rank attribute(rank_);
     std::vector<std::int64_t> all(static_cast<std::size_t>(size_));
     SEQPAR_CUDA_TRY(cudaMemcpyAsync(scratch_, &value, sizeof value, cudaMemcpyHostToDevice, stream));
     SEQPAR_NCCL_TRY(ncclAllGather(scratch_, scratch_ + 1, 1, ncclInt64, comm_, stream));
     SEQPAR_CUDA_TRY(cudaMemcpyAsync(all.data(), scratch_ + 1, all.size() * sizeof value, cudaMemcpyDeviceToHost, stream));
-    SEQPAR_CUDA_TRY(cudaStreamSynchronize(stream));
+    wait_for(stream, "all_gather_value");
     return all;
   }
 
@@ -210,7 +226,9 @@ class nccl_communicator {
     SEQPAR_EXPECTS(color >= 0, "color: expected a colour >= 0, got " << color);
     ncclComm_t part = nullptr;
     SEQPAR_NCCL_TRY(ncclCommSplit(comm_, color, key, &part, nullptr));
-    return nccl_communicator(part, true);
+    nccl_communicator made(part, true);
+    made.wait_limit_ = wait_limit_;
+    return made;
   }
 
  private:
@@ -230,19 +248,46 @@ class nccl_communicator {
   // Frees the scratch buffer and destroys comm_ when owned; leaves an empty object.
   void release() noexcept {
     if (scratch_) cudaFree(scratch_);
+    if (done_) cudaEventDestroy(done_);
     if (owned_ && comm_) ncclCommDestroy(comm_);
-    scratch_ = nullptr, comm_ = nullptr, owned_ = false;
+    scratch_ = nullptr, done_ = nullptr, comm_ = nullptr, owned_ = false;
   }
 
   void adopt() {
     SEQPAR_NCCL_TRY(ncclCommUserRank(comm_, &rank_));
     SEQPAR_NCCL_TRY(ncclCommCount(comm_, &size_));
     SEQPAR_CUDA_TRY(cudaMalloc(&scratch_, (static_cast<std::size_t>(size_) + 1) * sizeof(std::int64_t)));
+    SEQPAR_CUDA_TRY(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  }
+
+  // Waits for what `stream` holds now, within wait_limit_ (detail::bounded_wait): a peer that
+  // died leaves NCCL's kernels spinning, which cudaStreamSynchronize would wait for forever.
+  void wait_for(stream_t stream, const char* what) {
+    SEQPAR_CUDA_TRY(cudaEventRecord(done_, stream));
+    detail::bounded_wait(
+        [&] {
+          const cudaError_t e = cudaEventQuery(done_);
+          if (e != cudaErrorNotReady) SEQPAR_CUDA_TRY(e);
+          return e == cudaSuccess;
+        },
+        [&] {
+          ncclResult_t r = ncclSuccess;
+          if (ncclCommGetAsyncError(comm_, &r) != ncclSuccess) return std::string("ncclCommGetAsyncError failed");
+          return r == ncclSuccess || r == ncclInProgress ? std::string() : std::string(ncclGetErrorString(r));
+        },
+        [&] {
+          if (!owned_) return;
+          (void)ncclCommAbort(comm_);
+          comm_ = nullptr, owned_ = false;
+        },
+        wait_limit_, what);
   }
 
   ncclComm_t comm_ = nullptr;
   bool owned_ = false;
   std::int64_t* scratch_ = nullptr;  // size() + 1 values: barrier and all_gather_value
+  cudaEvent_t done_ = nullptr;       // marks what a host wait waits for
+  std::chrono::milliseconds wait_limit_ = std::chrono::minutes(10);
   int rank_ = 0;
   int size_ = 0;
 };

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <seqpar/config.hpp>
+#include <seqpar/detail/architecture_check.cuh>
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
 namespace device {

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <seqpar/config.hpp>
+#include <seqpar/detail/architecture_check.cuh>
 #include <seqpar/types.hpp>
 
 #include <cstdint>

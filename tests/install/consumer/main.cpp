@@ -1,5 +1,9 @@
-// Host code built by g++ alone against seqpar (installed, or added as a subdirectory): two ranks gather their ranks.
+// Host code built by g++ alone against seqpar (installed, or added as a subdirectory): two ranks
+// gather their ranks. The backends are there exactly when their components were linked.
 #include <seqpar/seqpar.hpp>
+
+static_assert(SEQPAR_HAS_NCCL == CONSUMER_EXPECTS_NCCL, "seqpar::nccl (and only it) gives the NCCL backend");
+static_assert(SEQPAR_HAS_MPI == CONSUMER_EXPECTS_MPI, "seqpar::mpi (and only it) gives the MPI backend");
 
 #include <cstdio>
 #include <vector>

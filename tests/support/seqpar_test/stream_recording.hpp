@@ -83,9 +83,10 @@ class stream_order_log {
   }
   //! Work enqueued on `waiting` from now on runs after the work enqueued on `after` so far.
   void order(cudaStream_t waiting, cudaStream_t after) {
-    auto& w = clock_of(waiting);
-    const auto a = clock_of(after);
-    for (std::size_t i = 0; i < a.size(); ++i) w[i] = std::max(w[i], a[i]);
+    const std::size_t w = index_of(waiting), a = index_of(after);  // first: either may add a stream
+    const auto from = clock_of(a);
+    auto& to = clock_of(w);
+    for (std::size_t i = 0; i < from.size(); ++i) to[i] = std::max(to[i], from[i]);
   }
   //! `floats` floats allocated on `s` (stream-ordered), filled with `fill`; they stay allocated
   //! until the log goes, so no later allocation reuses their addresses.
@@ -137,7 +138,7 @@ class stream_order_log {
   void access(byte_range r, cudaStream_t s, bool write, const std::string& who) {
     if (r.lo == r.hi) return;
     const std::size_t on = index_of(s);
-    auto& clock = streams_[on].clock;
+    auto& clock = clock_of(on);
     for (const auto& a : allocations_)
       if (a.freed && a.range.overlaps(r))
         found(who + " uses " + a.name + " on " + streams_[on].name + " after its free");
@@ -192,8 +193,9 @@ class stream_order_log {
     foreign_.emplace_back(s, streams_.size() - 1);
     return streams_.size() - 1;
   }
-  std::vector<std::uint64_t>& clock_of(cudaStream_t s) {
-    auto& c = streams_[index_of(s)].clock;
+  // A stream's clock, with an entry for every stream made so far.
+  std::vector<std::uint64_t>& clock_of(std::size_t i) {
+    auto& c = streams_[i].clock;
     c.resize(streams_.size(), 0);
     return c;
   }

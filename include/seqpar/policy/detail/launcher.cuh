@@ -14,6 +14,7 @@
 #pragma once
 
 #include <seqpar/cuda_check.hpp>
+#include <seqpar/memory_resource.hpp>
 #include <seqpar/memory_space.hpp>
 
 #include <cstddef>
@@ -65,6 +66,7 @@ struct cuda_launcher {
    public:
     //! Allocates `floats` on `stream`.
     device_workspace(std::int64_t floats, stream_t stream) : stream_(stream) {
+      if (floats > 0) detail::keep_pool_memory(default_memory_resource{}.pool_release_threshold);
       if (floats > 0)
         SEQPAR_CUDA_TRY(cudaMallocAsync(reinterpret_cast<void**>(&data_), sizeof(float) * floats, stream_));
     }
