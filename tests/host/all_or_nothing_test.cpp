@@ -1,6 +1,7 @@
 // All or nothing: when ONE rank passes a bad argument to a primitive or a layer, that rank throws an
 // error naming the argument, every other rank throws peer_failed naming it, and no rank has written
-// any output. Each case runs once per culprit rank, outputs pre-filled with a sentinel.
+// any output. Each case runs once per culprit rank, outputs pre-filled with a sentinel. Outputs that
+// share memory with another output or an input are such arguments; slices of one fused buffer are not.
 #include <seqpar/lasp/lasp_attention.hpp>
 #include <seqpar/policy/linear_reference.hpp>
 #include <seqpar/policy/reference_attention.hpp>
@@ -8,6 +9,7 @@
 #include <seqpar/shard.hpp>
 #include <seqpar/comm/counting.hpp>
 #include <seqpar/comm/in_process.hpp>
+#include <seqpar/ring/ring_attention.hpp>
 #include <seqpar/ulysses/ulysses_attention.hpp>
 #include <seqpar_test/all_or_nothing.hpp>
 
@@ -315,6 +317,140 @@ TEST_CASE("all or nothing: lasp_attention forward, backward and construction") {
                                                            bad ? std::vector<float>{0.9f, 1.5f} : decay, strategy);
                             });
     }
+}
+
+TEST_CASE("all or nothing: a LASP output that shares memory with another output or an input") {
+  const std::int64_t E = 3;
+  const std::vector<float> decay{0.9f, 0.5f};
+  const seqpar::attention_shape shape{.batch = B, .heads = 2, .head_dim = D, .value_dim = E};
+  for (int P : {2, 3}) {
+    const auto part = seqpar::make_seq_partition(tokens(P), P);
+    expect_all_or_nothing(P, "o shares memory with v", [&](in_process_communicator& comm, bool bad, sentinels& s) {
+      seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay);
+      const std::int64_t n = part.size(comm.rank());
+      std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f);
+      auto& o = s.make(B * n * 2 * E);
+      (void)layer.forward({.q = in_view(q, n, 2),
+                           .k = in_view(q, n, 2),
+                           .v = bad ? in_view(o, n, 2, E) : in_view(v, n, 2, E),
+                           .o = out_view(o, n, 2, E)},
+                          {.stream = nullptr});
+    });
+    expect_all_or_nothing(P, "dq and dk share memory", [&](in_process_communicator& comm, bool bad, sentinels& s) {
+      seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay);
+      const std::int64_t n = part.size(comm.rank());
+      std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f), o(v.size());
+      const auto saved = layer.forward(
+          {.q = in_view(q, n, 2), .k = in_view(q, n, 2), .v = in_view(v, n, 2, E), .o = out_view(o, n, 2, E)},
+          {.stream = nullptr});
+      auto& dq = s.make(B * n * 2 * D);
+      auto& dk = s.make(B * n * 2 * D);
+      auto& dv = s.make(B * n * 2 * E);
+      layer.backward(saved,
+                     {.dout = in_view(v, n, 2, E),
+                      .dq = out_view(dq, n, 2),
+                      .dk = out_view(bad ? dq : dk, n, 2),
+                      .dv = out_view(dv, n, 2, E)},
+                     {.stream = nullptr});
+    });
+    expect_all_or_nothing(P, "dk shares memory with k", [&](in_process_communicator& comm, bool bad, sentinels& s) {
+      seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay);
+      const std::int64_t n = part.size(comm.rank());
+      auto& dk = s.make(B * n * 2 * D);  // on the culprit also its forward's k
+      std::vector<float> q(B * n * 2 * D, 1.f), k(q), v(B * n * 2 * E, 1.f), o(v.size());
+      const auto saved = layer.forward({.q = in_view(q, n, 2),
+                                        .k = bad ? in_view(dk, n, 2) : in_view(k, n, 2),
+                                        .v = in_view(v, n, 2, E),
+                                        .o = out_view(o, n, 2, E)},
+                                       {.stream = nullptr});
+      auto& dq = s.make(B * n * 2 * D);
+      auto& dv = s.make(B * n * 2 * E);
+      layer.backward(saved,
+                     {.dout = in_view(v, n, 2, E),
+                      .dq = out_view(dq, n, 2),
+                      .dk = out_view(dk, n, 2),
+                      .dv = out_view(dv, n, 2, E)},
+                     {.stream = nullptr});
+    });
+  }
+}
+
+TEST_CASE("all or nothing: a Ulysses or ring output that shares memory with another view of the call") {
+  for (int P : {2, 3}) {
+    const auto part = seqpar::make_seq_partition(tokens(P), P);
+    const seqpar::attention_shape shape{.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D};
+    expect_all_or_nothing(P, "o shares memory with q", [&](in_process_communicator& comm, bool bad, sentinels& s) {
+      seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part, shape, seqpar::elements<float>);
+      const std::int64_t n = part.size(comm.rank());
+      std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f);
+      auto& o = s.make(B * n * H * D);
+      (void)layer.forward({.q = bad ? in_view(o, n, H) : in_view(q, n, H),
+                           .k = in_view(kv, n, H_kv),
+                           .v = in_view(kv, n, H_kv),
+                           .o = out_view(o, n, H)},
+                          {.stream = nullptr});
+    });
+    expect_all_or_nothing(P, "dv shares memory with dout", [&](in_process_communicator& comm, bool bad, sentinels& s) {
+      seqpar::ring_attention layer(seqpar::reference_attention{}, comm, part, shape, seqpar::elements<float>,
+                                   {.causal = true});
+      const std::int64_t n = part.size(comm.rank());
+      std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f), o(q.size());
+      const auto saved = layer.forward(
+          {.q = in_view(q, n, H), .k = in_view(kv, n, H_kv), .v = in_view(kv, n, H_kv), .o = out_view(o, n, H)},
+          {.stream = nullptr});
+      auto& dq = s.make(B * n * H * D);
+      auto& dk = s.make(B * n * H_kv * D);
+      auto& dv = s.make(B * n * H * D);  // on the culprit dO too: H heads, of which dv's view takes H_kv
+      std::vector<float> dout(q.size(), 1.f);
+      layer.backward(saved,
+                     {.dout = bad ? in_view(dv, n, H) : in_view(dout, n, H),
+                      .dq = out_view(dq, n, H),
+                      .dk = out_view(dk, n, H_kv),
+                      .dv = out_view(dv, n, H_kv)},
+                     {.stream = nullptr});
+    });
+  }
+}
+
+TEST_CASE("ulysses_attention backward into head slices of one fused dQKV buffer equals separate buffers") {
+  constexpr int P = 2;
+  const auto part = seqpar::make_seq_partition(tokens(P), P);
+  const seqpar::attention_shape shape{.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D};
+  seqpar::run_in_process(P, seqpar::memory_space::host, [&](in_process_communicator& comm) {
+    seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part, shape, seqpar::elements<float>,
+                                    {.causal = true});
+    const std::int64_t n = part.size(comm.rank());
+    const auto q = seqpar_test::uniform_floats(B * n * H * D, 11 + comm.rank()),
+               kv = seqpar_test::uniform_floats(B * n * H_kv * D, 21 + comm.rank()),
+               dout = seqpar_test::uniform_floats(B * n * H * D, 31 + comm.rank());
+    std::vector<float> o(q.size());
+    const auto saved = layer.forward(
+        {.q = in_view(q, n, H), .k = in_view(kv, n, H_kv), .v = in_view(kv, n, H_kv), .o = out_view(o, n, H)},
+        {.stream = nullptr});
+    std::vector<float> dq(q.size()), dk(kv.size()), dv(kv.size());
+    layer.backward(saved,
+                   {.dout = in_view(dout, n, H),
+                    .dq = out_view(dq, n, H),
+                    .dk = out_view(dk, n, H_kv),
+                    .dv = out_view(dv, n, H_kv)},
+                   {.stream = nullptr});
+    std::vector<float> fused(B * n * (H + 2 * H_kv) * D, -7.f);
+    const auto all = seqpar::make_bshd(fused.data(), B, n, H + 2 * H_kv, D);
+    layer.backward(saved,
+                   {.dout = in_view(dout, n, H),
+                    .dq = seqpar::detail::slice(all, seqpar::axis::heads, 0, H),
+                    .dk = seqpar::detail::slice(all, seqpar::axis::heads, H, H_kv),
+                    .dv = seqpar::detail::slice(all, seqpar::axis::heads, H + H_kv, H_kv)},
+                   {.stream = nullptr});
+    for (std::int64_t s = 0; s < n; ++s)
+      for (int h = 0; h < H + 2 * H_kv; ++h)
+        for (std::int64_t d = 0; d < D; ++d) {
+          const float want = h < H          ? dq[(s * H + h) * D + d]
+                             : h < H + H_kv ? dk[(s * H_kv + h - H) * D + d]
+                                            : dv[(s * H_kv + h - H - H_kv) * D + d];
+          REQUIRE(all(0, s, h, d) == want);
+        }
+  });
 }
 
 TEST_CASE("all_gather_value and counting: the control channel carries no payload and is not recorded") {

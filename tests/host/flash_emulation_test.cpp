@@ -9,7 +9,10 @@
 #include <seqpar/policy/flash_attention.cuh>
 #include <seqpar/policy/reference_attention.hpp>
 #include <seqpar/ring/ring_pass.hpp>
+#include <seqpar/ring/ring_attention.hpp>
+#include <seqpar/ulysses/ulysses_attention.hpp>
 #include <seqpar_test/host_tensor.hpp>
+#include <seqpar_test/recording_layer.hpp>
 
 #include <doctest/doctest.h>
 
@@ -18,6 +21,14 @@
 #include <random>
 #include <utility>
 #include <vector>
+
+// Kernel parameters of the flash and Ulysses pack kernels that hold no pointer, for the recording launcher.
+template <>
+inline constexpr bool seqpar_test::pointer_free<seqpar::gqa_map> = true;
+template <>
+inline constexpr bool seqpar_test::pointer_free<seqpar::detail::heads_geometry> = true;
+template <>
+inline constexpr bool seqpar_test::pointer_free<seqpar::detail::device::row_walk> = true;
 
 namespace {
 template <class T>
@@ -246,4 +257,98 @@ TEST_CASE("flash_attention under an emulated warp with packed documents: masked,
   check_flash<__half, 64>({1, 150, 2, 1, true, 0, 2.0f}, docs);
   check_flash<__nv_bfloat16, 64>({1, 150, 2, 2, false, 0, 1.0f}, docs);
   check_flash_blocks<__half, 64>({1, 150, 2, 1, true, 0, 2.0f}, docs, {70, 100}, {40, 100, 130});
+}
+
+namespace {
+// A layer's whole device path on rank `rank`, recorded: forward, the caller reading o and writing
+// the inputs anew on its stream, then backward and the gradients read. `make` builds the layer
+// over (policy, comm, seq, shape, resource). Returns the log.
+template <class T, class Make>
+std::shared_ptr<seqpar_test::stream_order_log> record_softmax_layer(
+    int rank, int P, int H, int H_kv, bool joins, Make&& make,
+    seqpar::shard_strategy sharding = seqpar::shard_strategy::contiguous) {
+  constexpr std::int64_t B = 1, S = 128;
+  constexpr int D = 64;
+  seqpar::basic_flash_attention<seqpar_test::recording_launcher> policy{};
+  policy.launcher.joins = joins;
+  const auto log = policy.launcher.log;
+  seqpar_test::recording_communicator comm(log, rank, P);
+  const auto seq = seqpar::make_seq_partition(S, P, sharding);
+  const std::int64_t C = seq.size(rank);
+  auto layer = make(policy, comm, seq, seqpar::attention_shape{.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D},
+                    seqpar_test::recording_resource{log});
+  const tensor<T> q(B, C, H, D, 0, 0.5f), k(B, C, H_kv, D, 0, 0.5f), v(B, C, H_kv, D, 0, 0.5f),
+      dout(B, C, H, D, 0, 0.5f);
+  tensor<T> o(B, C, H, D, 0, 0), dq(B, C, H, D, 0, 0), dk(B, C, H_kv, D, 0, 0), dv(B, C, H_kv, D, 0, 0);
+  const auto stream = log->stream("stream");
+  const seqpar::execution exec{.stream = stream, .checks = seqpar::call_checks::local};
+  seqpar_test::record_step<T>(
+      *log, stream, {{q.cview(), "q"}, {k.cview(), "k"}, {v.cview(), "v"}, {dout.cview(), "dout"}},
+      {{o.view, "o"}, {dq.view, "dq"}, {dk.view, "dk"}, {dv.view, "dv"}},
+      [&] { return layer.forward({.q = q.cview(), .k = k.cview(), .v = v.cview(), .o = o.view}, exec); },
+      [&](const auto& saved) {
+        layer.backward(saved, {.dout = dout.cview(), .dq = dq.view, .dk = dk.view, .dv = dv.view}, exec);
+      });
+  return log;
+}
+
+// A Ulysses layer of `groups` head groups on rank `rank` of `P`, recorded.
+template <class T>
+std::shared_ptr<seqpar_test::stream_order_log> record_ulysses(int rank, int P, int H, int H_kv, int groups,
+                                                              bool joins = true) {
+  return record_softmax_layer<T>(
+      rank, P, H, H_kv, joins,
+      [&](const auto& policy, auto& comm, const auto& seq, const auto& shape, const auto& resource) {
+        using policy_type = std::remove_cvref_t<decltype(policy)>;
+        using comm_type = std::remove_cvref_t<decltype(comm)>;
+        return seqpar::ulysses_attention<policy_type, comm_type, T, seqpar_test::recording_resource>(
+            policy, comm, seq, shape, seqpar::elements<T>, {.causal = true}, {.head_groups = groups}, resource);
+      });
+}
+
+// A ring layer on rank `rank` of `P`, recorded.
+template <class T>
+std::shared_ptr<seqpar_test::stream_order_log> record_ring(int rank, int P, seqpar::shard_strategy sharding,
+                                                           bool joins = true) {
+  return record_softmax_layer<T>(
+      rank, P, 4, 2, joins,
+      [&](const auto& policy, auto& comm, const auto& seq, const auto& shape, const auto& resource) {
+        using policy_type = std::remove_cvref_t<decltype(policy)>;
+        using comm_type = std::remove_cvref_t<decltype(comm)>;
+        return seqpar::ring_attention<policy_type, comm_type, T, seqpar_test::recording_resource>(
+            policy, comm, seq, shape, seqpar::elements<T>, {.causal = true}, resource);
+      },
+      sharding);
+}
+}  // namespace
+
+TEST_CASE("ring_attention keeps its stream order on every rank (recording launcher and communicator)") {
+  for (auto sharding : {seqpar::shard_strategy::contiguous, seqpar::shard_strategy::zigzag})
+    for (int rank = 0; rank < 4; ++rank) {
+      INFO(seqpar::to_string(sharding) << ", rank " << rank << " of 4");
+      const auto log = record_ring<__half>(rank, 4, sharding);
+      CHECK_MESSAGE(log->findings().empty(), log->report());
+    }
+}
+
+TEST_CASE("the recording finds a ring layer whose side stream is never joined") {
+  const auto log = record_ring<__half>(2, 4, seqpar::shard_strategy::contiguous, /*joins=*/false);
+  CHECK_MESSAGE(log->report().find("not ordered after") != std::string::npos, log->report());
+}
+
+TEST_CASE("ulysses_attention keeps its stream order in head groups (recording launcher and communicator)") {
+  for (int groups : {1, 2, 4})
+    for (int rank = 0; rank < 2; ++rank) {
+      INFO(groups << " head groups, rank " << rank << " of 2");
+      const auto log = record_ulysses<__half>(rank, 2, 8, 8, groups);
+      CHECK_MESSAGE(log->findings().empty(), log->report());
+    }
+  // Grouped-query heads: 8 query heads reading 4 kv heads, 2 groups of one kv head a rank each.
+  const auto gqa = record_ulysses<__nv_bfloat16>(1, 2, 8, 4, 2);
+  CHECK_MESSAGE(gqa->findings().empty(), gqa->report());
+}
+
+TEST_CASE("the recording finds a Ulysses layer whose side stream is never joined") {
+  const auto log = record_ulysses<__half>(0, 2, 8, 8, 2, /*joins=*/false);
+  CHECK_MESSAGE(log->report().find("not ordered after") != std::string::npos, log->report());
 }

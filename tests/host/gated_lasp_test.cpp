@@ -252,7 +252,8 @@ struct device_group_of_one {
 TEST_CASE("linear_attention_ring reads device gates (a host wait) with group checks only") {
   const seqpar::attention_shape shape{.batch = 1, .heads = 2, .head_dim = 4, .value_dim = 4};
   const seqpar::linear_attention_ring ring(0, seqpar::make_seq_partition(8, 1), shape);
-  std::vector<float> x(8 * 2 * 4), y(x.size()), gates(8 * 2, -0.5f), dg(gates.size()), saved(2 * 4 * 4);
+  std::vector<float> x(8 * 2 * 4), y(x.size()), dk(x.size()), dv(x.size()), gates(8 * 2, -0.5f), dg(gates.size()),
+      saved(2 * 4 * 4);
   const auto q = seqpar::make_bshd<const float>(x.data(), 1, 8, 2, 4);
   const auto o = seqpar::make_bshd(y.data(), 1, 8, 2, 4);
   const auto g = seqpar::make_bshd<const float>(gates.data(), 1, 8, 2, 1);
@@ -264,8 +265,8 @@ TEST_CASE("linear_attention_ring reads device gates (a host wait) with group che
                                                         .g = g,
                                                         .saved = seqpar::make_state(saved.data(), 1, 2, 4, 4),
                                                         .dq = o,
-                                                        .dk = o,
-                                                        .dv = o,
+                                                        .dk = seqpar::make_bshd(dk.data(), 1, 8, 2, 4),
+                                                        .dv = seqpar::make_bshd(dv.data(), 1, 8, 2, 4),
                                                         .dg = seqpar::make_bshd(dg.data(), 1, 8, 2, 1)};
   const counting_device_gates policy;
   const device_group_of_one comm;

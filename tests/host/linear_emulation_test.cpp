@@ -14,6 +14,7 @@
 #include <seqpar/documents.hpp>
 #include <seqpar_test/host_tensor.hpp>
 #include <seqpar_test/lasp_cases.hpp>
+#include <seqpar_test/recording_layer.hpp>
 #include <seqpar_test/stream_recording.hpp>
 
 #include <doctest/doctest.h>
@@ -267,4 +268,62 @@ TEST_CASE("lasp_attention with linear_cuda under an emulated warp: packed docume
   for (auto strategy : {seqpar::lasp_strategy::chain, seqpar::lasp_strategy::all_gather})
     seqpar_test::check_lasp<__half>({3, 1, 150, 2, 16, 16, 1.0f, strategy}, seqpar::memory_space::host,
                                     emulated_host_linear{}, docs);
+}
+
+namespace {
+// A LASP layer's whole device path on rank `rank` of `P`, recorded: forward, the caller reading o
+// and writing the inputs anew on its stream, then backward and the gradients read. Returns the log.
+template <class T>
+std::shared_ptr<seqpar_test::stream_order_log> record_lasp(int rank, int P, seqpar::lasp_strategy strategy,
+                                                           bool documents, bool joins = true) {
+  constexpr std::int64_t B = 1, S = 192;
+  constexpr int H = 2, D = 16, E = 16;
+  using policy_type = seqpar::basic_linear_cuda<seqpar_test::recording_launcher>;
+  policy_type policy{};
+  policy.launcher.joins = joins;
+  const auto log = policy.launcher.log;
+  seqpar_test::recording_communicator comm(log, rank, P);
+  const auto seq = seqpar::make_seq_partition(S, P);
+  const std::int64_t C = seq.size(rank);
+  seqpar::lasp_attention<policy_type, seqpar_test::recording_communicator, T, seqpar_test::recording_resource> layer(
+      policy, comm, seq, {.batch = B, .heads = H, .head_dim = D, .value_dim = E}, seqpar::elements<T>, {0.9f, 1.0f},
+      strategy, {log});
+  const host_tensor<T> q(B, C, H, D, 0, 0.5f), k(B, C, H, D, 0, 0.5f), v(B, C, H, E, 0, 0.5f),
+      dout(B, C, H, E, 0, 0.5f);
+  host_tensor<T> o(B, C, H, E, 0, 0), dq(B, C, H, D, 0, 0), dk(B, C, H, D, 0, 0), dv(B, C, H, E, 0, 0);
+  const auto stream = log->stream("stream");
+  const std::vector<std::int32_t> lengths{70, 50, 72};
+  const auto docs = seqpar::documents_of_lengths(lengths);
+  const seqpar::execution exec{.stream = stream, .checks = seqpar::call_checks::local};
+  seqpar_test::record_step<T>(
+      *log, stream, {{q.cview(), "q"}, {k.cview(), "k"}, {v.cview(), "v"}, {dout.cview(), "dout"}},
+      {{o.view, "o"}, {dq.view, "dq"}, {dk.view, "dk"}, {dv.view, "dv"}},
+      [&] {
+        return layer.forward(
+            {.q = q.cview(), .k = k.cview(), .v = v.cview(), .o = o.view, .documents = documents ? &docs : nullptr},
+            exec);
+      },
+      [&](const auto& saved) {
+        layer.backward(saved, {.dout = dout.cview(), .dq = dq.view, .dk = dk.view, .dv = dv.view}, exec);
+      });
+  return log;
+}
+}  // namespace
+
+TEST_CASE("lasp_attention keeps its stream order on every rank (recording launcher and communicator)") {
+  for (auto strategy : {seqpar::lasp_strategy::chain, seqpar::lasp_strategy::all_gather})
+    for (bool documents : {false, true})
+      for (int rank = 0; rank < 3; ++rank) {
+        INFO(seqpar::to_string(strategy) << (documents ? " with documents" : "") << ", rank " << rank << " of 3");
+        const auto half = record_lasp<__half>(rank, 3, strategy, documents);
+        CHECK_MESSAGE(half->findings().empty(), half->report());
+        const auto single = record_lasp<float>(rank, 3, strategy, documents);  // CUDA cores
+        CHECK_MESSAGE(single->findings().empty(), single->report());
+      }
+}
+
+TEST_CASE("the recording finds a LASP layer whose side stream is never joined") {
+  const auto log = record_lasp<__half>(1, 3, seqpar::lasp_strategy::chain, false, /*joins=*/false);
+  CHECK(!log->findings().empty());
+  CHECK_MESSAGE(log->report().find("not ordered after") != std::string::npos, log->report());
 }

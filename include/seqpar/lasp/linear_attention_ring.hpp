@@ -11,6 +11,7 @@
 #include <seqpar/comm/communicator.hpp>
 #include <seqpar/detail/lasp_decay.hpp>
 #include <seqpar/detail/stream_fork.hpp>
+#include <seqpar/detail/view_overlap.hpp>
 #include <seqpar/detail/workspace_layout.hpp>
 #include <seqpar/documents.hpp>
 #include <seqpar/layer_arguments.hpp>
@@ -92,7 +93,7 @@ class linear_attention_ring {
   linear_attention_ring(int rank, const seq_partition& seq, const attention_shape& shape,
                         lasp_strategy strategy = lasp_strategy::chain)
       : rank_(rank), seq_(seq), batch_(shape.batch), heads_(shape.heads), dk_(shape.head_dim), dv_(shape.values()),
-        strategy_(strategy), fork_(std::make_unique<detail::stream_fork>()) {
+        strategy_(strategy) {
     check_attention_shape(shape);
     SEQPAR_EXPECTS(shape.kv() == shape.heads, "shape.kv_heads: LASP pairs every query head with its own key/value "
                                               "head; expected kv_heads = heads = " << shape.heads << ", got "
@@ -168,6 +169,9 @@ class linear_attention_ring {
     check_call<T>(policy, comm);
     check_decays(policy, args.decay, args.g, exec);
     check_views({"q", "k", "v", "o"}, args.q, args.k, args.v, args.o);
+    detail::check_written_apart({detail::bytes_of("o", args.o)},
+                                {detail::bytes_of("q", args.q), detail::bytes_of("k", args.k),
+                                 detail::bytes_of("v", args.v), detail::bytes_of("g", args.g)});
     check_documents(detail::documents_of(args.documents));
   }
   //! The checks backward makes on this rank of everything but args.workspace, without running it
@@ -187,6 +191,12 @@ class linear_attention_ring {
                      "gives the log-gates' gradient)");
     check_state("saved", args.saved);
     check_documents(detail::documents_of(args.documents));
+    // The gradients are written piece by piece while q, k, v and dO are still read.
+    detail::check_written_apart(
+        {detail::bytes_of("dq", args.dq), detail::bytes_of("dk", args.dk), detail::bytes_of("dv", args.dv),
+         detail::bytes_of("dg", args.dg)},
+        {detail::bytes_of("q", args.q), detail::bytes_of("k", args.k), detail::bytes_of("v", args.v),
+         detail::bytes_of("dout", args.dout), detail::bytes_of("g", args.g)});
   }
   //! The checks of a call's documents: the default layout, or one over the partition's tokens
   //! with at least one token on every rank.
@@ -263,9 +273,19 @@ class linear_attention_ring {
   static tensor_view<T> rows(const tensor_view<T>& v, const document_piece& piece) {
     return detail::rows(v, piece.local, piece.length);
   }
+  // The side stream and zero fills of calls with `policy`, made on the first call.
+  template <class Policy>
+  detail::stream_fork& fork_for(const Policy& policy) {
+    if (!fork_) fork_ = detail::stream_fork_for(policy);
+    return *fork_;
+  }
+  // `s` zeroed on `stream` (the fork exists: a call makes it before it zeroes a state).
+  void zero_state(const state_view& s, memory_space where, stream_t stream) const {
+    fork_->zero(s.data_handle(), s.size(), where, stream);
+  }
   // `scratch` zeroed on `stream`, as a state: the missing side of an inter-chunk term.
   const_state_view zero(const state_view& scratch, memory_space where, stream_t stream) const {
-    detail::zero_state(scratch, where, stream);
+    zero_state(scratch, where, stream);
     return scratch;
   }
   state_view state(float* p) const { return make_state(p, batch_, heads_, dk_, dv_); }
@@ -288,7 +308,7 @@ class linear_attention_ring {
     float *const total = contribution + n, *const gathered = layout.template as<float>(workspace, 1).data();
     // Fork first, so the side stream's state work does not queue behind the intra-chunk product;
     // that product needs no message and runs on `stream` meanwhile.
-    const stream_t side = fork_->fork(where, stream);
+    const stream_t side = fork_for(policy).fork(where, stream);
     const document_piece& last = plan.pieces.back();
     auto chunk_of = [&](const document_piece& p) {
       return decay.chunk(rows(cq, p), rows(ck, p), rows(cv, p), tensor_view<const T>{}, p);
@@ -307,7 +327,7 @@ class linear_attention_ring {
     // through it, plus the last piece's tokens.
     const bool carry = rank_ > 0 && plan.pieces.size() == 1 && plan.first_continues;
     if (strategy_ == lasp_strategy::chain) {
-      if (rank_ == 0) detail::zero_state(saved, where, side);
+      if (rank_ == 0) zero_state(saved, where, side);
       for (int s = 0; s + 1 < seq_.ranks; ++s) {  // hop s: rank s sends KV_{s+1} to rank s+1
         if (rank_ == s)
           decay.update(policy, total, chunk(), carry ? const_state_view(saved) : const_state_view(), m, next, side);
@@ -341,7 +361,7 @@ class linear_attention_ring {
     const state_view gq = state(contribution), g_in = state(layout.template as<float>(workspace, 1).data()),
                      g_out = state(layout.template as<float>(workspace, 2).data());
     float *const total = contribution + n, *const gathered = layout.template as<float>(workspace, 1).data();
-    const stream_t side = fork_->fork(where, stream);  // before the intra-chunk work, as in forward
+    const stream_t side = fork_for(policy).fork(where, stream);  // before the intra-chunk work, as in forward
     auto chunk_of = [&](const document_piece& p) {
       return decay.chunk(rows(cq, p), rows(ck, p), rows(cv, p), rows(cdo, p), p);
     };
@@ -353,12 +373,12 @@ class linear_attention_ring {
     if (plan.first_continues)
       policy.backward_state_contribution(chunk_of(first), gq, side);
     else
-      detail::zero_state(gq, where, side);
+      zero_state(gq, where, side);
     decay.chunk_decay(policy, whole_chunk(), total, side);
     state_view g = g_in;  // G_r: gradient of the state this rank sent forward
     if (strategy_ == lasp_strategy::chain) {
       const int last_rank = seq_.ranks - 1;
-      if (rank_ == last_rank) detail::zero_state(g_in, where, side);
+      if (rank_ == last_rank) zero_state(g_in, where, side);
       for (int s = last_rank; s > 0; --s) {  // hop s: rank s sends G_{s-1} to rank s-1
         if (rank_ == s)
           decay.update(policy, total, chunk(),
@@ -411,7 +431,7 @@ class linear_attention_ring {
     // Contributions fold from `bound` (the rank where this rank's first document begins, forward;
     // where its last one ends, backward) up to this rank, exclusive.
     if (forward ? bound >= rank_ : bound <= rank_) {
-      detail::zero_state(out, where, side);
+      zero_state(out, where, side);
       return;
     }
     const int first = bound, end = rank_;

@@ -45,16 +45,4 @@ inline void check_decay(std::span<const float> decay, std::int64_t heads) {
                    "decay[" << h << "]: expected lambda in (0, 1], got " << decay[h]);
 }
 
-namespace detail {
-//! Sets a state to zero in host or device memory (device: ordered on `stream`).
-inline void zero_state(state_view s, memory_space where, stream_t stream) {
-  if (s.size() == 0) return;
-  if (where == memory_space::host) {
-    std::fill(s.data_handle(), s.data_handle() + s.size(), 0.0f);
-    return;
-  }
-  SEQPAR_CUDA_TRY(cudaMemsetAsync(s.data_handle(), 0, s.size() * sizeof(float), stream));
-}
-}  // namespace detail
-
 SEQPAR_NAMESPACE_END

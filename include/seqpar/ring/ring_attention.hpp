@@ -12,6 +12,7 @@
 #include <seqpar/comm/agreement.hpp>
 #include <seqpar/call.hpp>
 #include <seqpar/detail/call_documents.hpp>
+#include <seqpar/detail/view_overlap.hpp>
 #include <seqpar/detail/layer_skeleton.hpp>
 #include <seqpar/layer_arguments.hpp>
 #include <seqpar/memory_resource.hpp>
@@ -130,7 +131,7 @@ class ring_attention {
     (void)make_seq_partition(seq.tokens, seq.ranks, seq.strategy);
     SEQPAR_EXPECTS(seq.ranks == comm.size(),
                    "seq: partition over " << seq.ranks << " ranks; expected the communicator's " << comm.size());
-    SEQPAR_EXPECTS(SEQPAR_CUDA_COMPILER || comm.memory() == memory_space::host,
+    SEQPAR_EXPECTS(detail::starts_kernels<decltype(detail::launcher_of(policy))> || comm.memory() == memory_space::host,
                    "comm: device memory needs the calling file compiled by nvcc (the ring's element-wise steps "
                    "are CUDA)");
     detail::check_policy_serves(policy, comm.memory(), dtype_of<T>, shape.head_dim, options);
@@ -154,12 +155,18 @@ class ring_attention {
 
   void check_forward(const forward_args& args) const {
     check_views({"q", "k", "v", "o"}, args.q, args.k, args.v, args.o);
+    detail::check_written_apart(
+        {detail::bytes_of("o", args.o)},
+        {detail::bytes_of("q", args.q), detail::bytes_of("k", args.k), detail::bytes_of("v", args.v)});
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
     detail::check_call_documents(policy_, args.documents, seq_.tokens);
   }
   void check_backward(const context& saved, const backward_args& args) const {
     skeleton_.template check_stamp<T>(saved);
     check_views({"dq", "dk", "dv", "dout"}, args.dq, args.dk, args.dv, args.dout);
+    detail::check_written_apart(
+        {detail::bytes_of("dq", args.dq), detail::bytes_of("dk", args.dk), detail::bytes_of("dv", args.dv)},
+        {detail::bytes_of("dout", args.dout)});
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
   }
 
@@ -185,7 +192,7 @@ class ring_attention {
   attention_options options_;
   detail::ring_pass pass_;
   detail::layer_skeleton<Comm> skeleton_;
-  std::unique_ptr<detail::stream_fork> fork_ = std::make_unique<detail::stream_fork>();
+  std::unique_ptr<detail::stream_fork> fork_ = detail::stream_fork_for(policy_);
 };
 
 SEQPAR_KERNEL_NAMESPACE_END

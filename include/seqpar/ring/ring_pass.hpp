@@ -131,6 +131,7 @@ struct ring_pass {
                tensor_view<const T> v, tensor_view<T> o, float* lse, stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
     const memory_space where = comm.memory();
+    const auto launch = launcher_of(policy);  // the element-wise steps' too
     const auto runs = token_runs(seq, r);
     const attention_options opt = options.with_documents(docs.ids());  // what the policy gets
     const auto layout = forward_layout<T>(r);
@@ -138,9 +139,9 @@ struct ring_pass {
     float* const o_acc = layout.template as<float>(workspace, 2).data();
     float* const part_o = layout.template as<float>(workspace, 3).data();
     float* const part_lse = layout.template as<float>(workspace, 4).data();
-    for_each_index(where, lse_floats(r), fill_floats{lse, -std::numeric_limits<float>::infinity()}, stream);
-    for_each_index(where, elements_of(r, heads), fill_floats{o_acc, 0.0f}, stream);
-    pack_kv(where, k, v, kv(0), r, stream);
+    for_each_index(where, lse_floats(r), fill_floats{lse, -std::numeric_limits<float>::infinity()}, stream, launch);
+    for_each_index(where, elements_of(r, heads), fill_floats{o_acc, 0.0f}, stream, launch);
+    pack_kv(where, k, v, kv(0), r, stream, launch);
     for (int t = 0; t < P; ++t) {
       const int s = (r - t + P) % P;
       const stream_t side = t + 1 < P ? fork.fork(where, stream) : stream;
@@ -160,13 +161,13 @@ struct ring_pass {
         const merge_partial_rows merge{rows(acc_view(o_acc, r, heads), qr.local, qr.length),
                                        lse_view(lse + lse_at, batch, heads, qr.length), tensor_view<const float>(part),
                                        const_lse_view(part_l)};
-        for_each_index(where, merge.rows(), merge, stream);
+        for_each_index(where, merge.rows(), merge, stream, launch);
       });
       if (t + 1 == P) break;
       send_on(comm, kv(t % 2), kv((t + 1) % 2), s, side);
       fork.join(where, stream);
     }
-    copy(where, tensor_view<const float>(acc_view(o_acc, r, heads)), o, stream);
+    copy(where, tensor_view<const float>(acc_view(o_acc, r, heads)), o, stream, launch);
   }
 
   //! dq, dk, dv of this rank's rows from dO, the forward's o and its lse, in `workspace`
@@ -178,6 +179,7 @@ struct ring_pass {
                 tensor_view<T> dq, tensor_view<T> dk, tensor_view<T> dv, stream_t stream) const {
     const int P = comm.size(), r = comm.rank();
     const memory_space where = comm.memory();
+    const auto launch = launcher_of(policy);
     const auto runs = token_runs(seq, r);
     const attention_options opt = options.with_documents(docs.ids());  // what the policy gets
     const std::int64_t kv_n = 2 * kv_elements();
@@ -195,15 +197,15 @@ struct ring_pass {
       for (const auto& run : runs) {
         const row_dots_of<T> dot{rows(dout, run.local, run.length), rows(o, run.local, run.length),
                                  lse_view(dots + lse_offset(runs, run), batch, heads, run.length)};
-        for_each_index(where, dot.rows(), dot, stream);
+        for_each_index(where, dot.rows(), dot, stream, launch);
       }
-    for_each_index(where, elements_of(r, heads), fill_floats{dq_acc, 0.0f}, stream);
-    pack_kv(where, k, v, kv(0), r, stream);
+    for_each_index(where, elements_of(r, heads), fill_floats{dq_acc, 0.0f}, stream, launch);
+    pack_kv(where, k, v, kv(0), r, stream, launch);
     for (int t = 0; t < P; ++t) {
       const int s = (r - t + P) % P;
       const stream_t side = P > 1 ? fork.fork(where, stream) : stream;
       float* const mine = grads(t % 2);
-      for_each_index(where, kv_n, fill_floats{mine, 0.0f}, stream);
+      for_each_index(where, kv_n, fill_floats{mine, 0.0f}, stream, launch);
       const auto [ks, vs] = kv_views<const T>(kv(t % 2), s);
       const auto [dks, dvs] = kv_views<float>(mine, s);
       for_each_pair(runs, s, docs, [&](const token_run& qr, std::int64_t lse_at, const token_run& kr, block_pair pair) {
@@ -227,20 +229,20 @@ struct ring_pass {
           policy.block_backward(args, stream);
       });
       if (P == 1) break;
-      if (t > 0) send_grads(comm, grads((t - 1) % 2), incoming, t - 1, where, side);
+      if (t > 0) send_grads(comm, grads((t - 1) % 2), incoming, t - 1, where, side, launch);
       if (t + 1 < P) send_on(comm, kv(t % 2), kv((t + 1) % 2), s, side);
       fork.join(where, stream);
     }
     // After P hops each shard's gradients are home.
     float* home = grads(0);
     if (P > 1) {
-      send_grads(comm, grads((P - 1) % 2), incoming, P - 1, where, stream);
+      send_grads(comm, grads((P - 1) % 2), incoming, P - 1, where, stream, launch);
       home = incoming;
     }
-    copy(where, tensor_view<const float>(acc_view(dq_acc, r, heads)), dq, stream);
+    copy(where, tensor_view<const float>(acc_view(dq_acc, r, heads)), dq, stream, launch);
     const auto [dk_home, dv_home] = kv_views<const float>(home, r);
-    copy(where, dk_home, dk, stream);
-    copy(where, dv_home, dv, stream);
+    copy(where, dk_home, dk, stream, launch);
+    copy(where, dv_home, dv, stream, launch);
   }
 
  private:
@@ -266,18 +268,18 @@ struct ring_pass {
     return {make_bshd<U>(p, batch, n, kv_heads, head_dim),
             make_bshd<U>(p + elements_of(s, kv_heads), batch, n, kv_heads, head_dim)};
   }
-  template <class From, class To>
-  static void copy(memory_space where, const tensor_view<const From>& from, const tensor_view<To>& to,
-                   stream_t stream) {
+  template <class From, class To, class Launcher>
+  static void copy(memory_space where, const tensor_view<const From>& from, const tensor_view<To>& to, stream_t stream,
+                   const Launcher& launch) {
     const copy_elements<From, To> c{from, to};
-    for_each_index(where, c.size(), c, stream);
+    for_each_index(where, c.size(), c, stream, launch);
   }
-  template <class T>
+  template <class T, class Launcher>
   void pack_kv(memory_space where, const tensor_view<const T>& k, const tensor_view<const T>& v, T* p, int rank,
-               stream_t stream) const {
+               stream_t stream, const Launcher& launch) const {
     const auto [kp, vp] = kv_views<T>(p, rank);
-    copy(where, k, kp, stream);
-    copy(where, v, vp, stream);
+    copy(where, k, kp, stream, launch);
+    copy(where, v, vp, stream, launch);
   }
   // Sends rank s's shard (K and V, or their gradients) from `from` to the next rank and receives the
   // one before it into `to`, on `stream`.
@@ -289,10 +291,11 @@ struct ring_pass {
   }
   // Adds the gradients of the shard held at step t that arrived from the ranks before (none at
   // step 0) to this rank's share `mine`, and sends the sum on; the next shard's arrive in `incoming`.
-  template <class Comm>
-  void send_grads(Comm& comm, float* mine, float* incoming, int t, memory_space where, stream_t stream) const {
+  template <class Comm, class Launcher>
+  void send_grads(Comm& comm, float* mine, float* incoming, int t, memory_space where, stream_t stream,
+                  const Launcher& launch) const {
     const int P = comm.size(), s = (comm.rank() - t + P) % P;
-    if (t > 0) for_each_index(where, 2 * elements_of(s, kv_heads), add_floats{mine, incoming}, stream);
+    if (t > 0) for_each_index(where, 2 * elements_of(s, kv_heads), add_floats{mine, incoming}, stream, launch);
     send_on(comm, mine, incoming, s, stream);
   }
   // Calls f(query run, its lse offset, key run, pair) for every pair of `runs` and rank s's runs

@@ -9,6 +9,7 @@
 #include <seqpar/comm/agreement.hpp>
 #include <seqpar/call.hpp>
 #include <seqpar/detail/call_documents.hpp>
+#include <seqpar/detail/view_overlap.hpp>
 #include <seqpar/detail/layer_skeleton.hpp>
 #include <seqpar/detail/workspace_layout.hpp>
 #include <seqpar/layer_arguments.hpp>
@@ -152,12 +153,12 @@ class ulysses_ring_attention {
     const tensor_view<T> hq = heads(saved.q_.span(), true), hk = heads(saved.k_.span(), false),
                          hv = heads(saved.v_.span(), false), ho = heads(saved.o_.span(), true);
     detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::forward, qkv_views{args.q, args.k, args.v},
-                             qkv_views{hq, hk, hv}, exchange, stream);
+                             qkv_views{hq, hk, hv}, exchange, stream, detail::launcher_of(policy_));
     pass_.forward(policy_, ring_, layout.part(ws, 1), *fork_, saved.docs_, tensor_view<const T>(hq),
                   tensor_view<const T>(hk), tensor_view<const T>(hv), ho,
                   reinterpret_cast<float*>(saved.lse_.span().data()), stream);
     detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::inverse, tensor_view<const T>(ho), args.o,
-                             exchange, stream);
+                             exchange, stream, detail::launcher_of(policy_));
     skeleton_.template stamp<T>(saved);
     return saved;
   }
@@ -176,13 +177,14 @@ class ulysses_ring_attention {
     const tensor_view<T> hdo = heads(layout.part(ws, 1), true), hdq = heads(layout.part(ws, 2), true),
                          hdk = heads(layout.part(ws, 3), false), hdv = heads(layout.part(ws, 4), false);
     auto held = [&](const owned_bytes<Resource>& b, bool query) { return tensor_view<const T>(heads(b.span(), query)); };
-    detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::forward, args.dout, hdo, exchange, stream);
+    detail::run_one_exchange(plan_, ulysses_, detail::heads_direction::forward, args.dout, hdo, exchange, stream,
+                             detail::launcher_of(policy_));
     pass_.backward(policy_, ring_, layout.part(ws, 5), *fork_, saved.docs_, held(saved.q_, true),
                    held(saved.k_, false), held(saved.v_, false), held(saved.o_, true), tensor_view<const T>(hdo),
                    reinterpret_cast<const float*>(saved.lse_.span().data()), hdq, hdk, hdv, stream);
     detail::run_qkv_exchange(plan_, ulysses_, detail::heads_direction::inverse,
                              qkv_views{tensor_view<const T>(hdq), tensor_view<const T>(hdk), tensor_view<const T>(hdv)},
-                             qkv_views{args.dq, args.dk, args.dv}, exchange, stream);
+                             qkv_views{args.dq, args.dk, args.dv}, exchange, stream, detail::launcher_of(policy_));
   }
 
   //! The Ulysses exchange plan within this rank's Ulysses group.
@@ -199,9 +201,10 @@ class ulysses_ring_attention {
     SEQPAR_EXPECTS(checked.mesh.ulysses * checked.mesh.ring == world.size(),
                    "mesh: ulysses * ring = " << checked.mesh.ulysses * checked.mesh.ring
                                              << "; expected the world group's " << world.size() << " ranks");
-    SEQPAR_EXPECTS(SEQPAR_CUDA_COMPILER || world.memory() == memory_space::host,
-                   "world: device memory needs the calling file compiled by nvcc (the exchanges' kernels are "
-                   "CUDA)");
+    SEQPAR_EXPECTS(
+        detail::starts_kernels<decltype(detail::launcher_of(policy))> || world.memory() == memory_space::host,
+        "world: device memory needs the calling file compiled by nvcc (the exchanges' kernels are "
+        "CUDA)");
     auto plan = make_all_to_all_heads_plan(checked.mesh.ulysses_index(world.rank()), checked.group_partition(), shape,
                                            dtype_of<T>);
     detail::check_policy_serves(policy, world.memory(), dtype_of<T>, shape.head_dim, options);
@@ -225,12 +228,18 @@ class ulysses_ring_attention {
 
   void check_forward(const forward_args& args) const {
     detail::check_seq_side_views(plan_, args);
+    detail::check_written_apart(
+        {detail::bytes_of("o", args.o)},
+        {detail::bytes_of("q", args.q), detail::bytes_of("k", args.k), detail::bytes_of("v", args.v)});
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
     detail::check_call_documents(policy_, args.documents, layout_.tokens);
   }
   void check_backward(const context& saved, const backward_args& args) const {
     skeleton_.template check_stamp<T>(saved);
     detail::check_seq_side_views(plan_, args);
+    detail::check_written_apart(
+        {detail::bytes_of("dq", args.dq), detail::bytes_of("dk", args.dk), detail::bytes_of("dv", args.dv)},
+        {detail::bytes_of("dout", args.dout)});
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
   }
 
@@ -257,7 +266,7 @@ class ulysses_ring_attention {
   detail::layer_skeleton<Comm> skeleton_;
   Comm ulysses_, ring_;
   detail::ring_pass pass_;
-  std::unique_ptr<detail::stream_fork> fork_ = std::make_unique<detail::stream_fork>();
+  std::unique_ptr<detail::stream_fork> fork_ = detail::stream_fork_for(policy_);
 };
 
 SEQPAR_KERNEL_NAMESPACE_END

@@ -9,8 +9,9 @@
 #include <seqpar/error.hpp>
 #include <seqpar/tensor.hpp>
 #include <seqpar/ulysses/all_to_all_heads_plan.hpp>
+#include <seqpar/policy/detail/launcher.cuh>
 #include <seqpar/ulysses/detail/heads_pack_host.hpp>
-#if SEQPAR_CUDA_COMPILER
+#if SEQPAR_CUDA_COMPILER || SEQPAR_KERNELS_AS_HOST_CODE
 #include <seqpar/ulysses/detail/heads_pack_cuda.cuh>
 #endif
 
@@ -112,15 +113,17 @@ void check_exchange_call(const all_to_all_heads_plan& plan, const Comm& comm, he
                  "workspace: expected 16-byte alignment");
 }
 
-//! Runs one exchange whose arguments are already checked and agreed: pack, one all_to_all_v, unpack.
-template <class Comm, class T>
+//! Runs one exchange whose arguments are already checked and agreed: pack, one all_to_all_v,
+//! unpack; on a device the pack kernels are started by `launch`.
+template <class Comm, class T, class Launcher>
 void run_heads_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_payload what, heads_direction direction,
-                        const segment_views<T>& views, std::span<std::byte> workspace, stream_t stream) {
+                        const segment_views<T>& views, std::span<std::byte> workspace, stream_t stream,
+                        const Launcher& launch) {
   const bool on_device = comm.memory() == memory_space::device;
-#if !SEQPAR_CUDA_COMPILER
-  if (on_device)
-    SEQPAR_FAIL(errc::unsupported, "comm: device memory needs the calling file compiled by nvcc (the pack kernels are CUDA)");
-#endif
+  (void)launch;  // used only where the pack kernels compile
+  if (!starts_kernels<Launcher> && on_device)
+    SEQPAR_FAIL(errc::unsupported,
+                "comm: device memory needs the calling file compiled by nvcc (the pack kernels are CUDA)");
   const auto& g = plan.geometry(what);
   const std::size_t seq_n = plan.seq_side_elements(what), heads_n = plan.heads_side_elements(what);
   T* seq_buf = reinterpret_cast<T*>(workspace.data());
@@ -129,15 +132,17 @@ void run_heads_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_pay
   if (direction == heads_direction::forward) {
     const bool in_place = what == heads_payload::q && matches_heads_side_buffer(plan, views.out[0]);
     T* recv = in_place ? views.out[0].data() : heads_buf;
-#if SEQPAR_CUDA_COMPILER
-    if (on_device) device::pack_seq_side(g, views, seq_buf, stream, cuda_launcher{});
+#if SEQPAR_CUDA_COMPILER || SEQPAR_KERNELS_AS_HOST_CODE
+    if constexpr (starts_kernels<Launcher>)
+      if (on_device) device::pack_seq_side(g, views, seq_buf, stream, launch);
 #endif
     if (!on_device) pack_seq_side(g, views, seq_buf);
     comm.all_to_all_v(std::span<const T>(seq_buf, seq_n), plan.seq_side_counts(what), plan.seq_side_displs(what),
                       std::span<T>(recv, heads_n), plan.heads_side_counts(what), plan.heads_side_displs(what), stream);
     if (in_place) return;
-#if SEQPAR_CUDA_COMPILER
-    if (on_device) device::unpack_heads_side(g, heads_buf, views, stream, cuda_launcher{});
+#if SEQPAR_CUDA_COMPILER || SEQPAR_KERNELS_AS_HOST_CODE
+    if constexpr (starts_kernels<Launcher>)
+      if (on_device) device::unpack_heads_side(g, heads_buf, views, stream, launch);
 #endif
     if (!on_device) unpack_heads_side(g, heads_buf, views);
     return;
@@ -146,15 +151,17 @@ void run_heads_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_pay
   const bool in_place = what == heads_payload::q && matches_heads_side_buffer(plan, views.in[0]);
   const T* send = in_place ? views.in[0].data() : heads_buf;
   if (!in_place) {
-#if SEQPAR_CUDA_COMPILER
-    if (on_device) device::pack_heads_side(g, views, heads_buf, stream, cuda_launcher{});
+#if SEQPAR_CUDA_COMPILER || SEQPAR_KERNELS_AS_HOST_CODE
+    if constexpr (starts_kernels<Launcher>)
+      if (on_device) device::pack_heads_side(g, views, heads_buf, stream, launch);
 #endif
     if (!on_device) pack_heads_side(g, views, heads_buf);
   }
   comm.all_to_all_v(std::span<const T>(send, heads_n), plan.heads_side_counts(what), plan.heads_side_displs(what),
                     std::span<T>(seq_buf, seq_n), plan.seq_side_counts(what), plan.seq_side_displs(what), stream);
-#if SEQPAR_CUDA_COMPILER
-  if (on_device) device::unpack_seq_side_sum(g, seq_buf, views, stream, cuda_launcher{});
+#if SEQPAR_CUDA_COMPILER || SEQPAR_KERNELS_AS_HOST_CODE
+  if constexpr (starts_kernels<Launcher>)
+    if (on_device) device::unpack_seq_side_sum(g, seq_buf, views, stream, launch);
 #endif
   if (!on_device) unpack_seq_side_sum(g, seq_buf, views);
 }
@@ -184,21 +191,22 @@ void check_one_exchange(const all_to_all_heads_plan& plan, const Comm& comm, con
   check_extents(out_name, out, out_extents);
 }
 
-//! Runs a Q/K/V exchange whose views are checked and agreed.
-template <class Comm, class T>
+//! Runs a Q/K/V exchange whose views are checked and agreed (pack kernels started by `launch`).
+template <class Comm, class T, class Launcher = decltype(default_launcher())>
 void run_qkv_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_direction direction,
                       const qkv_views<const T>& in, const qkv_views<T>& out, std::span<std::byte> workspace,
-                      stream_t stream) {
+                      stream_t stream, const Launcher& launch = default_launcher()) {
   segment_views<T> views{{in.q, in.k, in.v}, {out.q, out.k, out.v}};
-  run_heads_exchange(plan, comm, heads_payload::qkv, direction, views, workspace, stream);
+  run_heads_exchange(plan, comm, heads_payload::qkv, direction, views, workspace, stream, launch);
 }
 
-//! Runs a one-tensor exchange whose views are checked and agreed.
-template <class Comm, class T>
+//! Runs a one-tensor exchange whose views are checked and agreed (pack kernels started by `launch`).
+template <class Comm, class T, class Launcher = decltype(default_launcher())>
 void run_one_exchange(const all_to_all_heads_plan& plan, Comm& comm, heads_direction direction, tensor_view<const T> in,
-                      tensor_view<T> out, std::span<std::byte> workspace, stream_t stream) {
+                      tensor_view<T> out, std::span<std::byte> workspace, stream_t stream,
+                      const Launcher& launch = default_launcher()) {
   segment_views<T> views{{in}, {out}};
-  run_heads_exchange(plan, comm, heads_payload::q, direction, views, workspace, stream);
+  run_heads_exchange(plan, comm, heads_payload::q, direction, views, workspace, stream, launch);
 }
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_END

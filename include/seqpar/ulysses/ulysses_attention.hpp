@@ -12,6 +12,7 @@
 #include <seqpar/comm/agreement.hpp>
 #include <seqpar/call.hpp>
 #include <seqpar/detail/call_documents.hpp>
+#include <seqpar/detail/view_overlap.hpp>
 #include <seqpar/detail/layer_skeleton.hpp>
 #include <seqpar/detail/stream_fork.hpp>
 #include <seqpar/detail/workspace_layout.hpp>
@@ -143,9 +144,9 @@ class ulysses_attention {
         stream,
         [&](int g, stream_t side) {
           const head_slice& h = slices_[g];
-          detail::run_qkv_exchange(group_plan(g), comm_, detail::heads_direction::forward,
-                                   qkv_views{args.q, args.k, args.v},
-                                   qkv_views{query_heads(hq, h), kv_heads(hk, h), kv_heads(hv, h)}, ws, side);
+          detail::run_qkv_exchange(
+              group_plan(g), comm_, detail::heads_direction::forward, qkv_views{args.q, args.k, args.v},
+              qkv_views{query_heads(hq, h), kv_heads(hk, h), kv_heads(hv, h)}, ws, side, detail::launcher_of(policy_));
         },
         [&](int g) {
           const head_slice& h = slices_[g];
@@ -160,7 +161,8 @@ class ulysses_attention {
         },
         [&](int g, stream_t side) {
           detail::run_one_exchange(group_plan(g), comm_, detail::heads_direction::inverse,
-                                   tensor_view<const T>(query_heads(ho, slices_[g])), args.o, ws, side);
+                                   tensor_view<const T>(query_heads(ho, slices_[g])), args.o, ws, side,
+                                   detail::launcher_of(policy_));
         });
     skeleton_.template stamp<T>(saved);
     return saved;
@@ -189,7 +191,7 @@ class ulysses_attention {
         stream,
         [&](int g, stream_t side) {
           detail::run_one_exchange(group_plan(g), comm_, detail::heads_direction::forward, args.dout,
-                                   query_heads(hdo, slices_[g]), exchange, side);
+                                   query_heads(hdo, slices_[g]), exchange, side, detail::launcher_of(policy_));
         },
         [&](int g) {
           const head_slice& h = slices_[g];
@@ -211,7 +213,7 @@ class ulysses_attention {
           detail::run_qkv_exchange(
               group_plan(g), comm_, detail::heads_direction::inverse,
               qkv_views{query_heads(cview(hdq), h), kv_heads(cview(hdk), h), kv_heads(cview(hdv), h)},
-              qkv_views{args.dq, args.dk, args.dv}, exchange, side);
+              qkv_views{args.dq, args.dk, args.dv}, exchange, side, detail::launcher_of(policy_));
         });
   }
 
@@ -264,12 +266,18 @@ class ulysses_attention {
 
   void check_forward(const forward_args& args) const {
     detail::check_seq_side_views(plan(), args);
+    detail::check_written_apart(
+        {detail::bytes_of("o", args.o)},
+        {detail::bytes_of("q", args.q), detail::bytes_of("k", args.k), detail::bytes_of("v", args.v)});
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
     detail::check_call_documents(policy_, args.documents, plan().seq().tokens);
   }
   void check_backward(const context& saved, const backward_args& args) const {
     skeleton_.template check_stamp<T>(saved);
     detail::check_seq_side_views(plan(), args);
+    detail::check_written_apart(
+        {detail::bytes_of("dq", args.dq), detail::bytes_of("dk", args.dk), detail::bytes_of("dv", args.dv)},
+        {detail::bytes_of("dout", args.dout)});
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
   }
 
@@ -351,7 +359,7 @@ class ulysses_attention {
   detail::layer_skeleton<Comm> skeleton_;
   gqa_map map_;
   std::vector<head_slice> slices_;
-  std::unique_ptr<detail::stream_fork> fork_ = std::make_unique<detail::stream_fork>();
+  std::unique_ptr<detail::stream_fork> fork_ = detail::stream_fork_for(policy_);
 };
 
 SEQPAR_KERNEL_NAMESPACE_END

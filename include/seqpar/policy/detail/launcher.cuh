@@ -8,7 +8,11 @@
 //! - launcher.order(waiting, after): work enqueued on stream `waiting` from now on runs after the
 //!   work already enqueued on stream `after`;
 //! - launcher.to_host(dst, src, floats, stream): copies kernel results (workspace floats) to host
-//!   memory once `stream` has run them.
+//!   memory once `stream` has run them;
+//! - optionally launcher.make_stream_fork(): the side stream, waits and zero fills of the layers
+//!   over the policy (detail/stream_fork.hpp; CUDA's when it has none).
+//! The layers start their own kernels (the Ulysses packs) with their policy's launcher too
+//! (launcher_of), so that one launcher sees a layer's whole device path.
 //! cuda_launcher (nvcc only) does this on the current CUDA device. The kernel-emulation tests give
 //! the policies a launcher that runs the kernels on the host, so they check the shipped planning.
 #pragma once
@@ -19,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 SEQPAR_NAMESPACE_BEGIN
@@ -106,3 +111,31 @@ struct cuda_launcher {
 
 SEQPAR_DETAIL_KERNEL_NAMESPACE_END
 #endif
+
+SEQPAR_DETAIL_KERNEL_NAMESPACE_BEGIN
+//! Stands for no launcher: a file no CUDA compiler builds, whose policy has no launcher of its own.
+struct no_launcher {};
+
+//! The launcher for a file's own kernels when no policy names one: cuda_launcher under nvcc.
+inline auto default_launcher() {
+#if SEQPAR_CUDA_COMPILER
+  return cuda_launcher{};
+#else
+  return no_launcher{};
+#endif
+}
+
+//! The launcher a layer starts its own kernels with: its policy's (`policy.launcher`) when the
+//! policy has one, else default_launcher().
+template <class Policy>
+auto launcher_of(const Policy& policy) {
+  if constexpr (requires { policy.launcher.device(); })
+    return policy.launcher;
+  else
+    return default_launcher();
+}
+
+//! True when `Launcher` starts kernels (device memory can be served).
+template <class Launcher>
+inline constexpr bool starts_kernels = !std::is_same_v<Launcher, no_launcher>;
+SEQPAR_DETAIL_KERNEL_NAMESPACE_END
