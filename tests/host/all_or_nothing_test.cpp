@@ -194,17 +194,20 @@ auto ulysses_layer(in_process_communicator& comm, const seqpar::seq_partition& p
 TEST_CASE("all or nothing: ulysses_attention forward, backward and construction") {
   for (int P : {2, 3, 4}) {
     const auto part = seqpar::make_seq_partition(tokens(P), P);
-    expect_all_or_nothing(P, "o: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
-      auto layer = ulysses_layer(comm, part);
-      const std::int64_t n = part.size(comm.rank());
-      std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f);
-      auto& o = s.make(B * n * H * D);
-      (void)layer.forward({.q = in_view(q, n, H),
-                           .k = in_view(kv, n, H_kv),
-                           .v = in_view(kv, n, H_kv),
-                           .o = out_view(o, bad ? n - 1 : n, H)},
-                          {.stream = nullptr});
-    });
+    // The culprit's o has the wrong extents, or (shared) lies over its q.
+    for (bool shared : {false, true})
+      expect_all_or_nothing(P, shared ? "o shares memory with q" : "o: expected extents",
+                            [&](in_process_communicator& comm, bool bad, sentinels& s) {
+                              auto layer = ulysses_layer(comm, part);
+                              const std::int64_t n = part.size(comm.rank());
+                              std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f);
+                              auto& o = s.make(B * n * H * D);
+                              (void)layer.forward({.q = bad && shared ? in_view(o, n, H) : in_view(q, n, H),
+                                                   .k = in_view(kv, n, H_kv),
+                                                   .v = in_view(kv, n, H_kv),
+                                                   .o = out_view(o, bad && !shared ? n - 1 : n, H)},
+                                                  {.stream = nullptr});
+                            });
     for (const char* which : {"dq", "dk", "dout"}) {
       const std::string name = which;
       expect_all_or_nothing(P, name + ": expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
@@ -280,36 +283,45 @@ TEST_CASE("all or nothing: lasp_attention forward, backward and construction") {
   for (auto strategy : {seqpar::lasp_strategy::chain, seqpar::lasp_strategy::all_gather})
     for (int P : {2, 3}) {
       const auto part = seqpar::make_seq_partition(tokens(P), P);
-      expect_all_or_nothing(P, "o: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
-        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay,
-                                     strategy);
-        const std::int64_t n = part.size(comm.rank());
-        std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f);
-        auto& o = s.make(B * n * 2 * E);
-        (void)layer.forward({.q = in_view(q, n, 2),
-                             .k = in_view(q, n, 2),
-                             .v = in_view(v, n, 2, E),
-                             .o = out_view(o, bad ? n - 1 : n, 2, E)},
-                            {.stream = nullptr});
-      });
-      expect_all_or_nothing(P, "dk: expected extents", [&](in_process_communicator& comm, bool bad, sentinels& s) {
-        seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay,
-                                     strategy);
-        const std::int64_t n = part.size(comm.rank());
-        std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f), o(v.size());
-        const auto saved = layer.forward(
-            {.q = in_view(q, n, 2), .k = in_view(q, n, 2), .v = in_view(v, n, 2, E), .o = out_view(o, n, 2, E)},
-            {.stream = nullptr});
-        auto& dq = s.make(B * n * 2 * D);
-        auto& dk = s.make(B * n * 2 * D);
-        auto& dv = s.make(B * n * 2 * E);
-        layer.backward(saved,
-                       {.dout = in_view(v, n, 2, E),
-                        .dq = out_view(dq, n, 2),
-                        .dk = out_view(dk, n, bad ? 1 : 2),
-                        .dv = out_view(dv, n, 2, E)},
-                       {.stream = nullptr});
-      });
+      // The culprit's o has the wrong extents, or (shared) lies over its v.
+      for (bool shared : {false, true})
+        expect_all_or_nothing(P, shared ? "o shares memory with v" : "o: expected extents",
+                              [&](in_process_communicator& comm, bool bad, sentinels& s) {
+                                seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape,
+                                                             seqpar::elements<float>, decay, strategy);
+                                const std::int64_t n = part.size(comm.rank());
+                                std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f);
+                                auto& o = s.make(B * n * 2 * E);
+                                (void)layer.forward(
+                                    {.q = in_view(q, n, 2),
+                                     .k = in_view(q, n, 2),
+                                     .v = bad && shared ? in_view(o, n, 2, E) : in_view(v, n, 2, E),
+                                     .o = out_view(o, bad && !shared ? n - 1 : n, 2, E)},
+                                    {.stream = nullptr});
+                              });
+      // The culprit's dk has the wrong extents, or (shared) lies over its dq.
+      for (bool shared : {false, true})
+        expect_all_or_nothing(P, shared ? "dq and dk share memory" : "dk: expected extents",
+                              [&](in_process_communicator& comm, bool bad, sentinels& s) {
+                                seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape,
+                                                             seqpar::elements<float>, decay, strategy);
+                                const std::int64_t n = part.size(comm.rank());
+                                std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f), o(v.size());
+                                const auto saved = layer.forward({.q = in_view(q, n, 2),
+                                                                  .k = in_view(q, n, 2),
+                                                                  .v = in_view(v, n, 2, E),
+                                                                  .o = out_view(o, n, 2, E)},
+                                                                 {.stream = nullptr});
+                                auto& dq = s.make(B * n * 2 * D);
+                                auto& dk = s.make(B * n * 2 * D);
+                                auto& dv = s.make(B * n * 2 * E);
+                                layer.backward(saved,
+                                               {.dout = in_view(v, n, 2, E),
+                                                .dq = out_view(dq, n, 2),
+                                                .dk = out_view(bad && shared ? dq : dk, n, bad && !shared ? 1 : 2),
+                                                .dv = out_view(dv, n, 2, E)},
+                                               {.stream = nullptr});
+                              });
       expect_all_or_nothing(P, "decay[1]: expected lambda in (0, 1], got 1.5",
                             [&](in_process_communicator& comm, bool bad, sentinels&) {
                               seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape,
@@ -319,40 +331,12 @@ TEST_CASE("all or nothing: lasp_attention forward, backward and construction") {
     }
 }
 
-TEST_CASE("all or nothing: a LASP output that shares memory with another output or an input") {
+TEST_CASE("all or nothing: a LASP gradient that shares memory with an input its forward saved") {
   const std::int64_t E = 3;
   const std::vector<float> decay{0.9f, 0.5f};
   const seqpar::attention_shape shape{.batch = B, .heads = 2, .head_dim = D, .value_dim = E};
   for (int P : {2, 3}) {
     const auto part = seqpar::make_seq_partition(tokens(P), P);
-    expect_all_or_nothing(P, "o shares memory with v", [&](in_process_communicator& comm, bool bad, sentinels& s) {
-      seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay);
-      const std::int64_t n = part.size(comm.rank());
-      std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f);
-      auto& o = s.make(B * n * 2 * E);
-      (void)layer.forward({.q = in_view(q, n, 2),
-                           .k = in_view(q, n, 2),
-                           .v = bad ? in_view(o, n, 2, E) : in_view(v, n, 2, E),
-                           .o = out_view(o, n, 2, E)},
-                          {.stream = nullptr});
-    });
-    expect_all_or_nothing(P, "dq and dk share memory", [&](in_process_communicator& comm, bool bad, sentinels& s) {
-      seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay);
-      const std::int64_t n = part.size(comm.rank());
-      std::vector<float> q(B * n * 2 * D, 1.f), v(B * n * 2 * E, 1.f), o(v.size());
-      const auto saved = layer.forward(
-          {.q = in_view(q, n, 2), .k = in_view(q, n, 2), .v = in_view(v, n, 2, E), .o = out_view(o, n, 2, E)},
-          {.stream = nullptr});
-      auto& dq = s.make(B * n * 2 * D);
-      auto& dk = s.make(B * n * 2 * D);
-      auto& dv = s.make(B * n * 2 * E);
-      layer.backward(saved,
-                     {.dout = in_view(v, n, 2, E),
-                      .dq = out_view(dq, n, 2),
-                      .dk = out_view(bad ? dq : dk, n, 2),
-                      .dv = out_view(dv, n, 2, E)},
-                     {.stream = nullptr});
-    });
     expect_all_or_nothing(P, "dk shares memory with k", [&](in_process_communicator& comm, bool bad, sentinels& s) {
       seqpar::lasp_attention layer(seqpar::linear_reference{}, comm, part, shape, seqpar::elements<float>, decay);
       const std::int64_t n = part.size(comm.rank());
@@ -375,21 +359,10 @@ TEST_CASE("all or nothing: a LASP output that shares memory with another output 
   }
 }
 
-TEST_CASE("all or nothing: a Ulysses or ring output that shares memory with another view of the call") {
+TEST_CASE("all or nothing: a ring gradient that shares memory with dout") {
   for (int P : {2, 3}) {
     const auto part = seqpar::make_seq_partition(tokens(P), P);
     const seqpar::attention_shape shape{.batch = B, .heads = H, .kv_heads = H_kv, .head_dim = D};
-    expect_all_or_nothing(P, "o shares memory with q", [&](in_process_communicator& comm, bool bad, sentinels& s) {
-      seqpar::ulysses_attention layer(seqpar::reference_attention{}, comm, part, shape, seqpar::elements<float>);
-      const std::int64_t n = part.size(comm.rank());
-      std::vector<float> q(B * n * H * D, 1.f), kv(B * n * H_kv * D, 1.f);
-      auto& o = s.make(B * n * H * D);
-      (void)layer.forward({.q = bad ? in_view(o, n, H) : in_view(q, n, H),
-                           .k = in_view(kv, n, H_kv),
-                           .v = in_view(kv, n, H_kv),
-                           .o = out_view(o, n, H)},
-                          {.stream = nullptr});
-    });
     expect_all_or_nothing(P, "dv shares memory with dout", [&](in_process_communicator& comm, bool bad, sentinels& s) {
       seqpar::ring_attention layer(seqpar::reference_attention{}, comm, part, shape, seqpar::elements<float>,
                                    {.causal = true});

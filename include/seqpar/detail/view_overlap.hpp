@@ -4,6 +4,7 @@
 #pragma once
 
 #include <seqpar/error.hpp>
+#include <seqpar/layer_arguments.hpp>
 #include <seqpar/tensor.hpp>
 
 #include <algorithm>
@@ -23,16 +24,6 @@ struct view_bytes {
   shape4 strides{};  //!< bytes
   std::int64_t element = 1;
 
-  //! The memory of `view`, named `name`.
-  template <class T>
-  static view_bytes of(const char* name, const tensor_view<T>& view) {
-    view_bytes b{name, reinterpret_cast<std::intptr_t>(view.data()), {}, {}, static_cast<std::int64_t>(sizeof(T))};
-    for (int a = 0; a < 4; ++a) {
-      b.extents[a] = view.extent(axis(a));
-      b.strides[a] = view.stride(axis(a)) * b.element;
-    }
-    return b;
-  }
   //! True when the view has no element.
   bool empty() const { return base == 0 || std::find(extents.begin(), extents.end(), 0) != extents.end(); }
   //! One past its last byte.
@@ -46,7 +37,12 @@ struct view_bytes {
 //! The memory of `view`, named `name`.
 template <class T>
 view_bytes bytes_of(const char* name, const tensor_view<T>& view) {
-  return view_bytes::of(name, view);
+  view_bytes b{name, reinterpret_cast<std::intptr_t>(view.data()), {}, {}, static_cast<std::int64_t>(sizeof(T))};
+  for (int a = 0; a < 4; ++a) {
+    b.extents[a] = view.extent(axis(a));
+    b.strides[a] = view.stride(axis(a)) * b.element;
+  }
+  return b;
 }
 
 namespace overlap_search {
@@ -103,6 +99,18 @@ inline void check_written_apart(std::initializer_list<view_bytes> written, std::
       SEQPAR_EXPECTS(!share_memory(*w, r), w->name << " shares memory with " << r.name
                                                    << ", which the call reads; expected a separate buffer");
   }
+}
+
+//! The softmax layers' forward: o shares memory with none of q, k, v.
+template <class T>
+void check_outputs_apart(const attention_forward_args<T>& args) {
+  check_written_apart({bytes_of("o", args.o)}, {bytes_of("q", args.q), bytes_of("k", args.k), bytes_of("v", args.v)});
+}
+//! The softmax layers' backward: dq, dk, dv share memory with none of each other and dout.
+template <class T>
+void check_outputs_apart(const attention_backward_args<T>& args) {
+  check_written_apart({bytes_of("dq", args.dq), bytes_of("dk", args.dk), bytes_of("dv", args.dv)},
+                      {bytes_of("dout", args.dout)});
 }
 
 }  // namespace detail

@@ -155,18 +155,14 @@ class ring_attention {
 
   void check_forward(const forward_args& args) const {
     check_views({"q", "k", "v", "o"}, args.q, args.k, args.v, args.o);
-    detail::check_written_apart(
-        {detail::bytes_of("o", args.o)},
-        {detail::bytes_of("q", args.q), detail::bytes_of("k", args.k), detail::bytes_of("v", args.v)});
+    detail::check_outputs_apart(args);
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
     detail::check_call_documents(policy_, args.documents, seq_.tokens);
   }
   void check_backward(const context& saved, const backward_args& args) const {
     skeleton_.template check_stamp<T>(saved);
     check_views({"dq", "dk", "dv", "dout"}, args.dq, args.dk, args.dv, args.dout);
-    detail::check_written_apart(
-        {detail::bytes_of("dq", args.dq), detail::bytes_of("dk", args.dk), detail::bytes_of("dv", args.dv)},
-        {detail::bytes_of("dout", args.dout)});
+    detail::check_outputs_apart(args);
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
   }
 

@@ -228,18 +228,14 @@ class ulysses_ring_attention {
 
   void check_forward(const forward_args& args) const {
     detail::check_seq_side_views(plan_, args);
-    detail::check_written_apart(
-        {detail::bytes_of("o", args.o)},
-        {detail::bytes_of("q", args.q), detail::bytes_of("k", args.k), detail::bytes_of("v", args.v)});
+    detail::check_outputs_apart(args);
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
     detail::check_call_documents(policy_, args.documents, layout_.tokens);
   }
   void check_backward(const context& saved, const backward_args& args) const {
     skeleton_.template check_stamp<T>(saved);
     detail::check_seq_side_views(plan_, args);
-    detail::check_written_apart(
-        {detail::bytes_of("dq", args.dq), detail::bytes_of("dk", args.dk), detail::bytes_of("dv", args.dv)},
-        {detail::bytes_of("dout", args.dout)});
+    detail::check_outputs_apart(args);
     detail::check_workspace(args.workspace, workspace_bytes(args), "workspace_bytes(args)");
   }
 
