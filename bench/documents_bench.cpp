@@ -40,11 +40,11 @@ void BM_ring_documents(benchmark::State& state) {
       seqpar::ring_attention layer(seqpar::reference_attention{}, comm, part, {.batch = 1, .heads = H, .head_dim = D},
                                    seqpar::elements<float>, {.causal = true});
       const std::int64_t n = part.size(comm.rank());
-      std::vector<float> x(n * H * D, 0.25f), o(x.size()), g(x.size());
+      std::vector<float> x(n * H * D, 0.25f), o(x.size()), dq(x.size()), dk(x.size()), dv(x.size());
       const auto in = seqpar::make_bshd<const float>(x.data(), 1, n, H, D);
       auto out = [&](std::vector<float>& y) { return seqpar::make_bshd(y.data(), 1, n, H, D); };
       const auto saved = layer.forward({.q = in, .k = in, .v = in, .o = out(o), .documents = &docs}, {.stream = nullptr});
-      layer.backward(saved, {.dout = in, .dq = out(g), .dk = out(g), .dv = out(g)}, {.stream = nullptr});
+      layer.backward(saved, {.dout = in, .dq = out(dq), .dk = out(dk), .dv = out(dv)}, {.stream = nullptr});
     });
   state.counters["documents"] = docs.count();
   state.counters["work_fraction"] = seqpar_bench::score_pairs(docs, S, true) / seqpar_bench::score_pairs({}, S, true);

@@ -155,17 +155,17 @@ rank_run lasp(Comm& comm, const shape& s, seqpar::lasp_strategy strategy) {
   auto ring = std::make_shared<seqpar::linear_attention_ring>(
       r, part, seqpar::attention_shape{.batch = 1, .heads = int(s.H), .head_dim = s.D}, strategy);
   const std::int64_t n = part.size(r);
-  auto x = buffer<bf16>(comm.memory(), n * s.H * s.D);
+  auto x = buffer<bf16>(comm.memory(), n * s.H * s.D), o = buffer<bf16>(comm.memory(), n * s.H * s.D);
   auto st = buffer<float>(comm.memory(), ring->state_elements());
   auto ws = buffer<std::byte>(comm.memory(), ring->workspace_bytes());
-  return on_comm(comm, [&comm, ring, x, st, ws, n, s] {
+  return on_comm(comm, [&comm, ring, x, o, st, ws, n, s] {
     const auto v = seqpar::make_bshd<const bf16>(x.get(), 1, n, s.H, s.D);
     const std::vector<float> decay(s.H, 0.99f);
     const seqpar::lasp_ring_forward_args<bf16> args{.q = v,
                                                     .k = v,
                                                     .v = v,
                                                     .decay = decay,
-                                                    .o = seqpar::make_bshd(x.get(), 1, n, s.H, s.D),
+                                                    .o = seqpar::make_bshd(o.get(), 1, n, s.H, s.D),
                                                     .saved = seqpar::make_state(st.get(), 1, s.H, s.D, s.D),
                                                     .workspace = std::span<std::byte>(ws.get(), ring->workspace_bytes())};
     ring->forward(no_compute{comm.memory()}, comm, args, {.stream = nullptr});
